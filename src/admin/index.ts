@@ -1,0 +1,4 @@
+export * from './status.js';
+export * from './errors.js';
+export * from './server.js';
+export * from './format.js';

@@ -1,0 +1,82 @@
+import { createServer, request, type Server } from 'node:http';
+import { mkdirSync, unlinkSync, chmodSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { AdminError } from './errors.js';
+import type { DaemonStatus } from './status.js';
+
+/**
+ * Serves the daemon's state over HTTP on a unix socket (root-only, mode 0600), so
+ * `nodelink status` works without any network port. The provider is injected: this module
+ * knows nothing of links, TUNs or protocols.
+ */
+export class AdminServer {
+  private constructor(private readonly server: Server, readonly path: string) {}
+
+  static async start(path: string, provider: () => DaemonStatus): Promise<AdminServer> {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+    if (await isAlive(path)) {
+      throw new AdminError('admin_in_use', `admin socket ${path} is in use by another running nodelink: stop it or pass --admin-socket`);
+    }
+    try {
+      unlinkSync(path); // left behind by a daemon that was killed
+    } catch {
+      // No stale socket.
+    }
+    const server = createServer((req, res) => {
+      if (req.method === 'GET' && req.url === '/status') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(provider()));
+      } else {
+        res.writeHead(404).end();
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) =>
+        reject(new AdminError('admin_socket', `cannot listen on admin socket ${path} (${err.code ?? err.message}): pass a writable --admin-socket`)));
+      server.listen(path, () => resolve());
+    });
+    chmodSync(path, 0o600);
+    return new AdminServer(server, path);
+  }
+
+  close(): void {
+    this.server.close();
+    try {
+      unlinkSync(this.path);
+    } catch {
+      // Already gone.
+    }
+  }
+}
+
+function isAlive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = request({ socketPath: path, path: '/status', timeout: 1000 }, (res) => {
+      res.resume();
+      resolve(true);
+    });
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => { req.destroy(); resolve(false); });
+    req.end();
+  });
+}
+
+export function fetchStatus(path: string): Promise<DaemonStatus> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath: path, path: '/status', timeout: 3000 }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => {
+        try {
+          resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as DaemonStatus);
+        } catch {
+          reject(new AdminError('admin_unreachable', `admin socket ${path} answered with something that is not status JSON`));
+        }
+      });
+    });
+    req.on('error', (err: NodeJS.ErrnoException) =>
+      reject(new AdminError('admin_unreachable', `no nodelink daemon answers on ${path} (${err.code ?? err.message}): is it running? pass --admin-socket if it uses another path`)));
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.end();
+  });
+}

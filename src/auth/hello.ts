@@ -1,0 +1,68 @@
+import nacl from 'tweetnacl';
+import { AuthError } from './errors.js';
+import { KEY_BYTES, keysEqual, type KeyPair } from './keys.js';
+
+/**
+ * The client's hello: who it is, what it announces, and proof that it holds its key in THIS
+ * TLS session.
+ *
+ *   publicKey [32] | signature [64] | body [UTF-8 JSON: { "name": string, "routes": string[] }]
+ *
+ * The signature covers HELLO_CONTEXT | exporter | body, where exporter is the TLS 1.3 keying
+ * material exported under EXPORTER_LABEL. Both ends derive the same exporter only inside the
+ * same TLS session, so a hello recorded from one session fails verification in any other: it
+ * cannot be replayed, nor relayed by a man in the middle who terminates TLS himself.
+ */
+export const EXPORTER_LABEL = 'EXPORTER-nodelink-hello-v1';
+export const EXPORTER_BYTES = 32;
+const HELLO_CONTEXT = Buffer.from('nodelink hello v1\0');
+const SIGNATURE_BYTES = 64;
+const FIXED_BYTES = KEY_BYTES + SIGNATURE_BYTES;
+
+export interface HelloBody {
+  readonly name: string;
+  readonly routes: readonly string[];
+}
+
+export interface Hello extends HelloBody {
+  readonly publicKey: Uint8Array;
+}
+
+function signedMessage(exporter: Uint8Array, body: Uint8Array): Uint8Array {
+  return Buffer.concat([HELLO_CONTEXT, exporter, body]);
+}
+
+export function encodeHello(pair: KeyPair, exporter: Uint8Array, body: HelloBody): Buffer {
+  const bodyBytes = Buffer.from(JSON.stringify({ name: body.name, routes: body.routes }));
+  const signature = nacl.sign.detached(signedMessage(exporter, bodyBytes), pair.secretKey);
+  return Buffer.concat([pair.publicKey, signature, bodyBytes]);
+}
+
+/**
+ * Parses and verifies a hello against this session's exporter. Throws AuthError
+ * ('bad_hello' or 'bad_signature'); it does not decide whether the key is authorized.
+ */
+export function verifyHello(payload: Uint8Array, exporter: Uint8Array): Hello {
+  if (payload.length <= FIXED_BYTES) throw new AuthError('bad_hello', 'hello is truncated');
+  const publicKey = payload.subarray(0, KEY_BYTES);
+  const signature = payload.subarray(KEY_BYTES, FIXED_BYTES);
+  const bodyBytes = payload.subarray(FIXED_BYTES);
+  if (!nacl.sign.detached.verify(signedMessage(exporter, bodyBytes), signature, publicKey)) {
+    throw new AuthError('bad_signature', 'hello signature does not verify for this TLS session (replayed or forged)');
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(bodyBytes).toString('utf8'));
+  } catch {
+    throw new AuthError('bad_hello', 'hello body is not JSON');
+  }
+  const body = parsed as Partial<HelloBody>;
+  if (typeof body.name !== 'string' || body.name.length === 0 || body.name.length > 253 ||
+      !Array.isArray(body.routes) || body.routes.length > 256 ||
+      !body.routes.every((r) => typeof r === 'string' && r.length <= 64)) {
+    throw new AuthError('bad_hello', 'hello body must hold a name and at most 256 routes');
+  }
+  return { publicKey: new Uint8Array(publicKey), name: body.name, routes: body.routes };
+}
+
+export { keysEqual };

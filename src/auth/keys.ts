@@ -1,0 +1,77 @@
+import { readFileSync, statSync } from 'node:fs';
+import { createPrivateKey, timingSafeEqual, type KeyObject } from 'node:crypto';
+import nacl from 'tweetnacl';
+import { AuthError } from './errors.js';
+
+export const KEY_BYTES = 32;
+
+/** An Ed25519 identity. `seed` is the secret; it never leaves this process in any form. */
+export interface KeyPair {
+  readonly seed: Uint8Array;
+  readonly publicKey: Uint8Array;
+  /** tweetnacl's 64-byte signing key (seed || public key). */
+  readonly secretKey: Uint8Array;
+}
+
+export function generateSeed(): Uint8Array {
+  return nacl.randomBytes(KEY_BYTES);
+}
+
+export function keyPairFromSeed(seed: Uint8Array): KeyPair {
+  const pair = nacl.sign.keyPair.fromSeed(seed);
+  return { seed, publicKey: pair.publicKey, secretKey: pair.secretKey };
+}
+
+export function encodeKey(key: Uint8Array): string {
+  return Buffer.from(key).toString('base64');
+}
+
+/** Parses a base64 32-byte key; `what` names it in the error ("--server-key", "peer node-a"). */
+export function decodeKey(text: string, what: string): Uint8Array {
+  const trimmed = text.trim();
+  const bytes = Buffer.from(trimmed, 'base64');
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(trimmed) || bytes.length !== KEY_BYTES) {
+    throw new AuthError('bad_key', `${what} is not a key: expected base64 of 32 bytes, as printed by 'nodelink keygen' or 'nodelink pubkey'`);
+  }
+  return new Uint8Array(bytes);
+}
+
+/**
+ * Reads a private key file. Like ssh and wg, refuse a file that others can read: a leaked
+ * node key lets anyone on the network impersonate that node.
+ */
+export function readKeyFile(path: string): KeyPair {
+  let mode: number;
+  let text: string;
+  try {
+    mode = statSync(path).mode;
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read';
+    throw new AuthError('key_file', `key file ${path} ${reason}: create it with 'umask 077; nodelink keygen > ${path}'`);
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new AuthError('key_file', `key file ${path} is readable by group or others (mode ${(mode & 0o777).toString(8)}): run 'chmod 600 ${path}'`);
+  }
+  return keyPairFromSeed(decodeKey(text, `key file ${path}`));
+}
+
+export function keysEqual(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
+const SPKI_ED25519_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
+
+/** DER encodings of the same key, for the TLS certificate (node:crypto and WebCrypto take DER). */
+export function pkcs8Der(pair: KeyPair): Buffer {
+  return Buffer.concat([PKCS8_ED25519_PREFIX, pair.seed]);
+}
+
+export function spkiDer(pair: KeyPair): Buffer {
+  return Buffer.concat([SPKI_ED25519_PREFIX, pair.publicKey]);
+}
+
+export function privateKeyObject(pair: KeyPair): KeyObject {
+  return createPrivateKey({ key: pkcs8Der(pair), format: 'der', type: 'pkcs8' });
+}

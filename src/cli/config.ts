@@ -1,0 +1,171 @@
+import { NodelinkError } from '../errors.js';
+import { LOG_LEVELS, type LogLevel } from '../log.js';
+import { Prefix } from '../routing/index.js';
+
+/** A bad flag or env value. The message names the flag and says what a good one looks like. */
+export class ConfigError extends NodelinkError {
+  constructor(message: string) {
+    super('config', message);
+  }
+}
+
+export interface Endpoint {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Tunables shared by both ends, each with a bounded default. */
+export interface LinkTunables {
+  readonly tun: string;
+  readonly mtu: number;
+  readonly adminSocket: string;
+  readonly logLevel: LogLevel;
+  readonly keepaliveIntervalMs: number;
+  readonly deadAfterMs: number;
+  readonly handshakeTimeoutMs: number;
+  readonly maxQueueBytes: number;
+}
+
+export interface ServerConfig extends LinkTunables {
+  readonly listen: Endpoint;
+  readonly keyFile: string;
+  readonly peersFile: string;
+  readonly tunnelCidrs: readonly Prefix[];
+  /** The server's own address in each tunnel CIDR (its first host), with the CIDR's length. */
+  readonly tunnelAddresses: readonly Prefix[];
+}
+
+export interface ClientConfig extends LinkTunables {
+  readonly server: Endpoint;
+  readonly serverKey: string;
+  readonly keyFile: string;
+  readonly name: string;
+  readonly routes: readonly Prefix[];
+  readonly backoffBaseMs: number;
+  readonly backoffCapMs: number;
+  readonly enableForwarding: boolean;
+}
+
+export const DEFAULTS = {
+  tun: 'nl0',
+  mtu: 1420,
+  serverAdminSocket: '/run/nodelink/server.sock',
+  clientAdminSocket: '/run/nodelink/client.sock',
+  logLevel: 'info' as LogLevel,
+  keepaliveIntervalMs: 2000,
+  deadAfterMs: 10_000,
+  handshakeTimeoutMs: 5000,
+  maxQueueBytes: 4 * 1024 * 1024,
+  backoffBaseMs: 500,
+  backoffCapMs: 15_000,
+} as const;
+
+export type RawOptions = Record<string, unknown>;
+
+function str(raw: RawOptions, flag: string, required = true): string {
+  const value = raw[flag];
+  if (Array.isArray(value)) return str({ [flag]: value[value.length - 1] }, flag, required);
+  if (value === undefined || value === null || value === '') {
+    if (required) throw new ConfigError(`--${flag} is required`);
+    return '';
+  }
+  return String(value);
+}
+
+function list(raw: RawOptions, flag: string): string[] {
+  const value = raw[flag];
+  if (value === undefined || value === null || value === '') return [];
+  const items = Array.isArray(value) ? value.map(String) : [String(value)];
+  // Env vars carry lists as "a,b" or "a b".
+  return items.flatMap((item) => item.split(/[\s,]+/)).filter((item) => item.length > 0);
+}
+
+function int(raw: RawOptions, flag: string, fallback: number, min: number, max: number): number {
+  const value = raw[flag];
+  if (value === undefined || value === null || value === '') return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`--${flag} must be a whole number from ${min} to ${max}, got "${String(value)}"`);
+  return n;
+}
+
+function cidr(text: string, flag: string): Prefix {
+  try {
+    return Prefix.parse(text);
+  } catch (err) {
+    throw new ConfigError(`--${flag}: ${(err as Error).message}`);
+  }
+}
+
+/** HOST:PORT, [IPV6]:PORT. */
+export function parseEndpoint(text: string, flag: string): Endpoint {
+  const match = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:]+):(\d+)$/.exec(text);
+  const port = match ? Number(match[2]) : NaN;
+  if (!match || port < 1 || port > 65535) {
+    throw new ConfigError(`--${flag} must be HOST:PORT (or [IPV6]:PORT), got "${text}"`);
+  }
+  return { host: match[1]!, port };
+}
+
+function interfaceName(raw: RawOptions): string {
+  const name = str(raw, 'tun', false) || DEFAULTS.tun;
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new ConfigError(`--tun must be an interface name of at most 15 letters, digits, . _ -, got "${name}"`);
+  return name;
+}
+
+function tunables(raw: RawOptions, defaultSocket: string): LinkTunables {
+  const logLevel = (str(raw, 'log-level', false) || DEFAULTS.logLevel) as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
+  const keepaliveIntervalMs = int(raw, 'keepalive-ms', DEFAULTS.keepaliveIntervalMs, 100, 600_000);
+  const deadAfterMs = int(raw, 'dead-after-ms', DEFAULTS.deadAfterMs, 300, 3_600_000);
+  if (deadAfterMs <= keepaliveIntervalMs) throw new ConfigError('--dead-after-ms must be longer than --keepalive-ms');
+  return {
+    tun: interfaceName(raw),
+    mtu: int(raw, 'mtu', DEFAULTS.mtu, 1280, 65535),
+    adminSocket: str(raw, 'admin-socket', false) || defaultSocket,
+    logLevel,
+    keepaliveIntervalMs,
+    deadAfterMs,
+    handshakeTimeoutMs: int(raw, 'handshake-timeout-ms', DEFAULTS.handshakeTimeoutMs, 100, 120_000),
+    maxQueueBytes: int(raw, 'max-queue-bytes', DEFAULTS.maxQueueBytes, 65_536, 1 << 30),
+  };
+}
+
+export function parseServerConfig(raw: RawOptions): ServerConfig {
+  const tunnelCidrs = list(raw, 'tunnel-cidr').map((text) => cidr(text, 'tunnel-cidr'));
+  if (tunnelCidrs.length === 0) throw new ConfigError('--tunnel-cidr is required, e.g. --tunnel-cidr 198.18.255.0/24');
+  if (tunnelCidrs.length > 2 || (tunnelCidrs.length === 2 && tunnelCidrs[0]!.family === tunnelCidrs[1]!.family)) {
+    throw new ConfigError('--tunnel-cidr takes at most one IPv4 and one IPv6 CIDR');
+  }
+  const tunnelAddresses = tunnelCidrs.map((prefix) => {
+    if (prefix.length > prefix.bits - 2) throw new ConfigError(`--tunnel-cidr ${prefix} is too small: use at least a /30 (IPv4) or /126 (IPv6)`);
+    return Prefix.fromAddress(prefix.firstHost());
+  });
+  return Object.freeze({
+    ...tunables(raw, DEFAULTS.serverAdminSocket),
+    listen: parseEndpoint(str(raw, 'listen'), 'listen'),
+    keyFile: str(raw, 'key'),
+    peersFile: str(raw, 'peers'),
+    tunnelCidrs,
+    tunnelAddresses,
+  });
+}
+
+export function parseClientConfig(raw: RawOptions): ClientConfig {
+  const routes = list(raw, 'route').map((text) => cidr(text, 'route'));
+  if (routes.length === 0) throw new ConfigError('--route is required: the node IP /32 and its pod CIDR, e.g. --route 198.19.0.11/32 --route 198.19.1.0/24');
+  const name = str(raw, 'name');
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/.test(name)) throw new ConfigError(`--name must be a node name (letters, digits, . _ -), got "${name}"`);
+  const backoffBaseMs = int(raw, 'backoff-base-ms', DEFAULTS.backoffBaseMs, 10, 60_000);
+  const backoffCapMs = int(raw, 'backoff-cap-ms', DEFAULTS.backoffCapMs, backoffBaseMs, 600_000);
+  return Object.freeze({
+    ...tunables(raw, DEFAULTS.clientAdminSocket),
+    server: parseEndpoint(str(raw, 'server'), 'server'),
+    serverKey: str(raw, 'server-key'),
+    keyFile: str(raw, 'key'),
+    name,
+    routes,
+    backoffBaseMs,
+    backoffCapMs,
+    enableForwarding: raw['forwarding'] !== false,
+  });
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env node
+import { existsSync, readFileSync } from 'node:fs';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { decodeKey, encodeKey, generateSeed, keyPairFromSeed } from '../auth/index.js';
+import { fetchStatus, formatStatus } from '../admin/index.js';
+import { NodelinkError, userMessage } from '../errors.js';
+import { DEFAULTS, parseClientConfig, parseServerConfig, type RawOptions } from './config.js';
+import { runServer } from './run-server.js';
+import { runClient } from './run-client.js';
+
+class UsageError extends NodelinkError {
+  constructor(message: string) {
+    super('usage', `${message} (see nodelink --help)`);
+  }
+}
+
+/** Every error a user can cause ends here as one line and a non-zero exit, never a stack trace. */
+function fail(err: unknown): never {
+  process.stderr.write(`nodelink: ${userMessage(err)}\n`);
+  if (process.env['NODELINK_DEBUG'] && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+  process.exit(1);
+}
+
+const tunables = {
+  tun: { type: 'string', describe: `TUN interface name (default ${DEFAULTS.tun})` },
+  mtu: { type: 'number', describe: `TUN MTU (default ${DEFAULTS.mtu})` },
+  'admin-socket': { type: 'string', describe: 'unix socket for `nodelink status`' },
+  'log-level': { type: 'string', describe: `trace|debug|info|warn|error|silent (default ${DEFAULTS.logLevel})` },
+  'keepalive-ms': { type: 'number', describe: `ping interval (default ${DEFAULTS.keepaliveIntervalMs})` },
+  'dead-after-ms': { type: 'number', describe: `drop a silent peer after this long (default ${DEFAULTS.deadAfterMs})` },
+  'handshake-timeout-ms': { type: 'number', describe: `TLS + hello deadline (default ${DEFAULTS.handshakeTimeoutMs})` },
+  'max-queue-bytes': { type: 'number', describe: `per-peer send queue before drops (default ${DEFAULTS.maxQueueBytes})` },
+} as const;
+
+async function statusCommand(raw: RawOptions): Promise<void> {
+  let path = raw['admin-socket'] as string | undefined;
+  if (!path) path = existsSync(DEFAULTS.serverAdminSocket) ? DEFAULTS.serverAdminSocket : DEFAULTS.clientAdminSocket;
+  const status = await fetchStatus(path);
+  process.stdout.write(raw['json'] ? `${JSON.stringify(status, null, 2)}\n` : formatStatus(status));
+}
+
+function pubkeyCommand(): void {
+  const text = readFileSync(0, 'utf8');
+  const seed = decodeKey(text, 'the private key on stdin');
+  process.stdout.write(`${encodeKey(keyPairFromSeed(seed).publicKey)}\n`);
+}
+
+await yargs(hideBin(process.argv))
+  .scriptName('nodelink')
+  .env('NODELINK')
+  .strict()
+  .command('keygen', 'print a new private key (base64 Ed25519 seed)', {}, async () => {
+    process.stdout.write(`${encodeKey(generateSeed())}\n`);
+  })
+  .command('pubkey', 'read a private key on stdin, print its public key', {}, async () => pubkeyCommand())
+  .command('server', 'run the control-plane side', {
+    listen: { type: 'string', describe: 'HOST:PORT to accept nodes on', demandOption: false },
+    key: { type: 'string', describe: 'private key file (mode 0600)' },
+    peers: { type: 'string', describe: 'peers JSON file: authorized nodes and their allowedIPs' },
+    'tunnel-cidr': { type: 'string', array: true, describe: 'tunnel CIDR; a second one of the other family makes it dual-stack' },
+    ...tunables,
+  }, async (argv) => runServer(parseServerConfig(argv as RawOptions)))
+  .command('client', 'run the node side', {
+    server: { type: 'string', describe: 'HOST:PORT of the nodelink server' },
+    'server-key': { type: 'string', describe: "the server's public key (nodelink pubkey < server.key)" },
+    key: { type: 'string', describe: 'private key file (mode 0600)' },
+    name: { type: 'string', describe: 'this node\'s name, as in the server\'s peers file' },
+    route: { type: 'string', array: true, describe: 'CIDR to announce: node IP /32 and pod CIDRs' },
+    forwarding: { type: 'boolean', default: true, describe: 'enable ip_forward for the announced families' },
+    ...tunables,
+  }, async (argv) => runClient(parseClientConfig(argv as RawOptions)))
+  .command('status', "show the local daemon's peers and routes", {
+    'admin-socket': { type: 'string', describe: 'admin socket of the daemon (default: server, else client)' },
+    json: { type: 'boolean', default: false, describe: 'print JSON' },
+  }, async (argv) => statusCommand(argv as RawOptions))
+  .demandCommand(1, 'name a command: keygen, pubkey, server, client or status')
+  .fail((message, err) => fail(err ?? new UsageError(message)))
+  .help()
+  .parseAsync()
+  .catch(fail);

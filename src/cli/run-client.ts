@@ -1,0 +1,71 @@
+import { writeFileSync } from 'node:fs';
+import { decodeKey, readKeyFile } from '../auth/index.js';
+import { AdminServer } from '../admin/index.js';
+import { LinkClient } from '../link-client/index.js';
+import { LinuxTun, routeReplace } from '../tun/index.js';
+import { createLogger, type Logger } from '../log.js';
+import { NodelinkError } from '../errors.js';
+import type { ClientConfig } from './config.js';
+import { connectionOptions, onShutdownSignal } from './daemon.js';
+
+/**
+ * Pods answer the control plane through this node, so the node must forward. Only the
+ * families the node announces are touched: turning on IPv6 forwarding changes how a host
+ * treats router advertisements, which nobody asked for on an IPv4-only node.
+ */
+function enableForwarding(config: ClientConfig, log: Logger): void {
+  const families = new Set(config.routes.map((route) => route.family));
+  const knobs: Array<[4 | 6, string]> = [[4, '/proc/sys/net/ipv4/ip_forward'], [6, '/proc/sys/net/ipv6/conf/all/forwarding']];
+  for (const [family, path] of knobs) {
+    if (!families.has(family)) continue;
+    try {
+      writeFileSync(path, '1');
+    } catch (err) {
+      log.warn({ path, err: (err as Error).message }, 'cannot enable forwarding: pods will not answer through the link');
+    }
+  }
+}
+
+export async function runClient(config: ClientConfig): Promise<void> {
+  const log = createLogger(config.logLevel, { role: 'client', node: config.name });
+  const keyPair = readKeyFile(config.keyFile);
+  const serverKey = decodeKey(config.serverKey, '--server-key');
+  if (config.enableForwarding) enableForwarding(config, log);
+  const tun = await LinuxTun.open({ name: config.tun, mtu: config.mtu, addresses: [] });
+  let admin: AdminServer | undefined;
+  const client = new LinkClient({
+    host: config.server.host,
+    port: config.server.port,
+    serverKey,
+    keyPair,
+    name: config.name,
+    routes: config.routes,
+    tun,
+    connection: connectionOptions(config),
+    handshakeTimeoutMs: config.handshakeTimeoutMs,
+    backoffBaseMs: config.backoffBaseMs,
+    backoffCapMs: config.backoffCapMs,
+    installRoutes: async (cidrs) => {
+      for (const cidr of cidrs) await routeReplace(cidr.toString(), config.tun);
+    },
+    onRejected: (reason) => {
+      process.stderr.write(`nodelink: the server rejected this node: ${reason}\n`);
+      admin?.close();
+      void tun.close().finally(() => process.exit(2));
+    },
+    log,
+  });
+  try {
+    admin = await AdminServer.start(config.adminSocket, () => client.status());
+  } catch (err) {
+    await tun.close();
+    throw err instanceof NodelinkError ? err : new NodelinkError('admin_socket', String(err));
+  }
+  client.start();
+  log.info({ server: `${config.server.host}:${config.server.port}`, routes: config.routes.map(String), tun: config.tun }, 'client started');
+  onShutdownSignal(log, 2000, async () => {
+    await client.stop();
+    admin?.close();
+    await tun.close();
+  });
+}

@@ -1,0 +1,52 @@
+import { readKeyFile, readPeersFile } from '../auth/index.js';
+import { AdminServer } from '../admin/index.js';
+import { LinkServer } from '../link-server/index.js';
+import { LinuxTun, ipBatch, routeReplaceCommand } from '../tun/index.js';
+import { createLogger } from '../log.js';
+import type { Prefix } from '../routing/index.js';
+import type { ServerConfig } from './config.js';
+import { connectionOptions, onShutdownSignal } from './daemon.js';
+
+export async function runServer(config: ServerConfig): Promise<void> {
+  const log = createLogger(config.logLevel, { role: 'server' });
+  // Everything that can be wrong with the input is checked before any device is created.
+  const keyPair = readKeyFile(config.keyFile);
+  const registry = readPeersFile(config.peersFile, config.tunnelCidrs);
+  const tun = await LinuxTun.open({
+    name: config.tun,
+    mtu: config.mtu,
+    addresses: config.tunnelCidrs.map((cidr) => `${cidr.firstHost()}/${cidr.length}`),
+  });
+  const sourceFor = (family: 4 | 6): string | undefined =>
+    config.tunnelAddresses.find((address) => address.family === family)?.toString().split('/')[0];
+  const installRoutes = (cidrs: readonly Prefix[]): Promise<void> =>
+    ipBatch(cidrs.map((cidr) => routeReplaceCommand(cidr.toString(), config.tun, sourceFor(cidr.family))));
+  const server = new LinkServer({
+    host: config.listen.host,
+    port: config.listen.port,
+    keyPair,
+    registry,
+    tun,
+    tunnelCidrs: config.tunnelCidrs,
+    tunnelAddresses: config.tunnelAddresses,
+    connection: connectionOptions(config),
+    handshakeTimeoutMs: config.handshakeTimeoutMs,
+    installRoutes,
+    log,
+  });
+  let admin: AdminServer | undefined;
+  try {
+    await server.start();
+    admin = await AdminServer.start(config.adminSocket, () => server.status());
+  } catch (err) {
+    await server.stop();
+    await tun.close();
+    throw err;
+  }
+  log.info({ tun: config.tun, tunnelCidrs: config.tunnelCidrs.map(String), adminSocket: config.adminSocket }, 'server ready');
+  onShutdownSignal(log, 2000, async () => {
+    await Promise.race([server.stop(), new Promise((resolve) => setTimeout(resolve, 1000))]);
+    admin?.close();
+    await tun.close();
+  });
+}

@@ -1,0 +1,228 @@
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import {
+  EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, keysEqual, type KeyPair,
+} from '../auth/index.js';
+import { CloseCode, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName } from '../protocol/index.js';
+import { Prefix } from '../routing/index.js';
+import type { TunDevice } from '../tun/index.js';
+import type { DaemonStatus } from '../admin/index.js';
+import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
+import { TrafficCounters } from '../link/counters.js';
+import type { Logger } from '../log.js';
+import { NodelinkError } from '../errors.js';
+import { Backoff } from './backoff.js';
+
+export interface LinkClientOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly serverKey: Uint8Array;
+  readonly keyPair: KeyPair;
+  readonly name: string;
+  readonly routes: readonly Prefix[];
+  readonly tun: TunDevice;
+  readonly connection: ConnectionOptions;
+  /** TCP connect + TLS + welcome must finish within this. */
+  readonly handshakeTimeoutMs: number;
+  readonly backoffBaseMs: number;
+  readonly backoffCapMs: number;
+  /** Routes the server's tunnel CIDRs into the TUN; injected so unit tests run without root. */
+  readonly installRoutes: (cidrs: readonly Prefix[]) => Promise<void>;
+  /** The server refused us for a reason that retrying cannot fix (unknown key, route not allowed). */
+  readonly onRejected: (reason: string) => void;
+  readonly log: Logger;
+}
+
+interface Welcome {
+  tunnelCidrs: string[];
+  serverAddresses: string[];
+}
+
+/**
+ * The node side: dials out to the server (the control plane never dials in), authenticates,
+ * and pumps packets between the TUN and the one TLS stream. When the stream dies it redials
+ * with backoff; packets read from the TUN meanwhile are dropped and counted (disconnected).
+ */
+export class LinkClient {
+  private connection: FramedConnection | undefined;
+  private authenticated = false;
+  private stopped = false;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private readonly backoff: Backoff;
+  private readonly counters = new TrafficCounters();
+  private readonly startedAt = new Date();
+  private endpoint: string | null = null;
+  private tunnelCidrs: string[] = [];
+  private serverAddresses: string[] = [];
+  private installedCidrs = '';
+
+  constructor(private readonly options: LinkClientOptions) {
+    this.backoff = new Backoff(options.backoffBaseMs, options.backoffCapMs);
+  }
+
+  start(): void {
+    this.options.tun.onPacket((packet) => this.onTunPacket(packet));
+    this.dial();
+  }
+
+  get isAuthenticated(): boolean {
+    return this.authenticated;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.connection?.close(CloseCode.Normal, 'node is shutting down');
+  }
+
+  private dial(): void {
+    const { options } = this;
+    let socket: TLSSocket;
+    const deadline = setTimeout(() => {
+      options.log.warn({ server: `${options.host}:${options.port}` }, `no welcome within ${options.handshakeTimeoutMs} ms`);
+      socket.destroy();
+    }, options.handshakeTimeoutMs);
+    socket = tlsConnect({
+      host: options.host,
+      port: options.port,
+      servername: isIpLiteral(options.host) ? undefined : options.host,
+      minVersion: 'TLSv1.3',
+      maxVersion: 'TLSv1.3',
+      // Trust comes from the pinned key checked below, not from a CA chain.
+      rejectUnauthorized: false,
+    });
+    socket.setNoDelay(true);
+    socket.once('secureConnect', () => {
+      const presented = serverPublicKey(socket);
+      if (!presented || !keysEqual(presented, options.serverKey)) {
+        options.log.error({ server: `${options.host}:${options.port}`, presented: presented ? encodeKey(presented) : null },
+          'server key does not match --server-key: wrong server, or --server-key is stale (check with nodelink pubkey on the server)');
+        socket.destroy();
+        return;
+      }
+      this.endpoint = `${socket.remoteAddress}:${socket.remotePort}`;
+      const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
+      connection.sendControl(FrameType.Hello, encodeHello(options.keyPair, exporter, {
+        name: options.name,
+        routes: options.routes.map(String),
+      }));
+    });
+    socket.on('error', (err) => {
+      options.log.warn({ server: `${options.host}:${options.port}`, err: err.message }, 'connection to server failed');
+    });
+    const connection = new FramedConnection(socket, {
+      onData: (packet) => {
+        if (!options.tun.write(packet)) this.counters.drop('tun_error');
+      },
+      onControl: (type, payload) => {
+        if (type !== FrameType.Welcome || this.authenticated) {
+          connection.close(CloseCode.ProtocolError, `unexpected ${FrameType[type] ?? type} frame`);
+          return;
+        }
+        clearTimeout(deadline);
+        void this.onWelcome(connection, payload);
+      },
+      onClose: (code, reason, byPeer) => {
+        clearTimeout(deadline);
+        this.onClosed(code, reason, byPeer);
+      },
+    }, { ...options.connection, maxInitialPayload: DEFAULT_MAX_PAYLOAD }, this.counters);
+    this.connection = connection;
+  }
+
+  private async onWelcome(connection: FramedConnection, payload: Buffer): Promise<void> {
+    let welcome: Welcome;
+    try {
+      welcome = JSON.parse(payload.toString('utf8')) as Welcome;
+      if (!Array.isArray(welcome.tunnelCidrs)) throw new Error('no tunnelCidrs');
+    } catch {
+      connection.close(CloseCode.ProtocolError, 'malformed welcome');
+      return;
+    }
+    this.authenticated = true;
+    this.backoff.reset();
+    this.tunnelCidrs = welcome.tunnelCidrs;
+    this.serverAddresses = welcome.serverAddresses ?? [];
+    connection.startKeepalive();
+    this.options.log.info({ server: this.endpoint, tunnelCidrs: welcome.tunnelCidrs }, 'connected to server');
+    const key = welcome.tunnelCidrs.join(',');
+    if (key !== this.installedCidrs) {
+      try {
+        await this.options.installRoutes(welcome.tunnelCidrs.map((cidr) => Prefix.parse(cidr)));
+        this.installedCidrs = key;
+        this.options.log.info({ routes: welcome.tunnelCidrs, dev: this.options.tun.name }, 'routes to the control plane installed');
+      } catch (err) {
+        this.options.log.error({ err: err instanceof NodelinkError ? err.message : String(err) }, 'cannot install routes to the control plane');
+        connection.close(CloseCode.Internal, 'node could not install its routes');
+      }
+    }
+  }
+
+  private onClosed(code: CloseCode, reason: string, byPeer: boolean): void {
+    const wasAuthenticated = this.authenticated;
+    this.authenticated = false;
+    this.connection = undefined;
+    if (this.stopped) return;
+    if (byPeer && (code === CloseCode.AuthFailed || code === CloseCode.RouteNotAllowed)) {
+      this.stopped = true;
+      this.options.onRejected(reason);
+      return;
+    }
+    const delay = this.backoff.next();
+    this.options.log.warn({ code: closeCodeName(code), reason, byPeer, wasAuthenticated, retryInMs: delay }, 'disconnected from server');
+    this.reconnectTimer = setTimeout(() => this.dial(), delay);
+  }
+
+  private onTunPacket(packet: Buffer): void {
+    if (!this.authenticated || !this.connection) {
+      this.counters.drop('disconnected');
+      return;
+    }
+    this.connection.sendData(packet);
+  }
+
+  status(): DaemonStatus {
+    const connection = this.authenticated ? this.connection : undefined;
+    const { counters } = this;
+    return {
+      role: 'client',
+      tun: this.options.tun.name,
+      name: this.options.name,
+      tunnelAddress: null,
+      tunnelAddresses: [],
+      startedAt: this.startedAt.toISOString(),
+      dropsByReason: {},
+      peers: [{
+        name: 'server',
+        publicKey: encodeKey(this.options.serverKey),
+        connected: connection !== undefined,
+        endpoint: connection ? this.endpoint : `${this.options.host}:${this.options.port}`,
+        routes: this.tunnelCidrs,
+        connectedSince: connection ? connection.connectedAt.toISOString() : null,
+        lastPongMs: connection?.rttMs ?? null,
+        rxBytes: counters.rxBytes,
+        txBytes: counters.txBytes,
+        rxPackets: counters.rxPackets,
+        txPackets: counters.txPackets,
+        drops: counters.totalDrops(),
+        dropsByReason: counters.dropsByReason(),
+        queuedBytes: connection?.queuedBytes ?? 0,
+      }],
+    };
+  }
+
+  /** The addresses the server owns in the tunnel (what nodes see as the source). */
+  get serverTunnelAddresses(): readonly string[] {
+    return this.serverAddresses;
+  }
+}
+
+function isIpLiteral(host: string): boolean {
+  return /^[0-9.]+$/.test(host) || host.includes(':');
+}
+
+function serverPublicKey(socket: TLSSocket): Uint8Array | undefined {
+  const certificate = socket.getPeerX509Certificate();
+  if (!certificate || certificate.publicKey.asymmetricKeyType !== 'ed25519') return undefined;
+  const jwk = certificate.publicKey.export({ format: 'jwk' });
+  return jwk.x ? new Uint8Array(Buffer.from(jwk.x, 'base64url')) : undefined;
+}

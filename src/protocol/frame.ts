@@ -1,0 +1,88 @@
+/**
+ * The nodelink wire protocol, version 1. This file is the specification: everything a second
+ * implementation needs to talk to this one is written here. It holds constants and pure helpers
+ * only (no sockets, timers or logging), so both ends and the tests share one definition.
+ *
+ * Transport: one TCP + TLS 1.3 stream per node, always dialed by the node (client). The client
+ * checks the server's pinned Ed25519 key before sending anything.
+ *
+ * Framing: every frame is a 6-byte header followed by the payload.
+ *
+ *   byte 0     version  (u8, PROTOCOL_VERSION)
+ *   byte 1     type     (u8, FrameType)
+ *   bytes 2-5  length   (u32 big-endian, payload bytes, header excluded)
+ *
+ * Multi-byte integers are big-endian. A receiver checks version, type and length as soon as the
+ * header arrives and closes the stream on any violation, before reading the body.
+ *
+ * Flow:
+ *
+ *   1. client → server  Hello: the first frame, capped at DEFAULT_MAX_HELLO_PAYLOAD.
+ *   2. server → client  Welcome (session accepted) or Reject (then the server closes).
+ *   3. both ways        Data, Ping/Pong. No Data frame is accepted before Welcome.
+ *   4. either side      Close, then closes the TLS stream.
+ */
+
+/** Bumped on any incompatible change; a peer speaking another version is refused. */
+export const PROTOCOL_VERSION = 1;
+
+export const HEADER_SIZE = 6;
+
+export enum FrameType {
+  Hello = 1, //   opaque auth payload built by src/auth (client→server, first frame only)
+  Welcome = 2, // UTF-8 JSON object (server→client, after a successful Hello)
+  Reject = 3, //  u16 CloseCode + UTF-8 reason (server→client, then the server closes)
+  Data = 4, //    one raw IPv4 or IPv6 packet, nothing else (either way)
+  Ping = 5, //    PING_PAYLOAD_SIZE opaque bytes (either way)
+  Pong = 6, //    the PING_PAYLOAD_SIZE bytes of the Ping it answers, echoed
+  Close = 7, //   u16 CloseCode + UTF-8 reason (either way, then the sender closes)
+}
+
+const MAX_FRAME_TYPE = FrameType.Close;
+
+export function isKnownFrameType(n: number): n is FrameType {
+  return Number.isInteger(n) && n >= FrameType.Hello && n <= MAX_FRAME_TYPE;
+}
+
+/** Why a session ended, carried as the u16 in Reject and Close payloads. */
+export enum CloseCode {
+  Normal = 0,
+  ProtocolError = 1,
+  AuthFailed = 2,
+  RouteNotAllowed = 3,
+  Replaced = 4, // the same node connected again; the older session is closed
+  ServerShutdown = 5,
+  Timeout = 6,
+  Internal = 7,
+}
+
+// Stable names for logs, metrics and `status`; never renumber or rename.
+const CLOSE_CODE_NAMES: readonly string[] = [
+  'normal',
+  'protocol_error',
+  'auth_failed',
+  'route_not_allowed',
+  'replaced',
+  'server_shutdown',
+  'timeout',
+  'internal',
+];
+
+/** A stable lowercase snake_case name; codes from a newer peer map to 'unknown'. */
+export function closeCodeName(code: number): string {
+  return CLOSE_CODE_NAMES[code] ?? 'unknown';
+}
+
+export const PING_PAYLOAD_SIZE = 8;
+
+/**
+ * The largest payload accepted once authenticated. 65535 is the largest IPv4 packet; an IPv6
+ * packet adds its 40-byte fixed header to a 65535-byte payload, which the 64 bytes cover.
+ */
+export const DEFAULT_MAX_PAYLOAD = 65535 + 64;
+
+/** The first frame arrives before we know who is talking, so it gets only what a Hello needs. */
+export const DEFAULT_MAX_HELLO_PAYLOAD = 4096;
+
+/** Reject and Close are diagnostics, not data: their reason is truncated to keep them this small. */
+export const MAX_CODE_FRAME_SIZE = 512;

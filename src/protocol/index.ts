@@ -1,0 +1,4 @@
+export * from './frame.js';
+export * from './errors.js';
+export * from './encode.js';
+export * from './decoder.js';

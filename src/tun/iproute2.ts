@@ -1,0 +1,70 @@
+import { execFile, execFileSync } from 'node:child_process';
+import { TunError } from './errors.js';
+
+/**
+ * Kernel addresses and routes go through iproute2, the tool operators use to inspect them,
+ * so what nodelink did is exactly what `ip route` shows. Calls are rare (setup, peer changes),
+ * never per packet.
+ */
+export function ip(args: readonly string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile('ip', args, { timeout: 10_000 }, (err, stdout, stderr) => {
+      if (err) {
+        const detail = (stderr || err.message).trim().split('\n')[0];
+        reject(new TunError('iproute2', `ip ${args.join(' ')} failed: ${detail}`));
+      } else {
+        resolve(stdout);
+      }
+    });
+  });
+}
+
+/** For exit paths, where the event loop may not run again. */
+export function ipSync(args: readonly string[]): void {
+  try {
+    execFileSync('ip', args, { timeout: 5_000, stdio: 'ignore' });
+  } catch {
+    // Best effort on the way out: the device and its routes vanish with the process anyway.
+  }
+}
+
+function familyFlag(cidr: string): string {
+  return cidr.includes(':') ? '-6' : '-4';
+}
+
+/** Installs or refreshes a route; idempotent, so a restart over stale state just works. */
+export function routeReplace(cidr: string, dev: string, src?: string): Promise<string> {
+  const args = [familyFlag(cidr), 'route', 'replace', cidr, 'dev', dev];
+  if (src) args.push('src', src);
+  return ip(args);
+}
+
+export async function routeDelete(cidr: string, dev: string): Promise<void> {
+  await ip([familyFlag(cidr), 'route', 'del', cidr, 'dev', dev]).catch(() => undefined);
+}
+
+/** Runs many `ip` commands in one process (`ip -batch`), for route sets of many peers. */
+export function ipBatch(commands: readonly string[]): Promise<void> {
+  if (commands.length === 0) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const child = execFile('ip', ['-force', '-batch', '-'], { timeout: 30_000 }, (err, _stdout, stderr) => {
+      if (err) reject(new TunError('iproute2', `ip -batch failed: ${(stderr || err.message).trim().split('\n')[0]}`));
+      else resolve();
+    });
+    child.stdin?.end(commands.join('\n') + '\n');
+  });
+}
+
+export function routeReplaceCommand(cidr: string, dev: string, src?: string): string {
+  return `${familyFlag(cidr)} route replace ${cidr} dev ${dev}${src ? ` src ${src}` : ''}`;
+}
+
+export async function linkExists(name: string): Promise<boolean> {
+  return ip(['link', 'show', 'dev', name]).then(() => true, () => false);
+}
+
+/** A TUN device of this name left by a crashed run ("tun" in `ip -d link`), or null. */
+export async function isTunDevice(name: string): Promise<boolean> {
+  const out = await ip(['-d', 'link', 'show', 'dev', name]).catch(() => '');
+  return /\btun\b/.test(out);
+}

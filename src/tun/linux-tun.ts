@@ -1,0 +1,103 @@
+import { createRequire } from 'node:module';
+import type { TunDevice } from './device.js';
+import { TunError } from './errors.js';
+import { ip, ipSync, isTunDevice, linkExists } from './iproute2.js';
+
+interface AddonTun {
+  readonly name: string;
+  on(event: 'data', listener: (packet: Buffer) => void): unknown;
+  on(event: 'error', listener: (err: unknown) => void): unknown;
+  write(packet: Buffer): boolean;
+  release(callback?: () => void): void;
+}
+
+export interface TunOptions {
+  /** Final interface name (the addon picks tunN itself; we rename). */
+  readonly name: string;
+  readonly mtu: number;
+  /** Addresses with prefix length, e.g. "198.18.255.1/24", "fd00:18:ff::1/64". */
+  readonly addresses: readonly string[];
+}
+
+const require = createRequire(import.meta.url);
+
+function loadAddon(): { LinuxTun: new () => AddonTun } {
+  try {
+    return require('@xiaobaidadada/node-tuntap2-wintun') as { LinuxTun: new () => AddonTun };
+  } catch (err) {
+    throw new TunError('tun_open', `the TUN addon did not load (${(err as Error).message}): run 'npm ci' so it builds`);
+  }
+}
+
+/** The addon throws strings; this turns anything thrown into one line. */
+function describe(thrown: unknown): string {
+  return thrown instanceof Error ? thrown.message : String(thrown);
+}
+
+/**
+ * A kernel TUN device over the tuntap addon. The addon names devices itself and refuses a
+ * name, so we rename with iproute2 and configure everything with `ip` from then on (its
+ * setters would use the old name). The fd survives the rename.
+ */
+export class LinuxTun implements TunDevice {
+  private closed = false;
+
+  private constructor(private readonly addon: AddonTun, readonly name: string) {}
+
+  static async open(options: TunOptions): Promise<LinuxTun> {
+    const { LinuxTun: Tun } = loadAddon();
+    // A device with our name from a run that was killed would block the rename; only ever
+    // remove it when it is a TUN device, never someone else's interface.
+    if (await linkExists(options.name)) {
+      if (!(await isTunDevice(options.name))) {
+        throw new TunError('tun_open', `interface ${options.name} exists and is not a TUN device: pass another --tun name`);
+      }
+      await ip(['link', 'del', 'dev', options.name]).catch(() => undefined);
+    }
+    let addon: AddonTun;
+    try {
+      addon = new Tun();
+    } catch (thrown) {
+      throw new TunError('tun_open', `cannot create a TUN device (${describe(thrown)}): run as root or with CAP_NET_ADMIN and /dev/net/tun present`);
+    }
+    const device = new LinuxTun(addon, options.name);
+    try {
+      await ip(['link', 'set', 'dev', addon.name, 'name', options.name]);
+      await ip(['link', 'set', 'dev', options.name, 'mtu', String(options.mtu)]);
+      for (const address of options.addresses) {
+        const args = address.includes(':') ? ['-6', 'addr', 'add', address, 'dev', options.name, 'nodad'] : ['addr', 'add', address, 'dev', options.name];
+        await ip(args);
+      }
+      await ip(['link', 'set', 'dev', options.name, 'up']);
+    } catch (err) {
+      await device.close();
+      throw err;
+    }
+    return device;
+  }
+
+  onPacket(handler: (packet: Buffer) => void): void {
+    this.addon.on('data', handler);
+    this.addon.on('error', () => undefined);
+  }
+
+  write(packet: Buffer): boolean {
+    if (this.closed) return false;
+    return this.addon.write(packet);
+  }
+
+  /**
+   * Deletes the interface (its routes go with it) and releases the fd. A read may still be
+   * parked in the threadpool on the fd; it does not keep the process alive past exit.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    ipSync(['link', 'del', 'dev', this.name]);
+    try {
+      this.addon.release();
+    } catch {
+      // Already released by the addon on its own error path.
+    }
+  }
+}
