@@ -22,7 +22,7 @@ function fail(err: unknown): never {
   process.exit(1);
 }
 
-const tunables = {
+const tunables: Record<string, OptionSpec> = {
   tun: { type: 'string', describe: `TUN interface name (default ${DEFAULTS.tun})` },
   mtu: { type: 'number', describe: `TUN MTU (default ${DEFAULTS.mtu})` },
   'admin-socket': { type: 'string', describe: 'unix socket for `nodelink status`' },
@@ -31,7 +31,31 @@ const tunables = {
   'dead-after-ms': { type: 'number', describe: `drop a silent peer after this long (default ${DEFAULTS.deadAfterMs})` },
   'handshake-timeout-ms': { type: 'number', describe: `TLS + hello deadline (default ${DEFAULTS.handshakeTimeoutMs})` },
   'max-queue-bytes': { type: 'number', describe: `per-peer send queue before drops (default ${DEFAULTS.maxQueueBytes})` },
-} as const;
+};
+
+type OptionSpec = { type: 'string' | 'number' | 'boolean'; array?: boolean; default?: unknown; describe: string };
+
+/**
+ * Every flag may also come from the environment as NODELINK_<FLAG> (a DaemonSet sets env, not
+ * args). Only the command's own flags are read, so unrelated NODELINK_* variables are no error;
+ * a flag on the command line wins over the environment.
+ */
+function withEnv<T extends Record<string, OptionSpec>>(options: T): T {
+  const out: Record<string, OptionSpec> = {};
+  for (const [flag, spec] of Object.entries(options)) {
+    const value = process.env[`NODELINK_${flag.toUpperCase().replace(/-/g, '_')}`];
+    if (value === undefined || value === '') {
+      out[flag] = spec;
+    } else if (spec.array) {
+      out[flag] = { ...spec, default: value.split(/[\s,]+/).filter((item) => item.length > 0) };
+    } else if (spec.type === 'boolean') {
+      out[flag] = { ...spec, default: !/^(0|false|no|off)$/i.test(value) };
+    } else {
+      out[flag] = { ...spec, default: value };
+    }
+  }
+  return out as T;
+}
 
 async function statusCommand(raw: RawOptions): Promise<void> {
   let path = raw['admin-socket'] as string | undefined;
@@ -48,20 +72,19 @@ function pubkeyCommand(): void {
 
 await yargs(hideBin(process.argv))
   .scriptName('nodelink')
-  .env('NODELINK')
   .strict()
   .command('keygen', 'print a new private key (base64 Ed25519 seed)', {}, async () => {
     process.stdout.write(`${encodeKey(generateSeed())}\n`);
   })
   .command('pubkey', 'read a private key on stdin, print its public key', {}, async () => pubkeyCommand())
-  .command('server', 'run the control-plane side', {
-    listen: { type: 'string', describe: 'HOST:PORT to accept nodes on', demandOption: false },
+  .command('server', 'run the control-plane side', withEnv({
+    listen: { type: 'string', describe: 'HOST:PORT to accept nodes on' },
     key: { type: 'string', describe: 'private key file (mode 0600)' },
     peers: { type: 'string', describe: 'peers JSON file: authorized nodes and their allowedIPs' },
     'tunnel-cidr': { type: 'string', array: true, describe: 'tunnel CIDR; a second one of the other family makes it dual-stack' },
     ...tunables,
-  }, async (argv) => runServer(parseServerConfig(argv as RawOptions)))
-  .command('client', 'run the node side', {
+  }), async (argv) => runServer(parseServerConfig(argv as RawOptions)))
+  .command('client', 'run the node side', withEnv({
     server: { type: 'string', describe: 'HOST:PORT of the nodelink server' },
     'server-key': { type: 'string', describe: "the server's public key (nodelink pubkey < server.key)" },
     key: { type: 'string', describe: 'private key file (mode 0600)' },
@@ -69,11 +92,11 @@ await yargs(hideBin(process.argv))
     route: { type: 'string', array: true, describe: 'CIDR to announce: node IP /32 and pod CIDRs' },
     forwarding: { type: 'boolean', default: true, describe: 'enable ip_forward for the announced families' },
     ...tunables,
-  }, async (argv) => runClient(parseClientConfig(argv as RawOptions)))
-  .command('status', "show the local daemon's peers and routes", {
+  }), async (argv) => runClient(parseClientConfig(argv as RawOptions)))
+  .command('status', "show the local daemon's peers and routes", withEnv({
     'admin-socket': { type: 'string', describe: 'admin socket of the daemon (default: server, else client)' },
     json: { type: 'boolean', default: false, describe: 'print JSON' },
-  }, async (argv) => statusCommand(argv as RawOptions))
+  }), async (argv) => statusCommand(argv as RawOptions))
   .demandCommand(1, 'name a command: keygen, pubkey, server, client or status')
   .fail((message, err) => fail(err ?? new UsageError(message)))
   .help()

@@ -106,9 +106,6 @@ export class LinkClient {
         routes: options.routes.map(String),
       }));
     });
-    socket.on('error', (err) => {
-      options.log.warn({ server: `${options.host}:${options.port}`, err: err.message }, 'connection to server failed');
-    });
     const connection = new FramedConnection(socket, {
       onData: (packet) => {
         if (!options.tun.write(packet)) this.counters.drop('tun_error');

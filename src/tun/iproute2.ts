@@ -55,8 +55,9 @@ export function ipBatch(commands: readonly string[]): Promise<void> {
   });
 }
 
+/** A line for ip -batch, which takes no option flags: the family follows from the CIDR. */
 export function routeReplaceCommand(cidr: string, dev: string, src?: string): string {
-  return `${familyFlag(cidr)} route replace ${cidr} dev ${dev}${src ? ` src ${src}` : ''}`;
+  return `route replace ${cidr} dev ${dev}${src ? ` src ${src}` : ''}`;
 }
 
 export async function linkExists(name: string): Promise<boolean> {
