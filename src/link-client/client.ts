@@ -3,7 +3,7 @@ import {
   EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, keysEqual, type KeyPair,
 } from '../auth/index.js';
 import { CloseCode, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName } from '../protocol/index.js';
-import { Prefix } from '../routing/index.js';
+import { Prefix, PrefixTable } from '../routing/index.js';
 import type { TunDevice } from '../tun/index.js';
 import type { DaemonStatus } from '../admin/index.js';
 import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
@@ -54,9 +54,11 @@ export class LinkClient {
   private tunnelCidrs: string[] = [];
   private serverAddresses: string[] = [];
   private installedCidrs = '';
+  private readonly ownRoutes = new PrefixTable<true>();
 
   constructor(private readonly options: LinkClientOptions) {
     this.backoff = new Backoff(options.backoffBaseMs, options.backoffCapMs);
+    for (const route of options.routes) this.ownRoutes.insert(route, true);
   }
 
   start(): void {
@@ -172,6 +174,11 @@ export class LinkClient {
   private onTunPacket(packet: Buffer): void {
     if (!this.authenticated || !this.connection) {
       this.counters.drop('disconnected');
+      return;
+    }
+    // The server would drop it as spoofed anyway; not sending it keeps its counters meaningful.
+    if (this.ownRoutes.lookupSource(packet) === undefined) {
+      this.counters.drop('unannounced_source');
       return;
     }
     this.connection.sendData(packet);

@@ -74,6 +74,7 @@ export class FramedConnection {
   startKeepalive(): void {
     this.lastRxAt = Date.now();
     this.keepaliveTimer = setInterval(() => this.keepaliveTick(), this.options.keepaliveIntervalMs);
+    this.sendPing(); // an RTT right away, not one interval later
   }
 
   sendControl(type: FrameType, payload?: Uint8Array): void {
@@ -167,6 +168,10 @@ export class FramedConnection {
       this.destroy(`peer silent for ${this.options.deadAfterMs} ms`);
       return;
     }
+    this.sendPing();
+  }
+
+  private sendPing(): void {
     this.pingPayload.writeDoubleBE(performance.now(), 0);
     this.sendControl(FrameType.Ping, this.pingPayload);
   }

@@ -9,6 +9,7 @@ export type DropReason =
   | 'spoofed_source'  // a node sent a packet whose source is outside its announced routes
   | 'malformed'       // truncated header, wrong IP version, length mismatch
   | 'disconnected'    // the client has no session to the server right now
+  | 'unannounced_source' // the node's kernel sent a packet from an address the node does not announce
   | 'tun_error';      // the TUN device refused a write
 
 export class TrafficCounters {

@@ -60,12 +60,16 @@ export function routeReplaceCommand(cidr: string, dev: string, src?: string): st
   return `route replace ${cidr} dev ${dev}${src ? ` src ${src}` : ''}`;
 }
 
-export async function linkExists(name: string): Promise<boolean> {
-  return ip(['link', 'show', 'dev', name]).then(() => true, () => false);
-}
+export type ExistingLink = 'none' | 'tun-in-use' | 'tun-persistent' | 'other';
 
-/** A TUN device of this name left by a crashed run ("tun" in `ip -d link`), or null. */
-export async function isTunDevice(name: string): Promise<boolean> {
-  const out = await ip(['-d', 'link', 'show', 'dev', name]).catch(() => '');
-  return /\btun\b/.test(out);
+/**
+ * What already carries this interface name. A TUN device lives only as long as the process
+ * holding its fd, unless it was made persistent (`ip tuntap add`): so an existing non-persistent
+ * TUN belongs to a live process, and only a persistent one is a leftover we may remove.
+ */
+export async function existingLink(name: string): Promise<ExistingLink> {
+  const out = await ip(['-d', 'link', 'show', 'dev', name]).catch(() => null);
+  if (out === null) return 'none';
+  if (!/\btun type tun\b/.test(out)) return 'other';
+  return /\bpersist on\b/.test(out) ? 'tun-persistent' : 'tun-in-use';
 }

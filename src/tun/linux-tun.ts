@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import type { TunDevice } from './device.js';
 import { TunError } from './errors.js';
-import { ip, ipSync, isTunDevice, linkExists } from './iproute2.js';
+import { existingLink, ip, ipSync } from './iproute2.js';
 
 interface AddonTun {
   readonly name: string;
@@ -46,14 +46,10 @@ export class LinuxTun implements TunDevice {
 
   static async open(options: TunOptions): Promise<LinuxTun> {
     const { LinuxTun: Tun } = loadAddon();
-    // A device with our name from a run that was killed would block the rename; only ever
-    // remove it when it is a TUN device, never someone else's interface.
-    if (await linkExists(options.name)) {
-      if (!(await isTunDevice(options.name))) {
-        throw new TunError('tun_open', `interface ${options.name} exists and is not a TUN device: pass another --tun name`);
-      }
-      await ip(['link', 'del', 'dev', options.name]).catch(() => undefined);
-    }
+    const existing = await existingLink(options.name);
+    if (existing === 'other') throw new TunError('tun_open', `interface ${options.name} exists and is not a TUN device: pass another --tun name`);
+    if (existing === 'tun-in-use') throw new TunError('tun_open', `TUN device ${options.name} is in use by another process (another nodelink?): stop it or pass another --tun name`);
+    if (existing === 'tun-persistent') await ip(['link', 'del', 'dev', options.name]).catch(() => undefined);
     let addon: AddonTun;
     try {
       addon = new Tun();
@@ -63,7 +59,9 @@ export class LinuxTun implements TunDevice {
     const device = new LinuxTun(addon, options.name);
     try {
       await ip(['link', 'set', 'dev', addon.name, 'name', options.name]);
-      await ip(['link', 'set', 'dev', options.name, 'mtu', String(options.mtu)]);
+      // No IPv6 link-local address: the kernel would send router solicitations and MLD reports
+      // from it, which no peer routes and the server would count as drops.
+      await ip(['link', 'set', 'dev', options.name, 'mtu', String(options.mtu), 'addrgenmode', 'none']);
       for (const address of options.addresses) {
         const args = address.includes(':') ? ['-6', 'addr', 'add', address, 'dev', options.name, 'nodad'] : ['addr', 'add', address, 'dev', options.name];
         await ip(args);
