@@ -3,7 +3,7 @@ import {
   EXPORTER_BYTES, EXPORTER_LABEL, verifyHello, AuthError, type KeyPair, type PeerConfig, type PeerRegistry,
 } from '../auth/index.js';
 import { CloseCode, DEFAULT_MAX_HELLO_PAYLOAD, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName } from '../protocol/index.js';
-import { PrefixTable, buildUnreachable, checkPacket, type Prefix } from '../routing/index.js';
+import { DST_OFFSET_V4, DST_OFFSET_V6, PrefixTable, buildUnreachable, checkPacket, type Prefix } from '../routing/index.js';
 import type { TunDevice } from '../tun/index.js';
 import type { DaemonStatus, PeerStatus } from '../admin/index.js';
 import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
@@ -66,10 +66,8 @@ export class LinkServer {
   private server: Server | undefined;
   private icmpBudget = ICMP_ERRORS_PER_SECOND;
   private icmpRefillTimer: NodeJS.Timeout | undefined;
-  private readonly tunnelAddressBytes = new Map<4 | 6, Uint8Array>();
 
   constructor(private readonly options: LinkServerOptions) {
-    for (const address of options.tunnelAddresses) this.tunnelAddressBytes.set(address.family, address.bytes);
     for (const config of options.registry.peers) {
       const state: PeerState = { config, counters: new TrafficCounters(), session: undefined };
       this.peers.set(config.publicKeyText, state);
@@ -224,10 +222,13 @@ export class LinkServer {
     if (!this.options.tun.write(packet)) session.peer.counters.drop('tun_error');
   }
 
+  /**
+   * The error comes from the unreachable destination's own address: one of the server's tunnel
+   * addresses would be a local address arriving from outside, which the kernel drops as martian.
+   */
   private answerUnreachable(packet: Buffer): void {
     if (this.icmpBudget <= 0) return;
-    const from = this.tunnelAddressBytes.get((packet[0]! >> 4) === 6 ? 6 : 4);
-    if (!from) return;
+    const from = (packet[0]! >> 4) === 6 ? packet.subarray(DST_OFFSET_V6, DST_OFFSET_V6 + 16) : packet.subarray(DST_OFFSET_V4, DST_OFFSET_V4 + 4);
     const reply = buildUnreachable(packet, from);
     if (!reply) return;
     this.icmpBudget--;

@@ -3,15 +3,7 @@
 
 import { expect } from 'chai';
 import { Harness } from '../../scripts/harness.js';
-
-const isRoot = process.getuid?.() === 0;
-
-function skipUnlessRoot(ctx: Mocha.Context): void {
-  if (!isRoot) {
-    console.log('\n    *** SKIPPED: namespace tests need root ***\n');
-    ctx.skip();
-  }
-}
+import { skipUnlessRoot } from './root.js';
 
 describe('netns harness', function () {
   this.timeout(60_000);

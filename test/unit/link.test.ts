@@ -1,0 +1,755 @@
+// The link end to end over in-memory TUN fakes and real loopback TLS, plus FramedConnection over
+// in-memory streams and the reconnect Backoff. No TUN device, namespace or root needed.
+
+import { expect } from 'chai';
+import { once } from 'node:events';
+import { Duplex, PassThrough } from 'node:stream';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import {
+  EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, generateSeed, keyPairFromSeed, parsePeers, type KeyPair,
+} from '../../src/auth/index.js';
+import {
+  CloseCode, FrameDecoder, FrameType, HEADER_SIZE, decodeCodePayload, encodeFrame, writeHeader,
+} from '../../src/protocol/index.js';
+import { Prefix, internetChecksum, parseAddress } from '../../src/routing/index.js';
+import { FakeTun } from '../../src/tun/fake.js';
+import { LinkServer } from '../../src/link-server/index.js';
+import { Backoff, LinkClient } from '../../src/link-client/index.js';
+import { FramedConnection, type ConnectionEvents, type ConnectionOptions } from '../../src/link/connection.js';
+import { silentLogger } from '../../src/log.js';
+import type { DaemonStatus, PeerStatus } from '../../src/admin/index.js';
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Polls `cond` every 10 ms; fails naming `what` after `timeoutMs`. */
+async function waitFor(what: string, cond: () => boolean, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+/** An IPv4 packet: 20-byte header (version 4, IHL 5, total length, TTL, protocol, src, dst) + payload. */
+function ipv4(src: string, dst: string, payload: Uint8Array = Buffer.from('hello'), proto = 17): Buffer {
+  const p = Buffer.alloc(20 + payload.length);
+  p[0] = 0x45;
+  p.writeUInt16BE(p.length, 2);
+  p.writeUInt16BE(0x4242, 4); // identification
+  p[8] = 64;
+  p[9] = proto;
+  p.set(parseAddress(src).bytes, 12);
+  p.set(parseAddress(dst).bytes, 16);
+  p.writeUInt16BE(internetChecksum(p, 0, 20), 10);
+  p.set(payload, 20);
+  return p;
+}
+
+/** An IPv6 packet: 40-byte fixed header (version 6, payload length, next header, hop limit, src, dst) + payload. */
+function ipv6(src: string, dst: string, payload: Uint8Array = Buffer.from('hello6'), nextHeader = 17): Buffer {
+  const p = Buffer.alloc(40 + payload.length);
+  p[0] = 0x60;
+  p.writeUInt16BE(payload.length, 4);
+  p[6] = nextHeader;
+  p[7] = 64;
+  p.set(parseAddress(src).bytes, 8);
+  p.set(parseAddress(dst).bytes, 24);
+  p.set(payload, 40);
+  return p;
+}
+
+function portOf(listenAddress: string): number {
+  return Number(listenAddress.slice(listenAddress.lastIndexOf(':') + 1));
+}
+
+function newPair(): KeyPair {
+  return keyPairFromSeed(generateSeed());
+}
+
+/** The status document as `status --json` prints it: through JSON, so only JSON survives. */
+function json(status: DaemonStatus): DaemonStatus {
+  return JSON.parse(JSON.stringify(status)) as DaemonStatus;
+}
+
+function clearWritten(...tuns: FakeTun[]): void {
+  for (const tun of tuns) tun.written.length = 0;
+}
+
+/** A TLS connection to the server that speaks the wire protocol by hand (no LinkClient). */
+interface RawSession {
+  readonly socket: TLSSocket;
+  readonly exporter: Buffer;
+  readonly frames: Array<{ type: FrameType; payload: Buffer }>;
+  readonly closed: Promise<void>;
+  readonly isClosed: () => boolean;
+}
+
+async function rawConnect(port: number): Promise<RawSession> {
+  const socket = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' });
+  const frames: RawSession['frames'] = [];
+  const decoder = new FrameDecoder((type, payload) => frames.push({ type, payload: Buffer.from(payload) }));
+  let isClosed = false;
+  socket.on('data', (chunk: Buffer) => {
+    try {
+      decoder.push(chunk);
+    } catch {
+      socket.destroy();
+    }
+  });
+  socket.on('error', () => { /* the test looks at frames and `closed` */ });
+  const closed = new Promise<void>((resolve) => socket.once('close', () => { isClosed = true; resolve(); }));
+  await once(socket, 'secureConnect');
+  const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
+  return { socket, exporter, frames, closed, isClosed: () => isClosed };
+}
+
+function findFrame(session: RawSession, type: FrameType): { type: FrameType; payload: Buffer } | undefined {
+  return session.frames.find((f) => f.type === type);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the forwarding scenario
+
+const TUNNEL_CIDRS = [Prefix.parse('198.18.255.0/24'), Prefix.parse('fd00:18:ff::/64')];
+const TUNNEL_ADDRESSES = [Prefix.fromAddress('198.18.255.1'), Prefix.fromAddress('fd00:18:ff::1')];
+const CONNECTION: ConnectionOptions = { maxQueueBytes: 1 << 20, keepaliveIntervalMs: 200, deadAfterMs: 1000, maxInitialPayload: 4096 };
+const APISERVER = '198.18.0.10'; // the control plane's own address: source of TUN traffic toward nodes
+
+const NODE_A_ROUTES = ['198.19.0.11/32', '198.19.1.0/24', 'fd00:19:1::/64'];
+const NODE_B_ROUTES = ['198.19.0.12/32', '198.19.2.0/24'];
+
+interface ClientRig {
+  readonly client: LinkClient;
+  readonly tun: FakeTun;
+  readonly installed: string[][];
+  readonly rejected: string[];
+}
+
+describe('link over FakeTun and loopback TLS', function () {
+  this.timeout(5000);
+
+  const serverPair = newPair();
+  const pairA = newPair();
+  const pairB = newPair();
+  const registry = parsePeers(JSON.stringify({
+    peers: [
+      { name: 'node-a', publicKey: encodeKey(pairA.publicKey), allowedIPs: NODE_A_ROUTES },
+      { name: 'node-b', publicKey: encodeKey(pairB.publicKey), allowedIPs: NODE_B_ROUTES },
+    ],
+  }), 'peers.json', TUNNEL_CIDRS);
+
+  const serverTun = new FakeTun('srv0');
+  const serverInstalled: string[][] = [];
+  let server: LinkServer | undefined;
+  let port = 0;
+  const rigs: ClientRig[] = [];
+  const raws: RawSession[] = [];
+  let a: ClientRig;
+  let b: ClientRig;
+
+  function startClient(opts: {
+    name: string; keyPair: KeyPair; routes: readonly string[]; serverKey?: Uint8Array; tunName?: string;
+  }): ClientRig {
+    const tun = new FakeTun(opts.tunName ?? `${opts.name}-tun`);
+    const installed: string[][] = [];
+    const rejected: string[] = [];
+    const client = new LinkClient({
+      host: '127.0.0.1',
+      port,
+      serverKey: opts.serverKey ?? serverPair.publicKey,
+      keyPair: opts.keyPair,
+      name: opts.name,
+      routes: opts.routes.map((r) => Prefix.parse(r)),
+      tun,
+      connection: CONNECTION,
+      handshakeTimeoutMs: 2000,
+      backoffBaseMs: 50,
+      backoffCapMs: 200,
+      installRoutes: async (cidrs) => { installed.push(cidrs.map(String)); },
+      onRejected: (reason) => { rejected.push(reason); },
+      log: silentLogger(),
+    });
+    const rig = { client, tun, installed, rejected };
+    rigs.push(rig);
+    client.start();
+    return rig;
+  }
+
+  async function raw(): Promise<RawSession> {
+    const session = await rawConnect(port);
+    raws.push(session);
+    return session;
+  }
+
+  const status = (): DaemonStatus => json(server!.status());
+  const peer = (name: string): PeerStatus => {
+    const found = status().peers.find((p) => p.name === name);
+    if (!found) throw new Error(`no peer ${name} in server status`);
+    return found;
+  };
+
+  before(async function () {
+    server = new LinkServer({
+      host: '127.0.0.1',
+      port: 0,
+      keyPair: serverPair,
+      registry,
+      tun: serverTun,
+      tunnelCidrs: TUNNEL_CIDRS,
+      tunnelAddresses: TUNNEL_ADDRESSES,
+      connection: CONNECTION,
+      handshakeTimeoutMs: 2000,
+      installRoutes: async (cidrs) => { serverInstalled.push(cidrs.map(String)); },
+      log: silentLogger(),
+    });
+    await server.start();
+    expect(server.listenAddress).to.match(/^127\.0\.0\.1:\d+$/);
+    port = portOf(server.listenAddress);
+    expect(port).to.be.greaterThan(0);
+    a = startClient({ name: 'node-a', keyPair: pairA, routes: NODE_A_ROUTES });
+    b = startClient({ name: 'node-b', keyPair: pairB, routes: NODE_B_ROUTES });
+  });
+
+  beforeEach(function () {
+    clearWritten(serverTun, ...rigs.map((r) => r.tun));
+  });
+
+  after(async function () {
+    for (const session of raws) session.socket.destroy();
+    await Promise.all(rigs.map((rig) => rig.client.stop()));
+    await server?.stop();
+    // stop() waits for the server's side of every connection; the client sides follow at once.
+    const sockets = (): string[] => process.getActiveResourcesInfo().filter((r) => r.startsWith('TCP'));
+    await waitFor(`no socket left open (${sockets().join(', ')})`, () => sockets().length === 0, 2000);
+  });
+
+  it('authenticates both clients and installs routes on both sides', async function () {
+    await waitFor('node-a and node-b to authenticate', () => a.client.isAuthenticated && b.client.isAuthenticated);
+    await waitFor('client routes', () => a.installed.length > 0 && b.installed.length > 0);
+    for (const rig of [a, b]) {
+      expect(rig.installed).to.deep.equal([['198.18.255.0/24', 'fd00:18:ff::/64']]);
+      expect(rig.rejected).to.deep.equal([]);
+      expect(rig.client.serverTunnelAddresses).to.deep.equal(['198.18.255.1', 'fd00:18:ff::1']);
+    }
+    // Every allowedIP at start, before any node connected (offline nodes must not leak to the default route).
+    expect(serverInstalled).to.deep.equal([[...NODE_A_ROUTES, ...NODE_B_ROUTES]]);
+    expect(peer('node-a').connected).to.equal(true);
+    expect(peer('node-b').connected).to.equal(true);
+  });
+
+  it('delivers TUN packets to the node that announced the destination, unchanged, and only there', async function () {
+    const toA = ipv4(APISERVER, '198.19.1.5', Buffer.from('GET /metrics'), 6);
+    serverTun.inject(toA);
+    expect((await a.tun.waitForWritten(1))[0]).to.deep.equal(toA);
+
+    const toB = ipv4(APISERVER, '198.19.2.7', Buffer.from('GET /healthz'), 6);
+    serverTun.inject(toB);
+    expect((await b.tun.waitForWritten(1))[0]).to.deep.equal(toB);
+
+    const toA6 = ipv6('fd00:18:ff::1', 'fd00:19:1::2', Buffer.from('v6 payload'));
+    serverTun.inject(toA6);
+    const [first, second] = await a.tun.waitForWritten(2);
+    expect(first).to.deep.equal(toA);
+    expect(second).to.deep.equal(toA6);
+
+    // A node IP (/32) goes to its node too.
+    const kubelet = ipv4(APISERVER, '198.19.0.12', Buffer.from(':10250'), 6);
+    serverTun.inject(kubelet);
+    expect((await b.tun.waitForWritten(2))[1]).to.deep.equal(kubelet);
+
+    await sleep(100);
+    expect(a.tun.written).to.have.length(2);
+    expect(b.tun.written).to.have.length(2);
+    expect(serverTun.written, 'no ICMP or echo on the server TUN').to.deep.equal([]);
+  });
+
+  it('accepts from a node packets whose source is in its announced routes', async function () {
+    const reply = ipv4('198.19.1.5', APISERVER, Buffer.from('metrics'), 6);
+    a.tun.inject(reply);
+    expect((await serverTun.waitForWritten(1))[0]).to.deep.equal(reply);
+
+    const reply6 = ipv6('fd00:19:1::2', 'fd00:18:ff::1', Buffer.from('v6 reply'));
+    a.tun.inject(reply6);
+    expect((await serverTun.waitForWritten(2))[1]).to.deep.equal(reply6);
+  });
+
+  it("drops a packet from node-a carrying node-b's pod address as source (spoofed_source)", async function () {
+    const before = peer('node-a').dropsByReason.spoofed_source ?? 0;
+    a.tun.inject(ipv4('198.19.2.7', APISERVER, Buffer.from('spoof')));
+    a.tun.inject(ipv4('198.18.255.1', APISERVER, Buffer.from('spoof'))); // the server's own address
+    await waitFor('spoofed_source drops', () => (peer('node-a').dropsByReason.spoofed_source ?? 0) === before + 2);
+    // A legitimate packet sent after them arrives, so the spoofed ones had every chance to.
+    const legit = ipv4('198.19.0.11', APISERVER, Buffer.from('legit'));
+    a.tun.inject(legit);
+    const written = await serverTun.waitForWritten(1);
+    expect(written).to.deep.equal([legit]);
+    expect(peer('node-b').dropsByReason.spoofed_source ?? 0).to.equal(0);
+    expect(peer('node-a').connected, 'spoofing is dropped, not punished by a disconnect').to.equal(true);
+  });
+
+  it('drops a packet for an address no peer owns (no_route) and answers ICMP unreachable from the tunnel address', async function () {
+    const before = status().dropsByReason.no_route ?? 0;
+    const lost = ipv4(APISERVER, '198.19.99.1', Buffer.from('0123456789abcdef'), 6);
+    serverTun.inject(lost);
+    const [icmp] = await serverTun.waitForWritten(1);
+    expect(status().dropsByReason.no_route).to.equal(before + 1);
+
+    expect(icmp![0]! >> 4, 'IPv4').to.equal(4);
+    expect(icmp![9], 'protocol ICMP').to.equal(1);
+    expect(icmp!.readUInt16BE(2), 'total length').to.equal(icmp!.length);
+    expect(icmp!.subarray(12, 16)).to.deep.equal(Buffer.from(parseAddress('198.18.255.1').bytes));
+    expect(icmp!.subarray(16, 20)).to.deep.equal(Buffer.from(parseAddress(APISERVER).bytes));
+    expect(internetChecksum(icmp!, 0, 20), 'IP header checksum').to.equal(0);
+    expect(icmp![20], 'type: destination unreachable').to.equal(3);
+    expect(internetChecksum(icmp!, 20, icmp!.length), 'ICMP checksum').to.equal(0);
+    // RFC 792: the original header plus 8 bytes of its payload.
+    expect(icmp!.subarray(28)).to.deep.equal(lost.subarray(0, 28));
+    await sleep(50);
+    expect(a.tun.written).to.deep.equal([]);
+    expect(b.tun.written).to.deep.equal([]);
+  });
+
+  it('reports the SPEC status fields, with counters that move', async function () {
+    const beforeA = peer('node-a');
+    a.tun.inject(ipv4('198.19.2.200', APISERVER)); // spoofed: one drop
+    await waitFor('the spoofed drop', () => peer('node-a').drops === beforeA.drops + 1);
+    const toA = ipv4(APISERVER, '198.19.1.9', Buffer.alloc(100, 1));
+    const fromA = ipv4('198.19.1.9', APISERVER, Buffer.alloc(50, 2));
+    serverTun.inject(toA);
+    a.tun.inject(fromA);
+    await a.tun.waitForWritten(1);
+    await serverTun.waitForWritten(1);
+    // A keepalive round trip (200 ms interval) must have happened for lastPongMs.
+    await waitFor('a pong on the server side', () => typeof peer('node-a').lastPongMs === 'number');
+
+    const doc = status();
+    expect(doc.role).to.equal('server');
+    expect(doc.tun).to.equal('srv0');
+    expect(doc.tunnelAddress).to.equal('198.18.255.1');
+    expect(doc.peers.map((p) => p.name)).to.deep.equal(['node-a', 'node-b']);
+    for (const p of doc.peers) {
+      for (const field of ['name', 'publicKey', 'connected', 'endpoint', 'routes', 'connectedSince', 'lastPongMs',
+        'rxBytes', 'txBytes', 'rxPackets', 'txPackets', 'drops']) {
+        expect(p, `peers[${p.name}]`).to.have.property(field);
+      }
+      expect(p.connected).to.equal(true);
+      expect(p.endpoint).to.match(/^127\.0\.0\.1:\d+$/);
+      expect(new Date(p.connectedSince!).toISOString()).to.equal(p.connectedSince);
+      for (const n of [p.rxBytes, p.txBytes, p.rxPackets, p.txPackets, p.drops]) expect(n).to.be.a('number');
+    }
+    const nodeA = doc.peers[0]!;
+    expect(nodeA.publicKey).to.equal(encodeKey(pairA.publicKey));
+    expect(nodeA.routes).to.deep.equal(NODE_A_ROUTES);
+    expect(nodeA.lastPongMs).to.be.a('number').and.to.be.at.least(0).and.below(1000);
+    expect(nodeA.txPackets).to.equal(beforeA.txPackets + 1);
+    expect(nodeA.txBytes).to.equal(beforeA.txBytes + toA.length);
+    expect(nodeA.rxPackets).to.equal(beforeA.rxPackets + 1);
+    expect(nodeA.rxBytes).to.equal(beforeA.rxBytes + fromA.length);
+    expect(nodeA.drops).to.equal(beforeA.drops + 1);
+    expect(nodeA.dropsByReason.spoofed_source).to.be.at.least(1);
+    expect(doc.peers[1]!.routes).to.deep.equal(NODE_B_ROUTES);
+
+    // The client side: role client, one peer, the server.
+    const mine = json(a.client.status());
+    expect(mine.role).to.equal('client');
+    expect(mine.tun).to.equal('node-a-tun');
+    expect(mine.peers).to.have.length(1);
+    const srv = mine.peers[0]!;
+    expect(srv.publicKey).to.equal(encodeKey(serverPair.publicKey));
+    expect(srv.connected).to.equal(true);
+    expect(srv.endpoint).to.equal(`127.0.0.1:${port}`);
+    expect(srv.routes).to.deep.equal(['198.18.255.0/24', 'fd00:18:ff::/64']);
+    expect(srv.rxPackets).to.be.at.least(1);
+    expect(srv.txPackets).to.be.at.least(1);
+  });
+
+  it('rejects a client with an unknown key; onRejected gets a reason naming the peers file', async function () {
+    const stranger = startClient({ name: 'node-x', keyPair: newPair(), routes: ['198.19.0.99/32'] });
+    await waitFor('onRejected', () => stranger.rejected.length > 0);
+    expect(stranger.rejected).to.have.length(1);
+    expect(stranger.rejected[0]).to.include('peers file');
+    expect(stranger.client.isAuthenticated).to.equal(false);
+    expect(stranger.installed).to.deep.equal([]);
+    // A rejected client gives up instead of hammering the server.
+    await sleep(300);
+    expect(stranger.rejected).to.have.length(1);
+    await stranger.client.stop();
+  });
+
+  it("rejects node-a's key announcing 198.19.3.0/24, with a reason naming allowedIPs, and keeps the real node-a", async function () {
+    const endpointBefore = peer('node-a').endpoint;
+    const greedy = startClient({ name: 'node-a', keyPair: pairA, routes: ['198.19.0.11/32', '198.19.3.0/24'], tunName: 'greedy' });
+    await waitFor('onRejected', () => greedy.rejected.length > 0);
+    expect(greedy.rejected[0]).to.include('allowedIPs');
+    expect(greedy.rejected[0]).to.include('198.19.3.0/24');
+    expect(greedy.client.isAuthenticated).to.equal(false);
+    await greedy.client.stop();
+    expect(peer('node-a').connected).to.equal(true);
+    expect(peer('node-a').endpoint).to.equal(endpointBefore);
+    expect(a.client.isAuthenticated).to.equal(true);
+  });
+
+  it('a client pinning the wrong server key never authenticates, and the server does not count it connected', async function () {
+    // It even holds node-b's real key: with a broken pin check it would take over node-b's session.
+    const before = peer('node-b');
+    const misled = startClient({ name: 'node-b', keyPair: pairB, routes: NODE_B_ROUTES, serverKey: newPair().publicKey, tunName: 'misled' });
+    const deadline = Date.now() + 1500;
+    while (Date.now() < deadline) {
+      expect(misled.client.isAuthenticated).to.equal(false);
+      await sleep(20);
+    }
+    expect(misled.installed).to.deep.equal([]);
+    expect(misled.rejected, 'nothing reached the server to reject').to.deep.equal([]);
+    expect(json(misled.client.status()).peers[0]!.connected).to.equal(false);
+    const after = peer('node-b');
+    expect(after.connected).to.equal(true);
+    expect(after.endpoint, "node-b's session is the original one").to.equal(before.endpoint);
+    expect(after.connectedSince).to.equal(before.connectedSince);
+    // Packets from its TUN go nowhere.
+    misled.tun.inject(ipv4('198.19.2.7', APISERVER));
+    await sleep(50);
+    expect(serverTun.written).to.deep.equal([]);
+    await misled.client.stop();
+  });
+
+  it('does not forward a Data frame sent before Hello', async function () {
+    const session = await raw();
+    session.socket.write(encodeFrame(FrameType.Data, ipv4('198.19.1.5', APISERVER)));
+    await sleep(150);
+    expect(serverTun.written).to.deep.equal([]);
+    session.socket.destroy();
+  });
+
+  it('refuses a hello replayed from another TLS session (channel binding)', async function () {
+    const first = await raw();
+    const second = await raw();
+    expect(first.exporter.equals(second.exporter)).to.equal(false);
+    // Signed with node-a's real key, for the first session; presented in the second.
+    const replayed = encodeHello(pairA, first.exporter, { name: 'node-a', routes: NODE_A_ROUTES });
+    const endpointBefore = peer('node-a').endpoint;
+    second.socket.write(encodeFrame(FrameType.Hello, replayed));
+    await waitFor('the server to reject and close', () => second.isClosed());
+    const reject = findFrame(second, FrameType.Reject);
+    expect(reject, 'a Reject frame').to.not.equal(undefined);
+    const { code, reason } = decodeCodePayload(reject!.payload);
+    expect(code).to.equal(CloseCode.AuthFailed);
+    expect(reason).to.match(/replayed|forged/);
+    expect(findFrame(second, FrameType.Welcome)).to.equal(undefined);
+    expect(peer('node-a').endpoint).to.equal(endpointBefore);
+    first.socket.destroy();
+  });
+
+  it('closes a connection whose first frame is larger than the hello limit', async function () {
+    const session = await raw();
+    const header = Buffer.alloc(HEADER_SIZE);
+    writeHeader(header, 0, FrameType.Hello, 100_000);
+    session.socket.write(header);
+    await waitFor('the server to close', () => session.isClosed());
+    const close = findFrame(session, FrameType.Close);
+    expect(close).to.not.equal(undefined);
+    const { code, reason } = decodeCodePayload(close!.payload);
+    expect(code).to.equal(CloseCode.ProtocolError);
+    expect(reason).to.include('100000');
+  });
+
+  it('closes a connection that sends no hello within handshakeTimeoutMs', async function () {
+    const session = await raw();
+    const started = Date.now();
+    await waitFor('the server to close', () => session.isClosed(), 3500);
+    expect(Date.now() - started).to.be.at.least(1500);
+    const close = findFrame(session, FrameType.Close);
+    expect(close).to.not.equal(undefined);
+    expect(decodeCodePayload(close!.payload).code).to.equal(CloseCode.Timeout);
+  });
+
+  it("a second connection with node-a's key replaces the first, and routes keep working", async function () {
+    const before = peer('node-a');
+    const clientSinceBefore = a.client.status().peers[0]!.connectedSince;
+
+    // A second connection with node-a's identity (as after a node reboot with a half-open old stream).
+    const second = await raw();
+    second.socket.write(encodeFrame(FrameType.Hello, encodeHello(pairA, second.exporter, { name: 'node-a', routes: NODE_A_ROUTES })));
+    await waitFor('a Welcome on the second connection', () => findFrame(second, FrameType.Welcome) !== undefined);
+    const welcome = JSON.parse(findFrame(second, FrameType.Welcome)!.payload.toString('utf8')) as { routes: string[] };
+    expect(welcome.routes).to.deep.equal(NODE_A_ROUTES);
+
+    // The first (the LinkClient's) was closed with 'replaced'; the client then redials (backoff
+    // 50 ms) and, being the newest, replaces the hand-made connection in turn.
+    await waitFor('the hand-made connection to be replaced', () => second.isClosed());
+    const close = findFrame(second, FrameType.Close);
+    expect(close).to.not.equal(undefined);
+    const { code, reason } = decodeCodePayload(close!.payload);
+    expect(code).to.equal(CloseCode.Replaced);
+    expect(reason).to.include('replaced');
+
+    await waitFor('node-a to be authenticated again', () => a.client.isAuthenticated);
+    await waitFor('node-a connected on the server', () => peer('node-a').connected);
+    const after = peer('node-a');
+    expect(after.endpoint).to.not.equal(before.endpoint);
+    expect(after.endpoint).to.not.equal(`127.0.0.1:${second.socket.localPort}`);
+    expect(a.client.status().peers[0]!.connectedSince).to.not.equal(clientSinceBefore);
+    // Counters belong to the peer and survive the reconnects.
+    expect(after.txPackets).to.be.at.least(before.txPackets);
+    expect(after.rxPackets).to.be.at.least(before.rxPackets);
+    expect(a.installed, 'the same tunnel CIDRs are not installed twice').to.have.length(1);
+
+    clearWritten(serverTun, a.tun);
+    const toA = ipv4(APISERVER, '198.19.1.5');
+    serverTun.inject(toA);
+    expect(await a.tun.waitForWritten(1)).to.deep.equal([toA]);
+    const fromA = ipv4('198.19.1.5', APISERVER);
+    a.tun.inject(fromA);
+    expect(await serverTun.waitForWritten(1)).to.deep.equal([fromA]);
+  });
+
+  it('after node-b stops, a packet for its pod is dropped as peer_offline and answered with ICMP', async function () {
+    await b.client.stop();
+    await waitFor('node-b disconnected on the server', () => !peer('node-b').connected);
+    const nodeB = peer('node-b');
+    expect(nodeB.endpoint).to.equal(null);
+    expect(nodeB.routes).to.deep.equal([]);
+    expect(nodeB.connectedSince).to.equal(null);
+    expect(b.client.isAuthenticated).to.equal(false);
+
+    const before = nodeB.dropsByReason.peer_offline ?? 0;
+    const noRouteBefore = status().dropsByReason.no_route ?? 0;
+    const lost = ipv4(APISERVER, '198.19.2.7', Buffer.from('GET /metrics'), 6);
+    serverTun.inject(lost);
+    const [icmp] = await serverTun.waitForWritten(1);
+    expect(peer('node-b').dropsByReason.peer_offline).to.equal(before + 1);
+    expect(status().dropsByReason.no_route ?? 0, 'counted against node-b, not as unknown').to.equal(noRouteBefore);
+    expect(icmp![9]).to.equal(1);
+    expect(icmp![20]).to.equal(3);
+    expect(icmp!.subarray(12, 16)).to.deep.equal(Buffer.from(parseAddress('198.18.255.1').bytes));
+    expect(icmp!.subarray(16, 20)).to.deep.equal(Buffer.from(parseAddress(APISERVER).bytes));
+    // Node-a is unaffected.
+    const toA = ipv4(APISERVER, '198.19.1.5');
+    serverTun.inject(toA);
+    expect(await a.tun.waitForWritten(1)).to.deep.equal([toA]);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// FramedConnection alone, over in-memory streams
+
+/** Two Duplex ends joined crosswise: what one writes, the other reads. */
+function duplexPair(): [Duplex, Duplex] {
+  const aToB = new PassThrough();
+  const bToA = new PassThrough();
+  return [Duplex.from({ readable: bToA, writable: aToB }), Duplex.from({ readable: aToB, writable: bToA })];
+}
+
+interface Recorder extends ConnectionEvents {
+  readonly data: Buffer[];
+  readonly control: Array<{ type: FrameType; payload: Buffer }>;
+  readonly closes: Array<{ code: CloseCode; reason: string; byPeer: boolean }>;
+}
+
+function recorder(): Recorder {
+  const data: Buffer[] = [];
+  const control: Recorder['control'] = [];
+  const closes: Recorder['closes'] = [];
+  return {
+    data, control, closes,
+    onData: (packet) => data.push(Buffer.from(packet)),
+    onControl: (type, payload) => control.push({ type, payload: Buffer.from(payload) }),
+    onClose: (code, reason, byPeer) => closes.push({ code, reason, byPeer }),
+  };
+}
+
+const MEMORY: ConnectionOptions = { maxQueueBytes: 1 << 24, keepaliveIntervalMs: 20, deadAfterMs: 5000, maxInitialPayload: 65_599 };
+
+describe('FramedConnection over in-memory streams', function () {
+  this.timeout(5000);
+  const streams: Duplex[] = [];
+  const connections: FramedConnection[] = [];
+
+  function pair(optionsA: ConnectionOptions = MEMORY, optionsB: ConnectionOptions = MEMORY) {
+    const [sa, sb] = duplexPair();
+    streams.push(sa, sb);
+    const ea = recorder();
+    const eb = recorder();
+    const ca = new FramedConnection(sa, ea, optionsA);
+    const cb = new FramedConnection(sb, eb, optionsB);
+    connections.push(ca, cb);
+    return { sa, sb, ea, eb, ca, cb };
+  }
+
+  afterEach(function () {
+    for (const c of connections.splice(0)) c.destroy('test over');
+    for (const s of streams.splice(0)) s.destroy();
+  });
+
+  it('delivers many data packets sent in one tick, in order, corked once', async function () {
+    const { sa, ca, cb, eb } = pair();
+    let corks = 0;
+    const cork = sa.cork.bind(sa);
+    sa.cork = () => { corks++; cork(); };
+    const sent: Buffer[] = [];
+    for (let i = 0; i < 2000; i++) {
+      const packet = ipv4('198.19.1.5', APISERVER, Buffer.alloc(i % 300, i & 0xff));
+      packet.writeUInt16BE(i, 4); // the identification field numbers the packets
+      sent.push(packet);
+      expect(ca.sendData(packet)).to.equal(true);
+    }
+    expect(corks, 'one cork for the whole tick').to.equal(1);
+    await waitFor('2000 packets', () => eb.data.length === sent.length);
+    expect(eb.data.map((p) => p.readUInt16BE(4))).to.deep.equal(sent.map((_, i) => i));
+    expect(eb.data).to.deep.equal(sent);
+    const bytes = sent.reduce((n, p) => n + p.length, 0);
+    expect(ca.counters.txPackets).to.equal(2000);
+    expect(ca.counters.txBytes).to.equal(bytes);
+    expect(cb.counters.rxPackets).to.equal(2000);
+    expect(cb.counters.rxBytes).to.equal(bytes);
+    expect(ca.counters.totalDrops()).to.equal(0);
+  });
+
+  it('hands Hello/Welcome to onControl and answers Ping with Pong, setting rttMs', async function () {
+    const { ca, cb, eb, ea } = pair();
+    ca.sendControl(FrameType.Hello, Buffer.from('hi'));
+    await waitFor('the hello', () => eb.control.length === 1);
+    expect(eb.control[0]!.type).to.equal(FrameType.Hello);
+    expect(eb.control[0]!.payload.toString()).to.equal('hi');
+
+    expect(ca.rttMs).to.equal(undefined);
+    ca.startKeepalive();
+    await waitFor('a pong', () => ca.rttMs !== undefined);
+    expect(ca.rttMs).to.be.at.least(0).and.below(1000);
+    expect(ca.lastPongAt).to.be.a('number');
+    expect(cb.rttMs, 'only the pinging side measures').to.equal(undefined);
+    expect(ea.control, 'ping and pong are handled inside').to.deep.equal([]);
+    expect(eb.control).to.have.length(1);
+  });
+
+  it('drops data with queue_full when the reader stalls, never control frames, and delivers the rest', async function () {
+    const [sa, sb] = duplexPair();
+    streams.push(sa, sb);
+    const ea = recorder();
+    const ca = new FramedConnection(sa, ea, { ...MEMORY, maxQueueBytes: 4096 });
+    connections.push(ca);
+    // sb has no reader: nothing consumes what ca writes.
+    const packet = ipv4('198.19.1.5', APISERVER, Buffer.alloc(1000, 7));
+    let accepted = 0;
+    for (let i = 0; i < 200; i++) {
+      if (ca.sendData(packet)) accepted++;
+      await new Promise<void>((resolve) => setImmediate(resolve)); // one packet per tick: no burst
+    }
+    const drops = ca.counters.drops.get('queue_full') ?? 0;
+    expect(drops, 'drops').to.be.greaterThan(0);
+    expect(accepted + drops).to.equal(200);
+    expect(ca.counters.txPackets).to.equal(accepted);
+    expect(ca.queuedBytes).to.be.greaterThan(4096);
+    expect(ca.queuedBytes, 'memory stays bounded').to.be.below(4096 + 2 * (packet.length + HEADER_SIZE));
+    ca.sendControl(FrameType.Ping, Buffer.alloc(8));
+
+    // Now read: every accepted packet, then the ping, arrive.
+    const types: FrameType[] = [];
+    const decoder = new FrameDecoder((type) => types.push(type));
+    sb.on('data', (chunk: Buffer) => decoder.push(chunk));
+    await waitFor('the queue to drain', () => types.length === accepted + 1);
+    expect(types.slice(0, accepted).every((t) => t === FrameType.Data)).to.equal(true);
+    expect(types[accepted]).to.equal(FrameType.Ping);
+    expect(ea.closes).to.deep.equal([]);
+  });
+
+  it('drops nothing at the same rate when the reader keeps up', async function () {
+    const { ca, eb } = pair({ ...MEMORY, maxQueueBytes: 4096 });
+    const packet = ipv4('198.19.1.5', APISERVER, Buffer.alloc(1000, 7));
+    for (let i = 0; i < 200; i++) {
+      expect(ca.sendData(packet)).to.equal(true);
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    await waitFor('200 packets', () => eb.data.length === 200);
+    expect(ca.counters.totalDrops()).to.equal(0);
+  });
+
+  it('closes with a reason the peer receives, exactly once on each side', async function () {
+    const { ca, ea, eb, cb } = pair();
+    ca.close(CloseCode.ServerShutdown, 'server is shutting down');
+    ca.close(CloseCode.Normal, 'again');
+    await waitFor('the peer to see the close', () => eb.closes.length > 0);
+    expect(eb.closes).to.deep.equal([{ code: CloseCode.ServerShutdown, reason: 'server is shutting down', byPeer: true }]);
+    expect(ea.closes).to.deep.equal([{ code: CloseCode.ServerShutdown, reason: 'server is shutting down', byPeer: false }]);
+    expect(ca.isClosed).to.equal(true);
+    expect(cb.isClosed).to.equal(true);
+    expect(ca.sendData(ipv4('198.19.1.5', APISERVER))).to.equal(false);
+    await sleep(20);
+    expect(ea.closes).to.have.length(1);
+    expect(eb.closes).to.have.length(1);
+  });
+
+  it('closes with protocol_error on a frame of an unknown version', async function () {
+    const [sa, sb] = duplexPair();
+    streams.push(sa, sb);
+    const ea = recorder();
+    const ca = new FramedConnection(sa, ea, MEMORY);
+    connections.push(ca);
+    const types: Array<{ type: FrameType; payload: Buffer }> = [];
+    const decoder = new FrameDecoder((type, payload) => types.push({ type, payload: Buffer.from(payload) }));
+    sb.on('data', (chunk: Buffer) => decoder.push(chunk));
+    sb.write(Buffer.from([9, FrameType.Data, 0, 0, 0, 0]));
+    await waitFor('the close', () => ea.closes.length > 0);
+    expect(ea.closes[0]!.code).to.equal(CloseCode.ProtocolError);
+    expect(ea.closes[0]!.reason).to.include('version 9');
+    await waitFor('the Close frame', () => types.length > 0);
+    expect(types[0]!.type).to.equal(FrameType.Close);
+    expect(decodeCodePayload(types[0]!.payload).code).to.equal(CloseCode.ProtocolError);
+  });
+
+  it('declares a silent peer dead after deadAfterMs', async function () {
+    const [sa, sb] = duplexPair();
+    streams.push(sa, sb);
+    const ea = recorder();
+    const ca = new FramedConnection(sa, ea, { ...MEMORY, keepaliveIntervalMs: 20, deadAfterMs: 100 });
+    connections.push(ca);
+    sb.resume(); // reads the pings, never answers
+    const started = Date.now();
+    ca.startKeepalive();
+    await waitFor('the dead-peer close', () => ea.closes.length > 0, 1000);
+    expect(Date.now() - started).to.be.at.least(100);
+    expect(ea.closes[0]!.reason).to.include('silent');
+    expect(ca.isClosed).to.equal(true);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe('Backoff', function () {
+  it('stays within [0, min(cap, base * 2^n)] for every attempt n', function () {
+    const backoff = new Backoff(100, 15_000);
+    for (let n = 0; n < 60; n++) {
+      const value = backoff.next();
+      expect(value, `attempt ${n}`).to.be.at.least(0).and.at.most(Math.min(15_000, 100 * 2 ** n));
+      expect(Number.isInteger(value)).to.equal(true);
+    }
+  });
+
+  it('reaches the ceiling of each attempt and then the cap, and reset starts over', function () {
+    const top = new Backoff(100, 1000, () => 0.999999);
+    expect([1, 2, 3, 4, 5, 6].map(() => top.next())).to.deep.equal([99, 199, 399, 799, 999, 999]);
+    top.reset();
+    expect(top.next()).to.equal(99);
+    const bottom = new Backoff(100, 1000, () => 0);
+    expect([bottom.next(), bottom.next(), bottom.next()]).to.deep.equal([0, 0, 0]);
+  });
+
+  it('does not overflow after very many attempts', function () {
+    const backoff = new Backoff(500, 15_000, () => 0.5);
+    let value = 0;
+    for (let n = 0; n < 10_000; n++) value = backoff.next();
+    expect(value).to.equal(7500);
+  });
+
+  it('spreads 1000 draws over the range (full jitter)', function () {
+    const backoff = new Backoff(1000, 1000);
+    const draws = Array.from({ length: 1000 }, () => backoff.next());
+    expect(new Set(draws).size).to.be.greaterThan(100);
+    expect(Math.min(...draws)).to.be.below(100);
+    expect(Math.max(...draws)).to.be.above(900);
+    const mean = draws.reduce((s, v) => s + v, 0) / draws.length;
+    expect(mean).to.be.within(400, 600);
+  });
+});
