@@ -8,6 +8,7 @@ import type { TunDevice } from '../tun/index.js';
 import type { DaemonStatus, PeerStatus } from '../admin/index.js';
 import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
 import { TrafficCounters } from '../link/counters.js';
+import type { LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
 import { createServerCertificate } from './certificate.js';
@@ -26,6 +27,8 @@ export interface LinkServerOptions {
   /** Installs kernel routes toward the TUN for these CIDRs; injected so unit tests run without root. */
   readonly installRoutes: (cidrs: readonly Prefix[]) => Promise<void>;
   readonly log: Logger;
+  /** Per-event hooks (metrics): connect, handshake failure, disconnect, pong. */
+  readonly observer?: LinkObserver;
 }
 
 /** A node as the server knows it, connected or not. Counters live across reconnects, like wg's. */
@@ -64,6 +67,8 @@ export class LinkServer {
   private readonly unauthenticated = new Set<TLSSocket>();
   private readonly startedAt = new Date();
   private server: Server | undefined;
+  /** Set by stop(): a TLS handshake that completes afterwards must not become a session. */
+  private stopping = false;
   private icmpBudget = ICMP_ERRORS_PER_SECOND;
   private icmpRefillTimer: NodeJS.Timeout | undefined;
 
@@ -85,11 +90,13 @@ export class LinkServer {
       key: certificate.keyPem,
       minVersion: 'TLSv1.3',
       maxVersion: 'TLSv1.3',
+      noDelay: true,
       handshakeTimeout: options.handshakeTimeoutMs,
     });
     server.on('secureConnection', (socket) => this.onSecureConnection(socket));
     server.on('tlsClientError', (err, socket) => {
       options.log.debug({ endpoint: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, 'TLS handshake failed');
+      options.observer?.handshakeFailed?.('tls');
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) => reject(listenError(err, options.host, options.port)));
@@ -111,6 +118,7 @@ export class LinkServer {
 
   /** Says goodbye to every node, then stops listening. */
   async stop(): Promise<void> {
+    this.stopping = true;
     if (this.icmpRefillTimer) clearInterval(this.icmpRefillTimer);
     for (const state of this.peers.values()) {
       state.session?.connection.close(CloseCode.ServerShutdown, 'server is shutting down');
@@ -119,7 +127,18 @@ export class LinkServer {
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
+  /** Live connection counts for leak checks (the `debug` field of status). */
+  connectionCounts(): { sessions: number; handshaking: number } {
+    let sessions = 0;
+    for (const state of this.peers.values()) if (state.session) sessions++;
+    return { sessions, handshaking: this.unauthenticated.size };
+  }
+
   private onSecureConnection(socket: TLSSocket): void {
+    if (this.stopping) {
+      socket.destroy();
+      return;
+    }
     const { options } = this;
     const endpoint = `${socket.remoteAddress}:${socket.remotePort}`;
     socket.setNoDelay(true);
@@ -130,6 +149,7 @@ export class LinkServer {
     }, options.handshakeTimeoutMs);
     const connection = new FramedConnection(socket, {
       onData: (packet) => session && this.onNodePacket(session, packet),
+      onPong: (rttMs) => { if (session) options.observer?.pong?.(session.peer.config.name, rttMs); },
       onControl: (type, payload) => {
         if (session || type !== FrameType.Hello) {
           connection.close(CloseCode.ProtocolError, `unexpected ${FrameType[type] ?? type} frame`);
@@ -143,6 +163,12 @@ export class LinkServer {
         clearTimeout(deadline);
         this.unauthenticated.delete(socket);
         if (session) this.onSessionClosed(session, code, reason, byPeer);
+        else if (code !== CloseCode.AuthFailed && code !== CloseCode.RouteNotAllowed) {
+          // Rejections were counted with their precise reason in authenticate().
+          const failure = code === CloseCode.Normal ? 'aborted' : closeCodeName(code);
+          options.log[failure === 'aborted' ? 'debug' : 'info']({ endpoint, reason: failure, detail: reason }, 'handshake failed');
+          options.observer?.handshakeFailed?.(failure);
+        }
       },
     }, { ...options.connection, maxInitialPayload: DEFAULT_MAX_HELLO_PAYLOAD });
   }
@@ -172,11 +198,13 @@ export class LinkServer {
       })));
       connection.startKeepalive();
       log.info({ peer: config.name, endpoint, routes: routes.map(String), replaced: previous !== undefined }, 'peer connected');
+      this.options.observer?.connected?.(config.name);
       return session;
     } catch (err) {
       const code = err instanceof AuthError && err.code === 'route_not_allowed' ? CloseCode.RouteNotAllowed : CloseCode.AuthFailed;
       const reason = err instanceof NodelinkError ? err.message : `handshake failed: ${(err as Error).message}`;
       log.warn({ endpoint, reason: closeCodeName(code), detail: reason }, 'peer rejected');
+      this.options.observer?.handshakeFailed?.(err instanceof NodelinkError ? err.code : 'internal');
       connection.close(code, reason, FrameType.Reject);
       return undefined;
     }
@@ -192,6 +220,7 @@ export class LinkServer {
     this.withdraw(session);
     if (session.peer.session === session) session.peer.session = undefined;
     this.options.log.info({ peer: session.peer.config.name, endpoint: session.endpoint, code: closeCodeName(code), reason, byPeer }, 'peer disconnected');
+    this.options.observer?.disconnected?.(session.peer.config.name, closeCodeName(code));
   }
 
   private onTunPacket(packet: Buffer): void {

@@ -2,9 +2,11 @@ import { createRequire } from 'node:module';
 import type { TunDevice } from './device.js';
 import { TunError } from './errors.js';
 import { existingLink, ip, ipSync } from './iproute2.js';
+import { loadTunIo, type TunIo } from './tunio.js';
 
 interface AddonTun {
   readonly name: string;
+  readonly _fd: number;
   on(event: 'data', listener: (packet: Buffer) => void): unknown;
   on(event: 'error', listener: (err: unknown) => void): unknown;
   write(packet: Buffer): boolean;
@@ -41,8 +43,15 @@ function describe(thrown: unknown): string {
  */
 export class LinuxTun implements TunDevice {
   private closed = false;
+  private readonly io: TunIo | null = loadTunIo();
+  private pollHandle: unknown;
 
-  private constructor(private readonly addon: AddonTun, readonly name: string) {}
+  private constructor(private readonly addon: AddonTun, readonly name: string, private readonly mtu: number) {}
+
+  /** 'native' (event-driven batched reads) or 'streams' (the addon's fs streams). */
+  get ioMode(): 'native' | 'streams' {
+    return this.io ? 'native' : 'streams';
+  }
 
   static async open(options: TunOptions): Promise<LinuxTun> {
     const { LinuxTun: Tun } = loadAddon();
@@ -56,7 +65,7 @@ export class LinuxTun implements TunDevice {
     } catch (thrown) {
       throw new TunError('tun_open', `cannot create a TUN device (${describe(thrown)}): run as root or with CAP_NET_ADMIN and /dev/net/tun present`);
     }
-    const device = new LinuxTun(addon, options.name);
+    const device = new LinuxTun(addon, options.name, options.mtu);
     try {
       await ip(['link', 'set', 'dev', addon.name, 'name', options.name]);
       // No IPv6 link-local address: the kernel would send router solicitations and MLD reports
@@ -75,13 +84,25 @@ export class LinuxTun implements TunDevice {
   }
 
   onPacket(handler: (packet: Buffer) => void): void {
-    this.addon.on('data', handler);
-    this.addon.on('error', () => undefined);
+    if (!this.io) {
+      this.addon.on('data', handler);
+      this.addon.on('error', () => undefined);
+      return;
+    }
+    this.pollHandle = this.io.attach(this.addon._fd, this.mtu, (batch, lengths, count) => {
+      let offset = 0;
+      for (let i = 0; i < count; i++) {
+        const length = lengths[i]!;
+        handler(batch.subarray(offset, offset + length));
+        offset += length;
+      }
+    });
   }
 
   write(packet: Buffer): boolean {
     if (this.closed) return false;
-    return this.addon.write(packet);
+    if (!this.io) return this.addon.write(packet);
+    return this.io.write(this.addon._fd, packet) === packet.length;
   }
 
   /**
@@ -91,6 +112,7 @@ export class LinuxTun implements TunDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.pollHandle) this.io?.detach(this.pollHandle);
     ipSync(['link', 'del', 'dev', this.name]);
     try {
       this.addon.release();
