@@ -1,5 +1,5 @@
 import { readFileSync, statSync } from 'node:fs';
-import { createPrivateKey, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, timingSafeEqual, type KeyObject } from 'node:crypto';
 import nacl from 'tweetnacl';
 import { AuthError } from './errors.js';
 
@@ -70,6 +70,10 @@ export function pkcs8Der(pair: KeyPair): Buffer {
 
 export function spkiDer(pair: KeyPair): Buffer {
   return Buffer.concat([SPKI_ED25519_PREFIX, pair.publicKey]);
+}
+
+export function publicKeyObject(publicKey: Uint8Array): KeyObject {
+  return createPublicKey({ key: Buffer.concat([SPKI_ED25519_PREFIX, publicKey]), format: 'der', type: 'spki' });
 }
 
 export function privateKeyObject(pair: KeyPair): KeyObject {

@@ -19,6 +19,7 @@ import {
   type KeyPair,
 } from '../../src/auth/index.js';
 import { Prefix } from '../../src/routing/index.js';
+import nacl from 'tweetnacl';
 
 /** Runs `fn`, expects an AuthError with `code`, and returns its message for further checks. */
 function authError(fn: () => unknown, code: string): string {
@@ -140,6 +141,17 @@ describe('auth', function () {
       expect(hello.name).to.equal('node-a');
       expect(hello.routes).to.deep.equal(body.routes);
       expect(Buffer.from(hello.publicKey).equals(Buffer.from(pair.publicKey))).to.equal(true);
+    });
+
+    it('signs the same Ed25519 bytes as tweetnacl, in both directions', function () {
+      const pair = newPair();
+      const exporter = randomBytes(EXPORTER_BYTES);
+      const payload = encodeHello(pair, exporter, body);
+      const signature = payload.subarray(32, 96);
+      const message = Buffer.concat([Buffer.from('nodelink hello v1\0'), exporter, payload.subarray(96)]);
+      expect(nacl.sign.detached.verify(message, signature, pair.publicKey)).to.equal(true);
+      const naclSigned = Buffer.concat([pair.publicKey, nacl.sign.detached(message, pair.secretKey), payload.subarray(96)]);
+      expect(verifyHello(naclSigned, exporter).name).to.equal('node-a');
     });
 
     it("refuses a hello replayed into another TLS session (different exporter) with 'bad_signature'", function () {
