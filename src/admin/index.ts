@@ -2,3 +2,4 @@ export * from './status.js';
 export * from './errors.js';
 export * from './server.js';
 export * from './format.js';
+export * from './debug.js';

@@ -1,3 +1,5 @@
+import type { DebugStatus } from './debug.js';
+
 /** The status document of SPEC.md, served by each daemon and printed by `nodelink status`. */
 export interface PeerStatus {
   name: string;
@@ -29,4 +31,6 @@ export interface DaemonStatus {
   /** Drops not attributable to one peer (unknown destination, malformed from the TUN). */
   dropsByReason: Record<string, number>;
   peers: PeerStatus[];
+  /** Process counts for leak checks: fds, timers, sessions (see debug.ts). */
+  debug?: DebugStatus;
 }

@@ -33,6 +33,10 @@ export interface ServerConfig extends LinkTunables {
   readonly tunnelCidrs: readonly Prefix[];
   /** The server's own address in each tunnel CIDR (its first host), with the CIDR's length. */
   readonly tunnelAddresses: readonly Prefix[];
+  /** --authorize-from-nodes: also check announced routes against each peer's Node object. */
+  readonly authorizeFromNodes: boolean;
+  /** --kubeconfig; '' means in-cluster, then $KUBECONFIG or ~/.kube/config. */
+  readonly kubeconfig: string;
 }
 
 export interface ClientConfig extends LinkTunables {
@@ -44,6 +48,10 @@ export interface ClientConfig extends LinkTunables {
   readonly backoffBaseMs: number;
   readonly backoffCapMs: number;
   readonly enableForwarding: boolean;
+  /** --routes-from-node: announce the Node object's InternalIPs and pod CIDRs (plus any --route). */
+  readonly routesFromNode: boolean;
+  readonly nodePollMs: number;
+  readonly kubeconfig: string;
 }
 
 export const DEFAULTS = {
@@ -60,6 +68,7 @@ export const DEFAULTS = {
   maxQueueBytes: 4 * 1024 * 1024,
   backoffBaseMs: 500,
   backoffCapMs: 15_000,
+  nodePollMs: 30_000,
 } as const;
 
 export type RawOptions = Record<string, unknown>;
@@ -149,13 +158,18 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
     peersFile: str(raw, 'peers'),
     tunnelCidrs,
     tunnelAddresses,
+    authorizeFromNodes: raw['authorize-from-nodes'] === true,
+    kubeconfig: str(raw, 'kubeconfig', false),
   });
 }
 
-export function parseClientConfig(raw: RawOptions): ClientConfig {
+/** `env` supplies NODE_NAME (the downward API's spec.nodeName), the default of --name. */
+export function parseClientConfig(raw: RawOptions, env: NodeJS.ProcessEnv = process.env): ClientConfig {
+  const routesFromNode = raw['routes-from-node'] === true;
   const routes = list(raw, 'route').map((text) => cidr(text, 'route'));
-  if (routes.length === 0) throw new ConfigError('--route is required: the node IP /32 and its pod CIDR, e.g. --route 198.19.0.11/32 --route 198.19.1.0/24');
-  const name = str(raw, 'name');
+  if (routes.length === 0 && !routesFromNode) throw new ConfigError('--route is required: the node IP /32 and its pod CIDR, e.g. --route 198.19.0.11/32 --route 198.19.1.0/24 (or --routes-from-node)');
+  const name = str(raw, 'name', false) || env['NODE_NAME'] || '';
+  if (!name) throw new ConfigError('--name is required: this node\'s name in the peers file (or set NODE_NAME)');
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/.test(name)) throw new ConfigError(`--name must be a node name (letters, digits, . _ -), got "${name}"`);
   const backoffBaseMs = int(raw, 'backoff-base-ms', DEFAULTS.backoffBaseMs, 10, 60_000);
   const backoffCapMs = int(raw, 'backoff-cap-ms', DEFAULTS.backoffCapMs, backoffBaseMs, 600_000);
@@ -169,5 +183,8 @@ export function parseClientConfig(raw: RawOptions): ClientConfig {
     backoffBaseMs,
     backoffCapMs,
     enableForwarding: raw['forwarding'] !== false,
+    routesFromNode,
+    nodePollMs: int(raw, 'node-poll-ms', DEFAULTS.nodePollMs, 1000, 3_600_000),
+    kubeconfig: str(raw, 'kubeconfig', false),
   });
 }

@@ -82,6 +82,8 @@ await yargs(hideBin(process.argv))
     key: { type: 'string', describe: 'private key file (mode 0600)' },
     peers: { type: 'string', describe: 'peers JSON file: authorized nodes and their allowedIPs' },
     'tunnel-cidr': { type: 'string', array: true, describe: 'tunnel CIDR; a second one of the other family makes it dual-stack' },
+    'authorize-from-nodes': { type: 'boolean', default: false, describe: "also require a node's routes to be its Node object's InternalIPs and pod CIDRs" },
+    kubeconfig: { type: 'string', describe: 'kubeconfig for --authorize-from-nodes (default: in-cluster, then $KUBECONFIG, ~/.kube/config)' },
     ...tunables,
   }), async (argv) => runServer(parseServerConfig(argv as RawOptions)))
   .command('client', 'run the node side', withEnv({
@@ -91,6 +93,9 @@ await yargs(hideBin(process.argv))
     name: { type: 'string', describe: 'this node\'s name, as in the server\'s peers file' },
     route: { type: 'string', array: true, describe: 'CIDR to announce: node IP /32 and pod CIDRs' },
     forwarding: { type: 'boolean', default: true, describe: 'enable ip_forward for the announced families' },
+    'routes-from-node': { type: 'boolean', default: false, describe: 'announce this Node object\'s InternalIPs and pod CIDRs (name from --name or NODE_NAME), and re-announce when they change' },
+    'node-poll-ms': { type: 'number', describe: `with --routes-from-node, re-read the Node this often (default ${DEFAULTS.nodePollMs})` },
+    kubeconfig: { type: 'string', describe: 'kubeconfig for --routes-from-node (default: in-cluster, then $KUBECONFIG, ~/.kube/config)' },
     ...tunables,
   }), async (argv) => runClient(parseClientConfig(argv as RawOptions)))
   .command('status', "show the local daemon's peers and routes", withEnv({

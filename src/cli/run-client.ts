@@ -7,14 +7,16 @@ import { createLogger, type Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
 import type { ClientConfig } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
+import { routesFromKubernetes } from './kubernetes.js';
+import type { Prefix } from '../routing/index.js';
 
 /**
  * Pods answer the control plane through this node, so the node must forward. Only the
  * families the node announces are touched: turning on IPv6 forwarding changes how a host
  * treats router advertisements, which nobody asked for on an IPv4-only node.
  */
-function enableForwarding(config: ClientConfig, log: Logger): void {
-  const families = new Set(config.routes.map((route) => route.family));
+function enableForwarding(routes: readonly Prefix[], log: Logger): void {
+  const families = new Set(routes.map((route) => route.family));
   const knobs: Array<[4 | 6, string]> = [[4, '/proc/sys/net/ipv4/ip_forward'], [6, '/proc/sys/net/ipv6/conf/all/forwarding']];
   for (const [family, path] of knobs) {
     if (!families.has(family)) continue;
@@ -30,7 +32,9 @@ export async function runClient(config: ClientConfig): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'client', node: config.name });
   const keyPair = readKeyFile(config.keyFile);
   const serverKey = decodeKey(config.serverKey, '--server-key');
-  if (config.enableForwarding) enableForwarding(config, log);
+  const fromNode = config.routesFromNode ? await routesFromKubernetes(config, log) : undefined;
+  const routes = fromNode?.routes ?? config.routes;
+  if (config.enableForwarding) enableForwarding(routes, log);
   const tun = await LinuxTun.open({ name: config.tun, mtu: config.mtu, addresses: [] });
   let admin: AdminServer | undefined;
   const client = new LinkClient({
@@ -39,7 +43,7 @@ export async function runClient(config: ClientConfig): Promise<void> {
     serverKey,
     keyPair,
     name: config.name,
-    routes: config.routes,
+    routes,
     tun,
     connection: connectionOptions(config),
     handshakeTimeoutMs: config.handshakeTimeoutMs,
@@ -62,8 +66,10 @@ export async function runClient(config: ClientConfig): Promise<void> {
     throw err instanceof NodelinkError ? err : new NodelinkError('admin_socket', String(err));
   }
   client.start();
-  log.info({ server: `${config.server.host}:${config.server.port}`, routes: config.routes.map(String), tun: config.tun }, 'client started');
+  const stopFollowing = fromNode?.follow((changed) => client.setRoutes(changed));
+  log.info({ server: `${config.server.host}:${config.server.port}`, routes: routes.map(String), tun: config.tun }, 'client started');
   onShutdownSignal(log, 2000, async () => {
+    stopFollowing?.();
     await client.stop();
     admin?.close();
     await tun.close();

@@ -6,12 +6,14 @@ import { createLogger } from '../log.js';
 import type { Prefix } from '../routing/index.js';
 import type { ServerConfig } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
+import { nodeRouteCheck } from './kubernetes.js';
 
 export async function runServer(config: ServerConfig): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'server' });
   // Everything that can be wrong with the input is checked before any device is created.
   const keyPair = readKeyFile(config.keyFile);
   const registry = readPeersFile(config.peersFile, config.tunnelCidrs);
+  const checkRoutes = config.authorizeFromNodes ? await nodeRouteCheck(config.kubeconfig, registry.peers[0]?.name, log) : undefined;
   const tun = await LinuxTun.open({
     name: config.tun,
     mtu: config.mtu,
@@ -33,6 +35,7 @@ export async function runServer(config: ServerConfig): Promise<void> {
     handshakeTimeoutMs: config.handshakeTimeoutMs,
     installRoutes,
     log,
+    checkRoutes,
   });
   let admin: AdminServer | undefined;
   try {

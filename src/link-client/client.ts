@@ -54,16 +54,30 @@ export class LinkClient {
   private tunnelCidrs: string[] = [];
   private serverAddresses: string[] = [];
   private installedCidrs = '';
-  private readonly ownRoutes = new PrefixTable<true>();
+  private ownRoutes = new PrefixTable<true>();
+  private routes: readonly Prefix[];
 
   constructor(private readonly options: LinkClientOptions) {
     this.backoff = new Backoff(options.backoffBaseMs, options.backoffCapMs);
+    this.routes = options.routes;
     for (const route of options.routes) this.ownRoutes.insert(route, true);
   }
 
   start(): void {
     this.options.tun.onPacket((packet) => this.onTunPacket(packet));
     this.dial();
+  }
+
+  /**
+   * Replaces the routes this node announces (its Node object changed) and closes the current
+   * stream, so the client redials and the server authorizes the new set from a fresh hello.
+   */
+  setRoutes(routes: readonly Prefix[]): void {
+    const table = new PrefixTable<true>();
+    for (const route of routes) table.insert(route, true);
+    this.routes = routes;
+    this.ownRoutes = table;
+    this.connection?.close(CloseCode.Normal, 'announced routes changed: reconnecting to announce them');
   }
 
   get isAuthenticated(): boolean {
@@ -105,7 +119,7 @@ export class LinkClient {
       const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
       connection.sendControl(FrameType.Hello, encodeHello(options.keyPair, exporter, {
         name: options.name,
-        routes: options.routes.map(String),
+        routes: this.routes.map(String),
       }));
     });
     const connection = new FramedConnection(socket, {

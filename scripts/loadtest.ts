@@ -1,0 +1,198 @@
+// npm run loadtest: one process opens N authenticated sessions to a real nodelink server (in the
+// harness's control-plane namespace, real TUN, N kernel routes), each a real LinkClient with an
+// in-memory TUN announcing its own /32. Reports handshakes per second, server RSS per idle peer,
+// server CPU, pings answered during a reconnect storm, and the time for all N to come back after
+// the server restarts.
+//
+//   npm run loadtest                 # N=1000
+//   N=5000 npm run loadtest          # the issue's target size
+//
+// Runs as root, inside namespaces it creates and deletes (see scripts/harness.ts).
+
+import { spawn as spawnChild, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { encodeKey, generateSeed, keyPairFromSeed } from '../src/auth/index.js';
+import { LinkClient } from '../src/link-client/index.js';
+import { Prefix } from '../src/routing/index.js';
+import { FakeTun } from '../src/tun/index.js';
+import { silentLogger } from '../src/log.js';
+import { Harness, type ManagedProcess } from './harness.js';
+import { CLI, runCli } from './cluster.js';
+
+const N = Number(process.env['N'] ?? 1000);
+const KEEPALIVE_MS = 5000;
+const settleTimeoutMs = Number(process.env['SETTLE_TIMEOUT_MS'] ?? 120_000);
+
+
+/** Peer i announces 198.19.(100 + i / 256).(i % 256)/32, clear of the harness's own nodes. */
+function peerRoute(i: number): string {
+  return `198.19.${100 + Math.floor(i / 256)}.${i % 256}/32`;
+}
+
+function procStat(pid: number): { rssKiB: number; cpuSeconds: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+  return { rssKiB, cpuSeconds: (Number(fields[11]) + Number(fields[12])) / 100 };
+}
+
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function waitUntil(check: () => boolean, timeoutMs: number): Promise<number> {
+  const started = Date.now();
+  while (!check()) {
+    if (Date.now() - started > timeoutMs) return -1;
+    await sleep(50);
+  }
+  return Date.now() - started;
+}
+
+/**
+ * The generator's sessions must start inside a namespace (the root namespace has no route to
+ * the harness, and gets none), so this script runs twice: the parent builds the harness and
+ * runs the server; the child, started with `ip netns exec` in node 1's namespace, runs the N
+ * clients and talks to the parent over stdin/stdout lines.
+ */
+async function child(): Promise<void> {
+  const input = JSON.parse(readFileSync(process.env['NODELINK_LOADGEN']!, 'utf8')) as { host: string; port: number; serverKey: string; seeds: string[] };
+  const serverKey = new Uint8Array(Buffer.from(input.serverKey, 'base64'));
+  const clients = input.seeds.map((seedText, i) => {
+    const seed = new Uint8Array(Buffer.from(seedText, 'base64'));
+    const client = new LinkClient({
+      host: input.host, port: input.port, serverKey, keyPair: keyPairFromSeed(seed), name: `load-${i}`,
+      routes: [Prefix.parse(peerRoute(i))], tun: new FakeTun(`load${i}`),
+      connection: { maxQueueBytes: 1 << 20, keepaliveIntervalMs: KEEPALIVE_MS, deadAfterMs: KEEPALIVE_MS * 4, maxInitialPayload: 65_599 },
+      handshakeTimeoutMs: 10_000, backoffBaseMs: 500, backoffCapMs: 15_000,
+      installRoutes: async () => undefined,
+      onRejected: (reason) => { process.stdout.write(`REJECTED load-${i} ${reason}\n`); },
+      log: silentLogger(),
+    });
+    return client;
+  });
+  const connected = (): number => clients.reduce((count, client) => count + (client.isAuthenticated ? 1 : 0), 0);
+  const started = Date.now();
+  for (const client of clients) client.start();
+  const settleMs = await waitUntil(() => connected() === clients.length, settleTimeoutMs);
+  process.stdout.write(`AUTH ${settleMs} ${Date.now() - started}\n`);
+  for await (const line of lines(process.stdin)) {
+    if (line === 'STORM') {
+      // The server was just restarted: time until every session is back, and the worst ping
+      // RTT seen meanwhile by the sessions that are already back.
+      const stormStart = Date.now();
+      let worstRtt = 0;
+      const rttTimer = setInterval(() => {
+        for (const client of clients) {
+          const rtt = client.isAuthenticated ? client.status().peers[0]!.lastPongMs : null;
+          if (rtt !== null && rtt > worstRtt) worstRtt = rtt;
+        }
+      }, 250);
+      await sleep(1000); // every session notices the shutdown first
+      const backMs = await waitUntil(() => connected() === clients.length, settleTimeoutMs);
+      clearInterval(rttTimer);
+      process.stdout.write(`BACK ${backMs < 0 ? -1 : Date.now() - stormStart} ${worstRtt.toFixed(1)}\n`);
+    } else if (line === 'QUIT') {
+      break;
+    }
+  }
+  for (const client of clients) await client.stop();
+  process.exit(0);
+}
+
+async function* lines(stream: NodeJS.ReadableStream): AsyncGenerator<string> {
+  let buffered = '';
+  for await (const chunk of stream) {
+    buffered += String(chunk);
+    let newline: number;
+    while ((newline = buffered.indexOf('\n')) >= 0) {
+      yield buffered.slice(0, newline);
+      buffered = buffered.slice(newline + 1);
+    }
+  }
+}
+
+async function parent(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('needs root (it creates network namespaces)');
+  const h = await Harness.create({ nodes: 1, stubs: false });
+  let server: ManagedProcess | undefined;
+  let generator: ChildProcess | undefined;
+  try {
+    const serverPair = keyPairFromSeed(generateSeed());
+    const serverKeyFile = path.join(h.dir, 'server.key');
+    writeFileSync(serverKeyFile, `${encodeKey(serverPair.seed)}\n`, { mode: 0o600 });
+    const pairs = Array.from({ length: N }, () => keyPairFromSeed(generateSeed()));
+    const peersFile = path.join(h.dir, 'peers.json');
+    writeFileSync(peersFile, JSON.stringify({
+      peers: pairs.map((pair, i) => ({ name: `load-${i}`, publicKey: encodeKey(pair.publicKey), allowedIPs: [peerRoute(i)] })),
+    }));
+    const [host, port] = h.serverEndpoint.split(':') as [string, string];
+    const loadgenFile = path.join(h.dir, 'loadgen.json');
+    writeFileSync(loadgenFile, JSON.stringify({ host, port: Number(port), serverKey: encodeKey(serverPair.publicKey), seeds: pairs.map((pair) => encodeKey(pair.seed)) }), { mode: 0o600 });
+    const socket = path.join(h.dir, 'server.sock');
+    const serverArgs = [process.execPath, CLI, 'server', '--listen', h.serverEndpoint, '--key', serverKeyFile, '--peers', peersFile,
+      '--tunnel-cidr', h.tunnelCIDR, '--admin-socket', socket, '--keepalive-ms', String(KEEPALIVE_MS), '--dead-after-ms', String(KEEPALIVE_MS * 4),
+      '--log-level', 'warn'];
+    const startServer = async (): Promise<ManagedProcess> => {
+      const started = Date.now();
+      const proc = h.spawn(h.ns.cp, serverArgs, { name: 'server' });
+      await h.waitFor(async () => (await runCli(['status', '--json', '--admin-socket', socket])).code === 0, 60_000, 'server admin socket');
+      say(`server up in ${Date.now() - started} ms with ${N} peers`);
+      return proc;
+    };
+    server = await startServer();
+    const routes = (await h.exec(h.ns.cp, ['ip', '-o', 'route', 'show', 'dev', 'nl0'])).stdout.trim().split('\n').length;
+    say(`${routes} kernel routes on nl0`);
+    const idle = procStat(server.pid);
+
+    generator = spawnChild('ip', ['netns', 'exec', h.ns.node(1), process.execPath, fileURLToPath(import.meta.url)], {
+      env: { ...process.env, NODELINK_LOADGEN: loadgenFile }, stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    const replies = lines(generator.stdout!);
+    const next = async (prefix: string): Promise<string[]> => {
+      for (;;) {
+        const { value, done } = await replies.next();
+        if (done) throw new Error('the load generator exited early');
+        if (value.startsWith('REJECTED')) throw new Error(value);
+        if (value.startsWith(prefix)) return value.split(' ').slice(1);
+      }
+    };
+    const [settleText] = await next('AUTH');
+    const settleMs = Number(settleText);
+    if (settleMs < 0) throw new Error(`not all ${N} sessions authenticated within ${settleTimeoutMs} ms`);
+    const handshakeCpu = procStat(server.pid).cpuSeconds - idle.cpuSeconds;
+    say(`${N} sessions authenticated in ${settleMs} ms: ${Math.round(N / (settleMs / 1000))} handshakes/s; server CPU ${handshakeCpu.toFixed(2)} s`);
+    await sleep(3 * KEEPALIVE_MS);
+    const loaded = procStat(server.pid);
+    const perPeerKiB = (loaded.rssKiB - idle.rssKiB) / N;
+    say(`server RSS ${idle.rssKiB} KiB idle → ${loaded.rssKiB} KiB with ${N} idle sessions: ${perPeerKiB.toFixed(1)} KiB per peer; idle CPU ${((loaded.cpuSeconds - idle.cpuSeconds - handshakeCpu) / (3 * KEEPALIVE_MS / 1000) * 100).toFixed(1)}% of a core`);
+
+    await server.stop('SIGTERM');
+    server = await startServer();
+    generator.stdin!.write('STORM\n');
+    const [backText, worstRtt] = await next('BACK');
+    const backMs = Number(backText);
+    say(backMs < 0 ? `after a restart NOT all ${N} came back within ${settleTimeoutMs} ms`
+      : `after a server restart all ${N} sessions were back within ${backMs} ms; worst ping RTT of sessions already back meanwhile: ${worstRtt} ms`);
+    const summary = { n: N, handshakesPerSecond: Math.round(N / (settleMs / 1000)), handshakeCpuSeconds: Number(handshakeCpu.toFixed(2)),
+      rssPerIdlePeerKiB: Number(perPeerKiB.toFixed(1)), stormSettleMs: backMs, worstRttDuringStormMs: Number(worstRtt), kernelRoutes: routes };
+    say(`JSON ${JSON.stringify(summary)}`);
+    generator.stdin!.write('QUIT\n');
+    await new Promise((resolve) => generator!.once('exit', resolve));
+  } finally {
+    if (generator && generator.exitCode === null && generator.pid) process.kill(generator.pid, 'SIGKILL');
+    await server?.stop();
+    await h.destroy();
+  }
+}
+
+function say(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+const role = process.env['NODELINK_LOADGEN'] ? child : parent;
+role().then(() => process.exit(0), (err: unknown) => {
+  process.stderr.write(`loadtest: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

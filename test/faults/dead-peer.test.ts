@@ -1,0 +1,73 @@
+// Dead-peer detection with the default keepalive (ping every 2 s, dead after 10 s of silence):
+// a node whose packets vanish in the network (power cut, cable pulled upstream) is noticed by
+// both ends in about 10 s, the other node is untouched, and the node is back once the network
+// returns.
+
+import { expect } from 'chai';
+import { Harness } from '../../scripts/harness.js';
+import { NodelinkCluster } from '../../scripts/cluster.js';
+import { skipUnlessRoot } from '../netns/root.js';
+import { Underlay, connected, quickStatus, report, timeUntil } from './util.js';
+
+describe('faults: dead peer detection', function () {
+  this.timeout(90_000);
+  let h: Harness | undefined;
+  let cluster: NodelinkCluster | undefined;
+  let underlay: Underlay | undefined;
+  let prefix = '';
+
+  before(async function () {
+    skipUnlessRoot(this);
+    h = await Harness.create({ nodes: 2, stubs: false });
+    prefix = h.prefix;
+    cluster = new NodelinkCluster(h);
+    underlay = new Underlay(h);
+    await cluster.up();
+  });
+
+  after(async function () {
+    await underlay?.clear().catch(() => undefined);
+    await cluster?.stop();
+    await h?.destroy();
+  });
+
+  const H = (): Harness => h!;
+  const C = (): NodelinkCluster => cluster!;
+
+  it('a silent node is noticed by the server and by the node in about 10 s', async function () {
+    const t = H();
+    const before = (await quickStatus(C())).peers.find((p) => p.name === t.nodeName(1))!;
+    expect(before.lastPongMs, 'RTT is measured').to.be.a('number');
+    await underlay!.blackhole(1);
+    const cutAt = Date.now();
+    const clientSocket = C().clientSocket(1);
+    const [serverMs, clientMs] = await Promise.all([
+      timeUntil(async () => !(await connected(C(), 1)), 20_000, 'the server to drop node-1', 50),
+      timeUntil(async () => !(await quickStatus(C(), clientSocket)).peers[0]!.connected, 20_000, 'node-1 to drop the server', 50),
+    ]);
+    report(`dead node noticed: by the server after ${serverMs} ms, by the node after ${clientMs} ms (keepalive 2 s, dead after 10 s)`);
+    for (const ms of [serverMs, clientMs]) expect(ms).to.be.within(8000, 13_000);
+    // Node 2 never noticed anything.
+    expect(await t.ping(t.ns.cp, t.nodeIP(2), { timeoutS: 3 })).to.equal(true);
+    const node2 = (await quickStatus(C())).peers.find((p) => p.name === t.nodeName(2))!;
+    expect(Date.parse(node2.connectedSince!)).to.be.below(cutAt);
+    // Traffic for the dead node is refused at once (ICMP unreachable), not black-holed.
+    const ping = await t.exec(t.ns.cp, ['ping', '-c', '1', '-W', '2', t.nodeIP(1)], { allowFail: true });
+    expect(ping.stdout + ping.stderr).to.match(/Unreachable/i);
+  });
+
+  it('when the network returns the node is back on its own', async function () {
+    const t = H();
+    await underlay!.clear();
+    const backMs = await timeUntil(() => connected(C(), 1), 30_000, 'node-1 to reconnect', 50);
+    report(`node back ${backMs} ms after the network returned (a dial in flight waits out its 5 s handshake timeout)`);
+    expect(await t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 3 })).to.equal(true);
+  });
+
+  it('leaves nothing behind', async function () {
+    await C().stop();
+    await H().destroy();
+    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
+    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
+  });
+});

@@ -1,0 +1,134 @@
+// Helpers for the fault suite: underlay faults made with nftables and tc in the harness's router
+// namespace (never anywhere else), process probes read from /proc, and small timing helpers.
+
+import { readFileSync, readdirSync } from 'node:fs';
+import type { Harness, ManagedProcess } from '../../scripts/harness.js';
+import type { NodelinkCluster } from '../../scripts/cluster.js';
+import { fetchStatus, type DaemonStatus } from '../../src/admin/index.js';
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The fault table lives beside the harness's own table, so removing it restores the harness. */
+const TABLE = 'nodelink_faults';
+
+/**
+ * Underlay faults in the router namespace. Everything between the nodes and the control plane
+ * crosses the router's forward path, so dropping there is a fault "in the network".
+ */
+export class Underlay {
+  constructor(private readonly h: Harness) {}
+
+  /** Drops `percent`% of everything forwarded between nodes and control plane, both ways. */
+  async loss(percent: number): Promise<void> {
+    await this.rules([`numgen random mod 100 < ${Math.round(percent)} counter drop`]);
+  }
+
+  /**
+   * Node n becomes unreachable (silent): its packets vanish in the router, both ways. Matched
+   * by address: routed traffic enters through the bridge (br0), not the node's port; replies are
+   * already un-NATed to the node's address in the forward hook.
+   */
+  async blackhole(n: number): Promise<void> {
+    const { h } = this;
+    await this.rules([
+      `ip saddr ${h.nodeIP(n)} counter drop`, `ip daddr ${h.nodeIP(n)} counter drop`,
+      `ip6 saddr ${h.nodeIP6(n)} counter drop`, `ip6 daddr ${h.nodeIP6(n)} counter drop`,
+    ]);
+  }
+
+  /** Removes every fault rule (the harness's NAT and firewall stay). */
+  async clear(): Promise<void> {
+    await this.h.exec(this.h.ns.rt, ['nft', 'delete', 'table', 'inet', TABLE], { allowFail: true });
+  }
+
+  /** Takes the router's port to node n down (the cable is pulled), or back up. */
+  async link(n: number, up: boolean): Promise<void> {
+    await this.h.exec(this.h.ns.rt, ['ip', 'link', 'set', `n${n}`, up ? 'up' : 'down']);
+  }
+
+  /** Forgets every NAT binding and connection the router tracks (a NAT gateway reboot). */
+  async flushConntrack(): Promise<string> {
+    const r = await this.h.exec(this.h.ns.rt, ['conntrack', '-F'], { allowFail: true });
+    if (r.code !== 0) throw new Error(`conntrack -F failed (apt-get install conntrack): ${r.stderr.trim()}`);
+    return r.stderr.trim();
+  }
+
+  /** A token-bucket rate limit on egress of dev in ns (default: the router). */
+  async limit(dev: string, mbit: number, ns = this.h.ns.rt): Promise<void> {
+    await this.h.exec(ns, ['tc', 'qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', `${mbit}mbit`, 'burst', '64kb', 'latency', '200ms']);
+  }
+
+  async unlimit(dev: string, ns = this.h.ns.rt): Promise<void> {
+    await this.h.exec(ns, ['tc', 'qdisc', 'del', 'dev', dev, 'root'], { allowFail: true });
+  }
+
+  private async rules(rules: string[]): Promise<void> {
+    await this.clear();
+    await this.h.exec(this.h.ns.rt, ['nft', '-f', '-'], {
+      input: `table inet ${TABLE} {\n  chain forward {\n    type filter hook forward priority filter - 10; policy accept;\n${rules.map((r) => `    ${r}\n`).join('')}  }\n}\n`,
+    });
+  }
+}
+
+/** Resident set size of a process in bytes (VmRSS from /proc/PID/status). */
+export function rssBytes(pid: number): number {
+  const match = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!match) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(match[1]) * 1024;
+}
+
+export function fdCount(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+export const MiB = 1024 * 1024;
+
+export function mbit(bytes: number, ms: number): number {
+  return (bytes * 8) / (ms / 1000) / 1e6;
+}
+
+/** Polls until check() is true; resolves with the elapsed ms, or rejects after timeoutMs. */
+export async function timeUntil(check: () => Promise<boolean>, timeoutMs: number, what: string, pollMs = 100): Promise<number> {
+  const started = Date.now();
+  for (;;) {
+    if (await check().catch(() => false)) return Date.now() - started;
+    if (Date.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(pollMs);
+  }
+}
+
+/**
+ * Status straight from the admin socket, in-process: a few ms, where cluster.status() spawns the
+ * CLI (hundreds of ms), too coarse to time a recovery.
+ */
+export function quickStatus(cluster: NodelinkCluster, socket = cluster.serverSocket): Promise<DaemonStatus> {
+  return fetchStatus(socket);
+}
+
+export async function peer(cluster: NodelinkCluster, n: number): Promise<DaemonStatus['peers'][number] | undefined> {
+  const status = await quickStatus(cluster);
+  return status.peers.find((p) => p.name === cluster.h.nodeName(n));
+}
+
+export async function connected(cluster: NodelinkCluster, n: number): Promise<boolean> {
+  return (await peer(cluster, n).catch(() => undefined))?.connected === true;
+}
+
+/** Pino lines of a process's log, parsed (non-JSON lines skipped). */
+export function logLines(proc: ManagedProcess): Array<Record<string, unknown>> {
+  const out: Array<Record<string, unknown>> = [];
+  for (const line of proc.output().split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      out.push(JSON.parse(line) as Record<string, unknown>);
+    } catch {
+      // A line cut by a kill.
+    }
+  }
+  return out;
+}
+
+/** Prints a measured figure in the mocha output, indented under the test. */
+export function report(text: string): void {
+  console.log(`      → ${text}`);
+}
