@@ -29,6 +29,12 @@ export interface LinkServerOptions {
   readonly log: Logger;
   /** Per-event hooks (metrics): connect, handshake failure, disconnect, pong. */
   readonly observer?: LinkObserver;
+  /**
+   * An extra check of a node's announced routes after the peers file allowed them
+   * (--authorize-from-nodes: its Node object). Throwing an AuthError rejects the node; any
+   * other error (the check's backend is down) closes with `internal`, and the node retries.
+   */
+  readonly checkRoutes?: (name: string, routes: readonly Prefix[]) => Promise<void>;
 }
 
 /** A node as the server knows it, connected or not. Counters live across reconnects, like wg's. */
@@ -144,6 +150,7 @@ export class LinkServer {
     socket.setNoDelay(true);
     this.unauthenticated.add(socket);
     let session: Session | undefined;
+    let helloSeen = false;
     const deadline = setTimeout(() => {
       connection.close(CloseCode.Timeout, `no hello within ${options.handshakeTimeoutMs} ms`);
     }, options.handshakeTimeoutMs);
@@ -151,13 +158,14 @@ export class LinkServer {
       onData: (packet) => session && this.onNodePacket(session, packet),
       onPong: (rttMs) => { if (session) options.observer?.pong?.(session.peer.config.name, rttMs); },
       onControl: (type, payload) => {
-        if (session || type !== FrameType.Hello) {
+        if (session || helloSeen || type !== FrameType.Hello) {
           connection.close(CloseCode.ProtocolError, `unexpected ${FrameType[type] ?? type} frame`);
           return;
         }
         clearTimeout(deadline);
         this.unauthenticated.delete(socket);
-        session = this.authenticate(socket, connection, payload, endpoint);
+        helloSeen = true;
+        void this.authenticate(socket, connection, payload, endpoint, (admitted) => { session = admitted; });
       },
       onClose: (code, reason, byPeer) => {
         clearTimeout(deadline);
@@ -173,12 +181,30 @@ export class LinkServer {
     }, { ...options.connection, maxInitialPayload: DEFAULT_MAX_HELLO_PAYLOAD });
   }
 
-  private authenticate(socket: TLSSocket, connection: FramedConnection, payload: Buffer, endpoint: string): Session | undefined {
+  private async authenticate(
+    socket: TLSSocket, connection: FramedConnection, payload: Buffer, endpoint: string, admit: (session: Session) => void,
+  ): Promise<void> {
     const { log } = this.options;
     try {
       const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
       const hello = verifyHello(payload, exporter);
       const { peer: config, routes } = this.options.registry.authorize(hello);
+      if (this.options.checkRoutes) {
+        try {
+          await this.options.checkRoutes(config.name, routes);
+        } catch (err) {
+          if (err instanceof AuthError) throw err;
+          const detail = err instanceof NodelinkError ? err.message : String(err);
+          log.warn({ peer: config.name, endpoint, detail }, 'cannot check the routes of a peer now: it will retry');
+          connection.close(CloseCode.Internal, `the server cannot check this node's routes now: retrying`);
+          return;
+        }
+        if (connection.isClosed) return;
+        if (this.stopping) {
+          connection.close(CloseCode.ServerShutdown, 'server is shutting down');
+          return;
+        }
+      }
       const peer = this.peers.get(config.publicKeyText)!;
       const previous = peer.session;
       const session: Session = { peer, connection, endpoint, routes };
@@ -189,6 +215,7 @@ export class LinkServer {
         previous.connection.close(CloseCode.Replaced, `replaced by a new connection from ${endpoint}`);
       }
       peer.session = session;
+      admit(session);
       for (const route of routes) this.announced.insert(route, session);
       connection.setMaxPayload(DEFAULT_MAX_PAYLOAD);
       connection.sendControl(FrameType.Welcome, Buffer.from(JSON.stringify({
@@ -199,14 +226,12 @@ export class LinkServer {
       connection.startKeepalive();
       log.info({ peer: config.name, endpoint, routes: routes.map(String), replaced: previous !== undefined }, 'peer connected');
       this.options.observer?.connected?.(config.name);
-      return session;
     } catch (err) {
       const code = err instanceof AuthError && err.code === 'route_not_allowed' ? CloseCode.RouteNotAllowed : CloseCode.AuthFailed;
       const reason = err instanceof NodelinkError ? err.message : `handshake failed: ${(err as Error).message}`;
       log.warn({ endpoint, reason: closeCodeName(code), detail: reason }, 'peer rejected');
       this.options.observer?.handshakeFailed?.(err instanceof NodelinkError ? err.code : 'internal');
       connection.close(code, reason, FrameType.Reject);
-      return undefined;
     }
   }
 
