@@ -76,6 +76,11 @@ export interface HarnessOptions {
   cpDefaultRoute?: boolean;
   /** Start the kubelet and pod stubs (default true). */
   stubs?: boolean;
+  /**
+   * Control-plane namespaces (default 1, at most 2). The second, `${prefix}-cp2`, sits on its
+   * own network 198.18.1.0/24 (fd00:18:1::/64) behind the same router, for several servers.
+   */
+  controlPlanes?: 1 | 2;
 }
 
 export interface ExecOptions {
@@ -134,6 +139,8 @@ export interface PingOptions {
 
 export interface Namespaces {
   readonly cp: string;
+  /** Control plane i (1-based): cp(1) is `cp`, cp(2) is `cp2`. */
+  controlPlane(i: number): string;
   readonly rt: string;
   node(n: number): string;
   pod(n: number, p: number): string;
@@ -351,6 +358,7 @@ export class Harness {
     this.podsPerNode = opts.podsPerNode;
     this.ns = {
       cp: `${prefix}-cp`,
+      controlPlane: (i: number) => (this.checkControlPlane(i) === 1 ? `${prefix}-cp` : `${prefix}-cp${i}`),
       rt: `${prefix}-rt`,
       node: (n: number) => `${prefix}-n${this.checkNode(n)}`,
       pod: (n: number, p: number) => `${prefix}-n${this.checkNode(n)}p${this.checkPod(p)}`,
@@ -381,6 +389,7 @@ export class Harness {
       rpFilter: options.rpFilter ?? 2,
       cpDefaultRoute: options.cpDefaultRoute ?? false,
       stubs: options.stubs ?? true,
+      controlPlanes: options.controlPlanes ?? 1,
     });
     liveHarnesses.add(h);
     installHooks();
@@ -472,6 +481,17 @@ export class Harness {
   get nodeCIDR6(): string { return 'fd00:19::/64'; }
   get tunnelCIDR(): string { return '198.18.255.0/24'; }
   get tunnelCIDR6(): string { return 'fd00:18:ff::/64'; }
+  /** Control plane i: 198.18.(i-1).2; its server's tunnel CIDR 198.18.(256-i).0/24 (distinct per server). */
+  cpAddressOf(i: number): string { return `198.18.${this.checkControlPlane(i) - 1}.2`; }
+  cpAddress6Of(i: number): string { return this.checkControlPlane(i) === 1 ? CP_ADDRESS6 : `fd00:18:${i - 1}::2`; }
+  serverEndpointOf(i: number): string { return `${this.cpAddressOf(i)}:${SERVER_PORT}`; }
+  tunnelCIDROf(i: number): string { return `198.18.${256 - this.checkControlPlane(i)}.0/24`; }
+  tunnelCIDR6Of(i: number): string { return `fd00:18:${(256 - this.checkControlPlane(i)).toString(16)}::/64`; }
+
+  private checkControlPlane(i: number): number {
+    if (!Number.isInteger(i) || i < 1 || i > this.opts.controlPlanes) throw new Error(`control plane ${i} out of range 1..${this.opts.controlPlanes}`);
+    return i;
+  }
 
   nodeName(n: number): string { return `node-${this.checkNode(n)}`; }
   podName(n: number, p: number): string { return `${this.nodeName(n)}/pod-${this.checkPod(p)}`; }
@@ -688,6 +708,7 @@ export class Harness {
 
     // 1. Namespaces, sysctls (before any interface exists, so new interfaces inherit them), lo up.
     const all: string[] = [cp, rt];
+    if (this.opts.controlPlanes === 2) all.push(this.ns.controlPlane(2));
     for (let n = 1; n <= nodes; n++) {
       all.push(this.ns.node(n));
       for (let p = 1; p <= podsPerNode; p++) all.push(this.ns.pod(n, p));
@@ -714,6 +735,14 @@ export class Harness {
     await this.ip(rt, 'link', 'add', 'br0', 'type', 'bridge', 'stp_state', '0', 'forward_delay', '0');
     await this.ip(cp, 'link', 'set', 'eth0', 'up');
     await this.ip(rt, 'link', 'set', 'cp0', 'up');
+    if (this.opts.controlPlanes === 2) {
+      const cp2 = this.ns.controlPlane(2);
+      await this.ip(cp2, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'cp1', 'netns', rt);
+      await this.ip(cp2, 'link', 'set', 'eth0', 'up');
+      await this.ip(rt, 'link', 'set', 'cp1', 'up');
+      await this.addr(cp2, 'eth0', `${this.cpAddressOf(2)}/24`, `${this.cpAddress6Of(2)}/64`);
+      await this.addr(rt, 'cp1', '198.18.1.1/24', 'fd00:18:1::1/64');
+    }
     await this.ip(rt, 'link', 'set', 'br0', 'up');
     await Promise.all(this.nodeNumbers().map(async (n) => {
       const node = this.ns.node(n);
@@ -767,12 +796,12 @@ table inet nodelink_harness {
   chain forward {
     type filter hook forward priority filter; policy accept;
     ct state established,related accept
-    iifname "cp0" counter drop comment "the control plane cannot open connections to nodes or pods"
+    iifname { "cp0", "cp1" } counter drop comment "the control plane cannot open connections to nodes or pods"
   }
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
-    oifname "cp0" ip saddr 198.19.0.0/16 counter masquerade
-    oifname "cp0" ip6 saddr fd00:19::/48 counter masquerade
+    oifname { "cp0", "cp1" } ip saddr 198.19.0.0/16 counter masquerade
+    oifname { "cp0", "cp1" } ip6 saddr fd00:19::/48 counter masquerade
   }
 }
 `,

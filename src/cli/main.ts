@@ -93,8 +93,6 @@ await yargs(hideBin(process.argv))
     name: { type: 'string', describe: 'this node\'s name, as in the server\'s peers file' },
     route: { type: 'string', array: true, describe: 'CIDR to announce: node IP /32 and pod CIDRs' },
     forwarding: { type: 'boolean', default: true, describe: 'enable ip_forward for the announced families' },
-    'backoff-base-ms': { type: 'number', describe: `first redial wait ceiling; waits are uniform in [0, min(cap, base*2^n)] (default ${DEFAULTS.backoffBaseMs})` },
-    'backoff-cap-ms': { type: 'number', describe: `largest redial wait ceiling (default ${DEFAULTS.backoffCapMs})` },
     'routes-from-node': { type: 'boolean', default: false, describe: 'announce this Node object\'s InternalIPs and pod CIDRs (name from --name or NODE_NAME), and re-announce when they change' },
     'node-poll-ms': { type: 'number', describe: `with --routes-from-node, re-read the Node this often (default ${DEFAULTS.nodePollMs})` },
     kubeconfig: { type: 'string', describe: 'kubeconfig for --routes-from-node (default: in-cluster, then $KUBECONFIG, ~/.kube/config)' },

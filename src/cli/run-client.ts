@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { decodeKey, readKeyFile } from '../auth/index.js';
-import { AdminServer, processDebug } from '../admin/index.js';
+import { AdminServer } from '../admin/index.js';
 import { LinkClient } from '../link-client/index.js';
 import { LinuxTun, routeReplace } from '../tun/index.js';
 import { createLogger, type Logger } from '../log.js';
@@ -60,7 +60,7 @@ export async function runClient(config: ClientConfig): Promise<void> {
     log,
   });
   try {
-    admin = await AdminServer.start(config.adminSocket, () => ({ ...client.status(), debug: processDebug() }));
+    admin = await AdminServer.start(config.adminSocket, () => client.status());
   } catch (err) {
     await tun.close();
     throw err instanceof NodelinkError ? err : new NodelinkError('admin_socket', String(err));

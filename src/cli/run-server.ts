@@ -1,5 +1,5 @@
 import { readKeyFile, readPeersFile } from '../auth/index.js';
-import { AdminServer, processDebug } from '../admin/index.js';
+import { AdminServer } from '../admin/index.js';
 import { LinkServer } from '../link-server/index.js';
 import { LinuxTun, ipBatch, routeReplaceCommand } from '../tun/index.js';
 import { createLogger } from '../log.js';
@@ -40,7 +40,7 @@ export async function runServer(config: ServerConfig): Promise<void> {
   let admin: AdminServer | undefined;
   try {
     await server.start();
-    admin = await AdminServer.start(config.adminSocket, () => ({ ...server.status(), debug: { ...processDebug(), ...server.connectionCounts() } }));
+    admin = await AdminServer.start(config.adminSocket, () => server.status());
   } catch (err) {
     await server.stop();
     await tun.close();
