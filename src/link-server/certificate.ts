@@ -1,7 +1,9 @@
 import 'reflect-metadata';
-import { webcrypto } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { X509Certificate, createPrivateKey, webcrypto, type KeyObject } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import { pkcs8Der, privateKeyObject, spkiDer, type KeyPair } from '../auth/index.js';
+import { NodelinkError } from '../errors.js';
 
 export interface ServerCertificate {
   readonly certPem: string;
@@ -32,5 +34,83 @@ export async function createServerCertificate(pair: KeyPair): Promise<ServerCert
   return {
     certPem: cert.toString('pem'),
     keyPem: privateKeyObject(pair).export({ format: 'pem', type: 'pkcs8' }).toString(),
+  };
+}
+
+/** A --cert or --cert-key file that cannot serve as the server's TLS identity. */
+export class CertificateError extends NodelinkError {
+  constructor(message: string) {
+    super('certificate', message);
+  }
+}
+
+/** `-----BEGIN CERTIFICATE-----` blocks of a PEM file, leaf first. */
+function pemCertificates(text: string): string[] {
+  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+}
+
+function readPrivateFile(path: string, flag: string): string {
+  let mode: number;
+  let text: string;
+  try {
+    mode = statSync(path).mode;
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read';
+    throw new CertificateError(`${flag} file ${path} ${reason}: pass the PEM private key of the --cert certificate`);
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new CertificateError(`${flag} file ${path} is readable by group or others (mode ${(mode & 0o777).toString(8)}): run 'chmod 600 ${path}'`);
+  }
+  return text;
+}
+
+/**
+ * A certificate chain signed by the operator's CA, for clients that run with --ca.
+ *
+ * `certFile` holds PEM certificates, the server's own first, then any intermediates. Its key is
+ * `certKeyFile` (PEM, mode 0600) or, without one, the server's own Ed25519 key (--key): then the
+ * certificate must be issued for that key, and clients may pin it (--server-key) and check the
+ * chain (--ca) at once. With a key of its own (any algorithm the CA issues), clients can only use
+ * --ca. Checked here, once, so a mismatch or an expired certificate stops the server at start
+ * with one line instead of failing every node's handshake later.
+ */
+export function loadServerCertificate(certFile: string, certKeyFile: string | undefined, pair: KeyPair, now = Date.now()): ServerCertificate {
+  let certText: string;
+  try {
+    certText = readFileSync(certFile, 'utf8');
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read';
+    throw new CertificateError(`--cert file ${certFile} ${reason}: pass a PEM certificate chain signed by your CA`);
+  }
+  const pems = pemCertificates(certText);
+  if (pems.length === 0) throw new CertificateError(`--cert file ${certFile} holds no PEM certificate: expected -----BEGIN CERTIFICATE-----`);
+  let leaf: X509Certificate;
+  try {
+    leaf = new X509Certificate(pems[0]!);
+  } catch (err) {
+    throw new CertificateError(`--cert file ${certFile}: the first certificate cannot be parsed (${(err as Error).message.split('\n')[0]})`);
+  }
+  let key: KeyObject;
+  if (certKeyFile) {
+    try {
+      key = createPrivateKey(readPrivateFile(certKeyFile, '--cert-key'));
+    } catch (err) {
+      if (err instanceof CertificateError) throw err;
+      throw new CertificateError(`--cert-key file ${certKeyFile} is not a PEM private key`);
+    }
+  } else {
+    key = privateKeyObject(pair);
+  }
+  if (!leaf.checkPrivateKey(key)) {
+    throw new CertificateError(certKeyFile
+      ? `--cert ${certFile} was not issued for the key in --cert-key ${certKeyFile}: pass the matching pair`
+      : `--cert ${certFile} was not issued for the server key (--key): have your CA sign that key, or pass the certificate's own key with --cert-key`);
+  }
+  if (Date.parse(leaf.validTo) < now) throw new CertificateError(`--cert ${certFile} expired on ${leaf.validTo}: renew it`);
+  if (Date.parse(leaf.validFrom) > now) throw new CertificateError(`--cert ${certFile} is not valid before ${leaf.validFrom}: check the clock or the certificate`);
+  return {
+    certPem: pems.join('\n') + '\n',
+    keyPem: key.export({ format: 'pem', type: 'pkcs8' }).toString(),
   };
 }

@@ -1,0 +1,87 @@
+import { readFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import { encodeKey, keysEqual } from '../auth/index.js';
+import { NodelinkError } from '../errors.js';
+
+/**
+ * How the client decides that it talks to the real server, before it sends its hello:
+ *
+ * - pinned key (`--server-key`): the Ed25519 key in the server's certificate must be this one;
+ *   TLS 1.3's CertificateVerify proves the server holds it. No CA is involved.
+ * - CA (`--ca FILE`): the server's certificate chain must verify against these CA certificates
+ *   (and only these, not the system store), and name the server: its IP address, or
+ *   `--server-name` when given.
+ *
+ * With both, both must hold. With neither, nothing is trusted: config refuses that.
+ */
+export interface ServerTrust {
+  readonly serverKey?: Uint8Array;
+  /** PEM CA certificates; when set, the TLS stack verifies the chain and the name against them. */
+  readonly ca?: string;
+}
+
+/** A --ca file that cannot be used. */
+export class TrustError extends NodelinkError {
+  constructor(message: string) {
+    super('ca_file', message);
+  }
+}
+
+/** Reads and checks a --ca file: PEM certificates, at least one, all parseable. */
+export function readCaFile(path: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read';
+    throw new TrustError(`--ca file ${path} ${reason}: pass the PEM certificate of the CA that signed the server's certificate`);
+  }
+  const pems = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (pems.length === 0) throw new TrustError(`--ca file ${path} holds no PEM certificate: expected -----BEGIN CERTIFICATE-----`);
+  for (const [index, pem] of pems.entries()) {
+    try {
+      new X509Certificate(pem);
+    } catch {
+      throw new TrustError(`--ca file ${path}: certificate #${index + 1} cannot be parsed`);
+    }
+  }
+  return pems.join('\n') + '\n';
+}
+
+/** The raw Ed25519 key of the server's certificate, if it has one. */
+export function serverPublicKey(socket: TLSSocket): Uint8Array | undefined {
+  const certificate = socket.getPeerX509Certificate();
+  if (!certificate || certificate.publicKey.asymmetricKeyType !== 'ed25519') return undefined;
+  const jwk = certificate.publicKey.export({ format: 'jwk' });
+  return jwk.x ? new Uint8Array(Buffer.from(jwk.x, 'base64url')) : undefined;
+}
+
+/** How `status` names the server: its Ed25519 key, or else its certificate's SHA-256 fingerprint. */
+export function serverIdentity(socket: TLSSocket): string | undefined {
+  const key = serverPublicKey(socket);
+  if (key) return encodeKey(key);
+  const fingerprint = socket.getPeerX509Certificate()?.fingerprint256;
+  return fingerprint ? `sha256:${fingerprint}` : undefined;
+}
+
+/**
+ * Checks a TLS session that has just connected. Returns undefined when the server is trusted,
+ * else one line saying why not and what to check. The socket must have been opened with
+ * `ca: trust.ca` and rejectUnauthorized false, so that Node computed `authorized` (chain and
+ * name) without tearing the socket down before we could say why.
+ */
+export function checkServer(socket: TLSSocket, trust: ServerTrust): string | undefined {
+  if (trust.ca !== undefined && !socket.authorized) {
+    const why = String(socket.authorizationError ?? 'unverified');
+    return `server certificate does not verify against --ca (${why}): wrong server, a certificate from another CA, or a name that is not in it (see --server-name)`;
+  }
+  if (trust.serverKey) {
+    const presented = serverPublicKey(socket);
+    if (!presented || !keysEqual(presented, trust.serverKey)) {
+      return `server key ${presented ? encodeKey(presented) : '(not Ed25519)'} does not match --server-key: wrong server, or --server-key is stale (check with nodelink pubkey on the server)`;
+    }
+  }
+  if (trust.ca === undefined && !trust.serverKey) return 'no --server-key or --ca to check the server against';
+  return undefined;
+}
