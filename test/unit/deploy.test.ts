@@ -1,0 +1,355 @@
+// deploy/, Dockerfile and .dockerignore, checked offline (no cluster, kubectl, kustomize or
+// docker here): every kustomization renders (test/unit/kustomize.ts), every object validates
+// against the Kubernetes OpenAPI schemas (kubernetes-models) and type-checks against
+// kubernetes-types with tsc (misspelled or unknown keys), YAML 1.1 and 1.2 read each file the
+// same, the security-relevant settings are asserted one by one, every NODELINK_* variable names
+// a real flag, and the Dockerfile passes dockerfile-utils' linter.
+
+import { expect } from 'chai';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import ts from 'typescript';
+import { parseAllDocuments } from 'yaml';
+import { validate as lintDockerfile, ValidationSeverity } from 'dockerfile-utils';
+import { readYamlDocuments, renderKustomization, type K8sObject } from './kustomize.js';
+
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const DEPLOY = join(ROOT, 'deploy');
+const MAIN = join(ROOT, 'dist', 'src', 'cli', 'main.js');
+const execFileAsync = promisify(execFile);
+
+/** kubernetes-models module and kubernetes-types module + type for each kind deploy/ uses. */
+const KINDS: Record<string, { model: string; types: string; type: string }> = {
+  'apps/v1 DaemonSet': { model: 'kubernetes-models/apps/v1/DaemonSet', types: 'kubernetes-types/apps/v1', type: 'DaemonSet' },
+  'v1 ServiceAccount': { model: 'kubernetes-models/v1/ServiceAccount', types: 'kubernetes-types/core/v1', type: 'ServiceAccount' },
+  'v1 ConfigMap': { model: 'kubernetes-models/v1/ConfigMap', types: 'kubernetes-types/core/v1', type: 'ConfigMap' },
+  'rbac.authorization.k8s.io/v1 ClusterRole': { model: 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole', types: 'kubernetes-types/rbac/v1', type: 'ClusterRole' },
+  'rbac.authorization.k8s.io/v1 ClusterRoleBinding': { model: 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding', types: 'kubernetes-types/rbac/v1', type: 'ClusterRoleBinding' },
+};
+
+const KUSTOMIZATIONS = ['', 'base', 'server', 'overlays/example'];
+
+function kindOf(o: K8sObject): string {
+  return `${o.apiVersion} ${o.kind}`;
+}
+
+/** kubernetes-models' schema validation (required fields, enums, formats). Throws naming the object. */
+async function validateWithModels(objects: readonly K8sObject[]): Promise<void> {
+  for (const o of objects) {
+    const entry = KINDS[kindOf(o)];
+    if (!entry) throw new Error(`${kindOf(o)} ${o.metadata?.name}: no schema registered in deploy.test.ts`);
+    const Model = (await import(entry.model) as Record<string, new (data: unknown) => { validate(): void }>)[o.kind]!;
+    try {
+      new Model(o).validate();
+    } catch (err) {
+      throw new Error(`${kindOf(o)} ${o.metadata.name}: ${(err as Error).message}`);
+    }
+  }
+}
+
+/**
+ * Writes each set of objects as typed object literals, one file per set, and compiles them all in
+ * one tsc program: excess-property checks catch unknown or misspelled keys anywhere in the tree,
+ * and wrong value types. Returns the diagnostics per set, one line each.
+ */
+function typeCheck(sets: ReadonlyMap<string, readonly K8sObject[]>): Map<string, string[]> {
+  const dir = join(ROOT, 'dist', 'deploy-typecheck');
+  mkdirSync(dir, { recursive: true });
+  const files = new Map<string, string>();
+  for (const [label, objects] of sets) {
+    const imports = new Map<string, Set<string>>();
+    const lines: string[] = [];
+    objects.forEach((o, i) => {
+      const entry = KINDS[kindOf(o)];
+      if (!entry) throw new Error(`${kindOf(o)}: no kubernetes-types type registered`);
+      if (!imports.has(entry.types)) imports.set(entry.types, new Set());
+      imports.get(entry.types)!.add(entry.type);
+      lines.push(`// ${kindOf(o)} ${o.metadata.name}\nexport const object${i}: ${entry.type} = ${JSON.stringify(o, null, 2)};`);
+    });
+    const header = [...imports].map(([module, types]) => `import type { ${[...types].join(', ')} } from '${module}';`);
+    const file = join(dir, `${label.replace(/[^a-z0-9]+/gi, '_') || 'root'}.ts`);
+    writeFileSync(file, `${header.join('\n')}\n\n${lines.join('\n\n')}\n`);
+    files.set(file, label);
+  }
+  const program = ts.createProgram([...files.keys()], {
+    strict: true, noEmit: true, skipLibCheck: true, types: [], lib: ['lib.es2022.d.ts'],
+    module: ts.ModuleKind.CommonJS, moduleResolution: ts.ModuleResolutionKind.Node10, target: ts.ScriptTarget.ES2022,
+  });
+  const out = new Map<string, string[]>([...sets.keys()].map((label) => [label, []]));
+  for (const d of ts.getPreEmitDiagnostics(program)) {
+    const label = d.file ? files.get(d.file.fileName) : undefined;
+    const where = d.file && d.start !== undefined ? `line ${d.file.getLineAndCharacterOfPosition(d.start).line + 1}: ` : '';
+    const text = `${where}${ts.flattenDiagnosticMessageText(d.messageText, ' ')}`;
+    if (label === undefined) throw new Error(`tsc: ${text}`);
+    out.get(label)!.push(text);
+  }
+  return out;
+}
+
+function yamlFiles(dir: string): string[] {
+  return readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    return statSync(path).isDirectory() ? yamlFiles(path) : name.endsWith('.yaml') ? [path] : [];
+  });
+}
+
+type Pod = {
+  hostNetwork?: boolean; priorityClassName?: string; serviceAccountName?: string; terminationGracePeriodSeconds?: number;
+  dnsPolicy?: string; nodeSelector?: Record<string, string>;
+  tolerations?: Array<{ key?: string; operator?: string; effect?: string }>;
+  containers: Array<Container>; volumes?: Array<Record<string, any>>;
+};
+type Container = {
+  name: string; image: string; args?: string[];
+  env?: Array<{ name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string } } }>;
+  envFrom?: Array<{ configMapRef?: { name: string } }>;
+  securityContext?: Record<string, any>; resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
+  livenessProbe?: { httpGet?: { path: string; port: number | string; host?: string } };
+  readinessProbe?: { httpGet?: { path: string; port: number | string; host?: string } };
+  volumeMounts?: Array<{ name: string; mountPath: string; readOnly?: boolean }>;
+};
+
+function daemonSet(objects: readonly K8sObject[], name: string): { spec: any; pod: Pod; container: Container } {
+  const ds = objects.find((o) => o.kind === 'DaemonSet' && o.metadata.name === name) as unknown as { spec: any } | undefined;
+  if (!ds) throw new Error(`no DaemonSet ${name}`);
+  const pod = ds.spec.template.spec as Pod;
+  expect(pod.containers, 'one container').to.have.length(1);
+  return { spec: ds.spec, pod, container: pod.containers[0]! };
+}
+
+const envValue = (c: Container, name: string): string | undefined => c.env?.find((e) => e.name === name)?.value;
+
+/** The settings both daemons need to run safely with NET_ADMIN in the host network. */
+function assertPrivilegeAndProbes(pod: Pod, c: Container): void {
+  expect(pod.hostNetwork, 'hostNetwork').to.equal(true);
+  const sc = c.securityContext!;
+  expect(sc['privileged'] ?? false, 'not privileged').to.equal(false);
+  expect(sc['allowPrivilegeEscalation'], 'allowPrivilegeEscalation').to.equal(false);
+  expect(sc['readOnlyRootFilesystem'], 'readOnlyRootFilesystem').to.equal(true);
+  expect(sc['capabilities'], 'capabilities').to.deep.equal({ drop: ['ALL'], add: ['NET_ADMIN'] });
+  // /dev/net/tun from the host, as a character device, at the same path.
+  const tun = pod.volumes!.find((v) => v['hostPath']?.path === '/dev/net/tun');
+  expect(tun?.['hostPath'], '/dev/net/tun hostPath').to.deep.equal({ path: '/dev/net/tun', type: 'CharDevice' });
+  expect(pod.volumes!.filter((v) => v['hostPath']), 'no other hostPath').to.have.length(1);
+  expect(c.volumeMounts!.find((m) => m.name === tun!['name'])?.mountPath).to.equal('/dev/net/tun');
+  // Probes on the --metrics endpoint (issue 5): /healthz and /readyz on its port, on loopback.
+  const metrics = envValue(c, 'NODELINK_METRICS');
+  expect(metrics, 'NODELINK_METRICS').to.match(/^127\.0\.0\.1:\d+$/);
+  const port = Number(metrics!.split(':')[1]);
+  expect(c.livenessProbe?.httpGet).to.deep.equal({ host: '127.0.0.1', path: '/healthz', port });
+  expect(c.readinessProbe?.httpGet).to.deep.equal({ host: '127.0.0.1', path: '/readyz', port });
+  expect(c.resources?.requests?.['cpu'] && c.resources.requests['memory'], 'requests').to.be.a('string');
+  expect(c.resources?.limits?.['cpu'] && c.resources.limits['memory'], 'limits').to.be.a('string');
+  // The daemons take up to 2 s to say goodbye and remove nl0; the kubelet must wait longer.
+  expect(pod.terminationGracePeriodSeconds).to.be.within(5, 60);
+  expect(pod.dnsPolicy, 'the link must not depend on cluster DNS').to.equal('Default');
+  expect(pod.tolerations, 'tolerates every taint').to.deep.include({ operator: 'Exists' });
+}
+
+/** The secret volume holding a key: mode 0400, mounted read-only. */
+function assertKeyVolume(pod: Pod, c: Container, secretName: string): { mountPath: string } {
+  const volume = pod.volumes!.find((v) => v['secret']?.secretName === secretName);
+  expect(volume, `secret volume ${secretName}`).to.not.equal(undefined);
+  expect(volume!['secret'].defaultMode, 'key files 0400').to.equal(0o400);
+  const mount = c.volumeMounts!.find((m) => m.name === volume!['name'])!;
+  expect(mount.readOnly, 'key mount read-only').to.equal(true);
+  return mount;
+}
+
+function rbacRules(objects: readonly K8sObject[], name: string, serviceAccount: string, namespace: string): unknown {
+  const role = objects.find((o) => o.kind === 'ClusterRole' && o.metadata.name === name) as unknown as { rules: unknown };
+  const binding = objects.find((o) => o.kind === 'ClusterRoleBinding' && o.metadata.name === name) as unknown as {
+    roleRef: unknown; subjects: unknown;
+  };
+  expect(binding.roleRef).to.deep.equal({ apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name });
+  expect(binding.subjects).to.deep.equal([{ kind: 'ServiceAccount', name: serviceAccount, namespace }]);
+  expect(objects.some((o) => o.kind === 'ServiceAccount' && o.metadata.name === serviceAccount && o.metadata.namespace === namespace)).to.equal(true);
+  return role.rules;
+}
+
+/** Flags that `nodelink <command> --help` lists. */
+async function cliFlags(command: string): Promise<Set<string>> {
+  const { stdout } = await execFileAsync(process.execPath, [MAIN, command, '--help'], { encoding: 'utf8', env: { PATH: process.env['PATH'] ?? '' } });
+  return new Set([...stdout.matchAll(/--([a-z][a-z0-9-]*)/g)].map((m) => m[1]!));
+}
+
+/** NODELINK_FOO_BAR → foo-bar. */
+const flagOf = (variable: string): string => variable.slice('NODELINK_'.length).toLowerCase().replace(/_/g, '-');
+
+describe('deploy/: Kubernetes manifests, checked offline', function () {
+  this.timeout(30_000);
+  const rendered = new Map<string, K8sObject[]>();
+  /** The base DaemonSet with one defect each, to prove the validators catch it. */
+  const broken = new Map<string, K8sObject>();
+  let diagnostics: Map<string, string[]>;
+
+  before(function () {
+    for (const dir of KUSTOMIZATIONS) rendered.set(dir, renderKustomization(join(DEPLOY, dir)));
+    const good = rendered.get('base')!.find((o) => o.kind === 'DaemonSet')!;
+    const defect = (name: string, change: (pod: any) => void): void => {
+      const copy = structuredClone(good) as any;
+      change(copy.spec.template.spec);
+      broken.set(name, copy as K8sObject);
+    };
+    defect('misspelled', (pod) => { pod.hostNetwrok = pod.hostNetwork; delete pod.hostNetwork; });
+    defect('deep', (pod) => { pod.containers[0].securityContext.capabilites = { add: ['NET_ADMIN'] }; });
+    defect('enum', (pod) => { pod.containers[0].imagePullPolicy = 'Sometimes'; });
+    defect('noname', (pod) => { delete pod.containers[0].name; });
+    // One tsc program for everything: loading kubernetes-types is the slow part.
+    const sets = new Map<string, readonly K8sObject[]>(rendered);
+    for (const [name, o] of broken) sets.set(`broken-${name}`, [o]);
+    diagnostics = typeCheck(sets);
+  });
+
+  it('every kustomization renders: deploy/ (= base), base, server, overlays/example', function () {
+    const names = (dir: string): string[] => rendered.get(dir)!.map((o) => `${o.kind}/${o.metadata.name}`).sort();
+    expect(names('')).to.deep.equal(names('base'));
+    expect(names('base')).to.deep.equal(['ClusterRole/nodelink-client', 'ClusterRoleBinding/nodelink-client', 'DaemonSet/nodelink-client', 'ServiceAccount/nodelink-client']);
+    expect(names('server')).to.deep.equal(['ClusterRole/nodelink-server', 'ClusterRoleBinding/nodelink-server', 'DaemonSet/nodelink-server', 'ServiceAccount/nodelink-server']);
+    expect(names('overlays/example')).to.deep.equal([...names('base'), 'ConfigMap/nodelink-client'].sort());
+    for (const objects of rendered.values()) {
+      for (const o of objects) if (!o.kind.startsWith('Cluster')) expect(o.metadata.namespace, `${o.kind}/${o.metadata.name}`).to.equal('kube-system');
+    }
+  });
+
+  it('every YAML file reads the same as YAML 1.1 (kubectl) and 1.2 (kustomize), without warnings', function () {
+    for (const file of yamlFiles(DEPLOY)) {
+      const text = readFileSync(file, 'utf8');
+      const as = (version: '1.1' | '1.2'): unknown[] => parseAllDocuments(text, { version }).map((d) => d.toJS() as unknown);
+      expect(as('1.1'), file).to.deep.equal(as('1.2'));
+      readYamlDocuments(file);
+    }
+  });
+
+  it('every object validates against the Kubernetes schemas (kubernetes-models)', async function () {
+    for (const [dir, objects] of rendered) {
+      try {
+        await validateWithModels(objects);
+      } catch (err) {
+        throw new Error(`deploy/${dir}: ${(err as Error).message}`);
+      }
+    }
+  });
+
+  it('every object type-checks against kubernetes-types with tsc (no unknown or misspelled keys)', function () {
+    for (const dir of rendered.keys()) expect(diagnostics.get(dir), `deploy/${dir}`).to.deep.equal([]);
+  });
+
+  it('the validators catch a misspelled key, a bad enum and a missing required field', async function () {
+    const text = (name: string): string => diagnostics.get(`broken-${name}`)!.join('\n');
+    expect(text('misspelled')).to.match(/'"hostNetwrok"' does not exist in type 'PodSpec'/);
+    expect(text('deep')).to.match(/'"capabilites"' does not exist in type 'SecurityContext'/);
+    expect(text('noname')).to.match(/Property 'name' is missing/);
+    const modelError = async (o: K8sObject): Promise<string> => validateWithModels([o]).then(() => '', (err: Error) => err.message);
+    expect(await modelError(broken.get('enum')!)).to.match(/imagePullPolicy must be equal to one of the allowed values/);
+    expect(await modelError(broken.get('noname')!)).to.match(/containers\/0 must have required property name/);
+  });
+
+  it('client DaemonSet: NET_ADMIN only, hostNetwork, /dev/net/tun, node-critical, every node, bounded rollout, probes', function () {
+    const { spec, pod, container: c } = daemonSet(rendered.get('base')!, 'nodelink-client');
+    assertPrivilegeAndProbes(pod, c);
+    expect(pod.priorityClassName).to.equal('system-node-critical');
+    expect(spec.updateStrategy.type).to.equal('RollingUpdate');
+    expect(spec.updateStrategy.rollingUpdate.maxUnavailable).to.match(/^([1-9]|[1-9][0-9]?%)$/);
+    expect(pod.serviceAccountName).to.equal('nodelink-client');
+    expect(c.args).to.deep.equal(['client']);
+    // Its name from the downward API, its key from the Secret by that name, the server from the ConfigMap.
+    expect(c.env![0]).to.deep.equal({ name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } });
+    const mount = assertKeyVolume(pod, c, 'nodelink-node-keys');
+    expect(envValue(c, 'NODELINK_KEY')).to.equal(`${mount.mountPath}/$(NODE_NAME)`);
+    expect(envValue(c, 'NODELINK_ROUTES_FROM_NODE')).to.equal('true');
+    expect(c.envFrom).to.deep.equal([{ configMapRef: { name: 'nodelink-client' } }]);
+    // Least RBAC: get nodes, nothing else.
+    expect(rbacRules(rendered.get('base')!, 'nodelink-client', 'nodelink-client', 'kube-system'))
+      .to.deep.equal([{ apiGroups: [''], resources: ['nodes'], verbs: ['get'] }]);
+  });
+
+  it('server DaemonSet: control-plane nodes only, the same privileges, peers and key mounted, --authorize-from-nodes', function () {
+    const { pod, container: c } = daemonSet(rendered.get('server')!, 'nodelink-server');
+    assertPrivilegeAndProbes(pod, c);
+    expect(pod.nodeSelector).to.include({ 'node-role.kubernetes.io/control-plane': '' });
+    expect(c.args).to.deep.equal(['server']);
+    const mount = assertKeyVolume(pod, c, 'nodelink-server-key');
+    expect(envValue(c, 'NODELINK_KEY')).to.equal(`${mount.mountPath}/server.key`);
+    const peers = pod.volumes!.find((v) => v['configMap']?.name === 'nodelink-peers')!;
+    expect(envValue(c, 'NODELINK_PEERS')).to.equal(`${c.volumeMounts!.find((m) => m.name === peers['name'])!.mountPath}/peers.json`);
+    expect(envValue(c, 'NODELINK_AUTHORIZE_FROM_NODES')).to.equal('true');
+    expect(rbacRules(rendered.get('server')!, 'nodelink-server', 'nodelink-server', 'kube-system'))
+      .to.deep.equal([{ apiGroups: [''], resources: ['nodes'], verbs: ['get'] }]);
+    // A client never lands on a control-plane node, where the server already owns nl0.
+    const client = daemonSet(rendered.get('base')!, 'nodelink-client').pod as any;
+    expect(client.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions)
+      .to.deep.include({ key: 'node-role.kubernetes.io/control-plane', operator: 'DoesNotExist' });
+  });
+
+  it('the example overlay sets the image, generates the ConfigMap the base reads, and patches by name', function () {
+    const objects = rendered.get('overlays/example')!;
+    const { spec, container: c } = daemonSet(objects, 'nodelink-client');
+    expect(c.image).to.equal('registry.example.com/platform/nodelink:0.1.0');
+    expect(spec.updateStrategy.rollingUpdate.maxUnavailable).to.equal('5%');
+    expect(envValue(c, 'NODELINK_NODE_POLL_MS')).to.equal('120000');
+    expect(envValue(c, 'NODELINK_ROUTES_FROM_NODE'), 'the patch merged env by name').to.equal('true');
+    expect(c.resources).to.deep.equal({ requests: { cpu: '50m', memory: '64Mi' }, limits: { cpu: '1', memory: '384Mi' } });
+    const config = objects.find((o) => o.kind === 'ConfigMap') as unknown as { data: Record<string, string> };
+    expect(Object.keys(config.data)).to.include.members(['NODELINK_SERVER', 'NODELINK_SERVER_KEY']);
+  });
+
+  it('every NODELINK_* variable in deploy/ is a flag of the command it configures', async function () {
+    const [client, server] = await Promise.all([cliFlags('client'), cliFlags('server')]);
+    if (!client.has('metrics') || !server.has('metrics')) {
+      console.log('\n    *** PENDING: the probes need --metrics (/healthz, /readyz) from issue 5, which this build lacks ***\n');
+      this.skip();
+    }
+    const check = (objects: readonly K8sObject[], flags: Set<string>): void => {
+      for (const o of objects) {
+        const names = o.kind === 'ConfigMap'
+          ? Object.keys((o as unknown as { data: Record<string, string> }).data)
+          : o.kind === 'DaemonSet' ? daemonSet([o], o.metadata.name).container.env!.map((e) => e.name) : [];
+        for (const name of names.filter((n) => n.startsWith('NODELINK_'))) expect(flags, `${name} (${o.kind}/${o.metadata.name})`).to.include(flagOf(name));
+      }
+    };
+    check(rendered.get('overlays/example')!, client);
+    check(rendered.get('server')!, server);
+  });
+});
+
+describe('Dockerfile and .dockerignore', function () {
+  const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8');
+  const stages = dockerfile.split(/^FROM /m).slice(1);
+
+  it('passes dockerfile-utils with every optional check as an error', function () {
+    const all = ValidationSeverity.ERROR;
+    const problems = lintDockerfile(dockerfile, {
+      deprecatedMaintainer: all, directiveCasing: all, emptyContinuationLine: all, instructionCasing: all,
+      instructionCmdMultiple: all, instructionEntrypointMultiple: all, instructionHealthcheckMultiple: all,
+      instructionJSONInSingleQuotes: all, instructionWorkdirRelative: all,
+    });
+    expect(problems.map((p) => `line ${p.range.start.line + 1}: ${p.message}`)).to.deep.equal([]);
+    expect(lintDockerfile('FROM scratch\nCOPYY a b\n'), 'the linter bites').to.have.length.greaterThan(0);
+  });
+
+  it('is multi-stage on a Node LTS slim base: toolchain only in the build stage, iproute2 in the runtime', function () {
+    expect(dockerfile).to.match(/^ARG NODE_IMAGE=node:(22|24)-[a-z]+-slim$/m);
+    expect(stages).to.have.length(2);
+    expect(stages[0]).to.match(/^\$\{NODE_IMAGE\} AS build/);
+    expect(stages[0]).to.match(/python3 make g\+\+/);
+    expect(stages[0]).to.match(/npm ci/);
+    expect(stages[1]).to.match(/^\$\{NODE_IMAGE\} AS runtime/);
+    expect(stages[1]).to.match(/apt-get install -y --no-install-recommends iproute2/);
+    expect(stages[1]).to.not.match(/g\+\+|make|python3/);
+    expect(stages[1]).to.match(/COPY --from=build \/src\/native\/build\/Release\/tunio\.node/);
+    expect(stages[1]).to.match(/^ENTRYPOINT \["nodelink"\]$/m);
+  });
+
+  it('.dockerignore keeps build outputs, dependencies and git out of the context', function () {
+    const ignored = readFileSync(join(ROOT, '.dockerignore'), 'utf8').split('\n').map((l) => l.trim());
+    expect(ignored).to.include.members(['.git', 'node_modules', 'dist', 'native/build']);
+    // Whatever the Dockerfile copies from the context must not be ignored.
+    for (const match of dockerfile.matchAll(/^COPY (?!--from)(.+) \S+$/gm)) {
+      for (const source of match[1]!.split(/\s+/)) expect(ignored, source).to.not.include(source.replace(/\/$/, ''));
+    }
+  });
+});
