@@ -17,18 +17,28 @@ export interface NodeSource {
 /** One API request never waits longer than this; the caller retries or fails on its own terms. */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 
+/** Where the kubelet mounts a pod's service-account token and the cluster CA. */
+export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
+
 /**
  * Where the credentials come from, in the order a pod and an operator expect: an explicit
- * `--kubeconfig`, the pod's service account (in-cluster), then `$KUBECONFIG` or ~/.kube/config.
+ * `--kubeconfig`, the pod's service account (in-cluster: KUBERNETES_SERVICE_HOST/PORT, token and
+ * CA under `root` + SERVICE_ACCOUNT_DIR), then `$KUBECONFIG` or ~/.kube/config.
  */
-export function loadKubeConfig(path?: string, env: NodeJS.ProcessEnv = process.env): KubeConfig {
+export function loadKubeConfig(path?: string, env: NodeJS.ProcessEnv = process.env, root = ''): KubeConfig {
   const kc = new KubeConfig();
   try {
     if (path) {
       if (!existsSync(path)) throw new KubernetesError('k8s_config', `kubeconfig ${path} does not exist: fix --kubeconfig`);
       kc.loadFromFile(path);
     } else if (env['KUBERNETES_SERVICE_HOST']) {
-      kc.loadFromCluster();
+      for (const file of ['token', 'ca.crt']) {
+        if (!existsSync(`${root}${SERVICE_ACCOUNT_DIR}/${file}`)) {
+          throw new KubernetesError('k8s_config',
+            `in a pod but ${SERVICE_ACCOUNT_DIR}/${file} is missing: set automountServiceAccountToken: true and serviceAccountName (deploy/base), or pass --kubeconfig`);
+        }
+      }
+      kc.loadFromCluster(root);
     } else if (env['KUBECONFIG'] || existsSync(join(env['HOME'] ?? homedir(), '.kube', 'config'))) {
       kc.loadFromDefault();
     } else {

@@ -5,7 +5,7 @@
 
 import { expect } from 'chai';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -194,6 +194,31 @@ describe('k8s: @kubernetes/client-node against a recorded API server on 127.0.0.
       expect(() => loadKubeConfig(undefined, { HOME: home })).to.throw(KubernetesError, /no Kubernetes credentials: run inside a pod with a service account, or pass --kubeconfig/);
     } finally {
       rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it('in a pod: the service-account token and CA (in-cluster config), or one line when they are missing', async function () {
+    const root = mkdtempSync(join(tmpdir(), 'nodelink-pod-'));
+    const saved = { host: process.env['KUBERNETES_SERVICE_HOST'], port: process.env['KUBERNETES_SERVICE_PORT'] };
+    try {
+      const env = { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: new URL(api.url).port };
+      expect(() => loadKubeConfig(undefined, env, root)).to.throw(KubernetesError,
+        /in a pod but \/var\/run\/secrets\/kubernetes.io\/serviceaccount\/token is missing: set automountServiceAccountToken: true/);
+      const dir = join(root, 'var/run/secrets/kubernetes.io/serviceaccount');
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, 'token'), 'recorded-test-token');
+      writeFileSync(join(dir, 'ca.crt'), api.caPem);
+      // KubeConfig.loadFromCluster reads the service address from process.env itself.
+      Object.assign(process.env, env);
+      const node = await new KubeNodeSource(loadKubeConfig(undefined, env, root), 2000).getNode('node-1');
+      expect(strings(routesFromNode(node).routes)).to.deep.equal(['198.19.0.11/32', '198.19.1.0/24']);
+      expect(api.requests[api.requests.length - 1]!.authorization).to.equal('Bearer recorded-test-token');
+    } finally {
+      for (const [key, value] of [['KUBERNETES_SERVICE_HOST', saved.host], ['KUBERNETES_SERVICE_PORT', saved.port]] as const) {
+        if (value === undefined) delete process.env[key];
+        else process.env[key] = value;
+      }
+      rmSync(root, { recursive: true, force: true });
     }
   });
 
