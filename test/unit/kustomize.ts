@@ -88,18 +88,21 @@ export function renderKustomization(dir: string): K8sObject[] {
   return objects;
 }
 
-/** Strategic merge as kubectl does it for the fields used here: maps merge, lists of named items merge by name, other lists are replaced. */
+/**
+ * Strategic merge as kustomize does it for the fields used here: maps merge, lists of named
+ * items merge by name (new items first), other lists are replaced.
+ */
 export function strategicMerge(base: unknown, patch: unknown): unknown {
   if (Array.isArray(base) && Array.isArray(patch)) {
     const named = (list: unknown[]): boolean => list.every((item) => typeof item === 'object' && item !== null && 'name' in item);
     if (!named(base) || !named(patch)) return patch;
-    const out = [...base] as Array<{ name: string }>;
-    for (const item of patch as Array<{ name: string }>) {
-      const index = out.findIndex((existing) => existing.name === item.name);
-      if (index < 0) out.push(item);
-      else out[index] = strategicMerge(out[index], item) as { name: string };
-    }
-    return out;
+    // Like kustomize: items the base lacks come first, in the patch's order; the rest merge in place.
+    const merged = (base as Array<{ name: string }>).map((existing) => {
+      const item = (patch as Array<{ name: string }>).find((candidate) => candidate.name === existing.name);
+      return item ? strategicMerge(existing, item) as { name: string } : existing;
+    });
+    const added = (patch as Array<{ name: string }>).filter((item) => !(base as Array<{ name: string }>).some((existing) => existing.name === item.name));
+    return [...added, ...merged];
   }
   if (typeof base === 'object' && base !== null && typeof patch === 'object' && patch !== null && !Array.isArray(base) && !Array.isArray(patch)) {
     const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
