@@ -1,4 +1,4 @@
 import { NodelinkError } from '../errors.js';
 
-/** Admin socket failures. Codes: 'admin_in_use', 'admin_unreachable', 'admin_socket'. */
+/** Admin socket failures. Codes: 'admin_in_use', 'admin_unreachable', 'admin_socket', 'metrics_listen'. */
 export class AdminError extends NodelinkError {}

@@ -1,4 +1,4 @@
-import type { DaemonStatus, PeerStatus } from './status.js';
+import type { DaemonStatus, PathHealth, PeerStatus, RouteState } from './status.js';
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
 
@@ -30,31 +30,81 @@ function formatDrops(byReason: Record<string, number>): string {
   return entries.length === 0 ? '0' : entries.map(([reason, count]) => `${count} ${reason}`).join(', ');
 }
 
+function formatRoutes(peer: PeerStatus): string {
+  if (peer.routeStates && peer.routeStates.length > 0) {
+    return peer.routeStates.map((route: RouteState) => `${route.route} (${route.state === 'missing' ? 'MISSING from the kernel' : route.state.replace('_', ' ')})`).join(', ');
+  }
+  return peer.routes.length > 0 ? peer.routes.join(', ') : '(none announced)';
+}
+
+function formatPath(path: PathHealth, now: number): string {
+  const checked = path.checkedAt ? `, checked ${formatAge(path.checkedAt, now)} ago` : '';
+  const counts = path.checks > 0 ? ` (${path.failures} of ${path.checks} checks failed)` : '';
+  switch (path.state) {
+    case 'ok':
+      return `ok, ${path.target} answered through the tunnel in ${path.rttMs?.toFixed(1) ?? '?'} ms${checked}${path.failures > 0 ? counts : ''}`;
+    case 'failing':
+      return `FAILING, ${path.target}: ${path.error ?? 'no answer'}${checked}${path.lastOkAt ? `, last ok ${formatAge(path.lastOkAt, now)} ago` : ', never ok'}${counts}`;
+    default:
+      return path.error ? `unknown (${path.error})` : 'not checked yet';
+  }
+}
+
 function formatPeer(peer: PeerStatus, now: number): string[] {
   const lines = [`peer: ${peer.name}`, `  public key: ${peer.publicKey}`];
   if (peer.connected) {
     lines.push(`  endpoint: ${peer.endpoint ?? '-'}`);
-    lines.push(`  connected: since ${peer.connectedSince} (${formatAge(peer.connectedSince!, now)} ago)`);
-    lines.push(`  last pong: ${peer.lastPongMs === null ? 'none yet' : `${peer.lastPongMs.toFixed(1)} ms rtt`}`);
+    const sessions = peer.handshakes !== undefined ? `, ${peer.handshakes} handshake${peer.handshakes === 1 ? '' : 's'}${peer.reconnects ? ` (${peer.reconnects} reconnect${peer.reconnects === 1 ? '' : 's'})` : ''}` : '';
+    lines.push(`  connected: since ${peer.connectedSince} (${formatAge(peer.connectedSince!, now)} ago)${sessions}`);
+    const pongAge = peer.lastPongAt ? `, ${formatAge(peer.lastPongAt, now)} ago` : '';
+    lines.push(`  last pong: ${peer.lastPongMs === null ? 'none yet' : `${peer.lastPongMs.toFixed(1)} ms rtt${pongAge}`}`);
   } else {
-    lines.push('  connected: no');
+    lines.push(`  connected: no${peer.endpoint ? ` (dialing ${peer.endpoint})` : ''}`);
   }
-  lines.push(`  routes: ${peer.routes.length > 0 ? peer.routes.join(', ') : '(none announced)'}`);
+  if (peer.path) lines.push(`  path: ${formatPath(peer.path, now)}`);
+  lines.push(`  routes: ${formatRoutes(peer)}`);
   if (peer.allowedIPs) lines.push(`  allowed ips: ${peer.allowedIPs.join(', ')}`);
   lines.push(`  transfer: ${formatBytes(peer.rxBytes)} received (${peer.rxPackets} packets), ${formatBytes(peer.txBytes)} sent (${peer.txPackets} packets)`);
+  if (peer.connected) lines.push(`  queue: ${formatBytes(peer.queuedBytes)}`);
   lines.push(`  drops: ${formatDrops(peer.dropsByReason)}`);
+  if (peer.lastError && !peer.connected) lines.push(`  last error: ${peer.lastError}`);
   return lines;
 }
 
-/** A `wg show`-like text rendering of the status document. */
+/** One line that says whether all is well: peers, paths, traffic, drops, broken routes. */
+export function formatSummary(status: DaemonStatus): string {
+  const connected = status.peers.filter((peer) => peer.connected).length;
+  const parts = [status.role === 'server' ? `${connected}/${status.peers.length} peers connected` : (connected > 0 ? 'connected to the server' : 'NOT connected to the server')];
+  const checked = status.peers.filter((peer) => peer.path && peer.path.state !== 'unknown');
+  if (checked.length > 0) {
+    const ok = checked.filter((peer) => peer.path!.state === 'ok').length;
+    parts.push(`${ok}/${checked.length} paths ok`);
+  }
+  const missing = status.peers.reduce((sum, peer) => sum + (peer.routeStates?.filter((route) => route.state === 'missing').length ?? 0), 0);
+  if (missing > 0) parts.push(`${missing} route${missing === 1 ? '' : 's'} MISSING`);
+  const rx = status.peers.reduce((sum, peer) => sum + peer.rxBytes, 0);
+  const tx = status.peers.reduce((sum, peer) => sum + peer.txBytes, 0);
+  parts.push(`${formatBytes(rx)} received, ${formatBytes(tx)} sent`);
+  const drops = status.peers.reduce((sum, peer) => sum + peer.drops, 0) + Object.values(status.dropsByReason).reduce((sum, count) => sum + count, 0);
+  parts.push(`${drops} dropped`);
+  return `nodelink ${status.role}${status.name ? ` ${status.name}` : ''} on ${status.tun}: ${parts.join(', ')}`;
+}
+
+/** A `wg show`-like text rendering of the status document, led by a summary line. */
 export function formatStatus(status: DaemonStatus, now = Date.now()): string {
   const connected = status.peers.filter((peer) => peer.connected).length;
   const lines = [
+    formatSummary(status),
+    '',
     `interface: ${status.tun}`,
     `  role: ${status.role}${status.name ? ` (${status.name})` : ''}`,
     `  tunnel addresses: ${status.tunnelAddresses.length > 0 ? status.tunnelAddresses.join(', ') : '(none)'}`,
   ];
+  if (status.publicKey) lines.push(`  public key: ${status.publicKey}`);
+  if (status.server) lines.push(`  server: ${status.server}${status.serverTunnelAddresses?.length ? ` (tunnel address ${status.serverTunnelAddresses.join(', ')})` : ''}`);
   if (status.listen) lines.push(`  listening on: ${status.listen}`);
+  if (status.metrics) lines.push(`  metrics: http://${status.metrics}/metrics`);
+  lines.push(`  up since: ${status.startedAt} (${formatAge(status.startedAt, now)})`);
   lines.push(`  peers: ${connected} of ${status.peers.length} connected`);
   lines.push(`  drops: ${formatDrops(status.dropsByReason)}`);
   for (const peer of status.peers) {

@@ -3,3 +3,5 @@ export * from './errors.js';
 export * from './server.js';
 export * from './format.js';
 export * from './debug.js';
+export * from './metrics.js';
+export * from './http.js';

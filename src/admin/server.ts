@@ -12,7 +12,7 @@ import type { DaemonStatus } from './status.js';
 export class AdminServer {
   private constructor(private readonly server: Server, readonly path: string) {}
 
-  static async start(path: string, provider: () => DaemonStatus): Promise<AdminServer> {
+  static async start(path: string, provider: () => DaemonStatus | Promise<DaemonStatus>): Promise<AdminServer> {
     mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
     if (await isAlive(path)) {
       throw new AdminError('admin_in_use', `admin socket ${path} is in use by another running nodelink: stop it or pass --admin-socket`);
@@ -24,8 +24,14 @@ export class AdminServer {
     }
     const server = createServer((req, res) => {
       if (req.method === 'GET' && req.url === '/status') {
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(JSON.stringify(provider()));
+        // The provider may read kernel state (route states), so it can be async.
+        Promise.resolve().then(provider).then((status) => {
+          res.writeHead(200, { 'content-type': 'application/json' });
+          res.end(JSON.stringify(status));
+        }, (err: unknown) => {
+          res.writeHead(500, { 'content-type': 'text/plain' });
+          res.end(`status failed: ${err instanceof Error ? err.message : String(err)}`);
+        });
       } else {
         res.writeHead(404).end();
       }

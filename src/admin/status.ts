@@ -18,6 +18,45 @@ export interface PeerStatus {
   drops: number;
   dropsByReason: Record<string, number>;
   queuedBytes: number;
+  // ---- filled in by the daemon's observability wiring (src/cli/observe.ts) ----
+  /** When the last keepalive pong arrived (ISO-8601); null before the first. */
+  lastPongAt?: string | null;
+  /** Sessions established with this peer since start; reconnects are those after the first. */
+  handshakes?: number;
+  reconnects?: number;
+  /** Why the last handshake failed or the last session ended, if it did. */
+  lastError?: string | null;
+  /** Every route with its state in the forwarding table and in the kernel. */
+  routeStates?: RouteState[];
+  /** Server: the data path to the node checked end to end through the TUN. */
+  path?: PathHealth;
+}
+
+/**
+ * `active` announced by the connected peer; `offline` authorized, peer not connected (traffic
+ * is dropped and answered with ICMP unreachable); `not_announced` peer connected but did not
+ * announce it; `installed` (client) the tunnel CIDR is routed into the TUN; `missing` the
+ * kernel has no route for it on the TUN, so its traffic goes elsewhere.
+ */
+export interface RouteState {
+  route: string;
+  state: 'active' | 'offline' | 'not_announced' | 'installed' | 'missing';
+  /** Whether the kernel routes it into the TUN; null when that could not be read. */
+  kernel: boolean | null;
+}
+
+/** Result of the periodic end-to-end check: a TCP connect to the node IP through the TUN. */
+export interface PathHealth {
+  state: 'ok' | 'failing' | 'unknown';
+  /** ADDRESS:PORT probed (the node IP the peer announced). */
+  target: string | null;
+  checkedAt: string | null;
+  lastOkAt: string | null;
+  /** Connect time of the last successful check. */
+  rttMs: number | null;
+  error: string | null;
+  checks: number;
+  failures: number;
 }
 
 export interface DaemonStatus {
@@ -31,6 +70,14 @@ export interface DaemonStatus {
   /** Drops not attributable to one peer (unknown destination, malformed from the TUN). */
   dropsByReason: Record<string, number>;
   peers: PeerStatus[];
+  /** Client: its own public key, the server it dials and the server's tunnel addresses. */
+  publicKey?: string;
+  server?: string;
+  serverTunnelAddresses?: string[];
+  /** Client: the routes it announces (node IP, pod CIDRs). */
+  announcedRoutes?: string[];
+  /** HOST:PORT of the Prometheus / health endpoint, when --metrics is set. */
+  metrics?: string;
   /** Process counts for leak checks: fds, timers, sessions (see debug.ts). */
   debug?: DebugStatus;
 }

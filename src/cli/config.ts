@@ -1,5 +1,5 @@
 import { NodelinkError } from '../errors.js';
-import { LOG_LEVELS, type LogLevel } from '../log.js';
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log.js';
 import { Prefix } from '../routing/index.js';
 
 /** A bad flag or env value. The message names the flag and says what a good one looks like. */
@@ -24,6 +24,11 @@ export interface LinkTunables {
   readonly deadAfterMs: number;
   readonly handshakeTimeoutMs: number;
   readonly maxQueueBytes: number;
+  /** --metrics HOST:PORT: /metrics, /healthz and /readyz; null when off. */
+  readonly metrics: Endpoint | null;
+  readonly logFormat: LogFormat;
+  /** --config: the file some values came from; SIGHUP re-reads it. */
+  readonly configFile: string | null;
 }
 
 export interface ServerConfig extends LinkTunables {
@@ -33,6 +38,10 @@ export interface ServerConfig extends LinkTunables {
   readonly tunnelCidrs: readonly Prefix[];
   /** The server's own address in each tunnel CIDR (its first host), with the CIDR's length. */
   readonly tunnelAddresses: readonly Prefix[];
+  /** End-to-end data path checks to each node (0 = off), see link-server/path-check.ts. */
+  readonly pathCheckIntervalMs: number;
+  readonly pathCheckTimeoutMs: number;
+  readonly pathCheckPort: number;
   /** --authorize-from-nodes: also check announced routes against each peer's Node object. */
   readonly authorizeFromNodes: boolean;
   /** --kubeconfig; '' means in-cluster, then $KUBECONFIG or ~/.kube/config. */
@@ -68,6 +77,10 @@ export const DEFAULTS = {
   maxQueueBytes: 4 * 1024 * 1024,
   backoffBaseMs: 500,
   backoffCapMs: 15_000,
+  logFormat: 'auto' as LogFormat,
+  pathCheckIntervalMs: 10_000,
+  pathCheckTimeoutMs: 3000,
+  pathCheckPort: 10250,
   nodePollMs: 30_000,
 } as const;
 
@@ -138,6 +151,25 @@ function tunables(raw: RawOptions, defaultSocket: string): LinkTunables {
     deadAfterMs,
     handshakeTimeoutMs: int(raw, 'handshake-timeout-ms', DEFAULTS.handshakeTimeoutMs, 100, 120_000),
     maxQueueBytes: int(raw, 'max-queue-bytes', DEFAULTS.maxQueueBytes, 65_536, 1 << 30),
+    ...observability(raw),
+  };
+}
+
+function observability(raw: RawOptions): Pick<LinkTunables, 'metrics' | 'logFormat' | 'configFile'> {
+  const logFormat = (str(raw, 'log-format', false) || DEFAULTS.logFormat) as LogFormat;
+  if (!LOG_FORMATS.includes(logFormat)) throw new ConfigError(`--log-format must be one of ${LOG_FORMATS.join(', ')}, got "${logFormat}"`);
+  const metrics = str(raw, 'metrics', false);
+  return { metrics: metrics ? parseEndpoint(metrics, 'metrics') : null, logFormat, configFile: str(raw, 'config', false) || null };
+}
+
+/** The path-check settings, also used by the SIGHUP reload. */
+export function pathCheckSettings(raw: RawOptions): Pick<ServerConfig, 'pathCheckIntervalMs' | 'pathCheckTimeoutMs' | 'pathCheckPort'> {
+  const pathCheckIntervalMs = int(raw, 'path-check-interval-ms', DEFAULTS.pathCheckIntervalMs, 0, 3_600_000);
+  if (pathCheckIntervalMs > 0 && pathCheckIntervalMs < 200) throw new ConfigError('--path-check-interval-ms must be 0 (off) or at least 200');
+  return {
+    pathCheckIntervalMs,
+    pathCheckTimeoutMs: int(raw, 'path-check-timeout-ms', DEFAULTS.pathCheckTimeoutMs, 100, 60_000),
+    pathCheckPort: int(raw, 'path-check-port', DEFAULTS.pathCheckPort, 1, 65535),
   };
 }
 
@@ -158,6 +190,7 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
     peersFile: str(raw, 'peers'),
     tunnelCidrs,
     tunnelAddresses,
+    ...pathCheckSettings(raw),
     authorizeFromNodes: raw['authorize-from-nodes'] === true,
     kubeconfig: str(raw, 'kubeconfig', false),
   });

@@ -1,13 +1,15 @@
 #!/usr/bin/env node
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { decodeKey, encodeKey, generateSeed, keyPairFromSeed } from '../auth/index.js';
-import { fetchStatus, formatStatus } from '../admin/index.js';
 import { NodelinkError, userMessage } from '../errors.js';
 import { DEFAULTS, parseClientConfig, parseServerConfig, type RawOptions } from './config.js';
 import { runServer } from './run-server.js';
 import { runClient } from './run-client.js';
+import { printOrRun, withConfigFile } from './config-file.js';
+import { statusCommand } from './status-command.js';
+import { diagnoseCommand } from './diagnose.js';
 
 class UsageError extends NodelinkError {
   constructor(message: string) {
@@ -31,6 +33,9 @@ const tunables: Record<string, OptionSpec> = {
   'dead-after-ms': { type: 'number', describe: `drop a silent peer after this long (default ${DEFAULTS.deadAfterMs})` },
   'handshake-timeout-ms': { type: 'number', describe: `TLS + hello deadline (default ${DEFAULTS.handshakeTimeoutMs})` },
   'max-queue-bytes': { type: 'number', describe: `per-peer send queue before drops (default ${DEFAULTS.maxQueueBytes})` },
+  metrics: { type: 'string', describe: 'HOST:PORT serving /metrics (Prometheus), /healthz and /readyz (default: off)' },
+  'log-format': { type: 'string', describe: 'auto|json|pretty; auto is readable on a terminal, JSON lines otherwise (default auto)' },
+  'print-config': { type: 'boolean', default: false, describe: 'print the effective config (secrets redacted) and exit' },
 };
 
 type OptionSpec = { type: 'string' | 'number' | 'boolean'; array?: boolean; default?: unknown; describe: string };
@@ -57,13 +62,6 @@ function withEnv<T extends Record<string, OptionSpec>>(options: T): T {
   return out as T;
 }
 
-async function statusCommand(raw: RawOptions): Promise<void> {
-  let path = raw['admin-socket'] as string | undefined;
-  if (!path) path = existsSync(DEFAULTS.serverAdminSocket) ? DEFAULTS.serverAdminSocket : DEFAULTS.clientAdminSocket;
-  const status = await fetchStatus(path);
-  process.stdout.write(raw['json'] ? `${JSON.stringify(status, null, 2)}\n` : formatStatus(status));
-}
-
 function pubkeyCommand(): void {
   const text = readFileSync(0, 'utf8');
   const seed = decodeKey(text, 'the private key on stdin');
@@ -77,16 +75,19 @@ await yargs(hideBin(process.argv))
     process.stdout.write(`${encodeKey(generateSeed())}\n`);
   })
   .command('pubkey', 'read a private key on stdin, print its public key', {}, async () => pubkeyCommand())
-  .command('server', 'run the control-plane side', withEnv({
+  .command('server', 'run the control-plane side', withEnv(withConfigFile('server', {
     listen: { type: 'string', describe: 'HOST:PORT to accept nodes on' },
     key: { type: 'string', describe: 'private key file (mode 0600)' },
     peers: { type: 'string', describe: 'peers JSON file: authorized nodes and their allowedIPs' },
     'tunnel-cidr': { type: 'string', array: true, describe: 'tunnel CIDR; a second one of the other family makes it dual-stack' },
     'authorize-from-nodes': { type: 'boolean', default: false, describe: "also require a node's routes to be its Node object's InternalIPs and pod CIDRs" },
     kubeconfig: { type: 'string', describe: 'kubeconfig for --authorize-from-nodes (default: in-cluster, then $KUBECONFIG, ~/.kube/config)' },
+    'path-check-interval-ms': { type: 'number', describe: `check each node's data path through the TUN this often; 0 = off (default ${DEFAULTS.pathCheckIntervalMs})` },
+    'path-check-port': { type: 'number', describe: `TCP port on the node IP the path check connects to (default ${DEFAULTS.pathCheckPort}, kubelet)` },
+    'path-check-timeout-ms': { type: 'number', describe: `a path check without an answer this long fails (default ${DEFAULTS.pathCheckTimeoutMs})` },
     ...tunables,
-  }), async (argv) => runServer(parseServerConfig(argv as RawOptions)))
-  .command('client', 'run the node side', withEnv({
+  })), async (argv) => printOrRun(argv as RawOptions, 'server', () => parseServerConfig(argv as RawOptions), runServer))
+  .command('client', 'run the node side', withEnv(withConfigFile('client', {
     server: { type: 'string', describe: 'HOST:PORT of the nodelink server' },
     'server-key': { type: 'string', describe: "the server's public key (nodelink pubkey < server.key)" },
     key: { type: 'string', describe: 'private key file (mode 0600)' },
@@ -97,12 +98,28 @@ await yargs(hideBin(process.argv))
     'node-poll-ms': { type: 'number', describe: `with --routes-from-node, re-read the Node this often (default ${DEFAULTS.nodePollMs})` },
     kubeconfig: { type: 'string', describe: 'kubeconfig for --routes-from-node (default: in-cluster, then $KUBECONFIG, ~/.kube/config)' },
     ...tunables,
-  }), async (argv) => runClient(parseClientConfig(argv as RawOptions)))
+  })), async (argv) => printOrRun(argv as RawOptions, 'client', () => parseClientConfig(argv as RawOptions), runClient))
   .command('status', "show the local daemon's peers and routes", withEnv({
     'admin-socket': { type: 'string', describe: 'admin socket of the daemon (default: server, else client)' },
     json: { type: 'boolean', default: false, describe: 'print JSON' },
+    watch: { type: 'boolean', default: false, describe: 'redraw every --interval seconds until Ctrl-C' },
+    interval: { type: 'number', default: 2, describe: 'seconds between refreshes with --watch' },
+    count: { type: 'number', describe: 'with --watch, stop after this many refreshes' },
   }), async (argv) => statusCommand(argv as RawOptions))
-  .demandCommand(1, 'name a command: keygen, pubkey, server, client or status')
+  .command('diagnose', 'check the link step by step and say what to fix (exit 1 when a check fails)', withEnv(withConfigFile('diagnose', {
+    side: { type: 'string', describe: 'node or control-plane (default: node when --server is given or only a client socket exists)' },
+    server: { type: 'string', describe: 'node side: HOST:PORT of the server (default: ask the running client)' },
+    'server-key': { type: 'string', describe: "node side: the server's public key (default: ask the running client)" },
+    key: { type: 'string', describe: "node side: this node's private key file" },
+    name: { type: 'string', describe: "node side: this node's name (default: the running client's, or NODE_NAME)" },
+    route: { type: 'string', array: true, describe: 'node side: the CIDRs this node announces' },
+    tun: { type: 'string', describe: `TUN interface name (default ${DEFAULTS.tun})` },
+    'admin-socket': { type: 'string', describe: 'admin socket of the local daemon' },
+    'kubelet-port': { type: 'number', describe: 'kubelet port checked on the node (default 10250)' },
+    'timeout-ms': { type: 'number', describe: 'per-check network timeout (default 3000)' },
+    json: { type: 'boolean', default: false, describe: 'print JSON' },
+  }, { ignoreUnknown: true })), async (argv) => { process.exitCode = await diagnoseCommand(argv as RawOptions); })
+  .demandCommand(1, 'name a command: keygen, pubkey, server, client, status or diagnose')
   .fail((message, err) => fail(err ?? new UsageError(message)))
   .help()
   .parseAsync()

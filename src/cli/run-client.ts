@@ -7,6 +7,7 @@ import { createLogger, type Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
 import type { ClientConfig } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
+import { clientObservability } from './observe.js';
 import { routesFromKubernetes } from './kubernetes.js';
 import type { Prefix } from '../routing/index.js';
 
@@ -29,7 +30,7 @@ function enableForwarding(routes: readonly Prefix[], log: Logger): void {
 }
 
 export async function runClient(config: ClientConfig): Promise<void> {
-  const log = createLogger(config.logLevel, { role: 'client', node: config.name });
+  const log = createLogger(config.logLevel, { role: 'client', node: config.name }, config.logFormat);
   const keyPair = readKeyFile(config.keyFile);
   const serverKey = decodeKey(config.serverKey, '--server-key');
   const fromNode = config.routesFromNode ? await routesFromKubernetes(config, log) : undefined;
@@ -37,6 +38,7 @@ export async function runClient(config: ClientConfig): Promise<void> {
   if (config.enableForwarding) enableForwarding(routes, log);
   const tun = await LinuxTun.open({ name: config.tun, mtu: config.mtu, addresses: [] });
   let admin: AdminServer | undefined;
+  const observe = clientObservability(config, log, keyPair.publicKey, { status: () => client.status(), serverTunnelAddresses: () => client.serverTunnelAddresses, announcedRoutes: () => client.announcedRoutes });
   const client = new LinkClient({
     host: config.server.host,
     port: config.server.port,
@@ -58,9 +60,11 @@ export async function runClient(config: ClientConfig): Promise<void> {
       void tun.close().finally(() => process.exit(2));
     },
     log,
+    observer: observe.metrics,
   });
   try {
-    admin = await AdminServer.start(config.adminSocket, () => client.status());
+    admin = await AdminServer.start(config.adminSocket, observe.enrich(() => client.status()));
+    await observe.start();
   } catch (err) {
     await tun.close();
     throw err instanceof NodelinkError ? err : new NodelinkError('admin_socket', String(err));
@@ -70,6 +74,7 @@ export async function runClient(config: ClientConfig): Promise<void> {
   log.info({ server: `${config.server.host}:${config.server.port}`, routes: routes.map(String), tun: config.tun }, 'client started');
   onShutdownSignal(log, 2000, async () => {
     stopFollowing?.();
+    observe.close();
     await client.stop();
     admin?.close();
     await tun.close();

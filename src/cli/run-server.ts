@@ -6,10 +6,11 @@ import { createLogger } from '../log.js';
 import type { Prefix } from '../routing/index.js';
 import type { ServerConfig } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
+import { serverObservability } from './observe.js';
 import { nodeRouteCheck } from './kubernetes.js';
 
 export async function runServer(config: ServerConfig): Promise<void> {
-  const log = createLogger(config.logLevel, { role: 'server' });
+  const log = createLogger(config.logLevel, { role: 'server' }, config.logFormat);
   // Everything that can be wrong with the input is checked before any device is created.
   const keyPair = readKeyFile(config.keyFile);
   const registry = readPeersFile(config.peersFile, config.tunnelCidrs);
@@ -23,6 +24,7 @@ export async function runServer(config: ServerConfig): Promise<void> {
     config.tunnelAddresses.find((address) => address.family === family)?.toString().split('/')[0];
   const installRoutes = (cidrs: readonly Prefix[]): Promise<void> =>
     ipBatch(cidrs.map((cidr) => routeReplaceCommand(cidr.toString(), config.tun, sourceFor(cidr.family))));
+  const observe = serverObservability(config, log, { status: () => server.status() });
   const server = new LinkServer({
     host: config.listen.host,
     port: config.listen.port,
@@ -35,12 +37,14 @@ export async function runServer(config: ServerConfig): Promise<void> {
     handshakeTimeoutMs: config.handshakeTimeoutMs,
     installRoutes,
     log,
+    observer: observe.metrics,
     checkRoutes,
   });
   let admin: AdminServer | undefined;
   try {
     await server.start();
-    admin = await AdminServer.start(config.adminSocket, () => server.status());
+    admin = await AdminServer.start(config.adminSocket, observe.enrich(() => server.status()));
+    await observe.start();
   } catch (err) {
     await server.stop();
     await tun.close();
@@ -48,6 +52,7 @@ export async function runServer(config: ServerConfig): Promise<void> {
   }
   log.info({ tun: config.tun, tunnelCidrs: config.tunnelCidrs.map(String), adminSocket: config.adminSocket }, 'server ready');
   onShutdownSignal(log, 2000, async () => {
+    observe.close();
     await Promise.race([server.stop(), new Promise((resolve) => setTimeout(resolve, 1000))]);
     admin?.close();
     await tun.close();

@@ -8,6 +8,7 @@ import type { TunDevice } from '../tun/index.js';
 import type { DaemonStatus } from '../admin/index.js';
 import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
 import { TrafficCounters } from '../link/counters.js';
+import { classifyDialFailure, type LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
 import { Backoff } from './backoff.js';
@@ -30,6 +31,8 @@ export interface LinkClientOptions {
   /** The server refused us for a reason that retrying cannot fix (unknown key, route not allowed). */
   readonly onRejected: (reason: string) => void;
   readonly log: Logger;
+  /** Per-event hooks (metrics): connect, handshake failure, disconnect, pong. */
+  readonly observer?: LinkObserver;
 }
 
 interface Welcome {
@@ -80,6 +83,11 @@ export class LinkClient {
     this.connection?.close(CloseCode.Normal, 'announced routes changed: reconnecting to announce them');
   }
 
+  /** The routes this node announces now (setRoutes changes them). */
+  get announcedRoutes(): readonly Prefix[] {
+    return this.routes;
+  }
+
   get isAuthenticated(): boolean {
     return this.authenticated;
   }
@@ -95,7 +103,7 @@ export class LinkClient {
     let socket: TLSSocket;
     const deadline = setTimeout(() => {
       options.log.warn({ server: `${options.host}:${options.port}` }, `no welcome within ${options.handshakeTimeoutMs} ms`);
-      socket.destroy();
+      socket.destroy(new Error(`no welcome within ${options.handshakeTimeoutMs} ms`));
     }, options.handshakeTimeoutMs);
     socket = tlsConnect({
       host: options.host,
@@ -112,7 +120,7 @@ export class LinkClient {
       if (!presented || !keysEqual(presented, options.serverKey)) {
         options.log.error({ server: `${options.host}:${options.port}`, presented: presented ? encodeKey(presented) : null },
           'server key does not match --server-key: wrong server, or --server-key is stale (check with nodelink pubkey on the server)');
-        socket.destroy();
+        socket.destroy(new Error('server key does not match --server-key'));
         return;
       }
       this.endpoint = `${socket.remoteAddress}:${socket.remotePort}`;
@@ -136,8 +144,11 @@ export class LinkClient {
       },
       onClose: (code, reason, byPeer) => {
         clearTimeout(deadline);
+        if (this.authenticated) options.observer?.disconnected?.('server', closeCodeName(code));
+        else if (!this.stopped) options.observer?.handshakeFailed?.(byPeer ? closeCodeName(code) : classifyDialFailure(reason), 'server', reason);
         this.onClosed(code, reason, byPeer);
       },
+      onPong: (rttMs) => options.observer?.pong?.('server', rttMs),
     }, { ...options.connection, maxInitialPayload: DEFAULT_MAX_PAYLOAD }, this.counters);
     this.connection = connection;
   }
@@ -157,6 +168,7 @@ export class LinkClient {
     this.serverAddresses = welcome.serverAddresses ?? [];
     connection.startKeepalive();
     this.options.log.info({ server: this.endpoint, tunnelCidrs: welcome.tunnelCidrs }, 'connected to server');
+    this.options.observer?.connected?.('server');
     const key = welcome.tunnelCidrs.join(',');
     if (key !== this.installedCidrs) {
       try {

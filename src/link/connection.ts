@@ -20,6 +20,8 @@ export interface ConnectionEvents {
   onControl(type: FrameType, payload: Buffer): void;
   /** Called exactly once. `code`/`reason` say why; `byPeer` when the peer sent Close or Reject. */
   onClose(code: CloseCode, reason: string, byPeer: boolean): void;
+  /** A keepalive pong arrived (every keepalive interval, never per packet): for RTT metrics. */
+  onPong?(rttMs: number): void;
 }
 
 /**
@@ -182,6 +184,7 @@ export class FramedConnection {
     const now = performance.now();
     if (sentAt > 0 && sentAt <= now) this.rttMs = now - sentAt;
     this.lastPongAt = Date.now();
+    if (this.rttMs !== undefined) this.events.onPong?.(this.rttMs);
   }
 
   private finish(code: CloseCode, reason: string, byPeer: boolean): void {

@@ -1,0 +1,292 @@
+import { readFileSync } from 'node:fs';
+import { ObservabilityServer, LinkMetrics, report, type DaemonStatus, type HealthCheck, type HealthReport, type RouteState } from '../admin/index.js';
+import { encodeKey } from '../auth/index.js';
+import { PathChecker, type PathTarget } from '../link-server/path-check.js';
+import { Prefix } from '../routing/index.js';
+import { ip } from '../tun/index.js';
+import type { Logger } from '../log.js';
+import type { ClientConfig, LinkTunables, ServerConfig } from './config.js';
+import { formatEffectiveConfig } from './config-file.js';
+import { onReload, settingsReloader, type LiveSettings } from './reload.js';
+
+/**
+ * The daemon's observability, wired once per process: metrics (also the link's observer),
+ * the /metrics /healthz /readyz endpoint, the server's path checks, status enrichment (route
+ * states from the kernel, pongs, reconnects, path health) and the SIGHUP settings reload.
+ * run-server.ts and run-client.ts call this; nothing here is on the data path.
+ */
+
+export const VERSION = readVersion();
+
+function readVersion(): string {
+  for (const candidate of ['../../package.json', '../../../package.json']) {
+    try {
+      const pkg = JSON.parse(readFileSync(new URL(candidate, import.meta.url), 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'nodelink' && pkg.version) return pkg.version;
+    } catch {
+      // try the next
+    }
+  }
+  return 'unknown';
+}
+
+/** Kernel routes on a device, as canonical CIDR text; undefined when `ip` could not say. */
+export async function kernelRoutes(dev: string): Promise<Set<string> | undefined> {
+  try {
+    const [v4, v6] = await Promise.all([ip(['-j', '-4', 'route', 'show', 'dev', dev]), ip(['-j', '-6', 'route', 'show', 'dev', dev])]);
+    const routes = new Set<string>();
+    for (const text of [v4, v6]) {
+      for (const entry of JSON.parse(text || '[]') as Array<{ dst?: string }>) {
+        if (!entry.dst || entry.dst === 'default') continue;
+        const dst = entry.dst.includes('/') ? entry.dst : `${entry.dst}/${entry.dst.includes(':') ? 128 : 32}`;
+        try {
+          routes.add(Prefix.parse(dst).toString());
+        } catch {
+          // not a network route we could have installed
+        }
+      }
+    }
+    return routes;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether the device exists and is administratively up. */
+export async function deviceUp(dev: string): Promise<HealthCheck> {
+  try {
+    const [link] = JSON.parse(await ip(['-j', 'link', 'show', 'dev', dev])) as Array<{ flags?: string[] }>;
+    const up = link?.flags?.includes('UP') === true;
+    return { ok: up, detail: up ? `${dev} is up` : `${dev} exists but is down` };
+  } catch {
+    return { ok: false, detail: `${dev} does not exist` };
+  }
+}
+
+function canonical(text: string): string {
+  try {
+    return Prefix.parse(text).toString();
+  } catch {
+    return text;
+  }
+}
+
+/** A short cache, so a burst of probes or scrapes runs `ip` once. */
+function cached<T>(ms: number, read: () => Promise<T>): () => Promise<T> {
+  let last: { at: number; value: Promise<T> } | undefined;
+  return () => {
+    const now = Date.now();
+    if (!last || now - last.at > ms) last = { at: now, value: read() };
+    return last.value;
+  };
+}
+
+interface Common {
+  readonly metrics: LinkMetrics;
+  /** Starts the HTTP endpoint (if --metrics) and the SIGHUP settings reload. */
+  start(): Promise<void>;
+  close(): void;
+  /** Wraps the daemon's status provider with events, path health and route states. */
+  enrich(base: () => DaemonStatus): () => Promise<DaemonStatus>;
+}
+
+async function startEndpoint(config: LinkTunables, metrics: LinkMetrics, ready: () => Promise<HealthReport>, log: Logger): Promise<ObservabilityServer | undefined> {
+  if (!config.metrics) return undefined;
+  const http = await ObservabilityServer.start({
+    host: config.metrics.host,
+    port: config.metrics.port,
+    metrics: () => metrics.text(),
+    contentType: metrics.contentType,
+    ready,
+  });
+  log.info({ metrics: http.address }, 'serving /metrics, /healthz and /readyz');
+  return http;
+}
+
+function logEffectiveConfig(command: string, config: object, log: Logger): void {
+  log.info({ config: JSON.parse(formatEffectiveConfig(command, config)) as unknown }, 'effective config');
+}
+
+// ---- server ------------------------------------------------------------------------------------
+
+export interface ServerSide {
+  /** The LinkServer's status (sync). start() is called once it listens. */
+  status(): DaemonStatus;
+}
+
+export function serverObservability(config: ServerConfig, log: Logger, side: ServerSide): Common & { pathChecker: PathChecker } {
+  const tunUp = cached(1000, () => deviceUp(config.tun));
+  let listening = false;
+  const ready = async (): Promise<HealthReport> => report({
+    listening: listening
+      ? { ok: true, detail: `accepting nodes on ${side.status().listen ?? '?'}` }
+      : { ok: false, detail: 'not listening yet' },
+    tun: await tunUp(),
+  });
+  const pathChecker: PathChecker = new PathChecker({
+    intervalMs: config.pathCheckIntervalMs,
+    timeoutMs: config.pathCheckTimeoutMs,
+    port: config.pathCheckPort,
+    targets: () => pathTargets(side.status()),
+    sourceAddress: (family) => config.tunnelAddresses.find((address) => address.family === family)?.toString().split('/')[0],
+    log,
+    onResult: (peer, health) => metrics.pathChecked(peer, health),
+  });
+  const metrics: LinkMetrics = new LinkMetrics({
+    role: 'server',
+    version: VERSION,
+    status: () => side.status(),
+    ready: async () => (await ready()).ok,
+  });
+  let http: ObservabilityServer | undefined;
+  return {
+    metrics,
+    pathChecker,
+    async start() {
+      listening = true;
+      http = await startEndpoint(config, metrics, ready, log);
+      pathChecker.start();
+      logEffectiveConfig('server', config, log);
+      onReload('settings', settingsReloader({
+        role: 'server',
+        configFile: config.configFile,
+        log,
+        initial: liveOf(config),
+        apply: (next) => {
+          log.level = next.logLevel;
+          pathChecker.reconfigure({ intervalMs: next.pathCheckIntervalMs!, timeoutMs: next.pathCheckTimeoutMs!, port: next.pathCheckPort! });
+        },
+      }), log);
+    },
+    close() {
+      listening = false;
+      pathChecker.stop();
+      http?.close();
+    },
+    enrich(base) {
+      return async () => {
+        const status = base();
+        const kernel = await kernelRoutes(config.tun);
+        for (const peer of status.peers) {
+          const events = metrics.peerEvents(peer.name);
+          peer.lastPongAt = peer.connected && events?.lastPongAt ? new Date(events.lastPongAt).toISOString() : null;
+          peer.handshakes = events?.handshakes ?? 0;
+          peer.reconnects = events?.reconnects ?? 0;
+          peer.lastError = events?.lastError ?? null;
+          peer.path = pathChecker.health(peer.name);
+          const announced = peer.routes.map((route) => Prefix.parse(route));
+          peer.routeStates = (peer.allowedIPs ?? []).map((text): RouteState => {
+            const route = canonical(text);
+            const inKernel = kernel ? kernel.has(route) : null;
+            let state: RouteState['state'];
+            if (inKernel === false) state = 'missing';
+            else if (!peer.connected) state = 'offline';
+            else state = announced.some((a) => Prefix.parse(route).contains(a)) ? 'active' : 'not_announced';
+            return { route, state, kernel: inKernel };
+          });
+        }
+        if (http) status.metrics = http.address;
+        return status;
+      };
+    },
+  };
+}
+
+/** Each connected node's node IP: its first announced host route, IPv4 first. */
+export function pathTargets(status: DaemonStatus): PathTarget[] {
+  const targets: PathTarget[] = [];
+  for (const peer of status.peers) {
+    if (!peer.connected) continue;
+    const hosts = peer.routes.map((route) => Prefix.parse(route)).filter((route) => route.length === route.bits);
+    const host = hosts.find((route) => route.family === 4) ?? hosts[0];
+    if (host) targets.push({ peer: peer.name, address: host.toString().split('/')[0]!, family: host.family });
+  }
+  return targets;
+}
+
+function liveOf(config: ServerConfig | ClientConfig): LiveSettings {
+  const live: LiveSettings = { logLevel: config.logLevel };
+  if ('pathCheckIntervalMs' in config) {
+    live.pathCheckIntervalMs = config.pathCheckIntervalMs;
+    live.pathCheckTimeoutMs = config.pathCheckTimeoutMs;
+    live.pathCheckPort = config.pathCheckPort;
+  }
+  return live;
+}
+
+// ---- client ------------------------------------------------------------------------------------
+
+export interface ClientSide {
+  status(): DaemonStatus;
+  /** The server's addresses inside the tunnel, from its welcome. */
+  serverTunnelAddresses(): readonly string[];
+  announcedRoutes(): readonly Prefix[];
+}
+
+export function clientObservability(config: ClientConfig, log: Logger, publicKey: Uint8Array, side: ClientSide): Common {
+  const tunUp = cached(1000, () => deviceUp(config.tun));
+  const metrics: LinkMetrics = new LinkMetrics({
+    role: 'client',
+    version: VERSION,
+    status: () => side.status(),
+    ready: async () => (await ready()).ok,
+  });
+  /** Authenticated, and the server answered a ping within --dead-after-ms. */
+  const ready = async (): Promise<HealthReport> => {
+    const server = side.status().peers[0];
+    const lastPongAt = metrics.peerEvents('server')?.lastPongAt ?? null;
+    const age = lastPongAt === null ? Infinity : Date.now() - lastPongAt;
+    const checks: Record<string, HealthCheck> = {
+      authenticated: server?.connected
+        ? { ok: true, detail: `session with ${server.endpoint ?? 'the server'} since ${server.connectedSince ?? '?'}` }
+        : { ok: false, detail: metrics.peerEvents('server')?.lastError ?? 'not connected to the server yet' },
+      pong: server?.connected && age <= config.deadAfterMs
+        ? { ok: true, detail: `last pong ${Math.round(age)} ms ago` }
+        : { ok: false, detail: lastPongAt === null ? 'no pong yet' : `last pong ${Math.round(age)} ms ago (limit ${config.deadAfterMs} ms)` },
+      tun: await tunUp(),
+    };
+    return report(checks);
+  };
+  let http: ObservabilityServer | undefined;
+  return {
+    metrics,
+    async start() {
+      http = await startEndpoint(config, metrics, ready, log);
+      logEffectiveConfig('client', config, log);
+      onReload('settings', settingsReloader({
+        role: 'client',
+        configFile: config.configFile,
+        log,
+        initial: liveOf(config),
+        apply: (next) => { log.level = next.logLevel; },
+      }), log);
+    },
+    close() {
+      http?.close();
+    },
+    enrich(base) {
+      return async () => {
+        const status = base();
+        const kernel = await kernelRoutes(config.tun);
+        status.publicKey = encodeKey(publicKey);
+        status.server = `${config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host}:${config.server.port}`;
+        status.serverTunnelAddresses = [...side.serverTunnelAddresses()];
+        status.announcedRoutes = side.announcedRoutes().map(String);
+        for (const peer of status.peers) {
+          const events = metrics.peerEvents('server');
+          peer.lastPongAt = peer.connected && events?.lastPongAt ? new Date(events.lastPongAt).toISOString() : null;
+          peer.handshakes = events?.handshakes ?? 0;
+          peer.reconnects = events?.reconnects ?? 0;
+          peer.lastError = events?.lastError ?? null;
+          peer.routeStates = peer.routes.map((text): RouteState => {
+            const route = canonical(text);
+            const inKernel = kernel ? kernel.has(route) : null;
+            return { route, state: inKernel === false ? 'missing' : 'installed', kernel: inKernel };
+          });
+        }
+        if (http) status.metrics = http.address;
+        return status;
+      };
+    },
+  };
+}
