@@ -60,7 +60,7 @@ describe('faults: dead peer detection', function () {
     const t = H();
     await underlay!.clear();
     const backMs = await timeUntil(() => connected(C(), 1), 30_000, 'node-1 to reconnect', 50);
-    report(`node back ${backMs} ms after the network returned (a dial in flight waits out its 5 s handshake timeout)`);
+    report(`node back ${backMs} ms after the network returned (a dial in flight may first wait out its 5 s handshake timeout)`);
     expect(await t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 3 })).to.equal(true);
   });
 

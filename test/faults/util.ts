@@ -77,6 +77,13 @@ export function rssBytes(pid: number): number {
   return Number(match[1]) * 1024;
 }
 
+/** CPU time (user + system) a process has used, in seconds (/proc/PID/stat, 100 ticks/s). */
+export function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime (fields 14, 15 of stat)
+}
+
 export function fdCount(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
 }

@@ -1,0 +1,153 @@
+// Backpressure: a node whose stream cannot keep up costs bounded memory and stalls nobody else.
+// Node 1's link is throttled (tbf) and flooded for 30 s; the server drops what does not fit in
+// node 1's bounded send queue (queue_full), its RSS stays under a stated bound, and node 2's
+// transfers stay fast meanwhile. Then the same in the other direction on the client's uplink.
+// Long (about 90 s): runs under npm run test:faults only.
+
+import { expect } from 'chai';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Harness } from '../../scripts/harness.js';
+import { NodelinkCluster } from '../../scripts/cluster.js';
+import { DEFAULTS } from '../../src/cli/config.js';
+import { skipUnlessRoot } from '../netns/root.js';
+import { MiB, Underlay, mbit, peer, quickStatus, report, rssBytes, sleep, timeUntil } from './util.js';
+
+const FLOOD_SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'udp-flood.js');
+const FLOOD_S = 30;
+const FLOOD_MBIT = 200;
+const THROTTLE_MBIT = 5;
+/** The stated bound: the server's RSS during the flood stays below this. */
+const SERVER_RSS_BOUND = 200 * MiB;
+const CLIENT_RSS_BOUND = 200 * MiB;
+/** ... and grows by less than this over its idle RSS: the 4 MiB queue plus allocator slack. */
+const RSS_GROWTH_BOUND = 64 * MiB;
+const TRANSFER = 32 * MiB;
+
+describe('faults: backpressure (flood a throttled node)', function () {
+  this.timeout(300_000);
+  let h: Harness | undefined;
+  let cluster: NodelinkCluster | undefined;
+  let underlay: Underlay | undefined;
+  let prefix = '';
+  let baselineMbit = 0;
+  let baselineRss = 0;
+
+  before(async function () {
+    skipUnlessRoot(this);
+    h = await Harness.create({ nodes: 2 });
+    prefix = h.prefix;
+    cluster = new NodelinkCluster(h);
+    underlay = new Underlay(h);
+    await cluster.up();
+  });
+
+  after(async function () {
+    await underlay?.unlimit('n1').catch(() => undefined);
+    if (h) await underlay?.unlimit('eth0', h.ns.node(1)).catch(() => undefined);
+    await cluster?.stop();
+    await h?.destroy();
+  });
+
+  const H = (): Harness => h!;
+  const C = (): NodelinkCluster => cluster!;
+
+  async function node2Transfer(): Promise<number> {
+    const t = H();
+    const started = Date.now();
+    const result = await t.curl(t.ns.cp, t.podURL(2, 1, `/bytes/${TRANSFER}`), { timeoutS: 60 });
+    const ms = Date.now() - started;
+    expect(result.ok, result.error).to.equal(true);
+    expect(result.sha256).to.equal(Harness.expectedSha256(TRANSFER));
+    return mbit(TRANSFER, ms);
+  }
+
+  /** Runs transfers to node 2 and samples RSS and node 1's queue until `until` settles. */
+  async function duringFlood(pid: number, socket: string | undefined, until: Promise<unknown>, n1: 'server' | 'client') {
+    let done = false;
+    void until.finally(() => { done = true; });
+    let maxRss = rssBytes(pid);
+    let maxQueued = 0;
+    const sampler = (async () => {
+      while (!done) {
+        maxRss = Math.max(maxRss, rssBytes(pid));
+        const status = n1 === 'server' ? await peer(C(), 1).catch(() => undefined) : (await quickStatus(C(), socket).catch(() => undefined))?.peers[0];
+        maxQueued = Math.max(maxQueued, status?.queuedBytes ?? 0);
+        await sleep(250);
+      }
+    })();
+    const rates: number[] = [];
+    await sleep(2000); // let the queue fill first
+    while (!done && rates.length < 20) rates.push(await node2Transfer());
+    await until;
+    await sampler;
+    return { maxRss, maxQueued, rates };
+  }
+
+  it('baseline: node 2 transfer speed with no flood', async function () {
+    const rates = [await node2Transfer(), await node2Transfer()];
+    baselineMbit = Math.max(...rates);
+    const pid = C().server!.pid;
+    const status = await quickStatus(C());
+    expect(status.debug?.pid, 'the spawned PID is the server process').to.equal(pid);
+    baselineRss = rssBytes(pid);
+    report(`baseline: node 2 ${rates.map((r) => r.toFixed(0)).join('/')} Mbit/s; server RSS ${(rssBytes(pid) / MiB).toFixed(0)} MiB`);
+  });
+
+  it(`server → node: ${FLOOD_S} s flood at ${FLOOD_MBIT} Mbit/s into a ${THROTTLE_MBIT} Mbit/s node; bounded RSS, node 2 stays fast`, async function () {
+    const t = H();
+    const pid = C().server!.pid;
+    const before = (await peer(C(), 1))!;
+    await underlay!.limit('n1', THROTTLE_MBIT); // router → node 1: the server's stream to node 1 backs up
+    const flood = t.spawn(t.ns.cp, [process.execPath, FLOOD_SCRIPT, t.podIP(1, 1), '9', String(FLOOD_MBIT), String(FLOOD_S)], { name: 'udp-flood-cp' });
+    const { maxRss, maxQueued, rates } = await duringFlood(pid, undefined, flood.exited, 'server');
+    const exit = await flood.exited;
+    expect(exit.code, flood.output()).to.equal(0);
+    const after = (await peer(C(), 1))!;
+    const queueFull = (after.dropsByReason['queue_full'] ?? 0) - (before.dropsByReason['queue_full'] ?? 0);
+    const minRate = Math.min(...rates);
+    report(`${flood.output().trim()}`);
+    report(`server RSS max ${(maxRss / MiB).toFixed(0)} MiB (idle ${(baselineRss / MiB).toFixed(0)} MiB; bound ${SERVER_RSS_BOUND / MiB} MiB); node 1 queue max ${(maxQueued / MiB).toFixed(2)} MiB ` +
+      `(--max-queue-bytes ${(DEFAULTS.maxQueueBytes / MiB).toFixed(0)} MiB), ${queueFull} packets dropped as queue_full`);
+    report(`node 2 during the flood: ${rates.map((r) => r.toFixed(0)).join('/')} Mbit/s (baseline ${baselineMbit.toFixed(0)})`);
+    expect(queueFull).to.be.greaterThan(0);
+    expect(maxQueued).to.be.at.most(DEFAULTS.maxQueueBytes + 256 * 1024);
+    expect(maxRss).to.be.below(SERVER_RSS_BOUND);
+    expect(maxRss - baselineRss, 'RSS growth during the flood').to.be.below(RSS_GROWTH_BOUND);
+    expect(rates.length).to.be.greaterThan(0);
+    expect(minRate).to.be.at.least(baselineMbit * 0.25);
+    await underlay!.unlimit('n1');
+    // Node 1 works again once the flood is over.
+    const backMs = await timeUntil(() => t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 1 }), 30_000, 'node 1 to answer after the flood');
+    report(`node 1 answers ${backMs} ms after the flood ended; RTT seen during it up to ${after.lastPongMs?.toFixed(0)} ms (last pong)`);
+  });
+
+  it('node → server: a flood on a throttled node uplink is dropped at the client (queue_full), bounded RSS', async function () {
+    const t = H();
+    const clientPid = C().clients.get(1)!.pid;
+    const socket = C().clientSocket(1);
+    const before = (await quickStatus(C(), socket)).peers[0]!;
+    await underlay!.limit('eth0', THROTTLE_MBIT, t.ns.node(1)); // node 1 → router: its uplink
+    const seconds = 15;
+    const flood = t.spawn(t.ns.node(1), [process.execPath, FLOOD_SCRIPT, '198.18.255.1', '9', String(FLOOD_MBIT), String(seconds)], { name: 'udp-flood-node1' });
+    const { maxRss, maxQueued, rates } = await duringFlood(clientPid, socket, flood.exited, 'client');
+    expect((await flood.exited).code, flood.output()).to.equal(0);
+    const after = (await quickStatus(C(), socket)).peers[0]!;
+    const queueFull = (after.dropsByReason['queue_full'] ?? 0) - (before.dropsByReason['queue_full'] ?? 0);
+    report(`${flood.output().trim()}`);
+    report(`client RSS max ${(maxRss / MiB).toFixed(0)} MiB (bound ${CLIENT_RSS_BOUND / MiB} MiB); uplink queue max ${(maxQueued / MiB).toFixed(2)} MiB; ` +
+      `${queueFull} packets dropped as queue_full; node 2 meanwhile ${rates.map((r) => r.toFixed(0)).join('/')} Mbit/s`);
+    expect(queueFull).to.be.greaterThan(0);
+    expect(maxQueued).to.be.at.most(DEFAULTS.maxQueueBytes + 256 * 1024);
+    expect(maxRss).to.be.below(CLIENT_RSS_BOUND);
+    await underlay!.unlimit('eth0', t.ns.node(1));
+    await timeUntil(() => t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 1 }), 30_000, 'node 1 to answer after the uplink flood');
+  });
+
+  it('leaves nothing behind', async function () {
+    await C().stop();
+    await H().destroy();
+    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
+    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
+  });
+});

@@ -1,0 +1,158 @@
+// Churn without leaks: 20 nodes connect and disconnect at random for 60 s (SIGTERM, SIGKILL,
+// restarts, some killed mid-handshake). Afterwards the server holds exactly one session per
+// running node, no handshake in flight, timers and file descriptors back to what the connected
+// nodes need, and the kernel routes it set up at start, no more and no fewer.
+// Long (about 2 min): runs under npm run test:faults only.
+
+import { expect } from 'chai';
+import { Harness } from '../../scripts/harness.js';
+import { NodelinkCluster } from '../../scripts/cluster.js';
+import type { DaemonStatus } from '../../src/admin/index.js';
+import { skipUnlessRoot } from '../netns/root.js';
+import { fdCount, quickStatus, report, sleep } from './util.js';
+
+const NODES = 20;
+const CHURN_MS = 60_000;
+const MAX_STEPS = 2000;
+
+describe('faults: churn of 20 nodes for 60 s', function () {
+  this.timeout(600_000);
+  let h: Harness | undefined;
+  let cluster: NodelinkCluster | undefined;
+  let prefix = '';
+  const all = Array.from({ length: NODES }, (_, i) => i + 1);
+
+  before(async function () {
+    skipUnlessRoot(this);
+    h = await Harness.create({ nodes: NODES, stubs: false });
+    prefix = h.prefix;
+    cluster = new NodelinkCluster(h);
+  });
+
+  after(async function () {
+    await cluster?.stop();
+    await h?.destroy();
+  });
+
+  const H = (): Harness => h!;
+  const C = (): NodelinkCluster => cluster!;
+
+  interface Counts { sessions: number; handshaking: number; fds: number; timers: number; procFds: number; connected: number }
+
+  async function counts(): Promise<Counts> {
+    const status: DaemonStatus = await quickStatus(C());
+    const debug = status.debug!;
+    return {
+      sessions: debug.sessions!,
+      handshaking: debug.handshaking!,
+      fds: debug.fds,
+      timers: debug.timers,
+      procFds: fdCount(C().server!.pid),
+      connected: status.peers.filter((p) => p.connected).length,
+    };
+  }
+
+  /** Polls until the server's counts match; returns the last counts either way. */
+  async function settle(check: (c: Counts) => boolean, timeoutMs: number): Promise<Counts> {
+    const deadline = Date.now() + timeoutMs;
+    let last = await counts();
+    while (!check(last) && Date.now() < deadline) {
+      await sleep(250);
+      last = await counts();
+    }
+    return last;
+  }
+
+  const running = (): number[] => all.filter((n) => C().clients.get(n)?.running);
+
+  let idle: Counts;
+  let full: Counts;
+
+  it('baseline: counts with no node, then with all 20 connected', async function () {
+    await C().startServer();
+    idle = await counts();
+    for (const n of all) C().startClient(n);
+    await C().waitConnected(all, 120_000);
+    full = await settle((c) => c.sessions === NODES && c.handshaking === 0, 10_000);
+    report(`server with 0 nodes: fds ${idle.fds}, timers ${idle.timers}; with 20 nodes: fds ${full.fds}, timers ${full.timers}, sessions ${full.sessions}`);
+    expect(full.sessions).to.equal(NODES);
+    expect(full.procFds, '/proc/PID/fd agrees with status').to.equal(full.fds);
+  });
+
+  it('60 s of random connects, SIGTERMs and SIGKILLs leave exactly what the running nodes need', async function () {
+    const t = H();
+    const started = Date.now();
+    let steps = 0;
+    let starts = 0;
+    let terms = 0;
+    let kills = 0;
+    while (Date.now() - started < CHURN_MS && steps < MAX_STEPS) {
+      steps++;
+      const n = all[Math.floor(Math.random() * NODES)]!;
+      const proc = C().clients.get(n);
+      if (proc?.running) {
+        if (Math.random() < 0.5) {
+          terms++;
+          await proc.stop('SIGTERM', 3000);
+        } else {
+          kills++;
+          proc.kill('SIGKILL');
+          await proc.exited;
+        }
+      } else {
+        starts++;
+        C().startClient(n);
+      }
+      await sleep(50 + Math.random() * 350);
+    }
+    const up = running();
+    const expected = (idle: number, perNode: number): number => idle + up.length * perNode;
+    const fdsPerNode = (full.fds - idle.fds) / NODES;
+    const timersPerNode = (full.timers - idle.timers) / NODES;
+    const after = await settle((c) => c.sessions === up.length && c.connected === up.length && c.handshaking === 0 &&
+      c.fds === expected(idle.fds, fdsPerNode) && c.timers === expected(idle.timers, timersPerNode), 60_000);
+    report(`churn: ${steps} steps in ${((Date.now() - started) / 1000).toFixed(0)} s (${starts} starts, ${terms} SIGTERM, ${kills} SIGKILL); ` +
+      `${up.length} nodes left running`);
+    report(`after churn: sessions ${after.sessions}, handshaking ${after.handshaking}, fds ${after.fds} (expected ${expected(idle.fds, fdsPerNode)}), ` +
+      `timers ${after.timers} (expected ${expected(idle.timers, timersPerNode)})`);
+    expect(after.sessions).to.equal(up.length);
+    expect(after.connected).to.equal(up.length);
+    expect(after.handshaking).to.equal(0);
+    expect(after.fds).to.equal(expected(idle.fds, fdsPerNode));
+    expect(after.timers).to.equal(expected(idle.timers, timersPerNode));
+    // Kernel routes: every authorized peer's allowedIPs on nl0, whether connected or not, and
+    // nothing else but the tunnel's own prefix.
+    const wanted = new Set([t.tunnelCIDR, t.tunnelCIDR6, ...all.flatMap((n) => t.nodeRoutes(n))]);
+    const routes = new Set<string>();
+    for (const family of ['-4', '-6']) {
+      const out = await t.exec(t.ns.cp, ['ip', '-j', family, 'route', 'show', 'dev', 'nl0']);
+      for (const route of JSON.parse(out.stdout) as Array<{ dst: string }>) routes.add(route.dst.includes('/') ? route.dst : `${route.dst}/${route.dst.includes(':') ? 128 : 32}`);
+    }
+    expect([...routes].sort()).to.deep.equal([...wanted].sort());
+    // Each running node routes the tunnel into its nl0; a stopped node has no nl0 at all.
+    for (const n of all) {
+      const out = await t.exec(t.ns.node(n), ['ip', '-j', 'route', 'show', 'dev', 'nl0'], { allowFail: true });
+      if (up.includes(n)) expect((JSON.parse(out.stdout) as Array<{ dst: string }>).map((r) => r.dst)).to.deep.equal([t.tunnelCIDR]);
+      else expect(out.code, `node ${n} is stopped: no nl0`).to.not.equal(0);
+    }
+  });
+
+  it('all 20 back: the counts equal those before the churn', async function () {
+    for (const n of all) if (!C().clients.get(n)?.running) C().startClient(n);
+    await C().waitConnected(all, 120_000);
+    const back = await settle((c) => c.sessions === NODES && c.handshaking === 0 && c.fds === full.fds && c.timers === full.timers, 30_000);
+    report(`fds before churn ${full.fds}, after churn with all 20 back ${back.fds}; timers ${full.timers} → ${back.timers}; sessions ${back.sessions}`);
+    expect(back.fds).to.equal(full.fds);
+    expect(back.timers).to.equal(full.timers);
+    expect(back.sessions).to.equal(NODES);
+    const pings = await Promise.all(all.map((n) => H().ping(H().ns.cp, H().nodeIP(n), { timeoutS: 3 })));
+    expect(pings).to.deep.equal(all.map(() => true));
+  });
+
+  it('leaves nothing behind', async function () {
+    await C().stop();
+    await H().destroy();
+    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
+    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
+  });
+});

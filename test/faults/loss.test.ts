@@ -1,0 +1,68 @@
+// Random loss in the underlay (nft numgen in the router, both directions): large transfers from a
+// pod still arrive intact (sha256) at 5% and 20% loss, and the figures say how fast. The outer
+// TCP stream hides the loss from the packets inside it (they see delay, never loss), so the
+// inner TCP does not back off; the outer one does. Long: runs under npm run test:faults only.
+
+import { expect } from 'chai';
+import { Harness } from '../../scripts/harness.js';
+import { NodelinkCluster } from '../../scripts/cluster.js';
+import { skipUnlessRoot } from '../netns/root.js';
+import { MiB, Underlay, mbit, peer, report } from './util.js';
+
+describe('faults: random loss in the underlay', function () {
+  this.timeout(600_000);
+  let h: Harness | undefined;
+  let cluster: NodelinkCluster | undefined;
+  let underlay: Underlay | undefined;
+  let prefix = '';
+
+  before(async function () {
+    skipUnlessRoot(this);
+    h = await Harness.create({ nodes: 1 });
+    prefix = h.prefix;
+    cluster = new NodelinkCluster(h);
+    underlay = new Underlay(h);
+    await cluster.up();
+  });
+
+  after(async function () {
+    await underlay?.clear().catch(() => undefined);
+    await cluster?.stop();
+    await h?.destroy();
+  });
+
+  const cases: Array<{ percent: number; size: number; timeoutS: number }> = [
+    { percent: 0, size: 64 * MiB, timeoutS: 60 },
+    { percent: 5, size: 64 * MiB, timeoutS: 240 },
+    { percent: 20, size: 32 * MiB, timeoutS: 400 },
+  ];
+
+  for (const { percent, size, timeoutS } of cases) {
+    it(`${percent}% loss: ${size / MiB} MiB from a pod arrive intact`, async function () {
+      const t = h!;
+      if (percent > 0) await underlay!.loss(percent);
+      try {
+        const before = await peer(cluster!, 1);
+        const started = Date.now();
+        const result = await t.curl(t.ns.cp, t.podURL(1, 1, `/bytes/${size}`), { timeoutS });
+        const ms = Date.now() - started;
+        expect(result.ok, result.error).to.equal(true);
+        expect(result.bytes).to.equal(size);
+        expect(result.sha256).to.equal(Harness.expectedSha256(size));
+        const after = await peer(cluster!, 1);
+        const reconnected = after?.connectedSince !== before?.connectedSince;
+        report(`${percent}% loss: ${size / MiB} MiB in ${(ms / 1000).toFixed(1)} s = ${mbit(size, ms).toFixed(1)} Mbit/s, sha256 intact; ` +
+          `session ${reconnected ? 're-established during the transfer' : 'stayed up'}; RTT now ${after?.lastPongMs?.toFixed(1)} ms`);
+      } finally {
+        await underlay!.clear();
+      }
+    });
+  }
+
+  it('leaves nothing behind', async function () {
+    await cluster!.stop();
+    await h!.destroy();
+    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
+    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
+  });
+});
