@@ -69,6 +69,11 @@ export interface DaemonStatus {
   startedAt: string;
   /** Drops not attributable to one peer (unknown destination, malformed from the TUN). */
   dropsByReason: Record<string, number>;
+  /**
+   * Server: connections that never became a session, by reason (rate_limited,
+   * unauthenticated_limit, tls_handshake_failed, handshake_timeout, …; see docs/security.md).
+   */
+  refusedConnections?: Record<string, number>;
   peers: PeerStatus[];
   /** Client: its own public key, the server it dials and the server's tunnel addresses. */
   publicKey?: string;

@@ -1,9 +1,10 @@
+import type { Socket } from 'node:net';
 import { createServer as createTlsServer, type Server, type TLSSocket } from 'node:tls';
 import {
   EXPORTER_BYTES, EXPORTER_LABEL, verifyHello, AuthError, type KeyPair, type PeerConfig, type PeerRegistry,
 } from '../auth/index.js';
 import { CloseCode, DEFAULT_MAX_HELLO_PAYLOAD, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName } from '../protocol/index.js';
-import { DST_OFFSET_V4, DST_OFFSET_V6, PrefixTable, buildUnreachable, checkPacket, type Prefix } from '../routing/index.js';
+import { DST_OFFSET_V4, DST_OFFSET_V6, Prefix, PrefixTable, buildUnreachable, checkPacket } from '../routing/index.js';
 import type { TunDevice } from '../tun/index.js';
 import type { DaemonStatus, PeerStatus } from '../admin/index.js';
 import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
@@ -11,7 +12,8 @@ import { TrafficCounters } from '../link/counters.js';
 import type { LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
-import { createServerCertificate } from './certificate.js';
+import { createServerCertificate, type ServerCertificate } from './certificate.js';
+import { Admission, DEFAULT_ADMISSION_LIMITS, type AdmissionLimits } from './admission.js';
 
 export interface LinkServerOptions {
   readonly host: string;
@@ -35,11 +37,29 @@ export interface LinkServerOptions {
    * other error (the check's backend is down) closes with `internal`, and the node retries.
    */
   readonly checkRoutes?: (name: string, routes: readonly Prefix[]) => Promise<void>;
+  /** A CA-signed certificate (--cert); without one the server presents a self-signed one of its key. */
+  readonly certificate?: ServerCertificate;
+  /** Limits on connections that have not authenticated yet (see admission.ts). */
+  readonly limits?: AdmissionLimits;
+  /** Removes kernel routes toward the TUN (peers-file reload); without it they are left in place. */
+  readonly removeRoutes?: (cidrs: readonly Prefix[]) => Promise<void>;
+}
+
+/** What a peers-file reload changed, by peer name. */
+export interface ReloadSummary {
+  readonly added: string[];
+  readonly removed: string[];
+  readonly changed: string[];
+  /** Sessions closed because their peer was removed or no longer allowed what it announced. */
+  readonly disconnected: string[];
+  readonly routesAdded: string[];
+  readonly routesRemoved: string[];
 }
 
 /** A node as the server knows it, connected or not. Counters live across reconnects, like wg's. */
 interface PeerState {
-  readonly config: PeerConfig;
+  /** Replaced when a reload changes this key's entry. */
+  config: PeerConfig;
   readonly counters: TrafficCounters;
   session: Session | undefined;
 }
@@ -68,7 +88,12 @@ const ICMP_ERRORS_PER_SECOND = 100;
 export class LinkServer {
   private readonly peers = new Map<string, PeerState>();
   private readonly announced = new PrefixTable<Session>();
-  private readonly authorized = new PrefixTable<PeerState>();
+  /** allowedIPs of every peer in the peers file; swapped whole on reload. */
+  private authorized = new PrefixTable<PeerState>();
+  private registry: PeerRegistry;
+  private readonly admission: Admission;
+  /** Connections refused or failed before authentication, by reason (status: refusedConnections). */
+  private readonly refused = new Map<string, number>();
   private readonly unattributed = new TrafficCounters();
   private readonly unauthenticated = new Set<TLSSocket>();
   private readonly startedAt = new Date();
@@ -79,6 +104,8 @@ export class LinkServer {
   private icmpRefillTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: LinkServerOptions) {
+    this.registry = options.registry;
+    this.admission = new Admission(options.limits ?? DEFAULT_ADMISSION_LIMITS);
     for (const config of options.registry.peers) {
       const state: PeerState = { config, counters: new TrafficCounters(), session: undefined };
       this.peers.set(config.publicKeyText, state);
@@ -88,9 +115,9 @@ export class LinkServer {
 
   async start(): Promise<void> {
     const { options } = this;
-    await options.installRoutes(options.registry.peers.flatMap((peer) => peer.allowedIPs));
+    await options.installRoutes(this.registry.peers.flatMap((peer) => peer.allowedIPs));
     options.tun.onPacket((packet) => this.onTunPacket(packet));
-    const certificate = await createServerCertificate(options.keyPair);
+    const certificate = options.certificate ?? await createServerCertificate(options.keyPair);
     const server = createTlsServer({
       cert: certificate.certPem,
       key: certificate.keyPem,
@@ -99,10 +126,19 @@ export class LinkServer {
       noDelay: true,
       handshakeTimeout: options.handshakeTimeoutMs,
     });
+    // Runs after tls.Server's own 'connection' listener has wrapped the socket: destroying the
+    // raw socket here ends the TLS socket too, before a single handshake byte is processed.
+    server.on('connection', (raw: Socket) => this.onConnection(raw));
     server.on('secureConnection', (socket) => this.onSecureConnection(socket));
-    server.on('tlsClientError', (err, socket) => {
-      options.log.debug({ endpoint: `${socket.remoteAddress}:${socket.remotePort}`, err: err.message }, 'TLS handshake failed');
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
+      const reason = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'handshake_timeout' : 'tls_handshake_failed';
+      // OpenSSL messages span lines; the code alone says what happened (ERR_SSL_HTTP_REQUEST, …).
+      options.log.debug({ endpoint: `${socket.remoteAddress}:${socket.remotePort}`, err: err.code ?? err.message.split('\n')[0] }, 'TLS handshake failed');
+      this.countRefused(reason);
       options.observer?.handshakeFailed?.('tls');
+      // With a 'tlsClientError' listener Node leaves the socket open (even on its handshake
+      // timeout): without this, a client that sends nothing would hold its slot forever.
+      socket.destroy();
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) => reject(listenError(err, options.host, options.port)));
@@ -112,6 +148,11 @@ export class LinkServer {
     this.server = server;
     this.icmpRefillTimer = setInterval(() => { this.icmpBudget = ICMP_ERRORS_PER_SECOND; }, 1000);
     options.log.info({ listen: this.listenAddress, peers: this.peers.size }, 'server listening');
+  }
+
+  /** Presents another certificate to new connections (a renewed --cert); sessions keep theirs. */
+  setCertificate(certificate: ServerCertificate): void {
+    this.server?.setSecureContext({ cert: certificate.certPem, key: certificate.keyPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' });
   }
 
   get listenAddress(): string {
@@ -133,11 +174,100 @@ export class LinkServer {
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
+  /**
+   * Applies a new peers file (SIGHUP). The caller has parsed and validated it: a bad file never
+   * gets here, and the old one stays. In order:
+   *
+   *  1. kernel routes for every allowedIP of the new file are installed (idempotent), so a new
+   *     peer is routable from the moment it may connect; if that fails, nothing has changed;
+   *  2. in one synchronous step, the new file takes effect: new peers may connect; removed
+   *     peers are disconnected (auth_failed: the node exits with the reason, as if rejected);
+   *     a peer whose name changed, or whose new allowedIPs no longer hold a route it announced,
+   *     is disconnected and redials under the new rules; every other session is left alone;
+   *  3. kernel routes that no peer claims any more are removed.
+   */
+  async reload(registry: PeerRegistry): Promise<ReloadSummary> {
+    const { options } = this;
+    const before = new Set(this.registry.peers.flatMap((peer) => peer.allowedIPs.map(String)));
+    const after = new Set(registry.peers.flatMap((peer) => peer.allowedIPs.map(String)));
+    await options.installRoutes(registry.peers.flatMap((peer) => peer.allowedIPs));
+
+    const summary: ReloadSummary = {
+      added: [], removed: [], changed: [], disconnected: [],
+      routesAdded: [...after].filter((cidr) => !before.has(cidr)),
+      routesRemoved: [...before].filter((cidr) => !after.has(cidr)),
+    };
+    const authorized = new PrefixTable<PeerState>();
+    const keys = new Set<string>();
+    const closing: Array<[Session, CloseCode, string]> = [];
+    for (const config of registry.peers) {
+      keys.add(config.publicKeyText);
+      let state = this.peers.get(config.publicKeyText);
+      if (!state) {
+        state = { config, counters: new TrafficCounters(), session: undefined };
+        this.peers.set(config.publicKeyText, state);
+        summary.added.push(config.name);
+      } else if (!samePeer(state.config, config)) {
+        summary.changed.push(config.name);
+        const session = state.session;
+        if (session && config.name !== state.config.name) {
+          closing.push([session, CloseCode.AuthFailed, `this key now belongs to peer "${config.name}" in the server's peers file, not "${state.config.name}": fix --name`]);
+        } else if (session && !session.routes.every((route) => config.allowedIPs.some((allowed) => allowed.contains(route)))) {
+          closing.push([session, CloseCode.RouteNotAllowed,
+            `the server's peers file no longer allows all announced routes of peer "${config.name}" (allowedIPs now ${config.allowedIPs.join(', ')}): fix --route`]);
+        }
+        state.config = config;
+      }
+      for (const prefix of config.allowedIPs) authorized.insert(prefix, state);
+    }
+    for (const [key, state] of this.peers) {
+      if (keys.has(key)) continue;
+      this.peers.delete(key);
+      summary.removed.push(state.config.name);
+      if (state.session) closing.push([state.session, CloseCode.AuthFailed, `peer "${state.config.name}" was removed from the server's peers file`]);
+    }
+    this.registry = registry;
+    this.authorized = authorized;
+    for (const [session, code, reason] of closing) {
+      summary.disconnected.push(session.peer.config.name);
+      this.withdraw(session);
+      session.connection.close(code, reason);
+    }
+
+    if (summary.routesRemoved.length > 0 && options.removeRoutes) {
+      await options.removeRoutes(summary.routesRemoved.map((cidr) => Prefix.parse(cidr)));
+    }
+    options.log.info(summary, 'peers file reloaded');
+    return summary;
+  }
+
   /** Live connection counts for leak checks (the `debug` field of status). */
   connectionCounts(): { sessions: number; handshaking: number } {
     let sessions = 0;
     for (const state of this.peers.values()) if (state.session) sessions++;
     return { sessions, handshaking: this.unauthenticated.size };
+  }
+
+  /**
+   * Every TCP connection, before TLS: the admission limits decide whether it may handshake at
+   * all. It stays pending (counted against maxUnauthenticated) until its hello is verified or
+   * it closes.
+   */
+  private onConnection(raw: Socket): void {
+    const endpoint = `${raw.remoteAddress}:${raw.remotePort}`;
+    const refusal = raw.remoteAddress === undefined ? 'aborted' : this.admission.admit(endpoint, raw.remoteAddress);
+    if (refusal !== null) {
+      raw.destroy();
+      this.countRefused(refusal);
+      this.options.log.debug({ endpoint, reason: refusal }, 'connection refused before TLS');
+      this.options.observer?.handshakeFailed?.(refusal);
+      return;
+    }
+    raw.once('close', () => this.admission.settle(endpoint));
+  }
+
+  private countRefused(reason: string): void {
+    this.refused.set(reason, (this.refused.get(reason) ?? 0) + 1);
   }
 
   private onSecureConnection(socket: TLSSocket): void {
@@ -151,9 +281,12 @@ export class LinkServer {
     this.unauthenticated.add(socket);
     let session: Session | undefined;
     let helloSeen = false;
+    // One deadline for TLS and hello together, counted from the TCP accept: a peer that
+    // dawdles through the TLS handshake has that much less time left for its hello.
     const deadline = setTimeout(() => {
+      this.countRefused('handshake_timeout');
       connection.close(CloseCode.Timeout, `no hello within ${options.handshakeTimeoutMs} ms`);
-    }, options.handshakeTimeoutMs);
+    }, this.admission.remaining(endpoint, options.handshakeTimeoutMs));
     const connection = new FramedConnection(socket, {
       onData: (packet) => session && this.onNodePacket(session, packet),
       onPong: (rttMs) => { if (session) options.observer?.pong?.(session.peer.config.name, rttMs); },
@@ -164,12 +297,14 @@ export class LinkServer {
         }
         clearTimeout(deadline);
         this.unauthenticated.delete(socket);
+        this.admission.settle(endpoint);
         helloSeen = true;
         void this.authenticate(socket, connection, payload, endpoint, (admitted) => { session = admitted; });
       },
       onClose: (code, reason, byPeer) => {
         clearTimeout(deadline);
         this.unauthenticated.delete(socket);
+        this.admission.settle(endpoint);
         if (session) this.onSessionClosed(session, code, reason, byPeer);
         else if (code !== CloseCode.AuthFailed && code !== CloseCode.RouteNotAllowed) {
           // Rejections were counted with their precise reason in authenticate().
@@ -188,7 +323,7 @@ export class LinkServer {
     try {
       const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
       const hello = verifyHello(payload, exporter);
-      const { peer: config, routes } = this.options.registry.authorize(hello);
+      let { peer: config, routes } = this.registry.authorize(hello);
       if (this.options.checkRoutes) {
         try {
           await this.options.checkRoutes(config.name, routes);
@@ -205,18 +340,25 @@ export class LinkServer {
           return;
         }
       }
+      // A reload may have replaced or removed this peer while checkRoutes ran: decide again
+      // against the peers file as it is now.
+      if (this.peers.get(config.publicKeyText)?.config !== config) ({ peer: config, routes } = this.registry.authorize(hello));
       const peer = this.peers.get(config.publicKeyText)!;
       const previous = peer.session;
       const session: Session = { peer, connection, endpoint, routes };
       // The peer's counters outlive its connections, as in `wg show`.
       connection.counters = peer.counters;
+      peer.session = session;
+      admit(session);
+      // Replacing a session swaps its routes in one synchronous step: the new session's routes
+      // overwrite the old ones first, then whatever only the old one announced is withdrawn, so
+      // no packet ever finds a route missing. Kernel routes are not touched (they follow the
+      // peers file, not sessions).
+      for (const route of routes) this.announced.insert(route, session);
       if (previous) {
         this.withdraw(previous);
         previous.connection.close(CloseCode.Replaced, `replaced by a new connection from ${endpoint}`);
       }
-      peer.session = session;
-      admit(session);
-      for (const route of routes) this.announced.insert(route, session);
       connection.setMaxPayload(DEFAULT_MAX_PAYLOAD);
       connection.sendControl(FrameType.Welcome, Buffer.from(JSON.stringify({
         tunnelCidrs: this.options.tunnelCidrs.map(String),
@@ -320,9 +462,14 @@ export class LinkServer {
       listen: this.listenAddress,
       startedAt: this.startedAt.toISOString(),
       dropsByReason: this.unattributed.dropsByReason(),
+      refusedConnections: Object.fromEntries(this.refused),
       peers,
     };
   }
+}
+
+function samePeer(a: PeerConfig, b: PeerConfig): boolean {
+  return a.name === b.name && a.allowedIPs.length === b.allowedIPs.length && a.allowedIPs.every((prefix, i) => prefix.equals(b.allowedIPs[i]!));
 }
 
 function listenError(err: NodeJS.ErrnoException, host: string, port: number): NodelinkError {
