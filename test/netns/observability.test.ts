@@ -4,6 +4,8 @@
 // `status` with its summary, route states and path health.
 
 import { expect } from 'chai';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster, runCli } from '../../scripts/cluster.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
@@ -27,12 +29,16 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
   this.timeout(60_000);
   let h: Harness | undefined;
   let cluster: NodelinkCluster | undefined;
+  let configFile = '';
 
   before(async function () {
     skipUnlessRoot(this);
     h = await Harness.create({ nodes: 1 });
+    configFile = path.join(h.dir, 'server.yaml');
+    // Settings from a config file (below flags and env), so SIGHUP can change them.
+    writeFileSync(configFile, `metrics: ${SERVER_METRICS}\npath-check-interval-ms: 300\npath-check-timeout-ms: 1000\nlog-level: info\n`);
     cluster = new NodelinkCluster(h, {
-      extraServerArgs: ['--metrics', SERVER_METRICS, '--path-check-interval-ms', '300', '--path-check-timeout-ms', '1000', '--keepalive-ms', '500', '--dead-after-ms', '3000'],
+      extraServerArgs: ['--config', configFile, '--keepalive-ms', '500', '--dead-after-ms', '3000'],
     });
   });
 
@@ -151,6 +157,19 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
     }
     await t.waitFor(async () => (await status()).peers[0]!.path?.state === 'ok', 8000, 'path recovered');
     expect(C().server!.output()).to.contain('path check failed').and.contain('path check recovered');
+  });
+
+  it('SIGHUP re-reads the config file: the log level changes live, other changes are named as needing a restart', async function () {
+    const t = H();
+    const server = C().server!;
+    writeFileSync(configFile, `metrics: ${SERVER_METRICS}\npath-check-interval-ms: 300\npath-check-timeout-ms: 1000\nlog-level: debug\nmtu: 1400\n`);
+    server.kill('SIGHUP');
+    await t.waitForOutput(server, 'settings reloaded', 5000);
+    await t.waitForOutput(server, 'take effect only after a restart', 5000);
+    const reload = server.output().split('\n').find((line) => line.includes('settings reloaded'))!;
+    expect(JSON.parse(reload)).to.deep.include({ changed: { logLevel: 'debug' } });
+    expect(server.running).to.equal(true);
+    expect((await get(t.ns.cp, SERVER_METRICS, '/readyz')).status).to.equal(200);
   });
 
   it('when the server goes away the node stays alive but is no longer ready', async function () {
