@@ -46,11 +46,22 @@ export interface ServerConfig extends LinkTunables {
   readonly authorizeFromNodes: boolean;
   /** --kubeconfig; '' means in-cluster, then $KUBECONFIG or ~/.kube/config. */
   readonly kubeconfig: string;
+  /** --cert / --cert-key: a CA-signed certificate chain instead of the self-signed one ('' = none). */
+  readonly certFile: string;
+  readonly certKeyFile: string;
+  /** Handshake admission limits (docs/security.md). */
+  readonly maxUnauthenticated: number;
+  readonly maxNewConnsPerSource: number;
 }
 
 export interface ClientConfig extends LinkTunables {
   readonly server: Endpoint;
+  /** Pinned server key ('' when only --ca is used). */
   readonly serverKey: string;
+  /** --ca: PEM CA certificates to verify the server's chain against ('' = pinning only). */
+  readonly caFile: string;
+  /** --server-name: the name to find in the server's certificate (and SNI); '' = the --server host. */
+  readonly serverName: string;
   readonly keyFile: string;
   readonly name: string;
   readonly routes: readonly Prefix[];
@@ -82,6 +93,8 @@ export const DEFAULTS = {
   pathCheckTimeoutMs: 3000,
   pathCheckPort: 10250,
   nodePollMs: 30_000,
+  maxUnauthenticated: 256,
+  maxNewConnsPerSource: 50,
 } as const;
 
 export type RawOptions = Record<string, unknown>;
@@ -193,7 +206,31 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
     ...pathCheckSettings(raw),
     authorizeFromNodes: raw['authorize-from-nodes'] === true,
     kubeconfig: str(raw, 'kubeconfig', false),
+    ...serverSecurity(raw),
   });
+}
+
+function serverSecurity(raw: RawOptions): Pick<ServerConfig, 'certFile' | 'certKeyFile' | 'maxUnauthenticated' | 'maxNewConnsPerSource'> {
+  const certFile = str(raw, 'cert', false);
+  const certKeyFile = str(raw, 'cert-key', false);
+  if (certKeyFile && !certFile) throw new ConfigError('--cert-key needs --cert: the certificate that key belongs to');
+  return {
+    certFile,
+    certKeyFile,
+    maxUnauthenticated: int(raw, 'max-unauthenticated', DEFAULTS.maxUnauthenticated, 1, 65_536),
+    maxNewConnsPerSource: int(raw, 'max-new-conns-per-source', DEFAULTS.maxNewConnsPerSource, 1, 100_000),
+  };
+}
+
+function serverTrust(raw: RawOptions): Pick<ClientConfig, 'serverKey' | 'caFile' | 'serverName'> {
+  const serverKey = str(raw, 'server-key', false);
+  const caFile = str(raw, 'ca', false);
+  if (!serverKey && !caFile) throw new ConfigError("--server-key is required (the server's public key, from 'nodelink pubkey'), or --ca FILE to verify the server's certificate against your CA");
+  const serverName = str(raw, 'server-name', false);
+  if (serverName && !/^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$/.test(serverName)) {
+    throw new ConfigError(`--server-name must be a DNS name, got "${serverName}"`);
+  }
+  return { serverKey, caFile, serverName };
 }
 
 /** `env` supplies NODE_NAME (the downward API's spec.nodeName), the default of --name. */
@@ -209,7 +246,7 @@ export function parseClientConfig(raw: RawOptions, env: NodeJS.ProcessEnv = proc
   return Object.freeze({
     ...tunables(raw, DEFAULTS.clientAdminSocket),
     server: parseEndpoint(str(raw, 'server'), 'server'),
-    serverKey: str(raw, 'server-key'),
+    ...serverTrust(raw),
     keyFile: str(raw, 'key'),
     name,
     routes,

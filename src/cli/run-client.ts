@@ -2,6 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { decodeKey, readKeyFile } from '../auth/index.js';
 import { AdminServer } from '../admin/index.js';
 import { LinkClient } from '../link-client/index.js';
+import { readCaFile } from '../link-client/trust.js';
 import { LinuxTun, routeReplace } from '../tun/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
@@ -32,7 +33,8 @@ function enableForwarding(routes: readonly Prefix[], log: Logger): void {
 export async function runClient(config: ClientConfig): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'client', node: config.name }, config.logFormat);
   const keyPair = readKeyFile(config.keyFile);
-  const serverKey = decodeKey(config.serverKey, '--server-key');
+  const serverKey = config.serverKey ? decodeKey(config.serverKey, '--server-key') : undefined;
+  const ca = config.caFile ? readCaFile(config.caFile) : undefined;
   const fromNode = config.routesFromNode ? await routesFromKubernetes(config, log) : undefined;
   const routes = fromNode?.routes ?? config.routes;
   if (config.enableForwarding) enableForwarding(routes, log);
@@ -43,6 +45,8 @@ export async function runClient(config: ClientConfig): Promise<void> {
     host: config.server.host,
     port: config.server.port,
     serverKey,
+    ca,
+    serverName: config.serverName || undefined,
     keyPair,
     name: config.name,
     routes,

@@ -1,19 +1,22 @@
 import { readKeyFile, readPeersFile } from '../auth/index.js';
 import { AdminServer } from '../admin/index.js';
-import { LinkServer } from '../link-server/index.js';
-import { LinuxTun, ipBatch, routeReplaceCommand } from '../tun/index.js';
+import { LinkServer, loadServerCertificate } from '../link-server/index.js';
+import { LinuxTun, ipBatch, routeDelete, routeReplaceCommand } from '../tun/index.js';
 import { createLogger } from '../log.js';
 import type { Prefix } from '../routing/index.js';
 import type { ServerConfig } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { serverObservability } from './observe.js';
 import { nodeRouteCheck } from './kubernetes.js';
+import { onReload } from './reload.js';
 
 export async function runServer(config: ServerConfig): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'server' }, config.logFormat);
   // Everything that can be wrong with the input is checked before any device is created.
   const keyPair = readKeyFile(config.keyFile);
   const registry = readPeersFile(config.peersFile, config.tunnelCidrs);
+  const loadCertificate = () => (config.certFile ? loadServerCertificate(config.certFile, config.certKeyFile || undefined, keyPair) : undefined);
+  const certificate = loadCertificate();
   const checkRoutes = config.authorizeFromNodes ? await nodeRouteCheck(config.kubeconfig, registry.peers[0]?.name, log) : undefined;
   const tun = await LinuxTun.open({
     name: config.tun,
@@ -39,6 +42,11 @@ export async function runServer(config: ServerConfig): Promise<void> {
     log,
     observer: observe.metrics,
     checkRoutes,
+    certificate,
+    limits: { maxUnauthenticated: config.maxUnauthenticated, maxNewPerSourcePerSecond: config.maxNewConnsPerSource },
+    removeRoutes: async (cidrs) => {
+      for (const cidr of cidrs) await routeDelete(cidr.toString(), config.tun);
+    },
   });
   let admin: AdminServer | undefined;
   try {
@@ -49,6 +57,14 @@ export async function runServer(config: ServerConfig): Promise<void> {
     await server.stop();
     await tun.close();
     throw err;
+  }
+  // SIGHUP: a bad peers file or certificate is refused with one line and the old one stays.
+  onReload('peers', () => server.reload(readPeersFile(config.peersFile, config.tunnelCidrs)).then(() => undefined), log);
+  if (config.certFile) {
+    onReload('certificate', () => {
+      server.setCertificate(loadCertificate()!);
+      log.info({ cert: config.certFile }, 'certificate reloaded');
+    }, log);
   }
   log.info({ tun: config.tun, tunnelCidrs: config.tunnelCidrs.map(String), adminSocket: config.adminSocket }, 'server ready');
   onShutdownSignal(log, 2000, async () => {

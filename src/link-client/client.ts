@@ -1,9 +1,9 @@
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import {
-  EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, keysEqual, type KeyPair,
+  EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, type KeyPair,
 } from '../auth/index.js';
 import { CloseCode, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName } from '../protocol/index.js';
-import { Prefix, PrefixTable } from '../routing/index.js';
+import { Prefix, PrefixTable, checkPacket } from '../routing/index.js';
 import type { TunDevice } from '../tun/index.js';
 import type { DaemonStatus } from '../admin/index.js';
 import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
@@ -12,11 +12,17 @@ import { classifyDialFailure, type LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
 import { Backoff } from './backoff.js';
+import { checkServer, serverIdentity } from './trust.js';
 
 export interface LinkClientOptions {
   readonly host: string;
   readonly port: number;
-  readonly serverKey: Uint8Array;
+  /** Pinned Ed25519 key of the server; optional when `ca` is set (see trust.ts). */
+  readonly serverKey?: Uint8Array;
+  /** PEM CA certificates the server's chain must verify against (--ca). */
+  readonly ca?: string;
+  /** Name to send as SNI and to find in the server's certificate, instead of `host` (--server-name). */
+  readonly serverName?: string;
   readonly keyPair: KeyPair;
   readonly name: string;
   readonly routes: readonly Prefix[];
@@ -54,6 +60,8 @@ export class LinkClient {
   private readonly counters = new TrafficCounters();
   private readonly startedAt = new Date();
   private endpoint: string | null = null;
+  /** The server's key or certificate fingerprint as last presented (for status in --ca mode). */
+  private presentedIdentity: string | undefined;
   private tunnelCidrs: string[] = [];
   private serverAddresses: string[] = [];
   private installedCidrs = '';
@@ -108,21 +116,23 @@ export class LinkClient {
     socket = tlsConnect({
       host: options.host,
       port: options.port,
-      servername: isIpLiteral(options.host) ? undefined : options.host,
+      servername: options.serverName ?? (isIpLiteral(options.host) ? undefined : options.host),
       minVersion: 'TLSv1.3',
       maxVersion: 'TLSv1.3',
-      // Trust comes from the pinned key checked below, not from a CA chain.
+      // Trust is decided in secureConnect by checkServer (pinned key and/or --ca chain), which
+      // can say why it refuses; Node still verifies the chain and name against `ca` for it.
+      ca: options.ca,
       rejectUnauthorized: false,
     });
     socket.setNoDelay(true);
     socket.once('secureConnect', () => {
-      const presented = serverPublicKey(socket);
-      if (!presented || !keysEqual(presented, options.serverKey)) {
-        options.log.error({ server: `${options.host}:${options.port}`, presented: presented ? encodeKey(presented) : null },
-          'server key does not match --server-key: wrong server, or --server-key is stale (check with nodelink pubkey on the server)');
-        socket.destroy(new Error('server key does not match --server-key'));
+      const untrusted = checkServer(socket, options);
+      if (untrusted) {
+        options.log.error({ server: `${options.host}:${options.port}`, presented: serverIdentity(socket) ?? null }, untrusted);
+        socket.destroy(new Error(untrusted));
         return;
       }
+      this.presentedIdentity = serverIdentity(socket);
       this.endpoint = `${socket.remoteAddress}:${socket.remotePort}`;
       const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
       connection.sendControl(FrameType.Hello, encodeHello(options.keyPair, exporter, {
@@ -132,6 +142,10 @@ export class LinkClient {
     });
     const connection = new FramedConnection(socket, {
       onData: (packet) => {
+        if (checkPacket(packet) !== null) {
+          this.counters.drop('malformed');
+          return;
+        }
         if (!options.tun.write(packet)) this.counters.drop('tun_error');
       },
       onControl: (type, payload) => {
@@ -202,6 +216,10 @@ export class LinkClient {
       this.counters.drop('disconnected');
       return;
     }
+    if (checkPacket(packet) !== null) {
+      this.counters.drop('malformed');
+      return;
+    }
     // The server would drop it as spoofed anyway; not sending it keeps its counters meaningful.
     if (this.ownRoutes.lookupSource(packet) === undefined) {
       this.counters.drop('unannounced_source');
@@ -223,7 +241,7 @@ export class LinkClient {
       dropsByReason: {},
       peers: [{
         name: 'server',
-        publicKey: encodeKey(this.options.serverKey),
+        publicKey: this.options.serverKey ? encodeKey(this.options.serverKey) : this.presentedIdentity ?? '',
         connected: connection !== undefined,
         endpoint: connection ? this.endpoint : `${this.options.host}:${this.options.port}`,
         routes: this.tunnelCidrs,
@@ -248,11 +266,4 @@ export class LinkClient {
 
 function isIpLiteral(host: string): boolean {
   return /^[0-9.]+$/.test(host) || host.includes(':');
-}
-
-function serverPublicKey(socket: TLSSocket): Uint8Array | undefined {
-  const certificate = socket.getPeerX509Certificate();
-  if (!certificate || certificate.publicKey.asymmetricKeyType !== 'ed25519') return undefined;
-  const jwk = certificate.publicKey.export({ format: 'jwk' });
-  return jwk.x ? new Uint8Array(Buffer.from(jwk.x, 'base64url')) : undefined;
 }

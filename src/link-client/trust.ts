@@ -49,19 +49,26 @@ export function readCaFile(path: string): string {
   return pems.join('\n') + '\n';
 }
 
-/** The raw Ed25519 key of the server's certificate, if it has one. */
-export function serverPublicKey(socket: TLSSocket): Uint8Array | undefined {
-  const certificate = socket.getPeerX509Certificate();
+/** The raw Ed25519 key of a certificate, if it has one. */
+function ed25519Key(certificate: X509Certificate | undefined): Uint8Array | undefined {
   if (!certificate || certificate.publicKey.asymmetricKeyType !== 'ed25519') return undefined;
   const jwk = certificate.publicKey.export({ format: 'jwk' });
   return jwk.x ? new Uint8Array(Buffer.from(jwk.x, 'base64url')) : undefined;
 }
 
+/** The raw Ed25519 key of the server's certificate, if it has one. */
+export function serverPublicKey(socket: TLSSocket): Uint8Array | undefined {
+  return ed25519Key(socket.getPeerX509Certificate());
+}
+
 /** How `status` names the server: its Ed25519 key, or else its certificate's SHA-256 fingerprint. */
 export function serverIdentity(socket: TLSSocket): string | undefined {
-  const key = serverPublicKey(socket);
+  // One object for both: on Node 20 a second getPeerX509Certificate() of the same socket can
+  // come back without its fingerprint.
+  const certificate = socket.getPeerX509Certificate();
+  const fingerprint = certificate?.fingerprint256;
+  const key = ed25519Key(certificate);
   if (key) return encodeKey(key);
-  const fingerprint = socket.getPeerX509Certificate()?.fingerprint256;
   return fingerprint ? `sha256:${fingerprint}` : undefined;
 }
 

@@ -1,0 +1,241 @@
+// Shared by the security tests: packet builders, a LinkServer and LinkClients over FakeTuns and
+// loopback TLS, and a hand-driven TLS connection that speaks the wire protocol itself (the
+// attacker's view). No root, no TUN device.
+
+import { once } from 'node:events';
+import { Writable } from 'node:stream';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { pino } from 'pino';
+import {
+  EXPORTER_BYTES, EXPORTER_LABEL, generateSeed, keyPairFromSeed, type KeyPair, type PeerRegistry,
+} from '../../src/auth/index.js';
+import { FrameDecoder, FrameType } from '../../src/protocol/index.js';
+import { Prefix, internetChecksum, parseAddress } from '../../src/routing/index.js';
+import { FakeTun } from '../../src/tun/fake.js';
+import { LinkServer, type ServerCertificate } from '../../src/link-server/index.js';
+import type { AdmissionLimits } from '../../src/link-server/admission.js';
+import { LinkClient } from '../../src/link-client/index.js';
+import type { ConnectionOptions } from '../../src/link/connection.js';
+import { silentLogger, type Logger } from '../../src/log.js';
+import type { DaemonStatus, PeerStatus } from '../../src/admin/index.js';
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Polls `cond` every 10 ms; fails naming `what` after `timeoutMs`. */
+export async function waitFor(what: string, cond: () => boolean, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+/** An IPv4 packet: 20-byte header + payload. */
+export function ipv4(src: string, dst: string, payload: Uint8Array = Buffer.from('hello'), proto = 17): Buffer {
+  const p = Buffer.alloc(20 + payload.length);
+  p[0] = 0x45;
+  p.writeUInt16BE(p.length, 2);
+  p[8] = 64;
+  p[9] = proto;
+  p.set(parseAddress(src).bytes, 12);
+  p.set(parseAddress(dst).bytes, 16);
+  p.writeUInt16BE(internetChecksum(p, 0, 20), 10);
+  p.set(payload, 20);
+  return p;
+}
+
+/** An IPv6 packet: 40-byte fixed header + payload. */
+export function ipv6(src: string, dst: string, payload: Uint8Array = Buffer.from('hello6'), nextHeader = 17): Buffer {
+  const p = Buffer.alloc(40 + payload.length);
+  p[0] = 0x60;
+  p.writeUInt16BE(payload.length, 4);
+  p[6] = nextHeader;
+  p[7] = 64;
+  p.set(parseAddress(src).bytes, 8);
+  p.set(parseAddress(dst).bytes, 24);
+  p.set(payload, 40);
+  return p;
+}
+
+/** One of each kind of malformed packet: truncated, wrong version, length mismatch (v4 and v6). */
+export function malformedPackets(src: string, dst: string): Array<[string, Buffer]> {
+  const good4 = ipv4(src, dst);
+  const wrongVersion = Buffer.from(good4);
+  wrongVersion[0] = 0x55;
+  const longer = Buffer.concat([good4, Buffer.alloc(3)]);
+  const shortIhl = Buffer.from(good4);
+  shortIhl[0] = 0x44;
+  const v6 = ipv6('fd00:19:1::5', 'fd00:18:ff::1');
+  const v6Mismatch = Buffer.from(v6);
+  v6Mismatch.writeUInt16BE(500, 4);
+  return [
+    ['empty', Buffer.alloc(0)],
+    ['truncated IPv4 header', good4.subarray(0, 12)],
+    ['truncated IPv6 header', v6.subarray(0, 30)],
+    ['IP version 5', wrongVersion],
+    ['IPv4 total length shorter than the packet', longer],
+    ['IPv4 header length below 20', shortIhl],
+    ['IPv6 payload length beyond the packet', v6Mismatch],
+  ];
+}
+
+export function newPair(): KeyPair {
+  return keyPairFromSeed(generateSeed());
+}
+
+export function portOf(listenAddress: string): number {
+  return Number(listenAddress.slice(listenAddress.lastIndexOf(':') + 1));
+}
+
+/** A logger that keeps every line it writes, at trace level, so tests can read what was logged. */
+export function recordingLogger(): { log: Logger; lines: string[] } {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(...chunk.toString('utf8').split('\n').filter((line) => line.length > 0));
+      done();
+    },
+  });
+  return { log: pino({ level: 'trace' }, sink), lines };
+}
+
+export const TUNNEL_CIDRS = [Prefix.parse('198.18.255.0/24'), Prefix.parse('fd00:18:ff::/64')];
+export const TUNNEL_ADDRESSES = [Prefix.fromAddress('198.18.255.1'), Prefix.fromAddress('fd00:18:ff::1')];
+export const CONNECTION: ConnectionOptions = { maxQueueBytes: 1 << 20, keepaliveIntervalMs: 200, deadAfterMs: 1500, maxInitialPayload: 4096 };
+export const APISERVER = '198.18.0.10';
+
+export interface ServerRig {
+  readonly server: LinkServer;
+  readonly port: number;
+  readonly tun: FakeTun;
+  readonly installed: string[][];
+  readonly removed: string[][];
+  status(): DaemonStatus;
+  peer(name: string): PeerStatus;
+}
+
+export interface ClientRig {
+  readonly client: LinkClient;
+  readonly tun: FakeTun;
+  readonly rejected: string[];
+}
+
+/** Tracks what a test started, so `stopAll` leaves no socket or timer behind. */
+export class Rigs {
+  private readonly servers: LinkServer[] = [];
+  private readonly clients: LinkClient[] = [];
+  private readonly sockets: TLSSocket[] = [];
+
+  async server(opts: {
+    registry: PeerRegistry; keyPair: KeyPair; certificate?: ServerCertificate; limits?: AdmissionLimits;
+    handshakeTimeoutMs?: number; log?: Logger;
+  }): Promise<ServerRig> {
+    const tun = new FakeTun('srv0');
+    const installed: string[][] = [];
+    const removed: string[][] = [];
+    const server = new LinkServer({
+      host: '127.0.0.1',
+      port: 0,
+      keyPair: opts.keyPair,
+      registry: opts.registry,
+      tun,
+      tunnelCidrs: TUNNEL_CIDRS,
+      tunnelAddresses: TUNNEL_ADDRESSES,
+      connection: CONNECTION,
+      handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 2000,
+      installRoutes: async (cidrs) => { installed.push(cidrs.map(String)); },
+      removeRoutes: async (cidrs) => { removed.push(cidrs.map(String)); },
+      certificate: opts.certificate,
+      limits: opts.limits,
+      log: opts.log ?? silentLogger(),
+    });
+    this.servers.push(server);
+    await server.start();
+    const status = (): DaemonStatus => JSON.parse(JSON.stringify(server.status())) as DaemonStatus;
+    return {
+      server, port: portOf(server.listenAddress), tun, installed, removed, status,
+      peer: (name) => {
+        const found = status().peers.find((p) => p.name === name);
+        if (!found) throw new Error(`no peer ${name} in server status`);
+        return found;
+      },
+    };
+  }
+
+  client(opts: {
+    port: number; name: string; keyPair: KeyPair; routes: readonly string[];
+    serverKey?: Uint8Array; ca?: string; serverName?: string; log?: Logger;
+  }): ClientRig {
+    const tun = new FakeTun(`${opts.name}-tun`);
+    const rejected: string[] = [];
+    const client = new LinkClient({
+      host: '127.0.0.1',
+      port: opts.port,
+      serverKey: opts.serverKey,
+      ca: opts.ca,
+      serverName: opts.serverName,
+      keyPair: opts.keyPair,
+      name: opts.name,
+      routes: opts.routes.map((r) => Prefix.parse(r)),
+      tun,
+      connection: CONNECTION,
+      handshakeTimeoutMs: 2000,
+      backoffBaseMs: 50,
+      backoffCapMs: 200,
+      installRoutes: async () => undefined,
+      onRejected: (reason) => { rejected.push(reason); },
+      log: opts.log ?? silentLogger(),
+    });
+    this.clients.push(client);
+    client.start();
+    return { client, tun, rejected };
+  }
+
+  /** A TLS connection that speaks the protocol by hand. */
+  async raw(port: number, opts: { maxVersion?: 'TLSv1.2' | 'TLSv1.3' } = {}): Promise<RawSession> {
+    const socket = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, maxVersion: opts.maxVersion ?? 'TLSv1.3' });
+    this.sockets.push(socket);
+    return RawSession.over(socket);
+  }
+
+  adopt(socket: TLSSocket): void {
+    this.sockets.push(socket);
+  }
+
+  async stopAll(): Promise<void> {
+    for (const socket of this.sockets.splice(0)) socket.destroy();
+    await Promise.all(this.clients.splice(0).map((client) => client.stop()));
+    await Promise.all(this.servers.splice(0).map((server) => server.stop()));
+  }
+}
+
+export class RawSession {
+  readonly frames: Array<{ type: FrameType; payload: Buffer }> = [];
+  closed = false;
+  readonly closedPromise: Promise<void>;
+  exporter: Buffer = Buffer.alloc(0);
+
+  private constructor(readonly socket: TLSSocket) {
+    const decoder = new FrameDecoder((type, payload) => this.frames.push({ type, payload: Buffer.from(payload) }));
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        decoder.push(chunk);
+      } catch {
+        socket.destroy();
+      }
+    });
+    socket.on('error', () => { /* tests look at frames and `closed` */ });
+    this.closedPromise = new Promise<void>((resolve) => socket.once('close', () => { this.closed = true; resolve(); }));
+  }
+
+  static async over(socket: TLSSocket): Promise<RawSession> {
+    const session = new RawSession(socket);
+    await once(socket, 'secureConnect');
+    session.exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
+    return session;
+  }
+
+  frame(type: FrameType): { type: FrameType; payload: Buffer } | undefined {
+    return this.frames.find((f) => f.type === type);
+  }
+}
