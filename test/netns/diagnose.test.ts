@@ -138,8 +138,8 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
     expect(first.id).to.equal('tcp');
     expect(first.detail).to.match(/connection refused.*server is down/);
     expect(report.checks.find((check) => check.id === 'tls')!.status).to.equal('skip');
-    const cp = await runCli(['diagnose', '--side', 'control-plane', '--admin-socket', C().serverSocket], { ns: H().ns.cp });
+    const cp = await runCli(['diagnose', '--side', 'control-plane', '--admin-socket', C().serverSocket], { ns: H().ns.cp, timeoutMs: 30_000 });
     expect(cp.code).to.equal(1);
-    expect(cp.stdout).to.match(/✗ nodelink server running/);
+    expect(cp.stdout, cp.stderr).to.match(/✗ nodelink server running/);
   });
 });
