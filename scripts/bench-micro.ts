@@ -341,10 +341,59 @@ function lookupCases(): Case[] {
     },
   });
   return [
-    lookupCase('lookupDestination, IPv4 packets', v4Packets),
-    lookupCase('lookupDestination, IPv6 packets', v6Packets),
-    lookupCase('lookupDestination, IPv4/IPv6 alternating', mixed),
+    ...clusterLookupCases(),
+    lookupCase('worst case: random lengths, IPv4 packets', v4Packets),
+    lookupCase('worst case: random lengths, IPv6 packets', v6Packets),
+    lookupCase('worst case: random lengths, IPv4/IPv6 alternating', mixed),
   ];
+}
+
+/**
+ * What a server really holds: per node its IP (/32, /128) and pod CIDR (/24, /64), ROUTES / 4
+ * nodes; packets go to kubelets and pods of random nodes (and 10% to addresses of no node).
+ */
+function clusterLookupCases(): Case[] {
+  const table = new PrefixTable<number>();
+  const nodes = Math.max(1, Math.floor(ROUTES / 4));
+  const routes: Array<{ family: 4 | 6; route: Route }> = [];
+  for (let n = 0; n < nodes; n++) {
+    const hi = 64 + (n >> 8), lo = n & 0xff;
+    const v6Net = Uint8Array.from([0xfd, 0x00, 0x19, 0x00, hi, lo, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    const v6Node = Uint8Array.from([0xfd, 0x00, 0x19, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, hi, lo]);
+    for (const route of [
+      { family: 4 as const, route: { bytes: Uint8Array.from([10, 240, hi, lo]), length: 32 } },
+      { family: 4 as const, route: { bytes: Uint8Array.from([10, hi, lo, 0]), length: 24 } },
+      { family: 6 as const, route: { bytes: v6Node, length: 128 } },
+      { family: 6 as const, route: { bytes: v6Net, length: 64 } },
+    ]) {
+      routes.push(route);
+      table.insert(Prefix.parse(cidrText(route.family, route.route.bytes, route.route.length)), n);
+    }
+  }
+  const v4 = routes.filter((r) => r.family === 4).map((r) => r.route);
+  const v6 = routes.filter((r) => r.family === 6).map((r) => r.route);
+  const v4Packets = Array.from({ length: PACKETS }, () => makePacket(4, v4));
+  const v6Packets = Array.from({ length: PACKETS }, () => makePacket(6, v6));
+  const cases: Case[] = [];
+  for (const [name, packets] of [['cluster routes, IPv4 packets', v4Packets], ['cluster routes, IPv6 packets', v6Packets]] as const) {
+    const hits = packets.filter((p) => table.lookupDestination(p) !== undefined).length;
+    cases.push({
+      group: 'lookup',
+      name: `${name} (${Math.round((100 * hits) / packets.length)}% hit), ${table.size} routes of ${nodes} nodes`,
+      ops: 3_000_000,
+      targetNs: LOOKUP_TARGET_NS,
+      run(ops) {
+        let found = 0;
+        for (let i = 0; i < ops; i++) {
+          const value = table.lookupDestination(packets[i & (PACKETS - 1)]);
+          if (value !== undefined) found += value;
+        }
+        sink += found;
+        return ops;
+      },
+    });
+  }
+  return cases;
 }
 
 // ---------------------------------------------------------------- run and report

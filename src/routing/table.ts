@@ -7,30 +7,149 @@ import {
 } from './packet.js';
 import { Prefix } from './prefix.js';
 
-/** A trie node; depth in the trie is the number of leading address bits matched so far. */
-interface Node<T> {
-  zero: Node<T> | undefined;
-  one: Node<T> | undefined;
-  /** Set when a prefix ends exactly here. */
-  entry: { prefix: Prefix; value: T } | undefined;
+interface Entry<T> {
+  readonly prefix: Prefix;
+  value: T;
 }
 
-function newNode<T>(): Node<T> {
-  return { zero: undefined, one: undefined, entry: undefined };
+/** Reads the 32-bit big-endian word `index` of the address at `offset`. */
+function wordAt(bytes: Uint8Array, offset: number, index: number): number {
+  const at = offset + 4 * index;
+  return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
 }
 
-function bitAt(bytes: Uint8Array, offset: number, i: number): number {
-  return (bytes[offset + (i >> 3)] >> (7 - (i & 7))) & 1;
+const EMPTY = 0;
+const USED = 1;
+const DELETED = 2;
+
+/**
+ * The routes of one prefix length: an open-addressing hash table over the masked address
+ * words, held in typed arrays. Probing compares integers in typed arrays and never hands a
+ * number to a builtin, so a lookup allocates nothing.
+ */
+class LengthTable<T> {
+  readonly words: number;
+  private readonly masks: Uint32Array;
+  private keys: Uint32Array;
+  private state: Uint8Array;
+  private values: Array<Entry<T> | undefined>;
+  private capacity = 8;
+  private used = 0;
+  private deleted = 0;
+  private readonly scratch: Uint32Array;
+
+  constructor(readonly family: 4 | 6, readonly length: number) {
+    this.words = family === 4 ? 1 : 4;
+    this.masks = new Uint32Array(this.words);
+    for (let i = 0; i < this.words; i++) {
+      const bits = Math.min(32, Math.max(0, length - 32 * i));
+      this.masks[i] = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0;
+    }
+    this.scratch = new Uint32Array(this.words);
+    this.keys = new Uint32Array(this.capacity * this.words);
+    this.state = new Uint8Array(this.capacity);
+    this.values = new Array(this.capacity).fill(undefined);
+  }
+
+  get size(): number {
+    return this.used;
+  }
+
+  /** Masks the address at `bytes[offset]` into the scratch words and returns its hash. */
+  private load(bytes: Uint8Array, offset: number): number {
+    let hash = this.length;
+    for (let i = 0; i < this.words; i++) {
+      const word = (wordAt(bytes, offset, i) & this.masks[i]!) >>> 0;
+      this.scratch[i] = word;
+      hash = Math.imul(hash ^ word, 0x9e3779b1);
+      hash ^= hash >>> 15;
+    }
+    return hash >>> 0;
+  }
+
+  /** Slot holding the scratch key, or -1. */
+  private find(hash: number): number {
+    const mask = this.capacity - 1;
+    for (let slot = hash & mask, probes = 0; probes < this.capacity; slot = (slot + 1) & mask, probes++) {
+      const state = this.state[slot];
+      if (state === EMPTY) return -1;
+      if (state === USED && this.matches(slot)) return slot;
+    }
+    return -1;
+  }
+
+  private matches(slot: number): boolean {
+    const base = slot * this.words;
+    for (let i = 0; i < this.words; i++) if (this.keys[base + i] !== this.scratch[i]) return false;
+    return true;
+  }
+
+  lookup(bytes: Uint8Array, offset: number): Entry<T> | undefined {
+    const slot = this.find(this.load(bytes, offset));
+    return slot < 0 ? undefined : this.values[slot];
+  }
+
+  get(prefix: Prefix): Entry<T> | undefined {
+    return this.lookup(prefix.bytes, 0);
+  }
+
+  /** Returns false when an equal prefix was already there (its value is replaced). */
+  insert(prefix: Prefix, value: T): boolean {
+    const existing = this.get(prefix);
+    if (existing) {
+      existing.value = value;
+      return false;
+    }
+    if ((this.used + this.deleted + 1) * 2 > this.capacity) this.rehash(this.used + 1 > this.capacity / 4 ? this.capacity * 2 : this.capacity);
+    const hash = this.load(prefix.bytes, 0);
+    const mask = this.capacity - 1;
+    let slot = hash & mask;
+    while (this.state[slot] === USED) slot = (slot + 1) & mask;
+    if (this.state[slot] === DELETED) this.deleted--;
+    this.state[slot] = USED;
+    this.keys.set(this.scratch, slot * this.words);
+    this.values[slot] = { prefix, value };
+    this.used++;
+    return true;
+  }
+
+  delete(prefix: Prefix): boolean {
+    const slot = this.find(this.load(prefix.bytes, 0));
+    if (slot < 0) return false;
+    this.state[slot] = DELETED;
+    this.values[slot] = undefined;
+    this.used--;
+    this.deleted++;
+    return true;
+  }
+
+  entries(): Array<Entry<T>> {
+    return this.values.filter((entry): entry is Entry<T> => entry !== undefined);
+  }
+
+  private rehash(capacity: number): void {
+    const old = this.entries();
+    this.capacity = capacity;
+    this.keys = new Uint32Array(capacity * this.words);
+    this.state = new Uint8Array(capacity);
+    this.values = new Array(capacity).fill(undefined);
+    this.used = 0;
+    this.deleted = 0;
+    for (const entry of old) this.insert(entry.prefix, entry.value);
+  }
 }
 
 /**
- * Longest-prefix-match table: one plain binary trie per family, one level per address bit.
- * At most 128 steps per lookup over a few hundred routes is cheap next to a TLS write, and a
- * plain trie has no compression invariants to get wrong. Lookups read the address straight out of
- * the packet and allocate nothing.
+ * Longest-prefix-match table for IPv4 and IPv6 on raw packet bytes: one exact-match hash table
+ * per prefix length present, probed from the longest length down; the first hit is the answer.
+ * A cluster's routes come in a few lengths (node /32 and /128, pod /24 and /64), so a lookup is
+ * a few probes whatever the number of nodes (scripts/bench-micro.ts measures it). Lookups read
+ * the address straight out of the packet and allocate nothing. Checked against a naive linear
+ * matcher in test/unit/routing.test.ts.
  */
 export class PrefixTable<T> {
-  private readonly roots = { 4: newNode<T>(), 6: newNode<T>() };
+  /** Per family, one table per prefix length present, longest first. */
+  private readonly byFamily: { 4: LengthTable<T>[]; 6: LengthTable<T>[] } = { 4: [], 6: [] };
   private count = 0;
 
   get size(): number {
@@ -39,63 +158,40 @@ export class PrefixTable<T> {
 
   /** Adds a route, replacing the value of an equal prefix. */
   insert(prefix: Prefix, value: T): void {
-    let node = this.roots[prefix.family];
-    for (let i = 0; i < prefix.length; i++) {
-      if (bitAt(prefix.bytes, 0, i)) node = node.one ??= newNode<T>();
-      else node = node.zero ??= newNode<T>();
+    let table = this.tableFor(prefix);
+    if (!table) {
+      table = new LengthTable<T>(prefix.family, prefix.length);
+      this.byFamily[prefix.family] = [...this.byFamily[prefix.family], table].sort((a, b) => b.length - a.length);
     }
-    if (!node.entry) this.count++;
-    node.entry = { prefix, value };
+    if (table.insert(prefix, value)) this.count++;
   }
 
   /** Removes exactly this prefix; returns whether it was present. */
   delete(prefix: Prefix): boolean {
-    // Remember the path so branches left empty can be pruned on the way back up.
-    const path: Node<T>[] = [this.roots[prefix.family]];
-    for (let i = 0; i < prefix.length; i++) {
-      const parent = path[path.length - 1];
-      const child = bitAt(prefix.bytes, 0, i) ? parent.one : parent.zero;
-      if (!child) return false;
-      path.push(child);
-    }
-    const target = path[path.length - 1];
-    if (!target.entry) return false;
-    target.entry = undefined;
+    const table = this.tableFor(prefix);
+    if (!table || !table.delete(prefix)) return false;
     this.count--;
-    for (let i = prefix.length; i > 0; i--) {
-      const node = path[i];
-      if (node.entry || node.zero || node.one) break;
-      const parent = path[i - 1];
-      if (bitAt(prefix.bytes, 0, i - 1)) parent.one = undefined;
-      else parent.zero = undefined;
-    }
+    if (table.size === 0) this.byFamily[prefix.family] = this.byFamily[prefix.family].filter((t) => t !== table);
     return true;
   }
 
   /** Exact match. */
   get(prefix: Prefix): T | undefined {
-    let node: Node<T> | undefined = this.roots[prefix.family];
-    for (let i = 0; node && i < prefix.length; i++) {
-      node = bitAt(prefix.bytes, 0, i) ? node.one : node.zero;
-    }
-    return node?.entry?.value;
+    return this.tableFor(prefix)?.get(prefix)?.value;
   }
 
   /**
    * Longest prefix match for the address at `bytes[offset]`. An address running past the end of
-   * the buffer matches nothing rather than reading `undefined` bits as zeros.
+   * the buffer matches nothing.
    */
   lookup(family: 4 | 6, bytes: Uint8Array, offset = 0): T | undefined {
-    const bits = family === 4 ? 32 : 128;
-    if (offset < 0 || offset + (bits >> 3) > bytes.length) return undefined;
-    let node: Node<T> | undefined = this.roots[family];
-    let best = node.entry;
-    for (let i = 0; i < bits; i++) {
-      node = bitAt(bytes, offset, i) ? node.one : node.zero;
-      if (!node) break;
-      if (node.entry) best = node.entry;
+    if (offset < 0 || offset + (family === 4 ? 4 : 16) > bytes.length) return undefined;
+    const tables = this.byFamily[family];
+    for (let t = 0; t < tables.length; t++) {
+      const entry = tables[t]!.lookup(bytes, offset);
+      if (entry !== undefined) return entry.value;
     }
-    return best?.value;
+    return undefined;
   }
 
   /** Route for a packet's destination; the packet should have passed `checkPacket`. */
@@ -114,17 +210,12 @@ export class PrefixTable<T> {
     return undefined;
   }
 
-  /** Every route, IPv4 first, each family in trie (address, then length) order. */
+  /** Every route, IPv4 first, each family longest prefix first. */
   entries(): Array<[Prefix, T]> {
-    const out: Array<[Prefix, T]> = [];
-    const walk = (node: Node<T> | undefined): void => {
-      if (!node) return;
-      if (node.entry) out.push([node.entry.prefix, node.entry.value]);
-      walk(node.zero);
-      walk(node.one);
-    };
-    walk(this.roots[4]);
-    walk(this.roots[6]);
-    return out;
+    return [...this.byFamily[4], ...this.byFamily[6]].flatMap((table) => table.entries().map((entry): [Prefix, T] => [entry.prefix, entry.value]));
+  }
+
+  private tableFor(prefix: Prefix): LengthTable<T> | undefined {
+    return this.byFamily[prefix.family].find((table) => table.length === prefix.length);
   }
 }
