@@ -70,7 +70,8 @@ export function verifyHello(payload: Uint8Array, exporter: Uint8Array): Hello {
   } catch {
     throw new AuthError('bad_hello', 'hello body is not JSON');
   }
-  const body = parsed as Partial<HelloBody>;
+  // Any key holder can sign any body: `null`, a number or an array must fail here, not crash.
+  const body = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as Partial<HelloBody>;
   if (typeof body.name !== 'string' || body.name.length === 0 || body.name.length > 253 ||
       !Array.isArray(body.routes) || body.routes.length > 256 ||
       !body.routes.every((r) => typeof r === 'string' && r.length <= 64)) {
