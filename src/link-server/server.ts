@@ -94,6 +94,8 @@ export class LinkServer {
   private readonly admission: Admission;
   /** Connections refused or failed before authentication, by reason (status: refusedConnections). */
   private readonly refused = new Map<string, number>();
+  /** Raw sockets refused by admission, so tls.Server's report of their reset is not counted twice. */
+  private readonly refusedSockets = new WeakSet<Socket>();
   private readonly unattributed = new TrafficCounters();
   private readonly unauthenticated = new Set<TLSSocket>();
   private readonly startedAt = new Date();
@@ -131,6 +133,14 @@ export class LinkServer {
     server.on('connection', (raw: Socket) => this.onConnection(raw));
     server.on('secureConnection', (socket) => this.onSecureConnection(socket));
     server.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
+      // A connection refused by admission ends here too (as a reset): it is counted once, there.
+      // `_parent` is the raw TCP socket under a server-side TLSSocket (undocumented, stable since
+      // Node 0.x); without it a refusal would merely be counted twice.
+      const raw = (socket as unknown as { _parent?: Socket })._parent;
+      if (raw && this.refusedSockets.has(raw)) {
+        socket.destroy();
+        return;
+      }
       const reason = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'handshake_timeout' : 'tls_handshake_failed';
       // OpenSSL messages span lines; the code alone says what happened (ERR_SSL_HTTP_REQUEST, …).
       options.log.debug({ endpoint: `${socket.remoteAddress}:${socket.remotePort}`, err: err.code ?? err.message.split('\n')[0] }, 'TLS handshake failed');
@@ -257,6 +267,7 @@ export class LinkServer {
     const endpoint = `${raw.remoteAddress}:${raw.remotePort}`;
     const refusal = raw.remoteAddress === undefined ? 'aborted' : this.admission.admit(endpoint, raw.remoteAddress);
     if (refusal !== null) {
+      this.refusedSockets.add(raw);
       raw.destroy();
       this.countRefused(refusal);
       this.options.log.debug({ endpoint, reason: refusal }, 'connection refused before TLS');

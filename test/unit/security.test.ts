@@ -296,6 +296,7 @@ describe('security (issue 3)', function () {
       const late = await Promise.all(sockets.map((socket) => closedWithin(socket, 1500)));
       expect(late.every(Boolean), 'held half-open connections expire at the deadline').to.equal(true);
       expect(s.status().refusedConnections?.['handshake_timeout']).to.equal(3);
+      expect(s.status().refusedConnections?.['tls_handshake_failed'], 'each refusal counted once').to.equal(undefined);
       const a = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey });
       await waitFor('node-a to authenticate', () => a.client.isAuthenticated);
     });

@@ -1,0 +1,233 @@
+// The attacker of the namespace security tests (test/netns/security.test.ts): run inside a
+// namespace against the server's TLS port, it tries one attack and prints one JSON line with
+// what happened. Every mode is bounded in connections and time.
+//
+//   attacker random  --target H:P [--count N] [--bytes B]     random bytes on N connections
+//   attacker http    --target H:P                             a plain HTTP request
+//   attacker tls12   --target H:P                             a TLS 1.2-only handshake
+//   attacker slow    --target H:P [--count N] [--hold-ms T]   N half-open TLS handshakes, held
+//   attacker flood   --target H:P [--count N]                 N new connections at once
+//   attacker prehello --target H:P --src A --dst B [--count N]  Data frames before any hello
+//   attacker node    --target H:P --server-key K --key FILE --name N --routes A,B
+//                    --spoof S1,S2 --own S --dst D [--count N]
+//                    a compromised node: authenticates with its real key, then sends ICMP echo
+//                    requests from spoofed sources and from its own; reports the replies
+
+import { randomBytes } from 'node:crypto';
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import {
+  EXPORTER_BYTES, EXPORTER_LABEL, decodeKey, encodeHello, keysEqual, readKeyFile,
+} from '../src/auth/index.js';
+import { FrameDecoder, FrameType, encodeFrame } from '../src/protocol/index.js';
+import { internetChecksum, parseAddress } from '../src/routing/index.js';
+import { serverPublicKey } from '../src/link-client/trust.js';
+
+const MAX_COUNT = 1000;
+const MAX_WAIT_MS = 20_000;
+
+function arg(name: string, fallback?: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  const value = i >= 0 ? process.argv[i + 1] : fallback;
+  if (value === undefined) throw new Error(`--${name} is required`);
+  return value;
+}
+
+function count(fallback: number): number {
+  return Math.min(MAX_COUNT, Number(arg('count', String(fallback))));
+}
+
+function target(): { host: string; port: number } {
+  const text = arg('target');
+  const at = text.lastIndexOf(':');
+  return { host: text.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(text.slice(at + 1)) };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+function tcp(): Promise<Socket> {
+  const { host, port } = target();
+  return new Promise((resolve, reject) => {
+    const socket = netConnect(port, host, () => resolve(socket));
+    socket.once('error', reject);
+  });
+}
+
+/** Resolves with ms until the peer closed the socket, or null after maxMs (then destroys it). */
+function closedAfter(socket: Socket, started: number, maxMs: number): Promise<number | null> {
+  return new Promise((resolve) => {
+    if (socket.destroyed) return resolve(Date.now() - started);
+    const timer = setTimeout(() => { socket.destroy(); resolve(null); }, maxMs);
+    socket.once('close', () => { clearTimeout(timer); resolve(Date.now() - started); });
+  });
+}
+
+/** An ICMP echo request from src to dst, IPv4. */
+function echoRequest(src: string, dst: string, seq: number): Buffer {
+  const payload = Buffer.from('nodelink-attack');
+  const p = Buffer.alloc(20 + 8 + payload.length);
+  p[0] = 0x45;
+  p.writeUInt16BE(p.length, 2);
+  p[8] = 64;
+  p[9] = 1;
+  p.set(parseAddress(src).bytes, 12);
+  p.set(parseAddress(dst).bytes, 16);
+  p.writeUInt16BE(internetChecksum(p, 0, 20), 10);
+  p[20] = 8; // echo request
+  p.writeUInt16BE(0x4e4c, 24);
+  p.writeUInt16BE(seq, 26);
+  p.set(payload, 28);
+  p.writeUInt16BE(internetChecksum(p, 20, p.length), 22);
+  return p;
+}
+
+async function random(): Promise<object> {
+  const n = count(20);
+  const bytes = Math.min(1 << 20, Number(arg('bytes', '4096')));
+  const results = await Promise.all(Array.from({ length: n }, async () => {
+    const socket = await tcp().catch(() => undefined);
+    if (!socket) return { refused: true, closedMs: 0 };
+    socket.on('error', () => undefined);
+    const started = Date.now();
+    socket.write(randomBytes(bytes));
+    return { refused: false, closedMs: await closedAfter(socket, started, 5000) };
+  }));
+  return {
+    connections: n, bytesEach: bytes,
+    closedByServer: results.filter((r) => r.closedMs !== null).length,
+    maxCloseMs: Math.max(...results.map((r) => r.closedMs ?? Infinity)),
+  };
+}
+
+async function http(): Promise<object> {
+  const socket = await tcp();
+  socket.on('error', () => undefined);
+  const started = Date.now();
+  let received = 0;
+  socket.on('data', (chunk: Buffer) => { received += chunk.length; });
+  socket.write(`GET / HTTP/1.1\r\nHost: ${arg('target')}\r\nUser-Agent: attacker\r\n\r\n`);
+  const closedMs = await closedAfter(socket, started, 5000);
+  return { closedMs, bytesReceived: received };
+}
+
+async function tls12(): Promise<object> {
+  const { host, port } = target();
+  const socket = tlsConnect({ host, port, rejectUnauthorized: false, maxVersion: 'TLSv1.2' });
+  const outcome = await new Promise<string>((resolve) => {
+    socket.once('secureConnect', () => resolve(`accepted ${socket.getProtocol()}`));
+    socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+    setTimeout(() => resolve('timeout'), 5000);
+  });
+  socket.destroy();
+  return { outcome };
+}
+
+/** A TLS record header and the start of a ClientHello, never completed. */
+const PARTIAL_CLIENT_HELLO = Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+
+async function slow(): Promise<object> {
+  const n = count(24);
+  const holdMs = Math.min(MAX_WAIT_MS, Number(arg('hold-ms', '10000')));
+  const started = Date.now();
+  const results = await Promise.all(Array.from({ length: n }, async (_, i) => {
+    const socket = await tcp().catch(() => undefined);
+    if (!socket) return null;
+    socket.on('error', () => undefined);
+    // half of them send a few bytes of a ClientHello, half send nothing at all
+    if (i % 2 === 0) socket.write(PARTIAL_CLIENT_HELLO);
+    return closedAfter(socket, started, holdMs);
+  }));
+  const closed = results.filter((r): r is number => r !== null).sort((a, b) => a - b);
+  return {
+    connections: n,
+    closedByServer: closed.length,
+    closedWithin200ms: closed.filter((ms) => ms < 200).length,
+    maxCloseMs: closed.length > 0 ? closed[closed.length - 1] : null,
+    heldUntilGiveUp: n - closed.length,
+  };
+}
+
+async function flood(): Promise<object> {
+  const n = count(100);
+  const started = Date.now();
+  const sockets = await Promise.all(Array.from({ length: n }, () => tcp().catch(() => undefined)));
+  const closed = await Promise.all(sockets.map((socket) => {
+    if (!socket) return Promise.resolve(0);
+    socket.on('error', () => undefined);
+    return closedAfter(socket, started, 300);
+  }));
+  for (const socket of sockets) socket?.destroy();
+  return { connections: n, closedWithin300ms: closed.filter((ms) => ms !== null).length };
+}
+
+async function prehello(): Promise<object> {
+  const { host, port } = target();
+  const n = count(20);
+  const socket = tlsConnect({ host, port, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+  socket.on('error', () => undefined);
+  await new Promise<void>((resolve, reject) => { socket.once('secureConnect', resolve); socket.once('error', reject); });
+  for (let i = 0; i < n; i++) socket.write(encodeFrame(FrameType.Data, echoRequest(arg('src'), arg('dst'), i)));
+  const closedMs = await closedAfter(socket, Date.now(), 4000);
+  return { framesSent: n, closedMs };
+}
+
+async function node(): Promise<object> {
+  const { host, port } = target();
+  const serverKey = decodeKey(arg('server-key'), '--server-key');
+  const keyPair = readKeyFile(arg('key'));
+  const spoof = arg('spoof').split(',').filter(Boolean);
+  const own = arg('own');
+  const dst = arg('dst');
+  const n = count(10);
+  const socket: TLSSocket = tlsConnect({ host, port, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+  socket.on('error', () => undefined);
+  await new Promise<void>((resolve, reject) => { socket.once('secureConnect', resolve); socket.once('error', reject); });
+  const presented = serverPublicKey(socket);
+  if (!presented || !keysEqual(presented, serverKey)) throw new Error('not the server we were told to attack');
+  const frames: Array<{ type: FrameType; payload: Buffer }> = [];
+  const decoder = new FrameDecoder((type, payload) => frames.push({ type, payload: Buffer.from(payload) }));
+  socket.on('data', (chunk: Buffer) => decoder.push(chunk));
+  const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
+  socket.write(encodeFrame(FrameType.Hello, encodeHello(keyPair, exporter, { name: arg('name'), routes: arg('routes').split(',') })));
+  const deadline = Date.now() + 5000;
+  while (!frames.some((f) => f.type === FrameType.Welcome || f.type === FrameType.Reject) && Date.now() < deadline) await sleep(20);
+  if (!frames.some((f) => f.type === FrameType.Welcome)) throw new Error('no welcome');
+  let seq = 0;
+  for (let i = 0; i < n; i++) {
+    for (const src of spoof) socket.write(encodeFrame(FrameType.Data, echoRequest(src, dst, seq++)));
+  }
+  for (let i = 0; i < n; i++) socket.write(encodeFrame(FrameType.Data, echoRequest(own, dst, seq++)));
+  await sleep(1500);
+  const replies = frames.filter((f) => f.type === FrameType.Data && f.payload[9] === 1 && f.payload[20] === 0);
+  const repliesTo = (address: string): number => replies.filter((f) => parseAddress(address).bytes.every((b, i) => f.payload[16 + i] === b)).length;
+  socket.end(encodeFrame(FrameType.Close, Buffer.from([0, 0])));
+  socket.destroy();
+  return {
+    spoofedSent: n * spoof.length, ownSent: n,
+    repliesToOwn: repliesTo(own), repliesToSpoofed: spoof.reduce((sum, s) => sum + repliesTo(s), 0),
+  };
+}
+
+const MODES: Record<string, () => Promise<object>> = { random, http, tls12, slow, flood, prehello, node };
+
+const mode = process.argv[2] ?? '';
+const run = MODES[mode];
+if (!run) {
+  process.stderr.write(`attacker: mode must be one of ${Object.keys(MODES).join(', ')}\n`);
+  process.exit(1);
+}
+const guard = setTimeout(() => {
+  process.stderr.write('attacker: gave up after 30 s\n');
+  process.exit(3);
+}, 30_000);
+guard.unref();
+run().then(
+  (result) => {
+    process.stdout.write(`${JSON.stringify({ mode, ...result })}\n`);
+    process.exit(0);
+  },
+  (err: unknown) => {
+    process.stderr.write(`attacker: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  },
+);
