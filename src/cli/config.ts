@@ -56,6 +56,11 @@ export interface ServerConfig extends LinkTunables {
 
 export interface ClientConfig extends LinkTunables {
   readonly server: Endpoint;
+  /**
+   * Every --server: the client keeps one session to each (several control-plane servers). A DNS
+   * name that resolves to several addresses also means one session per address.
+   */
+  readonly servers: readonly Endpoint[];
   /** Pinned server key ('' when only --ca is used). */
   readonly serverKey: string;
   /** --ca: PEM CA certificates to verify the server's chain against ('' = pinning only). */
@@ -243,9 +248,13 @@ export function parseClientConfig(raw: RawOptions, env: NodeJS.ProcessEnv = proc
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/.test(name)) throw new ConfigError(`--name must be a node name (letters, digits, . _ -), got "${name}"`);
   const backoffBaseMs = int(raw, 'backoff-base-ms', DEFAULTS.backoffBaseMs, 10, 60_000);
   const backoffCapMs = int(raw, 'backoff-cap-ms', DEFAULTS.backoffCapMs, backoffBaseMs, 600_000);
+  const common = tunables(raw, DEFAULTS.clientAdminSocket);
+  const servers = list(raw, 'server').map((text) => parseEndpoint(text, 'server'));
+  if (servers.length === 0) throw new ConfigError('--server is required: HOST:PORT of the nodelink server (repeat it for several servers)');
   return Object.freeze({
-    ...tunables(raw, DEFAULTS.clientAdminSocket),
-    server: parseEndpoint(str(raw, 'server'), 'server'),
+    ...common,
+    server: servers[0]!,
+    servers,
     ...serverTrust(raw),
     keyFile: str(raw, 'key'),
     name,

@@ -92,7 +92,7 @@ await yargs(hideBin(process.argv))
     ...tunables,
   })), async (argv) => printOrRun(argv as RawOptions, 'server', () => parseServerConfig(argv as RawOptions), runServer))
   .command('client', 'run the node side', withEnv(withConfigFile('client', {
-    server: { type: 'string', describe: 'HOST:PORT of the nodelink server' },
+    server: { type: 'string', array: true, describe: 'HOST:PORT of the nodelink server; repeat it (or use a DNS name with several addresses) to keep a session to each of several servers' },
     'server-key': { type: 'string', describe: "the server's public key (nodelink pubkey < server.key)" },
     ca: { type: 'string', describe: "PEM CA certificate(s): verify the server's certificate chain and name against them (with or instead of --server-key)" },
     'server-name': { type: 'string', describe: "with --ca: the DNS name the server's certificate must carry (default: the --server host)" },
@@ -100,6 +100,8 @@ await yargs(hideBin(process.argv))
     name: { type: 'string', describe: 'this node\'s name, as in the server\'s peers file' },
     route: { type: 'string', array: true, describe: 'CIDR to announce: node IP /32 and pod CIDRs' },
     forwarding: { type: 'boolean', default: true, describe: 'enable ip_forward for the announced families' },
+    'backoff-base-ms': { type: 'number', describe: `first redial wait ceiling; waits are uniform in [0, min(cap, base*2^n)] (default ${DEFAULTS.backoffBaseMs})` },
+    'backoff-cap-ms': { type: 'number', describe: `largest redial wait ceiling (default ${DEFAULTS.backoffCapMs})` },
     'routes-from-node': { type: 'boolean', default: false, describe: 'announce this Node object\'s InternalIPs and pod CIDRs (name from --name or NODE_NAME), and re-announce when they change' },
     'node-poll-ms': { type: 'number', describe: `with --routes-from-node, re-read the Node this often (default ${DEFAULTS.nodePollMs})` },
     kubeconfig: { type: 'string', describe: 'kubeconfig for --routes-from-node (default: in-cluster, then $KUBECONFIG, ~/.kube/config)' },

@@ -233,13 +233,16 @@ export function clientObservability(config: ClientConfig, log: Logger, publicKey
   });
   /** Authenticated, and the server answered a ping within --dead-after-ms. */
   const ready = async (): Promise<HealthReport> => {
-    const server = side.status().peers[0];
-    const lastPongAt = metrics.peerEvents('server')?.lastPongAt ?? null;
+    // With several servers, one live session is enough to be reachable.
+    const peers = side.status().peers;
+    const server = peers.find((peer) => peer.connected) ?? peers[0];
+    const serverName = server?.name ?? 'server';
+    const lastPongAt = metrics.peerEvents(serverName)?.lastPongAt ?? null;
     const age = lastPongAt === null ? Infinity : Date.now() - lastPongAt;
     const checks: Record<string, HealthCheck> = {
       authenticated: server?.connected
         ? { ok: true, detail: `session with ${server.endpoint ?? 'the server'} since ${server.connectedSince ?? '?'}` }
-        : { ok: false, detail: metrics.peerEvents('server')?.lastError ?? 'not connected to the server yet' },
+        : { ok: false, detail: metrics.peerEvents(serverName)?.lastError ?? 'not connected to the server yet' },
       pong: server?.connected && age <= config.deadAfterMs
         ? { ok: true, detail: `last pong ${Math.round(age)} ms ago` }
         : { ok: false, detail: lastPongAt === null ? 'no pong yet' : `last pong ${Math.round(age)} ms ago (limit ${config.deadAfterMs} ms)` },
@@ -273,7 +276,7 @@ export function clientObservability(config: ClientConfig, log: Logger, publicKey
         status.serverTunnelAddresses = [...side.serverTunnelAddresses()];
         status.announcedRoutes = side.announcedRoutes().map(String);
         for (const peer of status.peers) {
-          const events = metrics.peerEvents('server');
+          const events = metrics.peerEvents(peer.name);
           peer.lastPongAt = peer.connected && events?.lastPongAt ? new Date(events.lastPongAt).toISOString() : null;
           peer.handshakes = events?.handshakes ?? 0;
           peer.reconnects = events?.reconnects ?? 0;

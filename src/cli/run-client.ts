@@ -1,12 +1,15 @@
 import { writeFileSync } from 'node:fs';
 import { decodeKey, readKeyFile } from '../auth/index.js';
-import { AdminServer } from '../admin/index.js';
-import { LinkClient } from '../link-client/index.js';
+import { AdminServer, processDebug } from '../admin/index.js';
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import { LinkClient, TunFanout } from '../link-client/index.js';
+import type { DaemonStatus } from '../admin/index.js';
 import { readCaFile } from '../link-client/trust.js';
 import { LinuxTun, routeReplace } from '../tun/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
-import type { ClientConfig } from './config.js';
+import type { ClientConfig, Endpoint } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { clientObservability } from './observe.js';
 import { routesFromKubernetes } from './kubernetes.js';
@@ -40,47 +43,104 @@ export async function runClient(config: ClientConfig): Promise<void> {
   if (config.enableForwarding) enableForwarding(routes, log);
   const tun = await LinuxTun.open({ name: config.tun, mtu: config.mtu, addresses: [] });
   let admin: AdminServer | undefined;
-  const observe = clientObservability(config, log, keyPair.publicKey, { status: () => client.status(), serverTunnelAddresses: () => client.serverTunnelAddresses, announcedRoutes: () => client.announcedRoutes });
-  const client = new LinkClient({
-    host: config.server.host,
-    port: config.server.port,
-    serverKey,
-    ca,
-    serverName: config.serverName || undefined,
-    keyPair,
-    name: config.name,
-    routes,
-    tun,
-    connection: connectionOptions(config),
-    handshakeTimeoutMs: config.handshakeTimeoutMs,
-    backoffBaseMs: config.backoffBaseMs,
-    backoffCapMs: config.backoffCapMs,
-    installRoutes: async (cidrs) => {
-      for (const cidr of cidrs) await routeReplace(cidr.toString(), config.tun);
-    },
-    onRejected: (reason) => {
-      process.stderr.write(`nodelink: the server rejected this node: ${reason}\n`);
-      admin?.close();
-      void tun.close().finally(() => process.exit(2));
-    },
-    log,
-    observer: observe.metrics,
+  const targets = await serverTargets(config.servers, log);
+  // One server: the session owns the TUN. Several: a fanout hands each session the replies for
+  // its own server's tunnel CIDRs.
+  const fanout = targets.length > 1 ? new TunFanout(tun) : undefined;
+  const clients: LinkClient[] = [];
+  const observe = clientObservability(config, log, keyPair.publicKey, {
+    status: () => combinedStatus(clients),
+    serverTunnelAddresses: () => clients.flatMap((client) => client.serverTunnelAddresses),
+    announcedRoutes: () => clients[0]!.announcedRoutes,
   });
+  for (const target of targets) {
+    const view = fanout?.view(target.label);
+    const client: LinkClient = new LinkClient({
+      host: target.host,
+      port: target.port,
+      serverKey,
+      ca,
+      serverName: config.serverName || target.serverName,
+      keyPair,
+      name: config.name,
+      routes,
+      tun: view ?? tun,
+      connection: connectionOptions(config),
+      handshakeTimeoutMs: config.handshakeTimeoutMs,
+      backoffBaseMs: config.backoffBaseMs,
+      backoffCapMs: config.backoffCapMs,
+      installRoutes: async (cidrs) => {
+        const conflicts = fanout && view ? fanout.claim(view, cidrs) : [];
+        if (conflicts.length > 0) {
+          log.error({ server: target.label, conflicts: conflicts.map(String) }, 'two servers announce the same tunnel CIDR: give every server its own --tunnel-cidr');
+        }
+        for (const cidr of cidrs) await routeReplace(cidr.toString(), config.tun);
+      },
+      onRejected: (reason) => {
+        process.stderr.write(`nodelink: the server ${target.label} rejected this node: ${reason}\n`);
+        admin?.close();
+        void tun.close().finally(() => process.exit(2));
+      },
+      log: targets.length > 1 ? log.child({ server: target.label }) : log,
+      observer: observe.metrics,
+      peerName: targets.length > 1 ? `server ${target.label}` : 'server',
+    });
+    clients.push(client);
+  }
   try {
-    admin = await AdminServer.start(config.adminSocket, observe.enrich(() => client.status()));
+    admin = await AdminServer.start(config.adminSocket, observe.enrich(() => ({ ...combinedStatus(clients), debug: processDebug() })));
     await observe.start();
   } catch (err) {
     await tun.close();
     throw err instanceof NodelinkError ? err : new NodelinkError('admin_socket', String(err));
   }
-  client.start();
-  const stopFollowing = fromNode?.follow((changed) => client.setRoutes(changed));
-  log.info({ server: `${config.server.host}:${config.server.port}`, routes: routes.map(String), tun: config.tun }, 'client started');
+  for (const client of clients) client.start();
+  const stopFollowing = fromNode?.follow((changed) => {
+    for (const client of clients) client.setRoutes(changed);
+  });
+  log.info({ servers: targets.map((target) => target.label), routes: routes.map(String), tun: config.tun }, 'client started');
   onShutdownSignal(log, 2000, async () => {
     stopFollowing?.();
     observe.close();
-    await client.stop();
+    await Promise.all(clients.map((client) => client.stop()));
     admin?.close();
     await tun.close();
   });
+}
+
+interface ServerTarget {
+  readonly host: string;
+  readonly port: number;
+  /** The DNS name the address came from: SNI and the certificate name under --ca. */
+  readonly serverName: string | undefined;
+  readonly label: string;
+}
+
+/**
+ * One session per server. A DNS name with several addresses (several servers behind one name)
+ * is expanded here, once, at start; a name with one address stays a name, so each redial
+ * resolves it afresh.
+ */
+async function serverTargets(servers: readonly Endpoint[], log: Logger): Promise<ServerTarget[]> {
+  const targets: ServerTarget[] = [];
+  for (const { host, port } of servers) {
+    const addresses = isIP(host) ? [] : await lookup(host, { all: true }).catch((err: Error) => {
+      log.warn({ server: host, err: err.message }, 'cannot resolve the server name yet; will retry when dialing');
+      return [];
+    });
+    if (addresses.length <= 1) {
+      targets.push({ host, port, serverName: undefined, label: `${host.includes(':') ? `[${host}]` : host}:${port}` });
+      continue;
+    }
+    for (const { address, family } of addresses) {
+      targets.push({ host: address, port, serverName: host, label: `${family === 6 ? `[${address}]` : address}:${port}` });
+    }
+  }
+  return targets;
+}
+
+/** The node's status: one peer entry per server session. */
+function combinedStatus(clients: readonly LinkClient[]): DaemonStatus {
+  const [first, ...rest] = clients.map((client) => client.status());
+  return { ...first!, peers: [first!, ...rest].flatMap((status) => status.peers) };
 }

@@ -1,5 +1,5 @@
 import { readKeyFile, readPeersFile } from '../auth/index.js';
-import { AdminServer } from '../admin/index.js';
+import { AdminServer, processDebug } from '../admin/index.js';
 import { LinkServer, loadServerCertificate } from '../link-server/index.js';
 import { LinuxTun, ipBatch, routeDelete, routeReplaceCommand } from '../tun/index.js';
 import { createLogger } from '../log.js';
@@ -51,7 +51,7 @@ export async function runServer(config: ServerConfig): Promise<void> {
   let admin: AdminServer | undefined;
   try {
     await server.start();
-    admin = await AdminServer.start(config.adminSocket, observe.enrich(() => server.status()));
+    admin = await AdminServer.start(config.adminSocket, observe.enrich(() => ({ ...server.status(), debug: { ...processDebug(), ...server.connectionCounts() } })));
     await observe.start();
   } catch (err) {
     await server.stop();

@@ -39,6 +39,8 @@ export interface LinkClientOptions {
   readonly log: Logger;
   /** Per-event hooks (metrics): connect, handshake failure, disconnect, pong. */
   readonly observer?: LinkObserver;
+  /** This server's name in status and metrics (default 'server'; one per server when there are several). */
+  readonly peerName?: string;
 }
 
 interface Welcome {
@@ -94,6 +96,10 @@ export class LinkClient {
   /** The routes this node announces now (setRoutes changes them). */
   get announcedRoutes(): readonly Prefix[] {
     return this.routes;
+  }
+
+  get peerName(): string {
+    return this.options.peerName ?? 'server';
   }
 
   get isAuthenticated(): boolean {
@@ -158,11 +164,11 @@ export class LinkClient {
       },
       onClose: (code, reason, byPeer) => {
         clearTimeout(deadline);
-        if (this.authenticated) options.observer?.disconnected?.('server', closeCodeName(code));
-        else if (!this.stopped) options.observer?.handshakeFailed?.(byPeer ? closeCodeName(code) : classifyDialFailure(reason), 'server', reason);
+        if (this.authenticated) options.observer?.disconnected?.(this.peerName, closeCodeName(code));
+        else if (!this.stopped) options.observer?.handshakeFailed?.(byPeer ? closeCodeName(code) : classifyDialFailure(reason), this.peerName, reason);
         this.onClosed(code, reason, byPeer);
       },
-      onPong: (rttMs) => options.observer?.pong?.('server', rttMs),
+      onPong: (rttMs) => options.observer?.pong?.(this.peerName, rttMs),
     }, { ...options.connection, maxInitialPayload: DEFAULT_MAX_PAYLOAD }, this.counters);
     this.connection = connection;
   }
@@ -182,7 +188,7 @@ export class LinkClient {
     this.serverAddresses = welcome.serverAddresses ?? [];
     connection.startKeepalive();
     this.options.log.info({ server: this.endpoint, tunnelCidrs: welcome.tunnelCidrs }, 'connected to server');
-    this.options.observer?.connected?.('server');
+    this.options.observer?.connected?.(this.peerName);
     const key = welcome.tunnelCidrs.join(',');
     if (key !== this.installedCidrs) {
       try {
@@ -240,7 +246,7 @@ export class LinkClient {
       startedAt: this.startedAt.toISOString(),
       dropsByReason: {},
       peers: [{
-        name: 'server',
+        name: this.peerName,
         publicKey: this.options.serverKey ? encodeKey(this.options.serverKey) : this.presentedIdentity ?? '',
         connected: connection !== undefined,
         endpoint: connection ? this.endpoint : `${this.options.host}:${this.options.port}`,

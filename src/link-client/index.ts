@@ -1,2 +1,3 @@
 export * from './client.js';
 export * from './backoff.js';
+export * from './fanout.js';
