@@ -28,7 +28,7 @@ export function runCli(args: string[], opts: { ns?: string; input?: string; time
   const argv = opts.ns ? ['netns', 'exec', opts.ns, process.execPath, CLI, ...args] : [CLI, ...args];
   const command = opts.ns ? 'ip' : process.execPath;
   return new Promise((resolve) => {
-    const child = execFile(command, argv, { timeout: opts.timeoutMs ?? 20_000 }, (err, stdout, stderr) => {
+    const child = execFile(command, argv, { timeout: opts.timeoutMs ?? 20_000, maxBuffer: 256 * 1024 * 1024 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
       resolve({ code, stdout, stderr });
     });

@@ -6,6 +6,8 @@
 //
 //   npm run loadtest                 # N=1000
 //   N=5000 npm run loadtest          # the issue's target size
+//   SERVER_ARGS='--max-unauthenticated 1024' N=5000 npm run loadtest   # extra server flags
+//   PROFILE_SERVER=/tmp/prof npm run loadtest                          # CPU profile of the server
 //
 // Runs as root, inside namespaces it creates and deletes (see scripts/harness.ts).
 
@@ -133,10 +135,19 @@ async function parent(): Promise<void> {
     const socket = path.join(h.dir, 'server.sock');
     const serverArgs = [process.execPath, CLI, 'server', '--listen', h.serverEndpoint, '--key', serverKeyFile, '--peers', peersFile,
       '--tunnel-cidr', h.tunnelCIDR, '--admin-socket', socket, '--keepalive-ms', String(KEEPALIVE_MS), '--dead-after-ms', String(KEEPALIVE_MS * 4),
-      '--log-level', 'warn'];
+      '--log-level', 'warn',
+      // Every generated session comes from one address (the NAT router): the per-source rate
+      // limit meant for a real node would dominate. The unauthenticated-connection cap stays at
+      // its default, so handshake work stays bounded during the storm.
+      '--max-new-conns-per-source', String(Math.max(50, N)),
+      // The generated nodes have no kernel behind their in-memory TUNs to answer path checks.
+      '--path-check-interval-ms', '0',
+      ...(process.env['SERVER_ARGS'] ?? '').split(/\s+/).filter((arg) => arg.length > 0)];
     const startServer = async (): Promise<ManagedProcess> => {
       const started = Date.now();
-      const proc = h.spawn(h.ns.cp, serverArgs, { name: 'server' });
+      // PROFILE_SERVER=DIR writes a CPU profile of each server run there (node --cpu-prof).
+      const profile = process.env['PROFILE_SERVER'];
+      const proc = h.spawn(h.ns.cp, profile ? [serverArgs[0]!, '--cpu-prof', `--cpu-prof-dir=${profile}`, ...serverArgs.slice(1)] : serverArgs, { name: 'server' });
       await h.waitFor(async () => (await runCli(['status', '--json', '--admin-socket', socket])).code === 0, 60_000, 'server admin socket');
       say(`server up in ${Date.now() - started} ms with ${N} peers`);
       return proc;

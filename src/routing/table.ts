@@ -12,12 +12,6 @@ interface Entry<T> {
   value: T;
 }
 
-/** Reads the 32-bit big-endian word `index` of the address at `offset`. */
-function wordAt(bytes: Uint8Array, offset: number, index: number): number {
-  const at = offset + 4 * index;
-  return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
-}
-
 const EMPTY = 0;
 const USED = 1;
 const DELETED = 2;
@@ -55,16 +49,20 @@ class LengthTable<T> {
     return this.used;
   }
 
-  /** Masks the address at `bytes[offset]` into the scratch words and returns its hash. */
+  /**
+   * Masks the address at `bytes[offset]` into the scratch words and returns its hash. Words stay
+   * in the typed array and the hash is cut to 30 bits: numbers above V8's small-integer range
+   * would be boxed (allocated) when they cross a call.
+   */
   private load(bytes: Uint8Array, offset: number): number {
     let hash = this.length;
     for (let i = 0; i < this.words; i++) {
-      const word = (wordAt(bytes, offset, i) & this.masks[i]!) >>> 0;
-      this.scratch[i] = word;
-      hash = Math.imul(hash ^ word, 0x9e3779b1);
+      const at = offset + 4 * i;
+      this.scratch[i] = ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) & this.masks[i]!;
+      hash = Math.imul(hash ^ this.scratch[i]!, 0x9e3779b1);
       hash ^= hash >>> 15;
     }
-    return hash >>> 0;
+    return hash & 0x3fffffff;
   }
 
   /** Slot holding the scratch key, or -1. */
