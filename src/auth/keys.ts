@@ -39,10 +39,11 @@ export function decodeKey(text: string, what: string): Uint8Array {
 }
 
 /**
- * Reads a private key file. Like ssh and wg, refuse a file that others can read: a leaked
- * node key lets anyone on the network impersonate that node.
+ * Reads a file holding a secret. Like ssh and wg, refuse a file that others can read: a leaked
+ * node key lets anyone on the network impersonate that node. `label` names it in the error
+ * ("key file", "--cert-key file"); `fixMissing` says how to create it; `fail` builds the error.
  */
-export function readKeyFile(path: string): KeyPair {
+export function readSecretFile(path: string, label: string, fixMissing: string, fail: (message: string) => Error): string {
   let mode: number;
   let text: string;
   try {
@@ -50,11 +51,17 @@ export function readKeyFile(path: string): KeyPair {
     text = readFileSync(path, 'utf8');
   } catch (err) {
     const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read';
-    throw new AuthError('key_file', `key file ${path} ${reason}: create it with 'umask 077; nodelink keygen > ${path}'`);
+    throw fail(`${label} ${path} ${reason}: ${fixMissing}`);
   }
   if ((mode & 0o077) !== 0) {
-    throw new AuthError('key_file', `key file ${path} is readable by group or others (mode ${(mode & 0o777).toString(8)}): run 'chmod 600 ${path}'`);
+    throw fail(`${label} ${path} is readable by group or others (mode ${(mode & 0o777).toString(8)}): run 'chmod 600 ${path}'`);
   }
+  return text;
+}
+
+export function readKeyFile(path: string): KeyPair {
+  const text = readSecretFile(path, 'key file', `create it with 'umask 077; nodelink keygen > ${path}'`,
+    (message) => new AuthError('key_file', message));
   return keyPairFromSeed(decodeKey(text, `key file ${path}`));
 }
 

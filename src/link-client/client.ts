@@ -7,7 +7,7 @@ import { Prefix, PrefixTable, checkPacket } from '../routing/index.js';
 import type { TunDevice } from '../tun/index.js';
 import type { DaemonStatus } from '../admin/index.js';
 import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
-import { TrafficCounters } from '../link/counters.js';
+import { TrafficCounters, trafficStatus } from '../link/counters.js';
 import { classifyDialFailure, type LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
@@ -251,15 +251,7 @@ export class LinkClient {
         connected: connection !== undefined,
         endpoint: connection ? this.endpoint : `${this.options.host}:${this.options.port}`,
         routes: this.tunnelCidrs,
-        connectedSince: connection ? connection.connectedAt.toISOString() : null,
-        lastPongMs: connection?.rttMs ?? null,
-        rxBytes: counters.rxBytes,
-        txBytes: counters.txBytes,
-        rxPackets: counters.rxPackets,
-        txPackets: counters.txPackets,
-        drops: counters.totalDrops(),
-        dropsByReason: counters.dropsByReason(),
-        queuedBytes: connection?.queuedBytes ?? 0,
+        ...trafficStatus(counters, connection),
       }],
     };
   }

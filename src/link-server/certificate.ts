@@ -1,8 +1,8 @@
 import 'reflect-metadata';
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { X509Certificate, createPrivateKey, webcrypto, type KeyObject } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
-import { pkcs8Der, privateKeyObject, spkiDer, type KeyPair } from '../auth/index.js';
+import { pkcs8Der, privateKeyObject, readSecretFile, spkiDer, type KeyPair } from '../auth/index.js';
 import { NodelinkError } from '../errors.js';
 
 export interface ServerCertificate {
@@ -50,19 +50,7 @@ function pemCertificates(text: string): string[] {
 }
 
 function readPrivateFile(path: string, flag: string): string {
-  let mode: number;
-  let text: string;
-  try {
-    mode = statSync(path).mode;
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read';
-    throw new CertificateError(`${flag} file ${path} ${reason}: pass the PEM private key of the --cert certificate`);
-  }
-  if ((mode & 0o077) !== 0) {
-    throw new CertificateError(`${flag} file ${path} is readable by group or others (mode ${(mode & 0o777).toString(8)}): run 'chmod 600 ${path}'`);
-  }
-  return text;
+  return readSecretFile(path, `${flag} file`, 'pass the PEM private key of the --cert certificate', (message) => new CertificateError(message));
 }
 
 /**

@@ -8,7 +8,7 @@ import { DST_OFFSET_V4, DST_OFFSET_V6, Prefix, PrefixTable, buildUnreachable, ch
 import type { TunDevice } from '../tun/index.js';
 import type { DaemonStatus, PeerStatus } from '../admin/index.js';
 import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
-import { TrafficCounters } from '../link/counters.js';
+import { TrafficCounters, trafficStatus } from '../link/counters.js';
 import type { LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
@@ -454,15 +454,7 @@ export class LinkServer {
         endpoint: session?.endpoint ?? null,
         routes: session ? session.routes.map(String) : [],
         allowedIPs: config.allowedIPs.map(String),
-        connectedSince: connection ? connection.connectedAt.toISOString() : null,
-        lastPongMs: connection?.rttMs ?? null,
-        rxBytes: counters.rxBytes,
-        txBytes: counters.txBytes,
-        rxPackets: counters.rxPackets,
-        txPackets: counters.txPackets,
-        drops: counters.totalDrops(),
-        dropsByReason: counters.dropsByReason(),
-        queuedBytes: connection?.queuedBytes ?? 0,
+        ...trafficStatus(counters, connection),
       });
     }
     return {

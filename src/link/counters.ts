@@ -33,3 +33,33 @@ export class TrafficCounters {
     return Object.fromEntries(this.drops);
   }
 }
+
+/** The traffic part of a peer's status entry, shared by both ends. */
+export interface TrafficStatus {
+  connectedSince: string | null;
+  lastPongMs: number | null;
+  rxBytes: number;
+  txBytes: number;
+  rxPackets: number;
+  txPackets: number;
+  drops: number;
+  dropsByReason: Record<string, number>;
+  queuedBytes: number;
+}
+
+export function trafficStatus(
+  counters: TrafficCounters,
+  connection: { connectedAt: Date; rttMs: number | undefined; queuedBytes: number } | undefined,
+): TrafficStatus {
+  return {
+    connectedSince: connection ? connection.connectedAt.toISOString() : null,
+    lastPongMs: connection?.rttMs ?? null,
+    rxBytes: counters.rxBytes,
+    txBytes: counters.txBytes,
+    rxPackets: counters.rxPackets,
+    txPackets: counters.txPackets,
+    drops: counters.totalDrops(),
+    dropsByReason: counters.dropsByReason(),
+    queuedBytes: connection?.queuedBytes ?? 0,
+  };
+}
