@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { Prefix } from '../routing/index.js';
+import { Prefix, PrefixTable } from '../routing/index.js';
 import { NodelinkError } from '../errors.js';
 import { AuthError } from './errors.js';
 import { decodeKey, encodeKey, keysEqual } from './keys.js';
@@ -91,21 +91,34 @@ export function parsePeers(text: string, source: string, tunnelCidrs: readonly P
   return new PeerRegistry(peers);
 }
 
+/**
+ * Refuses a peers file whose entries collide. Overlaps are found through a prefix table, shortest
+ * prefixes first, so a later prefix overlaps an earlier one exactly when the table already holds
+ * a prefix containing its network address: O(n) probes instead of comparing every pair, which
+ * took over a second at 5,000 peers.
+ */
 function checkConflicts(peers: PeerConfig[], tunnelCidrs: readonly Prefix[], fail: (why: string) => never): void {
   const problems: string[] = [];
-  for (let i = 0; i < peers.length; i++) {
-    const a = peers[i]!;
+  const byName = new Map<string, PeerConfig>();
+  const byKey = new Map<string, PeerConfig>();
+  for (const peer of peers) {
+    if (byName.has(peer.name)) problems.push(`two peers are named "${peer.name}"`);
+    else byName.set(peer.name, peer);
+    const sharing = byKey.get(peer.publicKeyText);
+    if (sharing) problems.push(`peers "${sharing.name}" and "${peer.name}" share a public key`);
+    else byKey.set(peer.publicKeyText, peer);
     for (const cidr of tunnelCidrs) {
-      for (const ip of a.allowedIPs) if (ip.overlaps(cidr)) problems.push(`peer "${a.name}" claims ${ip}, inside the tunnel CIDR ${cidr}`);
+      for (const ip of peer.allowedIPs) if (ip.overlaps(cidr)) problems.push(`peer "${peer.name}" claims ${ip}, inside the tunnel CIDR ${cidr}`);
     }
-    for (let j = i + 1; j < peers.length; j++) {
-      const b = peers[j]!;
-      if (a.name === b.name) problems.push(`two peers are named "${a.name}"`);
-      if (a.publicKeyText === b.publicKeyText) problems.push(`peers "${a.name}" and "${b.name}" share a public key`);
-      for (const x of a.allowedIPs) {
-        for (const y of b.allowedIPs) if (x.overlaps(y)) problems.push(`peers "${a.name}" (${x}) and "${b.name}" (${y}) overlap`);
-      }
-    }
+  }
+  interface Claim { readonly peer: PeerConfig; readonly ip: Prefix }
+  const claims: Claim[] = peers.flatMap((peer) => peer.allowedIPs.map((ip) => ({ peer, ip })));
+  claims.sort((a, b) => a.ip.length - b.ip.length);
+  const claimed = new PrefixTable<Claim>();
+  for (const claim of claims) {
+    const owner = claimed.lookup(claim.ip.family, claim.ip.bytes);
+    if (owner && owner.peer !== claim.peer) problems.push(`peers "${owner.peer.name}" (${owner.ip}) and "${claim.peer.name}" (${claim.ip}) overlap`);
+    if (claimed.get(claim.ip) === undefined) claimed.insert(claim.ip, claim);
   }
   if (problems.length > 0) fail(problems.join('; '));
 }
