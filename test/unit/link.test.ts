@@ -6,7 +6,7 @@ import { once } from 'node:events';
 import { Duplex, PassThrough } from 'node:stream';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import {
-  EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, generateSeed, keyPairFromSeed, parsePeers, type KeyPair,
+  EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, parsePeers, type KeyPair,
 } from '../../src/auth/index.js';
 import {
   CloseCode, FrameDecoder, FrameType, HEADER_SIZE, decodeCodePayload, encodeFrame, writeHeader,
@@ -18,56 +18,11 @@ import { Backoff, LinkClient } from '../../src/link-client/index.js';
 import { FramedConnection, type ConnectionEvents, type ConnectionOptions } from '../../src/link/connection.js';
 import { silentLogger } from '../../src/log.js';
 import type { DaemonStatus, PeerStatus } from '../../src/admin/index.js';
+import { ipv4, ipv6, newPair, portOf, sleep, waitFor } from './security-rig.js';
 
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `cond` every 10 ms; fails naming `what` after `timeoutMs`. */
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
-
-/** An IPv4 packet: 20-byte header (version 4, IHL 5, total length, TTL, protocol, src, dst) + payload. */
-function ipv4(src: string, dst: string, payload: Uint8Array = Buffer.from('hello'), proto = 17): Buffer {
-  const p = Buffer.alloc(20 + payload.length);
-  p[0] = 0x45;
-  p.writeUInt16BE(p.length, 2);
-  p.writeUInt16BE(0x4242, 4); // identification
-  p[8] = 64;
-  p[9] = proto;
-  p.set(parseAddress(src).bytes, 12);
-  p.set(parseAddress(dst).bytes, 16);
-  p.writeUInt16BE(internetChecksum(p, 0, 20), 10);
-  p.set(payload, 20);
-  return p;
-}
-
-/** An IPv6 packet: 40-byte fixed header (version 6, payload length, next header, hop limit, src, dst) + payload. */
-function ipv6(src: string, dst: string, payload: Uint8Array = Buffer.from('hello6'), nextHeader = 17): Buffer {
-  const p = Buffer.alloc(40 + payload.length);
-  p[0] = 0x60;
-  p.writeUInt16BE(payload.length, 4);
-  p[6] = nextHeader;
-  p[7] = 64;
-  p.set(parseAddress(src).bytes, 8);
-  p.set(parseAddress(dst).bytes, 24);
-  p.set(payload, 40);
-  return p;
-}
-
-function portOf(listenAddress: string): number {
-  return Number(listenAddress.slice(listenAddress.lastIndexOf(':') + 1));
-}
-
-function newPair(): KeyPair {
-  return keyPairFromSeed(generateSeed());
-}
 
 /** The status document as `status --json` prints it: through JSON, so only JSON survives. */
 function json(status: DaemonStatus): DaemonStatus {
