@@ -1,3 +1,5 @@
+import type { PeerStatus } from '../admin/status.js';
+
 /**
  * Why a packet was dropped. Every drop is counted under one of these names, shown by
  * `status` and (later) metrics, so "traffic vanished" always has an answer.
@@ -35,17 +37,8 @@ export class TrafficCounters {
 }
 
 /** The traffic part of a peer's status entry, shared by both ends. */
-export interface TrafficStatus {
-  connectedSince: string | null;
-  lastPongMs: number | null;
-  rxBytes: number;
-  txBytes: number;
-  rxPackets: number;
-  txPackets: number;
-  drops: number;
-  dropsByReason: Record<string, number>;
-  queuedBytes: number;
-}
+export type TrafficStatus = Pick<PeerStatus,
+  'connectedSince' | 'lastPongMs' | 'rxBytes' | 'txBytes' | 'rxPackets' | 'txPackets' | 'drops' | 'dropsByReason' | 'queuedBytes'>;
 
 export function trafficStatus(
   counters: TrafficCounters,
