@@ -322,29 +322,11 @@ function lookupCases(): Case[] {
   const v4Packets = Array.from({ length: PACKETS }, () => makePacket(4, v4));
   const v6Packets = Array.from({ length: PACKETS }, () => makePacket(6, v6));
   const mixed = Array.from({ length: PACKETS }, (_, i) => (i & 1 ? v6Packets[i] : v4Packets[i]));
-  const hitPercent = (packets: Buffer[]): number =>
-    Math.round((100 * packets.filter((p) => table.lookupDestination(p) !== undefined).length) / packets.length);
-
-  const lookupCase = (name: string, packets: Buffer[]): Case => ({
-    group: 'lookup',
-    name: `${name} (${hitPercent(packets)}% hit), ${table.size} routes`,
-    ops: 3_000_000,
-    targetNs: LOOKUP_TARGET_NS,
-    run(ops) {
-      let found = 0;
-      for (let i = 0; i < ops; i++) {
-        const value = table.lookupDestination(packets[i & (PACKETS - 1)]);
-        if (value !== undefined) found += value;
-      }
-      sink += found;
-      return ops;
-    },
-  });
   return [
     ...clusterLookupCases(),
-    lookupCase('worst case: random lengths, IPv4 packets', v4Packets),
-    lookupCase('worst case: random lengths, IPv6 packets', v6Packets),
-    lookupCase('worst case: random lengths, IPv4/IPv6 alternating', mixed),
+    lookupCase(table, 'worst case: random lengths, IPv4 packets', v4Packets),
+    lookupCase(table, 'worst case: random lengths, IPv6 packets', v6Packets),
+    lookupCase(table, 'worst case: random lengths, IPv4/IPv6 alternating', mixed),
   ];
 }
 
@@ -374,26 +356,31 @@ function clusterLookupCases(): Case[] {
   const v6 = routes.filter((r) => r.family === 6).map((r) => r.route);
   const v4Packets = Array.from({ length: PACKETS }, () => makePacket(4, v4));
   const v6Packets = Array.from({ length: PACKETS }, () => makePacket(6, v6));
-  const cases: Case[] = [];
-  for (const [name, packets] of [['cluster routes, IPv4 packets', v4Packets], ['cluster routes, IPv6 packets', v6Packets]] as const) {
-    const hits = packets.filter((p) => table.lookupDestination(p) !== undefined).length;
-    cases.push({
-      group: 'lookup',
-      name: `${name} (${Math.round((100 * hits) / packets.length)}% hit), ${table.size} routes of ${nodes} nodes`,
-      ops: 3_000_000,
-      targetNs: LOOKUP_TARGET_NS,
-      run(ops) {
-        let found = 0;
-        for (let i = 0; i < ops; i++) {
-          const value = table.lookupDestination(packets[i & (PACKETS - 1)]);
-          if (value !== undefined) found += value;
-        }
-        sink += found;
-        return ops;
-      },
-    });
-  }
-  return cases;
+  const of = `of ${nodes} nodes`;
+  return [
+    lookupCase(table, 'cluster routes, IPv4 packets', v4Packets, of),
+    lookupCase(table, 'cluster routes, IPv6 packets', v6Packets, of),
+  ];
+}
+
+/** One lookup benchmark: lookupDestination over `packets`, round robin. */
+function lookupCase(table: PrefixTable<number>, name: string, packets: Buffer[], routesNote = ''): Case {
+  const hits = packets.filter((p) => table.lookupDestination(p) !== undefined).length;
+  return {
+    group: 'lookup',
+    name: `${name} (${Math.round((100 * hits) / packets.length)}% hit), ${table.size} routes${routesNote ? ` ${routesNote}` : ''}`,
+    ops: 3_000_000,
+    targetNs: LOOKUP_TARGET_NS,
+    run(ops) {
+      let found = 0;
+      for (let i = 0; i < ops; i++) {
+        const value = table.lookupDestination(packets[i & (PACKETS - 1)]);
+        if (value !== undefined) found += value;
+      }
+      sink += found;
+      return ops;
+    },
+  };
 }
 
 // ---------------------------------------------------------------- run and report
