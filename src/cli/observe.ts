@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { ObservabilityServer, LinkMetrics, report, type DaemonStatus, type HealthCheck, type HealthReport, type RouteState } from '../admin/index.js';
+import { ObservabilityServer, LinkMetrics, report, type DaemonStatus, type HealthCheck, type HealthReport, type PeerStatus, type RouteState } from '../admin/index.js';
 import { encodeKey } from '../auth/index.js';
 import { PathChecker, type PathTarget } from '../link-server/path-check.js';
 import { Prefix } from '../routing/index.js';
@@ -168,20 +168,17 @@ export function serverObservability(config: ServerConfig, log: Logger, side: Ser
         const status = base();
         const kernel = await kernelRoutes(config.tun);
         for (const peer of status.peers) {
-          const events = metrics.peerEvents(peer.name);
-          peer.lastPongAt = peer.connected && events?.lastPongAt ? new Date(events.lastPongAt).toISOString() : null;
-          peer.handshakes = events?.handshakes ?? 0;
-          peer.reconnects = events?.reconnects ?? 0;
-          peer.lastError = events?.lastError ?? null;
+          addPeerEvents(peer, metrics);
           peer.path = pathChecker.health(peer.name);
           const announced = peer.routes.map((route) => Prefix.parse(route));
           peer.routeStates = (peer.allowedIPs ?? []).map((text): RouteState => {
             const route = canonical(text);
+            const allowed = Prefix.parse(route);
             const inKernel = kernel ? kernel.has(route) : null;
             let state: RouteState['state'];
             if (inKernel === false) state = 'missing';
             else if (!peer.connected) state = 'offline';
-            else state = announced.some((a) => Prefix.parse(route).contains(a)) ? 'active' : 'not_announced';
+            else state = announced.some((a) => allowed.contains(a)) ? 'active' : 'not_announced';
             return { route, state, kernel: inKernel };
           });
         }
@@ -276,11 +273,7 @@ export function clientObservability(config: ClientConfig, log: Logger, publicKey
         status.serverTunnelAddresses = [...side.serverTunnelAddresses()];
         status.announcedRoutes = side.announcedRoutes().map(String);
         for (const peer of status.peers) {
-          const events = metrics.peerEvents(peer.name);
-          peer.lastPongAt = peer.connected && events?.lastPongAt ? new Date(events.lastPongAt).toISOString() : null;
-          peer.handshakes = events?.handshakes ?? 0;
-          peer.reconnects = events?.reconnects ?? 0;
-          peer.lastError = events?.lastError ?? null;
+          addPeerEvents(peer, metrics);
           peer.routeStates = peer.routes.map((text): RouteState => {
             const route = canonical(text);
             const inKernel = kernel ? kernel.has(route) : null;
@@ -292,4 +285,13 @@ export function clientObservability(config: ClientConfig, log: Logger, publicKey
       };
     },
   };
+}
+
+/** The per-event facts metrics keep about a peer (pongs, handshakes, last error), onto its status entry. */
+function addPeerEvents(peer: PeerStatus, metrics: LinkMetrics): void {
+  const events = metrics.peerEvents(peer.name);
+  peer.lastPongAt = peer.connected && events?.lastPongAt ? new Date(events.lastPongAt).toISOString() : null;
+  peer.handshakes = events?.handshakes ?? 0;
+  peer.reconnects = events?.reconnects ?? 0;
+  peer.lastError = events?.lastError ?? null;
 }
