@@ -8,8 +8,7 @@ import { expect } from 'chai';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
-import { skipUnlessRoot } from '../netns/root.js';
-import { fdCount, quickStatus, report, sleep } from './util.js';
+import { fdCount, quickStatus, report, sleep, faultRig } from './util.js';
 
 const NODES = 20;
 const CHURN_MS = 60_000;
@@ -17,25 +16,11 @@ const MAX_STEPS = 2000;
 
 describe('faults: churn of 20 nodes for 60 s', function () {
   this.timeout(600_000);
-  let h: Harness | undefined;
-  let cluster: NodelinkCluster | undefined;
-  let prefix = '';
+  const rig = faultRig({ nodes: NODES, stubs: false }, false);
   const all = Array.from({ length: NODES }, (_, i) => i + 1);
 
-  before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create({ nodes: NODES, stubs: false });
-    prefix = h.prefix;
-    cluster = new NodelinkCluster(h);
-  });
-
-  after(async function () {
-    await cluster?.stop();
-    await h?.destroy();
-  });
-
-  const H = (): Harness => h!;
-  const C = (): NodelinkCluster => cluster!;
+  const H = (): Harness => rig.h;
+  const C = (): NodelinkCluster => rig.cluster;
 
   interface Counts { sessions: number; handshaking: number; fds: number; timers: number; procFds: number; connected: number }
 
@@ -152,7 +137,7 @@ describe('faults: churn of 20 nodes for 60 s', function () {
   it('leaves nothing behind', async function () {
     await C().stop();
     await H().destroy();
-    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
+    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
     expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
   });
 });

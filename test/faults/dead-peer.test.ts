@@ -6,39 +6,20 @@
 import { expect } from 'chai';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
-import { skipUnlessRoot } from '../netns/root.js';
-import { Underlay, connected, quickStatus, report, timeUntil } from './util.js';
+import { connected, quickStatus, report, timeUntil, faultRig } from './util.js';
 
 describe('faults: dead peer detection', function () {
   this.timeout(90_000);
-  let h: Harness | undefined;
-  let cluster: NodelinkCluster | undefined;
-  let underlay: Underlay | undefined;
-  let prefix = '';
+  const rig = faultRig({ nodes: 2, stubs: false });
 
-  before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create({ nodes: 2, stubs: false });
-    prefix = h.prefix;
-    cluster = new NodelinkCluster(h);
-    underlay = new Underlay(h);
-    await cluster.up();
-  });
-
-  after(async function () {
-    await underlay?.clear().catch(() => undefined);
-    await cluster?.stop();
-    await h?.destroy();
-  });
-
-  const H = (): Harness => h!;
-  const C = (): NodelinkCluster => cluster!;
+  const H = (): Harness => rig.h;
+  const C = (): NodelinkCluster => rig.cluster;
 
   it('a silent node is noticed by the server and by the node in about 10 s', async function () {
     const t = H();
     const before = (await quickStatus(C())).peers.find((p) => p.name === t.nodeName(1))!;
     expect(before.lastPongMs, 'RTT is measured').to.be.a('number');
-    await underlay!.blackhole(1);
+    await rig.underlay.blackhole(1);
     const cutAt = Date.now();
     const clientSocket = C().clientSocket(1);
     const [serverMs, clientMs] = await Promise.all([
@@ -58,7 +39,7 @@ describe('faults: dead peer detection', function () {
 
   it('when the network returns the node is back on its own', async function () {
     const t = H();
-    await underlay!.clear();
+    await rig.underlay.clear();
     const backMs = await timeUntil(() => connected(C(), 1), 30_000, 'node-1 to reconnect', 50);
     report(`node back ${backMs} ms after the network returned (a dial in flight may first wait out its 5 s handshake timeout)`);
     expect(await t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 3 })).to.equal(true);
@@ -67,7 +48,7 @@ describe('faults: dead peer detection', function () {
   it('leaves nothing behind', async function () {
     await C().stop();
     await H().destroy();
-    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
+    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
     expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
   });
 });

@@ -5,31 +5,11 @@
 
 import { expect } from 'chai';
 import { Harness } from '../../scripts/harness.js';
-import { NodelinkCluster } from '../../scripts/cluster.js';
-import { skipUnlessRoot } from '../netns/root.js';
-import { MiB, Underlay, mbit, peer, report } from './util.js';
+import { MiB, mbit, peer, report, faultRig } from './util.js';
 
 describe('faults: random loss in the underlay', function () {
   this.timeout(600_000);
-  let h: Harness | undefined;
-  let cluster: NodelinkCluster | undefined;
-  let underlay: Underlay | undefined;
-  let prefix = '';
-
-  before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create({ nodes: 1 });
-    prefix = h.prefix;
-    cluster = new NodelinkCluster(h);
-    underlay = new Underlay(h);
-    await cluster.up();
-  });
-
-  after(async function () {
-    await underlay?.clear().catch(() => undefined);
-    await cluster?.stop();
-    await h?.destroy();
-  });
+  const rig = faultRig({ nodes: 1 });
 
   const cases: Array<{ percent: number; size: number; timeoutS: number }> = [
     { percent: 0, size: 64 * MiB, timeoutS: 60 },
@@ -39,30 +19,30 @@ describe('faults: random loss in the underlay', function () {
 
   for (const { percent, size, timeoutS } of cases) {
     it(`${percent}% loss: ${size / MiB} MiB from a pod arrive intact`, async function () {
-      const t = h!;
-      if (percent > 0) await underlay!.loss(percent);
+      const t = rig.h;
+      if (percent > 0) await rig.underlay.loss(percent);
       try {
-        const before = await peer(cluster!, 1);
+        const before = await peer(rig.cluster, 1);
         const started = Date.now();
         const result = await t.curl(t.ns.cp, t.podURL(1, 1, `/bytes/${size}`), { timeoutS });
         const ms = Date.now() - started;
         expect(result.ok, result.error).to.equal(true);
         expect(result.bytes).to.equal(size);
         expect(result.sha256).to.equal(Harness.expectedSha256(size));
-        const after = await peer(cluster!, 1);
+        const after = await peer(rig.cluster, 1);
         const reconnected = after?.connectedSince !== before?.connectedSince;
         report(`${percent}% loss: ${size / MiB} MiB in ${(ms / 1000).toFixed(1)} s = ${mbit(size, ms).toFixed(1)} Mbit/s, sha256 intact; ` +
           `session ${reconnected ? 're-established during the transfer' : 'stayed up'}; RTT now ${after?.lastPongMs?.toFixed(1)} ms`);
       } finally {
-        await underlay!.clear();
+        await rig.underlay.clear();
       }
     });
   }
 
   it('leaves nothing behind', async function () {
-    await cluster!.stop();
-    await h!.destroy();
-    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
+    await rig.cluster.stop();
+    await rig.h.destroy();
+    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
     expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
   });
 });

@@ -5,33 +5,17 @@
 import { expect } from 'chai';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
-import { skipUnlessRoot } from '../netns/root.js';
-import { connected, logLines, quickStatus, report, timeUntil } from './util.js';
+import { connected, logLines, quickStatus, report, timeUntil, faultRig } from './util.js';
 
 const NODES = 6;
 
 describe('faults: server restart and crash recovery', function () {
   this.timeout(90_000);
-  let h: Harness | undefined;
-  let cluster: NodelinkCluster | undefined;
-  let prefix = '';
+  const rig = faultRig({ nodes: NODES, stubs: false });
   const all = Array.from({ length: NODES }, (_, i) => i + 1);
 
-  before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create({ nodes: NODES, stubs: false });
-    prefix = h.prefix;
-    cluster = new NodelinkCluster(h);
-    await cluster.up();
-  });
-
-  after(async function () {
-    await cluster?.stop();
-    await h?.destroy();
-  });
-
-  const H = (): Harness => h!;
-  const C = (): NodelinkCluster => cluster!;
+  const H = (): Harness => rig.h;
+  const C = (): NodelinkCluster => rig.cluster;
 
   async function allReachable(): Promise<void> {
     const t = H();
@@ -149,7 +133,7 @@ describe('faults: server restart and crash recovery', function () {
     const t = H();
     await C().stop();
     await t.destroy();
-    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
+    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
     expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
   });
 });

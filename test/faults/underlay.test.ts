@@ -5,36 +5,17 @@
 import { expect } from 'chai';
 import { Harness, type CurlResult } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
-import { skipUnlessRoot } from '../netns/root.js';
-import { MiB, Underlay, mbit, peer, report, sleep, timeUntil } from './util.js';
+import { MiB, mbit, peer, report, sleep, timeUntil, faultRig } from './util.js';
 
 /** curl's --limit-rate: keeps the transfer in flight across the fault however fast the link is. */
 const RATE = '2M';
 
 describe('faults: link flap, NAT state flush, bandwidth limit', function () {
   this.timeout(120_000);
-  let h: Harness | undefined;
-  let cluster: NodelinkCluster | undefined;
-  let underlay: Underlay | undefined;
-  let prefix = '';
+  const rig = faultRig({ nodes: 2 });
 
-  before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create({ nodes: 2 });
-    prefix = h.prefix;
-    cluster = new NodelinkCluster(h);
-    underlay = new Underlay(h);
-    await cluster.up();
-  });
-
-  after(async function () {
-    await underlay?.clear().catch(() => undefined);
-    await cluster?.stop();
-    await h?.destroy();
-  });
-
-  const H = (): Harness => h!;
-  const C = (): NodelinkCluster => cluster!;
+  const H = (): Harness => rig.h;
+  const C = (): NodelinkCluster => rig.cluster;
 
   function download(size: number, timeoutS: number, rate?: string): Promise<CurlResult> {
     const t = H();
@@ -57,9 +38,9 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
     const before = await peer(C(), 1);
     const transfer = download(size, 90, RATE);
     await sleep(1000);
-    await underlay!.link(1, false);
+    await rig.underlay.link(1, false);
     await sleep(10_000);
-    await underlay!.link(1, true);
+    await rig.underlay.link(1, true);
     const pingMs = await timeUntil(() => pingable(1), 30_000, 'node-1 to answer again');
     const result = await transfer;
     expectIntact(result, size);
@@ -75,7 +56,7 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
     const before = await peer(C(), 1);
     const transfer = download(size, 90, RATE);
     await sleep(2000);
-    await underlay!.flushConntrack();
+    await rig.underlay.flushConntrack();
     const pingMs = await timeUntil(() => pingable(1), 30_000, 'node-1 to answer after the flush');
     const result = await transfer;
     expectIntact(result, size);
@@ -91,7 +72,7 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
     const t = H();
     const size = 8 * MiB;
     const before = await peer(C(), 1);
-    await underlay!.limit('cp0', 10); // router → control plane: everything the nodes send
+    await rig.underlay.limit('cp0', 10); // router → control plane: everything the nodes send
     try {
       const started = Date.now();
       const transfer = download(size, 60);
@@ -107,7 +88,7 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
       expect(rate).to.be.within(5, 11);
       expect(after!.connectedSince, 'no reconnect under the limit').to.equal(before!.connectedSince);
     } finally {
-      await underlay!.unlimit('cp0');
+      await rig.underlay.unlimit('cp0');
     }
     expect(await t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 3 })).to.equal(true);
   });
@@ -115,7 +96,7 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
   it('leaves nothing behind', async function () {
     await C().stop();
     await H().destroy();
-    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
+    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
     expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
   });
 });

@@ -2,8 +2,9 @@
 // namespace (never anywhere else), process probes read from /proc, and small timing helpers.
 
 import { readFileSync, readdirSync } from 'node:fs';
-import type { Harness, ManagedProcess } from '../../scripts/harness.js';
-import type { NodelinkCluster } from '../../scripts/cluster.js';
+import { Harness, type HarnessOptions, type ManagedProcess } from '../../scripts/harness.js';
+import { NodelinkCluster } from '../../scripts/cluster.js';
+import { skipUnlessRoot } from '../netns/root.js';
 import { fetchStatus, type DaemonStatus } from '../../src/admin/index.js';
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -138,4 +139,41 @@ export function logLines(proc: ManagedProcess): Array<Record<string, unknown>> {
 /** Prints a measured figure in the mocha output, indented under the test. */
 export function report(text: string): void {
   console.log(`      → ${text}`);
+}
+
+/** What a fault suite runs on: the harness, nodelink on it, and the router's fault controls. */
+export interface FaultRig {
+  readonly h: Harness;
+  readonly cluster: NodelinkCluster;
+  readonly underlay: Underlay;
+  readonly prefix: string;
+}
+
+/**
+ * Registers the hooks every fault suite needs (call it inside `describe`): before, a harness and
+ * nodelink on it (all nodes connected, unless `start` is false); after, faults cleared, nodelink
+ * stopped, everything removed.
+ */
+export function faultRig(options: HarnessOptions, start = true): FaultRig {
+  let h: Harness | undefined;
+  let cluster: NodelinkCluster | undefined;
+  let underlay: Underlay | undefined;
+  before(async function () {
+    skipUnlessRoot(this);
+    h = await Harness.create(options);
+    cluster = new NodelinkCluster(h);
+    underlay = new Underlay(h);
+    if (start) await cluster.up();
+  });
+  after(async function () {
+    await underlay?.clear().catch(() => undefined);
+    await cluster?.stop();
+    await h?.destroy();
+  });
+  return {
+    get h() { return h!; },
+    get cluster() { return cluster!; },
+    get underlay() { return underlay!; },
+    get prefix() { return h!.prefix; },
+  };
 }
