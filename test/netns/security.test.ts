@@ -129,29 +129,33 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
       }
     })();
 
-    const random = await attack(attacker, 'random', '--count', '20', '--bytes', '4096');
-    expect(random.closedByServer, 'every garbage connection is closed').to.equal(20);
-    const http = await attack(attacker, 'http');
-    expect(http.closedMs, 'plain HTTP is closed at once').to.be.a('number').and.below(1000);
-    expect(http.bytesReceived, 'and gets no HTTP answer').to.equal(0);
-    const tls12 = await attack(attacker, 'tls12');
-    expect(tls12.outcome).to.match(/PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL/);
-    const openssl = await t.exec(attacker, ['openssl', 's_client', '-connect', t.serverEndpoint, '-tls1_2'], { allowFail: true, timeoutMs: 10_000 });
-    expect(openssl.code, 'openssl s_client -tls1_2 fails').to.not.equal(0);
-    attacks.push('openssl-tls1.2');
+    // A failed expectation below must still stop the loop: left running, its pod replies would
+    // move the counters the next tests read.
+    const stopTraffic = async (): Promise<void> => { serving = false; await traffic; };
+    try {
+      const random = await attack(attacker, 'random', '--count', '20', '--bytes', '4096');
+      expect(random.closedByServer, 'every garbage connection is closed').to.equal(20);
+      const http = await attack(attacker, 'http');
+      expect(http.closedMs, 'plain HTTP is closed at once').to.be.a('number').and.below(1000);
+      expect(http.bytesReceived, 'and gets no HTTP answer').to.equal(0);
+      const tls12 = await attack(attacker, 'tls12');
+      expect(tls12.outcome).to.match(/PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL/);
+      const openssl = await t.exec(attacker, ['openssl', 's_client', '-connect', t.serverEndpoint, '-tls1_2'], { allowFail: true, timeoutMs: 10_000 });
+      expect(openssl.code, 'openssl s_client -tls1_2 fails').to.not.equal(0);
+      attacks.push('openssl-tls1.2');
 
-    await new Promise((resolve) => setTimeout(resolve, 1100)); // a fresh rate-limit window
-    const slow = await attack(attacker, 'slow', '--count', String(MAX_UNAUTHENTICATED + 8), '--hold-ms', '8000');
-    expect(slow.closedByServer, 'every half-open connection is closed by the server').to.equal(MAX_UNAUTHENTICATED + 8);
-    expect(slow.closedWithin200ms, 'those over --max-unauthenticated at once').to.be.at.least(8);
-    expect(slow.maxCloseMs, 'the rest at the handshake deadline').to.be.below(HANDSHAKE_TIMEOUT_MS + 1500);
+      await new Promise((resolve) => setTimeout(resolve, 1100)); // a fresh rate-limit window
+      const slow = await attack(attacker, 'slow', '--count', String(MAX_UNAUTHENTICATED + 8), '--hold-ms', '8000');
+      expect(slow.closedByServer, 'every half-open connection is closed by the server').to.equal(MAX_UNAUTHENTICATED + 8);
+      expect(slow.closedWithin200ms, 'those over --max-unauthenticated at once').to.be.at.least(8);
+      expect(slow.maxCloseMs, 'the rest at the handshake deadline').to.be.below(HANDSHAKE_TIMEOUT_MS + 1500);
 
-    await new Promise((resolve) => setTimeout(resolve, 1100)); // a fresh rate-limit window
-    const flood = await attack(attacker, 'flood', '--count', '150');
-    expect(flood.closedWithin300ms, 'connections over the limits are refused at once').to.be.at.least(90);
-
-    serving = false;
-    await traffic;
+      await new Promise((resolve) => setTimeout(resolve, 1100)); // a fresh rate-limit window
+      const flood = await attack(attacker, 'flood', '--count', '150');
+      expect(flood.closedWithin300ms, 'connections over the limits are refused at once').to.be.at.least(90);
+    } finally {
+      await stopTraffic();
+    }
     console.log(`      during the attacks: ${served} kubelet+pod round trips served, ${failed} failed`);
     expect(failed).to.equal(0);
     expect(served).to.be.greaterThan(5);
@@ -207,24 +211,28 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
   it('a compromised node sending spoofed sources itself is cut at the server (spoofed_source); its own source passes', async function () {
     const t = H();
     await C().clients.get(1)!.stop(); // the attacker takes node-1's key and place
-    const before = await arrived();
-    const statusBefore = (await serverStatus()).peers.find((p) => p.name === 'node-1')!;
-    const result = await attack(t.ns.node(1), 'node',
-      '--server-key', C().serverKey.publicKey, '--key', C().nodeKeys.get(1)!.keyFile, '--name', 'node-1',
-      '--routes', t.nodeRoutes(1).join(','), '--spoof', `${t.podIP(2, 1)},${t.nodeIP(2)},${t.podIP(3, 1)}`,
-      '--own', t.podIP(1, 1), '--dst', '198.18.255.1', '--count', '20');
-    const after = await arrived();
-    const peer = (await serverStatus()).peers.find((p) => p.name === 'node-1')!;
-    const spoofedDrops = (peer.dropsByReason['spoofed_source'] ?? 0) - (statusBefore.dropsByReason['spoofed_source'] ?? 0);
-    console.log(`      compromised node: ${JSON.stringify(result)}; server counted ${spoofedDrops} spoofed_source`);
-    expect(result.spoofedSent).to.equal(60);
-    expect(spoofedDrops).to.equal(60);
-    expect(result.repliesToSpoofed).to.equal(0);
-    for (const spoofed of ['node2_pods', 'node2_ip', 'node3_pods']) expect(after[spoofed], spoofed).to.equal(before[spoofed]);
-    expect(after['node1_pods']! - before['node1_pods']!, 'its own source gets through').to.equal(20);
-    expect(result.repliesToOwn).to.equal(20);
-    C().startClient(1);
-    await C().waitConnected([1]);
+    try {
+      const before = await arrived();
+      const statusBefore = (await serverStatus()).peers.find((p) => p.name === 'node-1')!;
+      const result = await attack(t.ns.node(1), 'node',
+        '--server-key', C().serverKey.publicKey, '--key', C().nodeKeys.get(1)!.keyFile, '--name', 'node-1',
+        '--routes', t.nodeRoutes(1).join(','), '--spoof', `${t.podIP(2, 1)},${t.nodeIP(2)},${t.podIP(3, 1)}`,
+        '--own', t.podIP(1, 1), '--dst', '198.18.255.1', '--count', '20');
+      const after = await arrived();
+      const peer = (await serverStatus()).peers.find((p) => p.name === 'node-1')!;
+      const spoofedDrops = (peer.dropsByReason['spoofed_source'] ?? 0) - (statusBefore.dropsByReason['spoofed_source'] ?? 0);
+      console.log(`      compromised node: ${JSON.stringify(result)}; server counted ${spoofedDrops} spoofed_source`);
+      expect(result.spoofedSent).to.equal(60);
+      expect(spoofedDrops).to.equal(60);
+      expect(result.repliesToSpoofed).to.equal(0);
+      for (const spoofed of ['node2_pods', 'node2_ip', 'node3_pods']) expect(after[spoofed], spoofed).to.equal(before[spoofed]);
+      expect(after['node1_pods']! - before['node1_pods']!, 'its own source gets through').to.equal(20);
+      expect(result.repliesToOwn).to.equal(20);
+    } finally {
+      // the real node-1 comes back whatever happened above: the tests below need it
+      C().startClient(1);
+      await C().waitConnected([1]);
+    }
     expect((await t.curl(t.ns.cp, t.podURL(1, 1), { timeoutS: 5 })).ok).to.equal(true);
   });
 
