@@ -8,6 +8,7 @@
 //   N=5000 npm run loadtest          # the issue's target size
 //   SERVER_ARGS='--max-unauthenticated 1024' N=5000 npm run loadtest   # extra server flags
 //   PROFILE_SERVER=/tmp/prof npm run loadtest                          # CPU profile of the server
+//   PROFILE_LOADGEN=/tmp/prof npm run loadtest                         # ... and of the generator
 //
 // Runs as root, inside namespaces it creates and deletes (see scripts/harness.ts).
 
@@ -157,7 +158,10 @@ async function parent(): Promise<void> {
     say(`${routes} kernel routes on nl0`);
     const idle = procStat(server.pid);
 
-    generator = spawnChild('ip', ['netns', 'exec', h.ns.node(1), process.execPath, fileURLToPath(import.meta.url)], {
+    // PROFILE_LOADGEN=DIR: the same for the generator, which shares this machine's CPUs.
+    const generatorProfile = process.env['PROFILE_LOADGEN'];
+    const generatorNode = generatorProfile ? [process.execPath, '--cpu-prof', `--cpu-prof-dir=${generatorProfile}`] : [process.execPath];
+    generator = spawnChild('ip', ['netns', 'exec', h.ns.node(1), ...generatorNode, fileURLToPath(import.meta.url)], {
       env: { ...process.env, NODELINK_LOADGEN: loadgenFile }, stdio: ['pipe', 'pipe', 'inherit'],
     });
     const replies = lines(generator.stdout!);
