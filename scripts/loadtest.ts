@@ -190,8 +190,11 @@ async function parent(): Promise<void> {
     const backMs = Number(backText);
     say(backMs < 0 ? `after a restart NOT all ${N} came back within ${settleTimeoutMs} ms`
       : `after a server restart all ${N} sessions were back within ${backMs} ms; worst ping RTT of sessions already back meanwhile: ${worstRtt} ms`);
+    // Connections the restarted server turned away during the storm (each one a client backing off).
+    const stormRefused = (JSON.parse((await runCli(['status', '--json', '--admin-socket', socket])).stdout) as { refusedConnections?: Record<string, number> }).refusedConnections ?? {};
+    say(`refused during the storm: ${JSON.stringify(stormRefused)}`);
     const summary = { n: N, handshakesPerSecond: Math.round(N / (settleMs / 1000)), handshakeCpuSeconds: Number(handshakeCpu.toFixed(2)),
-      rssPerIdlePeerKiB: Number(perPeerKiB.toFixed(1)), stormSettleMs: backMs, worstRttDuringStormMs: Number(worstRtt), kernelRoutes: routes };
+      rssPerIdlePeerKiB: Number(perPeerKiB.toFixed(1)), stormSettleMs: backMs, worstRttDuringStormMs: Number(worstRtt), stormRefused, kernelRoutes: routes };
     say(`JSON ${JSON.stringify(summary)}`);
     generator.stdin!.write('QUIT\n');
     await new Promise((resolve) => generator!.once('exit', resolve));

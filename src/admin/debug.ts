@@ -14,9 +14,11 @@ export interface DebugStatus {
   timers: number;
   /** Every resource that keeps the event loop alive, by type (TCPWrap, TLSWrap, Timeout, …). */
   activeResources: Record<string, number>;
-  /** Server only: authenticated sessions and TLS connections still in their handshake. */
+  /** Server only: authenticated sessions, TLS connections still in their handshake, and
+   *  connections held in line for a handshake slot. */
   sessions?: number;
   handshaking?: number;
+  queued?: number;
 }
 
 export function processDebug(): DebugStatus {

@@ -52,6 +52,7 @@ export interface ServerConfig extends LinkTunables {
   /** Handshake admission limits (docs/security.md). */
   readonly maxUnauthenticated: number;
   readonly maxNewConnsPerSource: number;
+  readonly maxQueuedHandshakes: number;
 }
 
 export interface ClientConfig extends LinkTunables {
@@ -100,6 +101,7 @@ export const DEFAULTS = {
   nodePollMs: 30_000,
   maxUnauthenticated: 256,
   maxNewConnsPerSource: 50,
+  maxQueuedHandshakes: 1024,
 } as const;
 
 export type RawOptions = Record<string, unknown>;
@@ -215,7 +217,7 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
   });
 }
 
-function serverSecurity(raw: RawOptions): Pick<ServerConfig, 'certFile' | 'certKeyFile' | 'maxUnauthenticated' | 'maxNewConnsPerSource'> {
+function serverSecurity(raw: RawOptions): Pick<ServerConfig, 'certFile' | 'certKeyFile' | 'maxUnauthenticated' | 'maxNewConnsPerSource' | 'maxQueuedHandshakes'> {
   const certFile = str(raw, 'cert', false);
   const certKeyFile = str(raw, 'cert-key', false);
   if (certKeyFile && !certFile) throw new ConfigError('--cert-key needs --cert: the certificate that key belongs to');
@@ -224,6 +226,7 @@ function serverSecurity(raw: RawOptions): Pick<ServerConfig, 'certFile' | 'certK
     certKeyFile,
     maxUnauthenticated: int(raw, 'max-unauthenticated', DEFAULTS.maxUnauthenticated, 1, 65_536),
     maxNewConnsPerSource: int(raw, 'max-new-conns-per-source', DEFAULTS.maxNewConnsPerSource, 1, 100_000),
+    maxQueuedHandshakes: int(raw, 'max-queued-handshakes', DEFAULTS.maxQueuedHandshakes, 0, 65_536),
   };
 }
 

@@ -85,6 +85,7 @@ await yargs(hideBin(process.argv))
     cert: { type: 'string', describe: 'PEM certificate chain signed by your CA, for clients using --ca (default: self-signed for --key)' },
     'cert-key': { type: 'string', describe: "PEM private key of --cert, mode 0600 (default: --key, which the certificate must then certify)" },
     'max-unauthenticated': { type: 'number', describe: `connections allowed at once between TCP accept and a verified hello (default ${DEFAULTS.maxUnauthenticated})` },
+    'max-queued-handshakes': { type: 'number', describe: `connections held unread, first come first served, while all --max-unauthenticated slots are busy; 0 = refuse at once (default ${DEFAULTS.maxQueuedHandshakes})` },
     'max-new-conns-per-source': { type: 'number', describe: `new connections per second from one source IP (IPv6: per /64) before refusing (default ${DEFAULTS.maxNewConnsPerSource})` },
     'path-check-interval-ms': { type: 'number', describe: `check each node's data path through the TUN this often; 0 = off (default ${DEFAULTS.pathCheckIntervalMs})` },
     'path-check-port': { type: 'number', describe: `TCP port on the node IP the path check connects to (default ${DEFAULTS.pathCheckPort}, kubelet)` },

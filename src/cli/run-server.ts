@@ -43,7 +43,7 @@ export async function runServer(config: ServerConfig): Promise<void> {
     observer: observe.metrics,
     checkRoutes,
     certificate,
-    limits: { maxUnauthenticated: config.maxUnauthenticated, maxNewPerSourcePerSecond: config.maxNewConnsPerSource },
+    limits: { maxUnauthenticated: config.maxUnauthenticated, maxNewPerSourcePerSecond: config.maxNewConnsPerSource, maxQueued: config.maxQueuedHandshakes },
     removeRoutes: async (cidrs) => {
       for (const cidr of cidrs) await routeDelete(cidr.toString(), config.tun);
     },

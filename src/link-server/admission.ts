@@ -13,22 +13,39 @@ import { parseAddress } from '../routing/index.js';
  *   address counts as its IPv4 address). Nodes behind one NAT share a source address, so this
  *   limit is generous: it stops one host from monopolising the handshake CPU, not a fleet.
  *
+ * When every handshake slot is taken, up to `maxQueued` more connections are held, accepted but
+ * unread (no TLS work), and get slots first come first served. A reconnect storm then waits in
+ * line instead of being refused into exponential backoff while the server idles. A held
+ * connection whose turn comes after `maxQueueWaitMs` is closed instead: too little of its
+ * deadline (counted from accept) is left for a handshake to make it.
+ *
  * A refused connection is closed at once, before TLS, and counted.
  */
 export interface AdmissionLimits {
   readonly maxUnauthenticated: number;
   readonly maxNewPerSourcePerSecond: number;
+  readonly maxQueued: number;
 }
 
 export const DEFAULT_ADMISSION_LIMITS: AdmissionLimits = Object.freeze({
   maxUnauthenticated: 256,
   maxNewPerSourcePerSecond: 50,
+  maxQueued: 1024,
 });
 
 /** Sources remembered per one-second window; past this, unseen sources are refused until the window ends. */
 export const MAX_TRACKED_SOURCES = 65_536;
 
 export type RefusalReason = 'unauthenticated_limit' | 'rate_limited';
+
+/** What becomes of a newly accepted connection. */
+export type AdmissionDecision = 'admitted' | 'queued' | RefusalReason;
+
+/** Held connections whose turn came: those to start now, and those that waited too long. */
+export interface Dequeued<T> {
+  readonly start: T[];
+  readonly expired: T[];
+}
 
 const WINDOW_MS = 1000;
 
@@ -49,29 +66,39 @@ export function sourceKey(address: string): string {
 
 /**
  * Book-keeping of connections that have not authenticated yet, keyed by their remote endpoint
- * ("address:port", the same for the raw TCP socket and the TLS socket on top of it).
- * Pure: the clock is injected, no sockets or timers.
+ * ("address:port", the same for the raw TCP socket and the TLS socket on top of it), and the
+ * line of held connections (of type T: a socket, to the server). Pure: the clock is injected,
+ * no sockets or timers.
  */
-export class Admission {
+export class Admission<T = unknown> {
   private readonly pending = new Map<string, number>();
   private readonly perSource = new Map<string, number>();
   private windowStart = -Infinity;
+  /** Held connections, oldest first; `head` instead of shift() keeps dequeuing O(1). */
+  private queue: Array<{ endpoint: string; item: T; acceptedAt: number }> = [];
+  private head = 0;
 
   constructor(
     readonly limits: AdmissionLimits = DEFAULT_ADMISSION_LIMITS,
     private readonly now: () => number = Date.now,
+    private readonly maxQueueWaitMs = Infinity,
   ) {}
 
-  /** Connections accepted and not yet authenticated or closed. */
+  /** Connections accepted and not yet authenticated or closed (held ones not included). */
   get unauthenticated(): number {
     return this.pending.size;
   }
 
+  /** Connections held, waiting for a slot. */
+  get queued(): number {
+    return this.queue.length - this.head;
+  }
+
   /**
-   * Decides on a newly accepted TCP connection. Null means admitted: the endpoint is then
-   * pending until `settle` is called for it.
+   * Decides on a newly accepted TCP connection. 'admitted': it is pending until `settle` is
+   * called for it. 'queued': `item` is held and comes back from a later `settle` (or `drain`).
    */
-  admit(endpoint: string, remoteAddress: string): RefusalReason | null {
+  admit(endpoint: string, remoteAddress: string, item?: T): AdmissionDecision {
     const now = this.now();
     if (now - this.windowStart >= WINDOW_MS) {
       this.perSource.clear();
@@ -83,9 +110,15 @@ export class Admission {
     const count = (seen ?? 0) + 1;
     this.perSource.set(key, count);
     if (count > this.limits.maxNewPerSourcePerSecond) return 'rate_limited';
-    if (this.pending.size >= this.limits.maxUnauthenticated) return 'unauthenticated_limit';
-    this.pending.set(endpoint, now);
-    return null;
+    if (this.pending.size < this.limits.maxUnauthenticated && this.queued === 0) {
+      this.pending.set(endpoint, now);
+      return 'admitted';
+    }
+    if (item !== undefined && this.queued < this.limits.maxQueued) {
+      this.queue.push({ endpoint, item, acceptedAt: now });
+      return 'queued';
+    }
+    return 'unauthenticated_limit';
   }
 
   /** When the endpoint was accepted, if it is still pending. */
@@ -93,9 +126,36 @@ export class Admission {
     return this.pending.get(endpoint);
   }
 
-  /** The connection authenticated or closed: it no longer takes a slot. Idempotent. */
-  settle(endpoint: string): void {
+  /**
+   * The connection authenticated or closed: it no longer takes a slot. Idempotent. Returns the
+   * held connections that the free slots go to (pending from now on, their deadline still
+   * counted from their accept), and those that waited past maxQueueWaitMs (dropped from the line).
+   */
+  settle(endpoint: string): Dequeued<T> {
     this.pending.delete(endpoint);
+    const start: T[] = [];
+    const expired: T[] = [];
+    const now = this.now();
+    while (this.queued > 0 && this.pending.size < this.limits.maxUnauthenticated) {
+      const held = this.queue[this.head]!;
+      this.head++;
+      if (now - held.acceptedAt > this.maxQueueWaitMs) {
+        expired.push(held.item);
+        continue;
+      }
+      this.pending.set(held.endpoint, held.acceptedAt);
+      start.push(held.item);
+    }
+    this.compact();
+    return { start, expired };
+  }
+
+  /** Empties the line (the server stops): every held connection, to close. */
+  drain(): T[] {
+    const items = this.queue.slice(this.head).map((held) => held.item);
+    this.queue = [];
+    this.head = 0;
+    return items;
   }
 
   /** Milliseconds left of a deadline that started when the endpoint was accepted. */
@@ -103,5 +163,15 @@ export class Admission {
     const accepted = this.pending.get(endpoint);
     if (accepted === undefined) return deadlineMs;
     return Math.max(0, accepted + deadlineMs - this.now());
+  }
+
+  private compact(): void {
+    if (this.head === this.queue.length) {
+      this.queue = [];
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
   }
 }

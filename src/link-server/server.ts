@@ -1,5 +1,5 @@
-import type { Socket } from 'node:net';
-import { createServer as createTlsServer, type Server, type TLSSocket } from 'node:tls';
+import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
+import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import {
   EXPORTER_BYTES, EXPORTER_LABEL, verifyHello, AuthError, type KeyPair, type PeerConfig, type PeerRegistry,
 } from '../auth/index.js';
@@ -91,15 +91,15 @@ export class LinkServer {
   /** allowedIPs of every peer in the peers file; swapped whole on reload. */
   private authorized = new PrefixTable<PeerState>();
   private registry: PeerRegistry;
-  private readonly admission: Admission;
+  private readonly admission: Admission<Socket>;
   /** Connections refused or failed before authentication, by reason (status: refusedConnections). */
   private readonly refused = new Map<string, number>();
-  /** Raw sockets refused by admission, so tls.Server's report of their reset is not counted twice. */
-  private readonly refusedSockets = new WeakSet<Socket>();
   private readonly unattributed = new TrafficCounters();
   private readonly unauthenticated = new Set<TLSSocket>();
   private readonly startedAt = new Date();
-  private server: Server | undefined;
+  /** Accepts TCP; admission decides which connections go on to `tls`, which never listens itself. */
+  private listener: TcpServer | undefined;
+  private tls: TlsServer | undefined;
   /** Set by stop(): a TLS handshake that completes afterwards must not become a session. */
   private stopping = false;
   private icmpBudget = ICMP_ERRORS_PER_SECOND;
@@ -107,7 +107,9 @@ export class LinkServer {
 
   constructor(private readonly options: LinkServerOptions) {
     this.registry = options.registry;
-    this.admission = new Admission(options.limits ?? DEFAULT_ADMISSION_LIMITS);
+    // A held connection gets a slot only with a quarter of its deadline left to use it (1.25 s
+    // of the default 5 s: a handshake and a hello take milliseconds once they run).
+    this.admission = new Admission(options.limits ?? DEFAULT_ADMISSION_LIMITS, Date.now, options.handshakeTimeoutMs * 0.75);
     for (const config of options.registry.peers) {
       const state: PeerState = { config, counters: new TrafficCounters(), session: undefined };
       this.peers.set(config.publicKeyText, state);
@@ -120,27 +122,15 @@ export class LinkServer {
     await options.installRoutes(this.registry.peers.flatMap((peer) => peer.allowedIPs));
     options.tun.onPacket((packet) => this.onTunPacket(packet));
     const certificate = options.certificate ?? await createServerCertificate(options.keyPair);
-    const server = createTlsServer({
+    const tls = createTlsServer({
       cert: certificate.certPem,
       key: certificate.keyPem,
       minVersion: 'TLSv1.3',
       maxVersion: 'TLSv1.3',
-      noDelay: true,
       handshakeTimeout: options.handshakeTimeoutMs,
     });
-    // Runs after tls.Server's own 'connection' listener has wrapped the socket: destroying the
-    // raw socket here ends the TLS socket too, before a single handshake byte is processed.
-    server.on('connection', (raw: Socket) => this.onConnection(raw));
-    server.on('secureConnection', (socket) => this.onSecureConnection(socket));
-    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
-      // A connection refused by admission ends here too (as a reset): it is counted once, there.
-      // `_parent` is the raw TCP socket under a server-side TLSSocket (undocumented, stable since
-      // Node 0.x); without it a refusal would merely be counted twice.
-      const raw = (socket as unknown as { _parent?: Socket })._parent;
-      if (raw && this.refusedSockets.has(raw)) {
-        socket.destroy();
-        return;
-      }
+    tls.on('secureConnection', (socket) => this.onSecureConnection(socket));
+    tls.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
       const reason = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'handshake_timeout' : 'tls_handshake_failed';
       // OpenSSL messages span lines; the code alone says what happened (ERR_SSL_HTTP_REQUEST, …).
       options.log.debug({ endpoint: `${socket.remoteAddress}:${socket.remotePort}`, err: err.code ?? err.message.split('\n')[0] }, 'TLS handshake failed');
@@ -150,23 +140,26 @@ export class LinkServer {
       // timeout): without this, a client that sends nothing would hold its slot forever.
       socket.destroy();
     });
+    // pauseOnConnect: a held connection is not read (no TLS work, no buffers) until its turn.
+    const listener = createTcpServer({ pauseOnConnect: true, noDelay: true }, (raw) => this.onConnection(raw));
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err: NodeJS.ErrnoException) => reject(listenError(err, options.host, options.port)));
-      server.listen(options.port, options.host, () => resolve());
+      listener.once('error', (err: NodeJS.ErrnoException) => reject(listenError(err, options.host, options.port)));
+      listener.listen(options.port, options.host, () => resolve());
     });
-    server.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
-    this.server = server;
+    listener.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
+    this.listener = listener;
+    this.tls = tls;
     this.icmpRefillTimer = setInterval(() => { this.icmpBudget = ICMP_ERRORS_PER_SECOND; }, 1000);
     options.log.info({ listen: this.listenAddress, peers: this.peers.size }, 'server listening');
   }
 
   /** Presents another certificate to new connections (a renewed --cert); sessions keep theirs. */
   setCertificate(certificate: ServerCertificate): void {
-    this.server?.setSecureContext({ cert: certificate.certPem, key: certificate.keyPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' });
+    this.tls?.setSecureContext({ cert: certificate.certPem, key: certificate.keyPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' });
   }
 
   get listenAddress(): string {
-    const address = this.server?.address();
+    const address = this.listener?.address();
     if (address && typeof address === 'object') {
       return address.family === 'IPv6' ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
     }
@@ -181,7 +174,8 @@ export class LinkServer {
       state.session?.connection.close(CloseCode.ServerShutdown, 'server is shutting down');
     }
     for (const socket of this.unauthenticated) socket.destroy();
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    for (const raw of this.admission.drain()) raw.destroy();
+    await new Promise<void>((resolve) => (this.listener ? this.listener.close(() => resolve()) : resolve()));
   }
 
   /**
@@ -252,29 +246,50 @@ export class LinkServer {
   }
 
   /** Live connection counts for leak checks (the `debug` field of status). */
-  connectionCounts(): { sessions: number; handshaking: number } {
+  connectionCounts(): { sessions: number; handshaking: number; queued: number } {
     let sessions = 0;
     for (const state of this.peers.values()) if (state.session) sessions++;
-    return { sessions, handshaking: this.unauthenticated.size };
+    return { sessions, handshaking: this.unauthenticated.size, queued: this.admission.queued };
   }
 
   /**
-   * Every TCP connection, before TLS: the admission limits decide whether it may handshake at
-   * all. It stays pending (counted against maxUnauthenticated) until its hello is verified or
-   * it closes.
+   * Every TCP connection, before TLS: the admission limits decide whether it may handshake now,
+   * wait in line (held unread), or not at all. Once admitted it stays pending (counted against
+   * maxUnauthenticated) until its hello is verified or it closes.
    */
   private onConnection(raw: Socket): void {
     const endpoint = `${raw.remoteAddress}:${raw.remotePort}`;
-    const refusal = raw.remoteAddress === undefined ? 'aborted' : this.admission.admit(endpoint, raw.remoteAddress);
-    if (refusal !== null) {
-      this.refusedSockets.add(raw);
-      raw.destroy();
-      this.countRefused(refusal);
-      this.options.log.debug({ endpoint, reason: refusal }, 'connection refused before TLS');
-      this.options.observer?.handshakeFailed?.(refusal);
+    // A held socket has no TLS layer yet to take its errors (a reset while it waits).
+    raw.on('error', () => undefined);
+    const decision = raw.remoteAddress === undefined ? 'aborted' : this.admission.admit(endpoint, raw.remoteAddress, raw);
+    if (decision === 'admitted' || decision === 'queued') {
+      raw.once('close', () => this.settle(endpoint));
+      if (decision === 'admitted') this.startTls(raw);
       return;
     }
-    raw.once('close', () => this.admission.settle(endpoint));
+    raw.destroy();
+    this.countRefused(decision);
+    this.options.log.debug({ endpoint, reason: decision }, 'connection refused before TLS');
+    this.options.observer?.handshakeFailed?.(decision);
+  }
+
+  private startTls(raw: Socket): void {
+    if (this.stopping || !this.tls) {
+      raw.destroy();
+      return;
+    }
+    this.tls.emit('connection', raw);
+  }
+
+  /** A pending connection authenticated or closed: its slot goes to the next held one. */
+  private settle(endpoint: string): void {
+    const { start, expired } = this.admission.settle(endpoint);
+    for (const raw of expired) {
+      raw.destroy();
+      this.countRefused('handshake_timeout');
+      this.options.observer?.handshakeFailed?.('handshake_timeout');
+    }
+    for (const raw of start) this.startTls(raw);
   }
 
   private countRefused(reason: string): void {
@@ -308,14 +323,14 @@ export class LinkServer {
         }
         clearTimeout(deadline);
         this.unauthenticated.delete(socket);
-        this.admission.settle(endpoint);
+        this.settle(endpoint);
         helloSeen = true;
         void this.authenticate(socket, connection, payload, endpoint, (admitted) => { session = admitted; });
       },
       onClose: (code, reason, byPeer) => {
         clearTimeout(deadline);
         this.unauthenticated.delete(socket);
-        this.admission.settle(endpoint);
+        this.settle(endpoint);
         if (session) this.onSessionClosed(session, code, reason, byPeer);
         else if (code !== CloseCode.AuthFailed && code !== CloseCode.RouteNotAllowed) {
           // Rejections were counted with their precise reason in authenticate().

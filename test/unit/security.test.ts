@@ -38,6 +38,7 @@ function tcp(port: number): Promise<Socket> {
 }
 
 function closedWithin(socket: Socket, ms: number): Promise<boolean> {
+  socket.resume(); // unread bytes would hold back 'end', and so 'close'
   if (socket.destroyed) return Promise.resolve(true);
   return new Promise((resolve) => {
     const timer = setTimeout(() => resolve(false), ms);
@@ -234,42 +235,73 @@ describe('security (issue 3)', function () {
   describe('handshake limits', function () {
     describe('Admission (pure)', function () {
       it('caps connections pending authentication, and frees a slot when one settles', function () {
-        const admission = new Admission({ maxUnauthenticated: 2, maxNewPerSourcePerSecond: 100 }, () => 0);
-        expect(admission.admit('10.0.0.1:1', '10.0.0.1')).to.equal(null);
-        expect(admission.admit('10.0.0.2:1', '10.0.0.2')).to.equal(null);
+        const admission = new Admission({ maxUnauthenticated: 2, maxNewPerSourcePerSecond: 100, maxQueued: 0 }, () => 0);
+        expect(admission.admit('10.0.0.1:1', '10.0.0.1')).to.equal('admitted');
+        expect(admission.admit('10.0.0.2:1', '10.0.0.2')).to.equal('admitted');
         expect(admission.admit('10.0.0.3:1', '10.0.0.3')).to.equal('unauthenticated_limit');
         admission.settle('10.0.0.1:1');
         admission.settle('10.0.0.1:1');
         expect(admission.unauthenticated).to.equal(1);
-        expect(admission.admit('10.0.0.3:1', '10.0.0.3')).to.equal(null);
+        expect(admission.admit('10.0.0.3:1', '10.0.0.3')).to.equal('admitted');
       });
 
       it('limits new connections per source per second; the next second starts afresh', function () {
         let now = 1000;
-        const admission = new Admission({ maxUnauthenticated: 1000, maxNewPerSourcePerSecond: 3 }, () => now);
+        const admission = new Admission({ maxUnauthenticated: 1000, maxNewPerSourcePerSecond: 3, maxQueued: 0 }, () => now);
         const results = Array.from({ length: 5 }, (_, i) => admission.admit(`198.18.0.1:${i}`, '198.18.0.1'));
-        expect(results).to.deep.equal([null, null, null, 'rate_limited', 'rate_limited']);
-        expect(admission.admit('198.18.0.2:1', '198.18.0.2'), 'another source is not affected').to.equal(null);
+        expect(results).to.deep.equal(['admitted', 'admitted', 'admitted', 'rate_limited', 'rate_limited']);
+        expect(admission.admit('198.18.0.2:1', '198.18.0.2'), 'another source is not affected').to.equal('admitted');
         now += 999;
         expect(admission.admit('198.18.0.1:9', '198.18.0.1')).to.equal('rate_limited');
         now += 1;
-        expect(admission.admit('198.18.0.1:10', '198.18.0.1')).to.equal(null);
+        expect(admission.admit('198.18.0.1:10', '198.18.0.1')).to.equal('admitted');
       });
 
       it('counts an IPv6 source per /64 and an IPv4-mapped address as IPv4', function () {
         expect(sourceKey('fd00:19::1')).to.equal(sourceKey('fd00:19::ffff:1'));
         expect(sourceKey('fd00:19::1')).to.not.equal(sourceKey('fd00:19:0:1::1'));
         expect(sourceKey('::ffff:198.18.0.1')).to.equal('198.18.0.1');
-        const admission = new Admission({ maxUnauthenticated: 1000, maxNewPerSourcePerSecond: 2 }, () => 0);
-        expect(admission.admit('[fd00::1]:1', 'fd00::1')).to.equal(null);
-        expect(admission.admit('[fd00::2]:1', 'fd00::2')).to.equal(null);
+        const admission = new Admission({ maxUnauthenticated: 1000, maxNewPerSourcePerSecond: 2, maxQueued: 0 }, () => 0);
+        expect(admission.admit('[fd00::1]:1', 'fd00::1')).to.equal('admitted');
+        expect(admission.admit('[fd00::2]:1', 'fd00::2')).to.equal('admitted');
         expect(admission.admit('[fd00::3]:1', 'fd00::3')).to.equal('rate_limited');
       });
 
       it('remembers a bounded number of sources per window', function () {
-        const admission = new Admission({ maxUnauthenticated: 1, maxNewPerSourcePerSecond: 5 }, () => 0);
+        const admission = new Admission({ maxUnauthenticated: 1, maxNewPerSourcePerSecond: 5, maxQueued: 0 }, () => 0);
         for (let i = 0; i < MAX_TRACKED_SOURCES; i++) admission.admit(`e${i}`, `s${i}`);
         expect(admission.admit('x:1', 'one-more-source')).to.equal('rate_limited');
+      });
+
+      it('holds connections beyond the slots in line, up to maxQueued, and hands freed slots on in order', function () {
+        const admission = new Admission<string>({ maxUnauthenticated: 1, maxNewPerSourcePerSecond: 100, maxQueued: 2 }, () => 0);
+        expect(admission.admit('a:1', '10.0.0.1', 'a')).to.equal('admitted');
+        expect(admission.admit('b:1', '10.0.0.2', 'b')).to.equal('queued');
+        expect(admission.admit('c:1', '10.0.0.3', 'c')).to.equal('queued');
+        expect(admission.admit('d:1', '10.0.0.4', 'd'), 'the line is full').to.equal('unauthenticated_limit');
+        expect(admission.queued).to.equal(2);
+        expect(admission.settle('a:1')).to.deep.equal({ start: ['b'], expired: [] });
+        expect(admission.unauthenticated).to.equal(1);
+        expect(admission.settle('a:1'), 'settling twice frees nothing more').to.deep.equal({ start: [], expired: [] });
+        expect(admission.admit('e:1', '10.0.0.5', 'e'), 'a newcomer queues behind c').to.equal('queued');
+        expect(admission.settle('b:1').start).to.deep.equal(['c']);
+        expect(admission.settle('c:1').start).to.deep.equal(['e']);
+        expect(admission.drain()).to.deep.equal([]);
+      });
+
+      it('a held connection whose turn comes after maxQueueWaitMs is expired, not started; its deadline counts from accept', function () {
+        let now = 0;
+        const admission = new Admission<string>({ maxUnauthenticated: 1, maxNewPerSourcePerSecond: 100, maxQueued: 10 }, () => now, 500);
+        admission.admit('a:1', '10.0.0.1', 'a');
+        admission.admit('old:1', '10.0.0.2', 'old');
+        now = 400;
+        admission.admit('young:1', '10.0.0.3', 'young');
+        now = 600;
+        expect(admission.settle('a:1')).to.deep.equal({ start: ['young'], expired: ['old'] });
+        expect(admission.remaining('young:1', 1000), 'accepted at 400').to.equal(800);
+        admission.admit('x:1', '10.0.0.4', 'x');
+        expect(admission.drain(), 'stop: the rest of the line').to.deep.equal(['x']);
+        expect(admission.queued).to.equal(0);
       });
 
       it('gives what is left of the deadline since accept', function () {
@@ -286,7 +318,7 @@ describe('security (issue 3)', function () {
 
     it('closes connections beyond --max-unauthenticated at once; the held ones expire; nodes then get in', async function () {
       const s = await rigs.server({
-        registry: registryAB, keyPair: serverPair, handshakeTimeoutMs: 700, limits: { maxUnauthenticated: 3, maxNewPerSourcePerSecond: 100 },
+        registry: registryAB, keyPair: serverPair, handshakeTimeoutMs: 700, limits: { maxUnauthenticated: 3, maxNewPerSourcePerSecond: 100, maxQueued: 0 },
       });
       const sockets = await Promise.all(Array.from({ length: 6 }, () => tcp(s.port)));
       for (const socket of sockets) socket.on('error', () => undefined);
@@ -301,8 +333,31 @@ describe('security (issue 3)', function () {
       await waitFor('node-a to authenticate', () => a.client.isAuthenticated);
     });
 
+    it('holds connections beyond --max-unauthenticated in line, unread; a node in line gets in once a slot frees; beyond the line, refused at once', async function () {
+      const s = await rigs.server({
+        registry: registryAB, keyPair: serverPair, handshakeTimeoutMs: 3000, limits: { maxUnauthenticated: 2, maxNewPerSourcePerSecond: 100, maxQueued: 1 },
+      });
+      const holders = await Promise.all([tcp(s.port), tcp(s.port)]); // silent: they keep both slots
+      for (const socket of holders) socket.on('error', () => undefined);
+      await sleep(100); // accepted: both slots taken
+      const a = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey });
+      await waitFor('node-a in line', () => s.server.connectionCounts().queued === 1);
+      const extra = await tcp(s.port);
+      extra.on('error', () => undefined);
+      expect(await closedWithin(extra, 300), 'beyond the line: refused at once').to.equal(true);
+      expect(s.status().refusedConnections).to.deep.equal({ unauthenticated_limit: 1 });
+      await sleep(300);
+      expect(a.client.isAuthenticated, 'held: no handshake while both slots are busy').to.equal(false);
+      const freed = Date.now();
+      holders[0]!.destroy();
+      await waitFor('node-a to authenticate', () => a.client.isAuthenticated, 1500);
+      expect(Date.now() - freed, 'in as soon as a slot frees').to.be.below(1000);
+      expect(s.server.connectionCounts().queued).to.equal(0);
+      holders[1]!.destroy();
+    });
+
     it('refuses new connections from one source beyond --max-new-conns-per-source per second', async function () {
-      const s = await rigs.server({ registry: registryAB, keyPair: serverPair, limits: { maxUnauthenticated: 100, maxNewPerSourcePerSecond: 4 } });
+      const s = await rigs.server({ registry: registryAB, keyPair: serverPair, limits: { maxUnauthenticated: 100, maxNewPerSourcePerSecond: 4, maxQueued: 0 } });
       const sockets = await Promise.all(Array.from({ length: 10 }, () => tcp(s.port)));
       for (const socket of sockets) socket.on('error', () => undefined);
       const closed = await Promise.all(sockets.map((socket) => closedWithin(socket, 300)));
