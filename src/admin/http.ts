@@ -25,9 +25,10 @@ export interface ObservabilityServerOptions {
   readonly contentType: string;
   /** /readyz: may this daemon take traffic (server: listening, TUN up; client: authenticated, recent pong). */
   readonly ready: () => Promise<HealthReport>;
-  /** Largest event-loop stall /healthz tolerates (default 5000 ms). */
-  readonly maxEventLoopDelayMs?: number;
 }
+
+/** Largest event-loop stall /healthz tolerates. */
+const MAX_EVENT_LOOP_DELAY_MS = 5000;
 
 /** The event loop's worst stall over the last window, from perf_hooks (sampled in C++, no timers of ours). */
 class EventLoopWatch {
@@ -69,7 +70,7 @@ export class ObservabilityServer {
 
   static async start(options: ObservabilityServerOptions): Promise<ObservabilityServer> {
     const loop = new EventLoopWatch(10_000);
-    const maxDelayMs = options.maxEventLoopDelayMs ?? 5000;
+    const maxDelayMs = MAX_EVENT_LOOP_DELAY_MS;
     const live = (): HealthReport => report({
       event_loop: {
         ok: loop.maxDelayMs <= maxDelayMs,

@@ -57,7 +57,7 @@ export function loadConfigFile(path: string): FileValues {
 }
 
 /** The config file named on the command line (`--config F`, `--config=F`) or by NODELINK_CONFIG. */
-export function configPathFrom(argv: readonly string[], env: NodeJS.ProcessEnv): string | undefined {
+function configPathFrom(argv: readonly string[], env: NodeJS.ProcessEnv): string | undefined {
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === '--config' && i + 1 < argv.length) return argv[i + 1];
@@ -91,7 +91,7 @@ function current(): typeof loaded {
   return loaded;
 }
 
-interface Spec {
+export interface Spec {
   type: 'string' | 'number' | 'boolean';
   array?: boolean;
   default?: unknown;
@@ -187,12 +187,6 @@ export function formatEffectiveConfig(command: string, config: object): string {
   return `${JSON.stringify({ command, ...effectiveConfig(config) }, null, 2)}\n`;
 }
 
-/** For tests: forget the file read for this process. */
-export function resetConfigFileCache(): void {
-  loaded = undefined;
-}
-
-export type { RawOptions };
 
 /** `--print-config`: print the effective config (after flags, env, file and defaults) instead of running. */
 export async function printOrRun<C extends object>(raw: RawOptions, command: string, parse: () => C, run: (config: C) => Promise<void>): Promise<void> {

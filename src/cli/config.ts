@@ -1,6 +1,7 @@
 import { NodelinkError } from '../errors.js';
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log.js';
 import { Prefix } from '../routing/index.js';
+import { DEFAULT_ADMISSION_LIMITS } from '../link-server/admission.js';
 
 /** A bad flag or env value. The message names the flag and says what a good one looks like. */
 export class ConfigError extends NodelinkError {
@@ -99,9 +100,9 @@ export const DEFAULTS = {
   pathCheckTimeoutMs: 3000,
   pathCheckPort: 10250,
   nodePollMs: 30_000,
-  maxUnauthenticated: 256,
-  maxNewConnsPerSource: 50,
-  maxQueuedHandshakes: 1024,
+  maxUnauthenticated: DEFAULT_ADMISSION_LIMITS.maxUnauthenticated,
+  maxNewConnsPerSource: DEFAULT_ADMISSION_LIMITS.maxNewPerSourcePerSecond,
+  maxQueuedHandshakes: DEFAULT_ADMISSION_LIMITS.maxQueued,
 } as const;
 
 export type RawOptions = Record<string, unknown>;
@@ -116,7 +117,7 @@ function str(raw: RawOptions, flag: string, required = true): string {
   return String(value);
 }
 
-function list(raw: RawOptions, flag: string): string[] {
+export function list(raw: RawOptions, flag: string): string[] {
   const value = raw[flag];
   if (value === undefined || value === null || value === '') return [];
   const items = Array.isArray(value) ? value.map(String) : [String(value)];
@@ -124,7 +125,7 @@ function list(raw: RawOptions, flag: string): string[] {
   return items.flatMap((item) => item.split(/[\s,]+/)).filter((item) => item.length > 0);
 }
 
-function int(raw: RawOptions, flag: string, fallback: number, min: number, max: number): number {
+export function int(raw: RawOptions, flag: string, fallback: number, min: number, max: number): number {
   const value = raw[flag];
   if (value === undefined || value === null || value === '') return fallback;
   const n = Number(value);
@@ -132,12 +133,17 @@ function int(raw: RawOptions, flag: string, fallback: number, min: number, max: 
   return n;
 }
 
-function cidr(text: string, flag: string): Prefix {
+export function cidr(text: string, flag: string): Prefix {
   try {
     return Prefix.parse(text);
   } catch (err) {
     throw new ConfigError(`--${flag}: ${(err as Error).message}`);
   }
+}
+
+/** The server's own address of that family inside the tunnel: the source of what it sends into it. */
+export function tunnelSource(addresses: readonly Prefix[], family: 4 | 6): string | undefined {
+  return addresses.find((address) => address.family === family)?.toString().split('/')[0];
 }
 
 /** HOST:PORT, [IPV6]:PORT. */
@@ -156,9 +162,15 @@ function interfaceName(raw: RawOptions): string {
   return name;
 }
 
-function tunables(raw: RawOptions, defaultSocket: string): LinkTunables {
+/** --log-level, checked; start-up and a config-file reload both read it through here. */
+export function logLevelSetting(raw: RawOptions): LogLevel {
   const logLevel = (str(raw, 'log-level', false) || DEFAULTS.logLevel) as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
+  return logLevel;
+}
+
+function tunables(raw: RawOptions, defaultSocket: string): LinkTunables {
+  const logLevel = logLevelSetting(raw);
   const keepaliveIntervalMs = int(raw, 'keepalive-ms', DEFAULTS.keepaliveIntervalMs, 100, 600_000);
   const deadAfterMs = int(raw, 'dead-after-ms', DEFAULTS.deadAfterMs, 300, 3_600_000);
   if (deadAfterMs <= keepaliveIntervalMs) throw new ConfigError('--dead-after-ms must be longer than --keepalive-ms');

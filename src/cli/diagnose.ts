@@ -7,9 +7,9 @@ import { decodeKey, encodeKey, readKeyFile, type KeyPair } from '../auth/index.j
 import { userMessage } from '../errors.js';
 import { probeHandshake, type ProbeResult } from '../link-client/probe.js';
 import { Prefix } from '../routing/index.js';
-import { ip } from '../tun/index.js';
-import { ConfigError, DEFAULTS, parseEndpoint, type Endpoint, type RawOptions } from './config.js';
-import { deviceUp } from './observe.js';
+import { ip, routeReplaceCommand } from '../tun/index.js';
+import { ConfigError, DEFAULTS, cidr, int, list, parseEndpoint, type Endpoint, type RawOptions } from './config.js';
+import { deviceUp, nodeIp } from './observe.js';
 import { assertConfigFile } from './config-file.js';
 
 /**
@@ -158,7 +158,7 @@ export interface NodeInput {
   timeoutMs: number;
 }
 
-export async function diagnoseNode(input: NodeInput): Promise<DiagnoseReport> {
+async function diagnoseNode(input: NodeInput): Promise<DiagnoseReport> {
   const c = new Checklist();
   const { timeoutMs } = input;
   const daemon = await fetchStatus(input.adminSocket).catch(() => undefined);
@@ -310,7 +310,7 @@ export async function diagnoseNode(input: NodeInput): Promise<DiagnoseReport> {
     routesOk = wrong.length === 0
       ? c.pass('routes', 'routes to the control plane', `${tunnelCidrs.join(', ')} → ${tun}`)
       : c.fail('routes', 'routes to the control plane', `MISSING route: ${wrong.join('; ')} — replies to the control plane take the wrong way`,
-        `${tunnelCidrs.map((cidr) => `ip route replace ${cidr} dev ${tun}`).join(' && ')} (nodelink client installs these when it connects: restarting it also fixes it)`);
+        `${tunnelCidrs.map((cidr) => `ip ${routeReplaceCommand(cidr, tun)}`).join(' && ')} (nodelink client installs these when it connects: restarting it also fixes it)`);
   }
 
   const families = new Set(routes.map((route) => route.family));
@@ -341,14 +341,14 @@ export async function diagnoseNode(input: NodeInput): Promise<DiagnoseReport> {
   }
 
   // Through the tunnel, and kubelet.
-  const nodeIp = routes.find((route) => route.family === 4 && route.length === 32) ?? routes.find((route) => route.length === route.bits);
+  const nodeAddress = nodeIp(routes);
   const serverAddress = serverAddresses[0];
   if (!serverAddress) {
     c.skip('tunnel_ping', 'server reachable through the tunnel', 'skipped: the server\'s tunnel address is unknown');
   } else if (!device.ok) {
     c.skip('tunnel_ping', 'server reachable through the tunnel', `skipped: ${tun} is not up`);
   } else {
-    const source = nodeIp && (nodeIp.family === 4) === !serverAddress.includes(':') ? hostOf(nodeIp) : undefined;
+    const source = nodeAddress && (nodeAddress.family === 4) === !serverAddress.includes(':') ? hostOf(nodeAddress) : undefined;
     const echo = await ping(serverAddress, timeoutMs, source);
     if (echo.missing) c.skip('tunnel_ping', 'server reachable through the tunnel', 'skipped: ping is not installed');
     else if (echo.ok) c.pass('tunnel_ping', 'server reachable through the tunnel', `ping ${serverAddress}${source ? ` from ${source}` : ''}: ${echo.detail}`);
@@ -358,7 +358,7 @@ export async function diagnoseNode(input: NodeInput): Promise<DiagnoseReport> {
     }
   }
 
-  const kubeletHost = nodeIp ? hostOf(nodeIp) : '127.0.0.1';
+  const kubeletHost = nodeAddress ? hostOf(nodeAddress) : '127.0.0.1';
   const kubelet = await tcpConnect(kubeletHost, input.kubeletPort, timeoutMs);
   if (kubelet.ok) c.pass('kubelet', 'kubelet port open', `${kubeletHost}:${input.kubeletPort} accepts connections`);
   else {
@@ -389,7 +389,7 @@ export interface ControlPlaneInput {
   timeoutMs: number;
 }
 
-export async function diagnoseControlPlane(input: ControlPlaneInput): Promise<DiagnoseReport> {
+async function diagnoseControlPlane(input: ControlPlaneInput): Promise<DiagnoseReport> {
   const c = new Checklist();
   const { timeoutMs } = input;
   let status: DaemonStatus | undefined;
@@ -437,7 +437,7 @@ export async function diagnoseControlPlane(input: ControlPlaneInput): Promise<Di
     if (wrong.length === 0) c.pass(id('routes'), `${peer.name}: kernel routes into ${status.tun}`, `${(peer.allowedIPs ?? []).join(', ')} → ${status.tun}`);
     else {
       c.fail(id('routes'), `${peer.name}: kernel routes into ${status.tun}`, `MISSING route: ${wrong.join('; ')}, not ${status.tun} — the apiserver's packets for it never reach the link`,
-        `${wrong.map((line) => line.split(' ')[0]!).map((cidr) => `ip route replace ${cidr} dev ${status!.tun} src ${src(Prefix.parse(cidr).family)}`).join(' && ')} (nodelink server installs these at start: restarting it also fixes it)`);
+        `${wrong.map((line) => line.split(' ')[0]!).map((cidr) => `ip ${routeReplaceCommand(cidr, status!.tun, src(Prefix.parse(cidr).family))}`).join(' && ')} (nodelink server installs these at start: restarting it also fixes it)`);
     }
 
     if (!peer.connected) {
@@ -445,8 +445,7 @@ export async function diagnoseControlPlane(input: ControlPlaneInput): Promise<Di
       continue;
     }
     const announced = peer.routes.map((text) => Prefix.parse(text));
-    const hosts = announced.filter((route) => route.length === route.bits);
-    const node = hosts.find((route) => route.family === 4) ?? hosts[0];
+    const node = nodeIp(announced);
     if (!node) {
       c.skip(id('node_ip'), `${peer.name}: node IP reachable through the link`, 'skipped: the node announced no /32 or /128');
     } else {
@@ -477,7 +476,7 @@ export async function diagnoseControlPlane(input: ControlPlaneInput): Promise<Di
 
 const MARK: Record<CheckStatus, string> = { pass: '✓', fail: '✗', skip: '-' };
 
-export function formatReport(report: DiagnoseReport, heading: string): string {
+function formatReport(report: DiagnoseReport, heading: string): string {
   const width = Math.min(42, Math.max(...report.checks.map((check) => check.title.length)));
   const lines = [heading, ''];
   for (const check of report.checks) {
@@ -492,21 +491,7 @@ export function formatReport(report: DiagnoseReport, heading: string): string {
   return `${lines.join('\n')}\n`;
 }
 
-function list(raw: RawOptions, flag: string): string[] {
-  const value = raw[flag];
-  if (value === undefined || value === null || value === '') return [];
-  return (Array.isArray(value) ? value.map(String) : [String(value)]).flatMap((item) => item.split(/[\s,]+/)).filter(Boolean);
-}
-
-function number(raw: RawOptions, flag: string, fallback: number, min: number, max: number): number {
-  const value = raw[flag];
-  if (value === undefined || value === null || value === '') return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`--${flag} must be a whole number from ${min} to ${max}, got "${String(value)}"`);
-  return n;
-}
-
-export function chooseSide(raw: RawOptions): 'node' | 'control-plane' {
+function chooseSide(raw: RawOptions): 'node' | 'control-plane' {
   const side = raw['side'] as string | undefined;
   if (side === 'node' || side === 'control-plane') return side;
   if (side) throw new ConfigError(`--side must be node or control-plane, got "${side}"`);
@@ -520,8 +505,8 @@ export function chooseSide(raw: RawOptions): 'node' | 'control-plane' {
 export async function diagnoseCommand(raw: RawOptions): Promise<number> {
   assertConfigFile('diagnose');
   const side = chooseSide(raw);
-  const timeoutMs = number(raw, 'timeout-ms', 3000, 100, 60_000);
-  const kubeletPort = number(raw, 'kubelet-port', 10250, 1, 65535);
+  const timeoutMs = int(raw, 'timeout-ms', 3000, 100, 60_000);
+  const kubeletPort = int(raw, 'kubelet-port', 10250, 1, 65535);
   let report: DiagnoseReport;
   let heading: string;
   if (side === 'control-plane') {
@@ -530,13 +515,7 @@ export async function diagnoseCommand(raw: RawOptions): Promise<number> {
     heading = `nodelink diagnose — control plane (${adminSocket})`;
   } else {
     const serverText = raw['server'] as string | undefined;
-    const routes = list(raw, 'route').map((text) => {
-      try {
-        return Prefix.parse(text);
-      } catch (err) {
-        throw new ConfigError(`--route: ${(err as Error).message}`);
-      }
-    });
+    const routes = list(raw, 'route').map((text) => cidr(text, 'route'));
     const input: NodeInput = {
       server: serverText ? parseEndpoint(serverText, 'server') : undefined,
       serverKey: (raw['server-key'] as string | undefined) || undefined,

@@ -7,7 +7,7 @@ import { NodelinkError, userMessage } from '../errors.js';
 import { DEFAULTS, parseClientConfig, parseServerConfig, type RawOptions } from './config.js';
 import { runServer } from './run-server.js';
 import { runClient } from './run-client.js';
-import { printOrRun, withConfigFile } from './config-file.js';
+import { envName, printOrRun, withConfigFile, type Spec } from './config-file.js';
 import { statusCommand } from './status-command.js';
 import { diagnoseCommand } from './diagnose.js';
 
@@ -24,7 +24,7 @@ function fail(err: unknown): never {
   process.exit(1);
 }
 
-const tunables: Record<string, OptionSpec> = {
+const tunables: Record<string, Spec> = {
   tun: { type: 'string', describe: `TUN interface name (default ${DEFAULTS.tun})` },
   mtu: { type: 'number', describe: `TUN MTU (default ${DEFAULTS.mtu})` },
   'admin-socket': { type: 'string', describe: 'unix socket for `nodelink status`' },
@@ -38,17 +38,16 @@ const tunables: Record<string, OptionSpec> = {
   'print-config': { type: 'boolean', default: false, describe: 'print the effective config (secrets redacted) and exit' },
 };
 
-type OptionSpec = { type: 'string' | 'number' | 'boolean'; array?: boolean; default?: unknown; describe: string };
 
 /**
  * Every flag may also come from the environment as NODELINK_<FLAG> (a DaemonSet sets env, not
  * args). Only the command's own flags are read, so unrelated NODELINK_* variables are no error;
  * a flag on the command line wins over the environment.
  */
-function withEnv<T extends Record<string, OptionSpec>>(options: T): T {
-  const out: Record<string, OptionSpec> = {};
+function withEnv<T extends Record<string, Spec>>(options: T): T {
+  const out: Record<string, Spec> = {};
   for (const [flag, spec] of Object.entries(options)) {
-    const value = process.env[`NODELINK_${flag.toUpperCase().replace(/-/g, '_')}`];
+    const value = process.env[envName(flag)];
     if (value === undefined || value === '') {
       out[flag] = spec;
     } else if (spec.array) {

@@ -5,8 +5,8 @@ import { PathChecker, type PathTarget } from '../link-server/path-check.js';
 import { Prefix } from '../routing/index.js';
 import { ip } from '../tun/index.js';
 import type { Logger } from '../log.js';
-import type { ClientConfig, LinkTunables, ServerConfig } from './config.js';
-import { formatEffectiveConfig } from './config-file.js';
+import { tunnelSource, type ClientConfig, type LinkTunables, type ServerConfig } from './config.js';
+import { effectiveConfig } from './config-file.js';
 import { onReload, settingsReloader, type LiveSettings } from './reload.js';
 
 /**
@@ -104,7 +104,7 @@ async function startEndpoint(config: LinkTunables, metrics: LinkMetrics, ready: 
 }
 
 function logEffectiveConfig(command: string, config: object, log: Logger): void {
-  log.info({ config: JSON.parse(formatEffectiveConfig(command, config)) as unknown }, 'effective config');
+  log.info({ config: { command, ...effectiveConfig(config) } }, 'effective config');
 }
 
 // ---- server ------------------------------------------------------------------------------------
@@ -116,10 +116,11 @@ export interface ServerSide {
 
 export function serverObservability(config: ServerConfig, log: Logger, side: ServerSide): Common & { pathChecker: PathChecker } {
   const tunUp = cached(1000, () => deviceUp(config.tun));
-  let listening = false;
+  // Set once the server listens: a scrape of /readyz need not build the status of every peer.
+  let listening: string | undefined;
   const ready = async (): Promise<HealthReport> => report({
-    listening: listening
-      ? { ok: true, detail: `accepting nodes on ${side.status().listen ?? '?'}` }
+    listening: listening !== undefined
+      ? { ok: true, detail: `accepting nodes on ${listening}` }
       : { ok: false, detail: 'not listening yet' },
     tun: await tunUp(),
   });
@@ -128,7 +129,7 @@ export function serverObservability(config: ServerConfig, log: Logger, side: Ser
     timeoutMs: config.pathCheckTimeoutMs,
     port: config.pathCheckPort,
     targets: () => pathTargets(side.status()),
-    sourceAddress: (family) => config.tunnelAddresses.find((address) => address.family === family)?.toString().split('/')[0],
+    sourceAddress: (family) => tunnelSource(config.tunnelAddresses, family),
     log,
     onResult: (peer, health) => metrics.pathChecked(peer, health),
   });
@@ -143,7 +144,7 @@ export function serverObservability(config: ServerConfig, log: Logger, side: Ser
     metrics,
     pathChecker,
     async start() {
-      listening = true;
+      listening = side.status().listen ?? '?';
       http = await startEndpoint(config, metrics, ready, log);
       pathChecker.start();
       logEffectiveConfig('server', config, log);
@@ -159,7 +160,7 @@ export function serverObservability(config: ServerConfig, log: Logger, side: Ser
       }), log);
     },
     close() {
-      listening = false;
+      listening = undefined;
       pathChecker.stop();
       http?.close();
     },
@@ -189,13 +190,18 @@ export function serverObservability(config: ServerConfig, log: Logger, side: Ser
   };
 }
 
-/** Each connected node's node IP: its first announced host route, IPv4 first. */
+/** A node's node IP among the routes it announces: its first host route, IPv4 first. */
+export function nodeIp(routes: readonly Prefix[]): Prefix | undefined {
+  const hosts = routes.filter((route) => route.length === route.bits);
+  return hosts.find((route) => route.family === 4) ?? hosts[0];
+}
+
+/** Each connected node's node IP. */
 export function pathTargets(status: DaemonStatus): PathTarget[] {
   const targets: PathTarget[] = [];
   for (const peer of status.peers) {
     if (!peer.connected) continue;
-    const hosts = peer.routes.map((route) => Prefix.parse(route)).filter((route) => route.length === route.bits);
-    const host = hosts.find((route) => route.family === 4) ?? hosts[0];
+    const host = nodeIp(peer.routes.map((route) => Prefix.parse(route)));
     if (host) targets.push({ peer: peer.name, address: host.toString().split('/')[0]!, family: host.family });
   }
   return targets;

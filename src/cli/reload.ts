@@ -1,6 +1,6 @@
-import { LOG_LEVELS, type Logger, type LogLevel } from '../log.js';
+import type { Logger, LogLevel } from '../log.js';
 import { userMessage } from '../errors.js';
-import { DEFAULTS, pathCheckSettings, type RawOptions } from './config.js';
+import { logLevelSetting, pathCheckSettings, type RawOptions } from './config.js';
 import { envName, givenOnCommandLine, loadConfigFile, type FileValues } from './config-file.js';
 
 /**
@@ -65,11 +65,7 @@ export function liveSettingsFrom(
 ): LiveSettings {
   const explicit = (flag: string): boolean => givenOnCommandLine(flag, argv) || (env[envName(flag)] ?? '') !== '';
   const pick = (flag: string): unknown => (explicit(flag) ? undefined : file[flag]);
-  const logLevel = explicit('log-level') ? current.logLevel : ((pick('log-level') as string | undefined) ?? DEFAULTS.logLevel);
-  if (!LOG_LEVELS.includes(logLevel as LogLevel)) {
-    throw new Error(`log-level must be one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
-  }
-  const next: LiveSettings = { logLevel: logLevel as LogLevel };
+  const next: LiveSettings = { logLevel: logLevelSetting({ 'log-level': explicit('log-level') ? current.logLevel : pick('log-level') }) };
   if (role === 'server') {
     const raw: RawOptions = {};
     for (const flag of ['path-check-interval-ms', 'path-check-timeout-ms', 'path-check-port']) {

@@ -4,7 +4,7 @@ import { LinkServer, loadServerCertificate } from '../link-server/index.js';
 import { LinuxTun, ipBatch, routeDelete, routeReplaceCommand } from '../tun/index.js';
 import { createLogger } from '../log.js';
 import type { Prefix } from '../routing/index.js';
-import type { ServerConfig } from './config.js';
+import { tunnelSource, type ServerConfig } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { serverObservability } from './observe.js';
 import { nodeRouteCheck } from './kubernetes.js';
@@ -23,10 +23,8 @@ export async function runServer(config: ServerConfig): Promise<void> {
     mtu: config.mtu,
     addresses: config.tunnelCidrs.map((cidr) => `${cidr.firstHost()}/${cidr.length}`),
   });
-  const sourceFor = (family: 4 | 6): string | undefined =>
-    config.tunnelAddresses.find((address) => address.family === family)?.toString().split('/')[0];
   const installRoutes = (cidrs: readonly Prefix[]): Promise<void> =>
-    ipBatch(cidrs.map((cidr) => routeReplaceCommand(cidr.toString(), config.tun, sourceFor(cidr.family))));
+    ipBatch(cidrs.map((cidr) => routeReplaceCommand(cidr.toString(), config.tun, tunnelSource(config.tunnelAddresses, cidr.family))));
   const observe = serverObservability(config, log, { status: () => server.status() });
   const server = new LinkServer({
     host: config.listen.host,

@@ -4,7 +4,7 @@ import { userMessage } from '../errors.js';
 import { ConfigError, DEFAULTS, type RawOptions } from './config.js';
 
 /** The daemon's admin socket: --admin-socket, else the server's if present, else the client's. */
-export function adminSocketPath(raw: RawOptions): string {
+function adminSocketPath(raw: RawOptions): string {
   const path = raw['admin-socket'] as string | undefined;
   if (path) return path;
   return existsSync(DEFAULTS.serverAdminSocket) ? DEFAULTS.serverAdminSocket : DEFAULTS.clientAdminSocket;

@@ -86,7 +86,7 @@ export class KubeNodeSource implements NodeSource {
 }
 
 /** Any failure of a Node read, as one line saying what to fix. */
-export function describeApiError(err: unknown, name: string, server: string, timeoutMs: number): KubernetesError {
+function describeApiError(err: unknown, name: string, server: string, timeoutMs: number): KubernetesError {
   if (err instanceof KubernetesError) return err;
   if (err instanceof ApiException) {
     const detail = statusMessage(err.body);
