@@ -44,6 +44,8 @@ export class PathChecker {
   private readonly results = new Map<string, PathHealth>();
   private readonly inFlight = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
+  /** A round is under way: it schedules the next one itself when it ends. */
+  private running = false;
   private stopped = false;
 
   constructor(private options: PathCheckOptions) {}
@@ -58,11 +60,8 @@ export class PathChecker {
     this.options = { ...this.options, ...update };
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
-    if (!this.stopped) this.schedule();
-  }
-
-  get settings(): { intervalMs: number; timeoutMs: number; port: number } {
-    return { intervalMs: this.options.intervalMs, timeoutMs: this.options.timeoutMs, port: this.options.port };
+    // During a round, rescheduling here too would start a second chain of rounds.
+    if (!this.stopped && !this.running) this.schedule();
   }
 
   stop(): void {
@@ -92,7 +91,12 @@ export class PathChecker {
   private schedule(delayMs = this.options.intervalMs): void {
     if (this.stopped || this.options.intervalMs <= 0) return;
     this.timer = setTimeout(() => {
-      void this.checkAll().finally(() => this.schedule());
+      this.timer = undefined;
+      this.running = true;
+      void this.checkAll().finally(() => {
+        this.running = false;
+        this.schedule();
+      });
     }, delayMs);
     this.timer.unref();
   }
