@@ -62,6 +62,11 @@ class LengthTable<T> {
       hash = Math.imul(hash ^ this.scratch[i]!, 0x9e3779b1);
       hash ^= hash >>> 15;
     }
+    // A multiply carries bits only upward: keys that differ in their top bits alone (/8../15
+    // prefixes) would share their low bits, the slot, and probe the table linearly. murmur3's
+    // finaliser mixes the high bits down.
+    hash = Math.imul(hash ^ (hash >>> 16), 0x85ebca6b);
+    hash ^= hash >>> 13;
     return hash & 0x3fffffff;
   }
 
