@@ -120,14 +120,15 @@ static napi_value attach(napi_env env, napi_callback_info info) {
   p->mtu = (size_t)mtu;
   p->env = env;
   p->active = 1;
-  napi_create_reference(env, argv[2], 1, &p->callback);
-  napi_value resource_name;
-  napi_create_string_utf8(env, "nodelink.tunio", NAPI_AUTO_LENGTH, &resource_name);
-  napi_async_init(env, NULL, resource_name, &p->async_context);
+  // Before the callback reference and async context: a failure here has nothing else to release.
   if (uv_poll_init(loop, &p->poll, fd) != 0) {
     free(p->scratch); free(p);
     return throw_error(env, "uv_poll_init failed on the TUN fd");
   }
+  napi_create_reference(env, argv[2], 1, &p->callback);
+  napi_value resource_name;
+  napi_create_string_utf8(env, "nodelink.tunio", NAPI_AUTO_LENGTH, &resource_name);
+  napi_async_init(env, NULL, resource_name, &p->async_context);
   p->poll.data = p;
   uv_poll_start(&p->poll, UV_READABLE, on_readable);
   napi_value handle;

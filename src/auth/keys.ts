@@ -19,7 +19,7 @@ export function generateSeed(): Uint8Array {
 
 /** Derives the public key with OpenSSL: the same bytes as nacl.sign.keyPair.fromSeed, ~50x faster. */
 export function keyPairFromSeed(seed: Uint8Array): KeyPair {
-  const privateKey = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, seed]), format: 'der', type: 'pkcs8' });
+  const privateKey = createPrivateKey({ key: pkcs8Der({ seed }), format: 'der', type: 'pkcs8' });
   const jwk = privateKey.export({ format: 'jwk' });
   const publicKey = new Uint8Array(Buffer.from(jwk.x!, 'base64url'));
   const pair = { seed, publicKey, secretKey: new Uint8Array(Buffer.concat([seed, publicKey])) };

@@ -54,7 +54,7 @@ export async function runClient(config: ClientConfig): Promise<void> {
     announcedRoutes: () => clients[0]!.announcedRoutes,
   });
   for (const target of targets) {
-    const view = fanout?.view(target.label);
+    const view = fanout?.view();
     const client: LinkClient = new LinkClient({
       host: target.host,
       port: target.port,

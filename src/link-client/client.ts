@@ -12,7 +12,7 @@ import { classifyDialFailure, type LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
 import { Backoff } from './backoff.js';
-import { checkServer, serverIdentity } from './trust.js';
+import { checkServer, serverIdentity, sniFor } from './trust.js';
 
 export interface LinkClientOptions {
   readonly host: string;
@@ -67,13 +67,20 @@ export class LinkClient {
   private tunnelCidrs: string[] = [];
   private serverAddresses: string[] = [];
   private installedCidrs = '';
-  private ownRoutes = new PrefixTable<true>();
-  private routes: readonly Prefix[];
+  private ownRoutes!: PrefixTable<true>;
+  private routes!: readonly Prefix[];
 
   constructor(private readonly options: LinkClientOptions) {
     this.backoff = new Backoff(options.backoffBaseMs, options.backoffCapMs);
-    this.routes = options.routes;
-    for (const route of options.routes) this.ownRoutes.insert(route, true);
+    this.useRoutes(options.routes);
+  }
+
+  /** The routes this node announces, and the table its packets' sources are checked against. */
+  private useRoutes(routes: readonly Prefix[]): void {
+    const table = new PrefixTable<true>();
+    for (const route of routes) table.insert(route, true);
+    this.routes = routes;
+    this.ownRoutes = table;
   }
 
   start(): void {
@@ -86,10 +93,7 @@ export class LinkClient {
    * stream, so the client redials and the server authorizes the new set from a fresh hello.
    */
   setRoutes(routes: readonly Prefix[]): void {
-    const table = new PrefixTable<true>();
-    for (const route of routes) table.insert(route, true);
-    this.routes = routes;
-    this.ownRoutes = table;
+    this.useRoutes(routes);
     this.connection?.close(CloseCode.Normal, 'announced routes changed: reconnecting to announce them');
   }
 
@@ -122,7 +126,7 @@ export class LinkClient {
     socket = tlsConnect({
       host: options.host,
       port: options.port,
-      servername: options.serverName ?? (isIpLiteral(options.host) ? undefined : options.host),
+      servername: sniFor(options.host, options.serverName),
       // TLS 1.3 only, and `ca`: trust is decided in secureConnect by checkServer (pinned key
       // and/or --ca chain), which can say why it refuses; Node still verifies the chain and
       // name against `ca` for it.
@@ -137,7 +141,8 @@ export class LinkClient {
         socket.destroy(new Error(untrusted));
         return;
       }
-      this.presentedIdentity = serverIdentity(socket);
+      // Status shows the pinned key when there is one; only --ca mode needs what was presented.
+      if (!options.serverKey) this.presentedIdentity = serverIdentity(socket);
       this.endpoint = `${socket.remoteAddress}:${socket.remotePort}`;
       const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
       connection.sendControl(FrameType.Hello, encodeHello(options.keyPair, exporter, {
@@ -261,9 +266,6 @@ export class LinkClient {
   }
 }
 
-function isIpLiteral(host: string): boolean {
-  return /^[0-9.]+$/.test(host) || host.includes(':');
-}
 
 /**
  * Without a secureContext every tls.connect builds its own (an SSL_CTX with its certificate

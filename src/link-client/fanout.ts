@@ -10,26 +10,14 @@ import type { TunDevice } from '../tun/index.js';
  */
 export class TunFanout {
   private readonly byDestination = new PrefixTable<FanoutView>();
-  private readonly views: FanoutView[] = [];
-  private unclaimed = 0;
 
   constructor(private readonly tun: TunDevice) {
-    tun.onPacket((packet) => {
-      const view = this.byDestination.lookupDestination(packet);
-      if (view) view.deliver(packet);
-      else this.unclaimed++;
-    });
+    // A packet for no known server (before any welcome, or a stray destination) goes nowhere.
+    tun.onPacket((packet) => this.byDestination.lookupDestination(packet)?.deliver(packet));
   }
 
-  /** Packets from the node for no known server (before any welcome, or a stray destination). */
-  get unclaimedPackets(): number {
-    return this.unclaimed;
-  }
-
-  view(label: string): FanoutView {
-    const view = new FanoutView(this.tun, `${this.tun.name}/${label}`);
-    this.views.push(view);
-    return view;
+  view(): FanoutView {
+    return new FanoutView(this.tun);
   }
 
   /**
@@ -54,7 +42,7 @@ export class TunFanout {
 export class FanoutView implements TunDevice {
   private handler: ((packet: Buffer) => void) | undefined;
 
-  constructor(private readonly tun: TunDevice, readonly label: string) {}
+  constructor(private readonly tun: TunDevice) {}
 
   get name(): string {
     return this.tun.name;

@@ -5,6 +5,7 @@ import {
 import {
   CloseCode, FrameDecoder, FrameType, closeCodeName, decodeCodePayload, encodeCode, encodeFrame,
 } from '../protocol/index.js';
+import { serverPublicKey, sniFor } from './trust.js';
 
 /**
  * One handshake with a server, the way the client does it, stopped after the answer — for
@@ -51,7 +52,7 @@ export function probeHandshake(options: ProbeOptions): Promise<ProbeResult> {
     socket = tlsConnect({
       host: options.host,
       port: options.port,
-      servername: /^[0-9.]+$/.test(options.host) || options.host.includes(':') ? undefined : options.host,
+      servername: sniFor(options.host),
       minVersion: 'TLSv1.3',
       maxVersion: 'TLSv1.3',
       rejectUnauthorized: false,
@@ -64,12 +65,7 @@ export function probeHandshake(options: ProbeOptions): Promise<ProbeResult> {
       : { stage: 'tls', error: 'the connection closed during the TLS handshake' }));
     socket.once('secureConnect', () => {
       const s = socket!;
-      const certificate = s.getPeerX509Certificate();
-      let presented: Uint8Array | undefined;
-      if (certificate?.publicKey.asymmetricKeyType === 'ed25519') {
-        const jwk = certificate.publicKey.export({ format: 'jwk' });
-        if (jwk.x) presented = new Uint8Array(Buffer.from(jwk.x, 'base64url'));
-      }
+      const presented = serverPublicKey(s);
       if (!presented || !keysEqual(presented, options.serverKey)) {
         done({ stage: 'server_key', presented: presented ? encodeKey(presented) : null });
         return;

@@ -49,6 +49,11 @@ export function readCaFile(path: string): string {
   return pems.join('\n') + '\n';
 }
 
+/** The TLS server name to send: --server-name, else the host unless it is an IP literal (SNI takes names only). */
+export function sniFor(host: string, serverName?: string): string | undefined {
+  return serverName ?? (/^[0-9.]+$/.test(host) || host.includes(':') ? undefined : host);
+}
+
 /** The raw Ed25519 key of a certificate, if it has one. */
 function ed25519Key(certificate: X509Certificate | undefined): Uint8Array | undefined {
   if (!certificate || certificate.publicKey.asymmetricKeyType !== 'ed25519') return undefined;

@@ -121,11 +121,6 @@ export class Admission<T = unknown> {
     return 'unauthenticated_limit';
   }
 
-  /** When the endpoint was accepted, if it is still pending. */
-  acceptedAt(endpoint: string): number | undefined {
-    return this.pending.get(endpoint);
-  }
-
   /**
    * The connection authenticated or closed: it no longer takes a slot. Idempotent. Returns the
    * held connections that the free slots go to (pending from now on, their deadline still

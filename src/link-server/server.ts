@@ -104,9 +104,12 @@ export class LinkServer {
   private stopping = false;
   private icmpBudget = ICMP_ERRORS_PER_SECOND;
   private icmpRefillTimer: NodeJS.Timeout | undefined;
+  /** The server's own tunnel addresses, without their prefix length: in every welcome and status. */
+  private readonly tunnelAddressTexts: string[];
 
   constructor(private readonly options: LinkServerOptions) {
     this.registry = options.registry;
+    this.tunnelAddressTexts = options.tunnelAddresses.map((address) => address.toString().split('/')[0]!);
     // A held connection gets a slot only with a quarter of its deadline left to use it (1.25 s
     // of the default 5 s: a handshake and a hello take milliseconds once they run).
     this.admission = new Admission(options.limits ?? DEFAULT_ADMISSION_LIMITS, Date.now, options.handshakeTimeoutMs * 0.75);
@@ -234,8 +237,7 @@ export class LinkServer {
     this.authorized = authorized;
     for (const [session, code, reason] of closing) {
       summary.disconnected.push(session.peer.config.name);
-      this.withdraw(session);
-      session.connection.close(code, reason);
+      session.connection.close(code, reason); // its onClose withdraws its routes, synchronously
     }
 
     if (summary.routesRemoved.length > 0 && options.removeRoutes) {
@@ -377,18 +379,15 @@ export class LinkServer {
       peer.session = session;
       admit(session);
       // Replacing a session swaps its routes in one synchronous step: the new session's routes
-      // overwrite the old ones first, then whatever only the old one announced is withdrawn, so
-      // no packet ever finds a route missing. Kernel routes are not touched (they follow the
-      // peers file, not sessions).
+      // overwrite the old ones first, then closing the old one (its onClose runs synchronously)
+      // withdraws whatever only it announced, so no packet ever finds a route missing. Kernel
+      // routes are not touched (they follow the peers file, not sessions).
       for (const route of routes) this.announced.insert(route, session);
-      if (previous) {
-        this.withdraw(previous);
-        previous.connection.close(CloseCode.Replaced, `replaced by a new connection from ${endpoint}`);
-      }
+      previous?.connection.close(CloseCode.Replaced, `replaced by a new connection from ${endpoint}`);
       connection.setMaxPayload(DEFAULT_MAX_PAYLOAD);
       connection.sendControl(FrameType.Welcome, Buffer.from(JSON.stringify({
         tunnelCidrs: this.options.tunnelCidrs.map(String),
-        serverAddresses: this.options.tunnelAddresses.map((address) => address.toString().split('/')[0]),
+        serverAddresses: this.tunnelAddressTexts,
         routes: routes.map(String),
       })));
       connection.startKeepalive();
@@ -475,8 +474,8 @@ export class LinkServer {
     return {
       role: 'server',
       tun: this.options.tun.name,
-      tunnelAddress: this.options.tunnelAddresses[0]?.toString().split('/')[0] ?? null,
-      tunnelAddresses: this.options.tunnelAddresses.map((address) => address.toString().split('/')[0]!),
+      tunnelAddress: this.tunnelAddressTexts[0] ?? null,
+      tunnelAddresses: [...this.tunnelAddressTexts],
       listen: this.listenAddress,
       startedAt: this.startedAt.toISOString(),
       dropsByReason: this.unattributed.dropsByReason(),

@@ -183,9 +183,12 @@ export class FramedConnection {
     if (payload.length !== 8) return;
     const sentAt = payload.readDoubleBE(0);
     const now = performance.now();
-    if (sentAt > 0 && sentAt <= now) this.rttMs = now - sentAt;
     this.lastPongAt = Date.now();
-    if (this.rttMs !== undefined) this.events.onPong?.(this.rttMs);
+    // A timestamp that is not one of ours measures nothing: no RTT sample from it.
+    if (sentAt > 0 && sentAt <= now) {
+      this.rttMs = now - sentAt;
+      this.events.onPong?.(this.rttMs);
+    }
   }
 
   private finish(code: CloseCode, reason: string, byPeer: boolean): void {

@@ -48,11 +48,6 @@ export class LinuxTun implements TunDevice {
 
   private constructor(private readonly addon: AddonTun, readonly name: string, private readonly mtu: number) {}
 
-  /** 'native' (event-driven batched reads) or 'streams' (the addon's fs streams). */
-  get ioMode(): 'native' | 'streams' {
-    return this.io ? 'native' : 'streams';
-  }
-
   static async open(options: TunOptions): Promise<LinuxTun> {
     const { LinuxTun: Tun } = loadAddon();
     const existing = await existingLink(options.name);
