@@ -23,7 +23,7 @@ import {
   encodeFrame,
   writeHeader,
 } from '../src/protocol/index.js';
-import { Prefix, PrefixTable } from '../src/routing/index.js';
+import { Prefix, PrefixTable, formatAddress } from '../src/routing/index.js';
 
 const SAMPLES = envInt('SAMPLES', 7, 1, 101);
 const SAMPLE_MS = envInt('SAMPLE_MS', 200, 1, 10_000);
@@ -272,10 +272,7 @@ function maskTo(bytes: Uint8Array, length: number): Uint8Array {
 }
 
 function cidrText(family: 4 | 6, bytes: Uint8Array, length: number): string {
-  if (family === 4) return `${bytes.join('.')}/${length}`;
-  const groups: string[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i] << 8) | bytes[i + 1]).toString(16));
-  return `${groups.join(':')}/${length}`;
+  return `${formatAddress(family, bytes)}/${length}`;
 }
 
 function randomRoutes(family: 4 | 6, count: number): Route[] {

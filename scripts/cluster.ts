@@ -101,8 +101,9 @@ export class NodelinkCluster {
     ];
   }
 
-  startClient(n: number): ManagedProcess {
-    const proc = this.h.spawn(this.h.ns.node(n), this.clientArgs(n), { name: `nodelink-client-${n}` });
+  /** Starts node n's client with the usual flags, and `extraArgs` after them (a later flag wins). */
+  startClient(n: number, extraArgs: readonly string[] = [], name = `nodelink-client-${n}`): ManagedProcess {
+    const proc = this.h.spawn(this.h.ns.node(n), [...this.clientArgs(n), ...extraArgs], { name });
     this.clients.set(n, proc);
     return proc;
   }

@@ -33,7 +33,7 @@ export type Mutation =
   | { kind: 'u32'; at: number; value: number };
 
 /** Positions are taken modulo the length, so any mutation applies to any input. */
-export const mutationArb: fc.Arbitrary<Mutation> = fc.oneof(
+const mutationArb: fc.Arbitrary<Mutation> = fc.oneof(
   fc.record({ kind: fc.constant('flip' as const), at: fc.nat(), bit: fc.integer({ min: 0, max: 7 }) }),
   fc.record({ kind: fc.constant('set' as const), at: fc.nat(), value: fc.oneof(fc.constantFrom(0, 0xff, 0x7f, 0x80, 4, 6, 0x45, 0x60), fc.integer({ min: 0, max: 255 })) }),
   fc.record({ kind: fc.constant('truncate' as const), at: fc.nat() }),
@@ -92,7 +92,7 @@ const v4Arb = fc.uint8Array({ minLength: 4, maxLength: 4 });
 const v6Arb = fc.uint8Array({ minLength: 16, maxLength: 16 });
 
 /** A well-formed IPv4 or IPv6 packet, with options or extension-like bytes, any protocol. */
-export const packetArb: fc.Arbitrary<Buffer> = fc.oneof(
+const packetArb: fc.Arbitrary<Buffer> = fc.oneof(
   fc.record({
     ihl: fc.integer({ min: 5, max: 15 }), proto: fc.constantFrom(1, 6, 17, 58, 0, 255), src: v4Arb, dst: v4Arb,
     frag: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 0x1fff })), payload: fc.uint8Array({ maxLength: 120 }),

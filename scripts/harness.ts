@@ -286,8 +286,8 @@ export class ManagedProcess {
 // Process-wide registries: live harnesses (for exit hooks) and tracked processes (for leftovers).
 
 const liveHarnesses = new Set<Harness>();
-/** prefix -> processes spawned by that harness that have not exited yet. */
-const trackedByPrefix = new Map<string, Set<ManagedProcess>>();
+/** prefix -> processes spawned by that harness (leftovers() looks at the running ones). */
+const trackedByPrefix = new Map<string, readonly ManagedProcess[]>();
 /** prefix -> processes found inside its namespaces at destroy time that the harness did not start. */
 const strayByPrefix = new Map<string, Map<number, string>>();
 
@@ -344,7 +344,6 @@ export class Harness {
   private readonly created: string[] = [];
   /** PIDs of running exec() children. */
   private readonly execPids = new Set<number>();
-  private readonly tracked: Set<ManagedProcess>;
   private destroyPromise: Promise<void> | undefined;
   private destroyed = false;
   private logSeq = 0;
@@ -365,8 +364,7 @@ export class Harness {
     };
     this.kubeletCertPath = path.join(dir, 'kubelet.crt');
     this.kubeletKeyPath = path.join(dir, 'kubelet.key');
-    this.tracked = new Set();
-    trackedByPrefix.set(prefix, this.tracked);
+    trackedByPrefix.set(prefix, this.processes);
   }
 
   /** Builds the whole topology and starts the stubs; cleans up after itself if anything fails. */
@@ -471,14 +469,9 @@ export class Harness {
   /** The address the cp sees node traffic come from (router's masquerade address). */
   get natAddress(): string { return RT_CP_ADDRESS; }
   get natAddress6(): string { return RT_CP_ADDRESS6; }
-  get routerNodeAddress(): string { return RT_NODE_ADDRESS; }
-  get routerNodeAddress6(): string { return RT_NODE_ADDRESS6; }
   get serverPort(): number { return SERVER_PORT; }
   get serverEndpoint(): string { return `${CP_ADDRESS}:${SERVER_PORT}`; }
   get kubeletPort(): number { return KUBELET_PORT; }
-  get podPort(): number { return POD_PORT; }
-  get nodeCIDR(): string { return '198.19.0.0/24'; }
-  get nodeCIDR6(): string { return 'fd00:19::/64'; }
   get tunnelCIDR(): string { return '198.18.255.0/24'; }
   get tunnelCIDR6(): string { return 'fd00:18:ff::/64'; }
   /** Control plane i: 198.18.(i-1).2; its server's tunnel CIDR 198.18.(256-i).0/24 (distinct per server). */
@@ -553,8 +546,6 @@ export class Harness {
     });
     const proc = new ManagedProcess(pid, name, logPath, exited);
     this.processes.push(proc);
-    this.tracked.add(proc);
-    void proc.exited.then(() => this.tracked.delete(proc));
     return proc;
   }
 

@@ -23,6 +23,7 @@ import { FakeTun } from '../src/tun/index.js';
 import { silentLogger } from '../src/log.js';
 import { Harness, type ManagedProcess } from './harness.js';
 import { CLI, runCli } from './cluster.js';
+import { cpuSeconds, rssBytes } from './proc.js';
 
 const N = Number(process.env['N'] ?? 1000);
 const KEEPALIVE_MS = 5000;
@@ -35,10 +36,7 @@ function peerRoute(i: number): string {
 }
 
 function procStat(pid: number): { rssKiB: number; cpuSeconds: number } {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const rssKiB = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
-  return { rssKiB, cpuSeconds: (Number(fields[11]) + Number(fields[12])) / 100 };
+  return { rssKiB: rssBytes(pid) / 1024, cpuSeconds: cpuSeconds(pid) };
 }
 
 

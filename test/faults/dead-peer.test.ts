@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
-import { connected, quickStatus, report, timeUntil, faultRig } from './util.js';
+import { connected, peer, quickStatus, report, timeUntil, faultRig } from './util.js';
 
 describe('faults: dead peer detection', function () {
   this.timeout(90_000);
@@ -17,7 +17,7 @@ describe('faults: dead peer detection', function () {
 
   it('a silent node is noticed by the server and by the node in about 10 s', async function () {
     const t = H();
-    const before = (await quickStatus(C())).peers.find((p) => p.name === t.nodeName(1))!;
+    const before = (await peer(C(), 1))!;
     expect(before.lastPongMs, 'RTT is measured').to.be.a('number');
     await rig.underlay.blackhole(1);
     const cutAt = Date.now();
@@ -30,7 +30,7 @@ describe('faults: dead peer detection', function () {
     for (const ms of [serverMs, clientMs]) expect(ms).to.be.within(8000, 13_000);
     // Node 2 never noticed anything.
     expect(await t.ping(t.ns.cp, t.nodeIP(2), { timeoutS: 3 })).to.equal(true);
-    const node2 = (await quickStatus(C())).peers.find((p) => p.name === t.nodeName(2))!;
+    const node2 = (await peer(C(), 2))!;
     expect(Date.parse(node2.connectedSince!)).to.be.below(cutAt);
     // Traffic for the dead node is refused at once (ICMP unreachable), not black-holed.
     const ping = await t.exec(t.ns.cp, ['ping', '-c', '1', '-W', '2', t.nodeIP(1)], { allowFail: true });

@@ -103,8 +103,7 @@ describe('faults: MTU', function () {
     const t = H();
     cluster = new NodelinkCluster(t);
     await cluster.startServer();
-    const proc = t.spawn(t.ns.node(1), [...cluster.clientArgs(1), '--mtu', '1420'], { name: 'nodelink-client-1-mtu1420' });
-    cluster.clients.set(1, proc);
+    cluster.startClient(1, ['--mtu', '1420'], 'nodelink-client-1-mtu1420');
     await cluster.waitConnected([1]);
     expect(await mtuOf(t.ns.node(1))).to.equal(1420);
     const size = 4 * 1024 * 1024;

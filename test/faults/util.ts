@@ -1,7 +1,7 @@
 // Helpers for the fault suite: underlay faults made with nftables and tc in the harness's router
 // namespace (never anywhere else), process probes read from /proc, and small timing helpers.
 
-import { readFileSync, readdirSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { Harness, type HarnessOptions, type ManagedProcess } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
 import { skipUnlessRoot } from '../netns/root.js';
@@ -71,19 +71,7 @@ export class Underlay {
   }
 }
 
-/** Resident set size of a process in bytes (VmRSS from /proc/PID/status). */
-export function rssBytes(pid: number): number {
-  const match = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!match) throw new Error(`no VmRSS for pid ${pid}`);
-  return Number(match[1]) * 1024;
-}
-
-/** CPU time (user + system) a process has used, in seconds (/proc/PID/stat, 100 ticks/s). */
-export function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime (fields 14, 15 of stat)
-}
+export { cpuSeconds, rssBytes } from '../../scripts/proc.js';
 
 export function fdCount(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;

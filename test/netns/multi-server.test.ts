@@ -37,10 +37,7 @@ describe('two servers, every node connected to both', function () {
     secondSocket = path.join(h.dir, 'server-2.sock');
     await cluster.startServer();
     await startSecond();
-    for (const n of [1, 2]) {
-      const args = [...cluster.clientArgs(n), '--server', h.serverEndpointOf(2)];
-      cluster.clients.set(n, h.spawn(h.ns.node(n), args, { name: `nodelink-client-${n}` }));
-    }
+    for (const n of [1, 2]) cluster.startClient(n, ['--server', h.serverEndpointOf(2)]);
     await cluster.waitConnected([1, 2]);
     await h.waitFor(async () => (await cluster!.status(secondSocket)).peers.every((peer) => peer.connected), 15_000, 'both nodes on server 2');
   });

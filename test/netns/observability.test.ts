@@ -60,8 +60,7 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
 
   it('a starting node is alive but not ready: /healthz 200, /readyz 503 naming why', async function () {
     const t = H();
-    const args = [...C().clientArgs(1), '--metrics', CLIENT_METRICS, '--keepalive-ms', '500', '--dead-after-ms', '3000'];
-    C().clients.set(1, t.spawn(node(), args, { name: 'nodelink-client-1' }));
+    C().startClient(1, ['--metrics', CLIENT_METRICS, '--keepalive-ms', '500', '--dead-after-ms', '3000']);
     await t.waitFor(async () => (await get(node(), CLIENT_METRICS, '/healthz')).status === 200, 10_000, 'client /healthz');
     const ready = await get(node(), CLIENT_METRICS, '/readyz');
     expect(ready.status).to.equal(503);

@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { encodeKey, generateSeed, keyPairFromSeed, parsePeers, AuthError, type KeyPair } from '../../src/auth/index.js';
+import { encodeKey, generateSeed, keyPairFromSeed, parsePeers, AuthError } from '../../src/auth/index.js';
 import { Prefix } from '../../src/routing/index.js';
 import {
   KubernetesError, NodeRoutesWatcher, nodeRouteChecker, routesFromNode, routesOutsideNode, sameRoutes,
@@ -23,18 +23,10 @@ import { silentLogger } from '../../src/log.js';
 import { parseClientConfig, parseServerConfig } from '../../src/cli/config.js';
 import { routesFromKubernetes } from '../../src/cli/kubernetes.js';
 import { RECORDING, startRecordedApiServer, type RecordedApiServer } from './recorded-apiserver.js';
+import { newPair, portOf, sleep, waitFor } from './security-rig.js';
 
 const recorded = (key: string): NodeLike => RECORDING[key] as NodeLike;
 const strings = (routes: readonly Prefix[]): string[] => routes.map(String);
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 async function rejection(promise: Promise<unknown>): Promise<Error> {
   try {
@@ -304,9 +296,8 @@ describe('k8s: LinkServer checkRoutes and LinkClient.setRoutes over loopback TLS
   this.timeout(8000);
   const CONNECTION: ConnectionOptions = { maxQueueBytes: 1 << 20, keepaliveIntervalMs: 200, deadAfterMs: 1000, maxInitialPayload: 4096 };
   const TUNNEL = [Prefix.parse('198.18.255.0/24')];
-  const pair = (): KeyPair => keyPairFromSeed(generateSeed());
-  const serverPair = pair();
-  const nodePair = pair();
+  const serverPair = newPair();
+  const nodePair = newPair();
   const source = new FakeNodeSource('node-v4');
   let server: LinkServer;
   let port = 0;
@@ -336,7 +327,7 @@ describe('k8s: LinkServer checkRoutes and LinkClient.setRoutes over loopback TLS
       checkRoutes: nodeRouteChecker(source),
     });
     await server.start();
-    port = Number(server.listenAddress.split(':').pop());
+    port = portOf(server.listenAddress);
   });
   afterEach(async function () {
     await Promise.all(clients.splice(0).map((c) => c.stop()));

@@ -23,16 +23,8 @@ import { effectiveConfig, loadConfigFile, redact } from '../../src/cli/config-fi
 import { parseServerConfig } from '../../src/cli/config.js';
 import { liveSettingsFrom, restartNeeded } from '../../src/cli/reload.js';
 import { pathTargets } from '../../src/cli/observe.js';
+import { newPair, portOf, sleep, waitFor } from './security-rig.js';
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 function peerStatus(overrides: Partial<PeerStatus> = {}): PeerStatus {
   return {
@@ -135,7 +127,7 @@ describe('observability', function () {
 
     it('fails with one line when the port is taken', async function () {
       const taken = http!.address;
-      const port = Number(taken.slice(taken.lastIndexOf(':') + 1));
+      const port = portOf(taken);
       const error = await ObservabilityServer.start({
         host: '127.0.0.1', port, metrics: async () => '', contentType: 'text/plain', ready: async () => report({}),
       }).then(() => undefined, (err: Error) => err);
@@ -146,8 +138,8 @@ describe('observability', function () {
   describe('observer hooks over loopback TLS', function () {
     const TUNNEL_CIDRS = [Prefix.parse('198.18.255.0/24')];
     const CONNECTION: ConnectionOptions = { maxQueueBytes: 1 << 20, keepaliveIntervalMs: 100, deadAfterMs: 1000, maxInitialPayload: 4096 };
-    const serverPair = keyPairFromSeed(generateSeed());
-    const nodePair = keyPairFromSeed(generateSeed());
+    const serverPair = newPair();
+    const nodePair = newPair();
     const registry = parsePeers(JSON.stringify({ peers: [{ name: 'node-a', publicKey: encodeKey(nodePair.publicKey), allowedIPs: ['198.19.0.11/32'] }] }), 'peers.json', TUNNEL_CIDRS);
     let server: LinkServer | undefined;
     let port = 0;
@@ -161,7 +153,7 @@ describe('observability', function () {
         installRoutes: async () => undefined, log: silentLogger(), observer: serverMetrics,
       });
       await server.start();
-      port = Number(server.listenAddress.split(':')[1]);
+      port = portOf(server.listenAddress);
     });
 
     after(async function () {
