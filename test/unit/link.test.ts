@@ -2,12 +2,9 @@
 // in-memory streams and the reconnect Backoff. No TUN device, namespace or root needed.
 
 import { expect } from 'chai';
-import { once } from 'node:events';
 import { Duplex, PassThrough } from 'node:stream';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
-import {
-  EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, parsePeers, type KeyPair,
-} from '../../src/auth/index.js';
+import { connect as tlsConnect } from 'node:tls';
+import { encodeHello, encodeKey, parsePeers, type KeyPair } from '../../src/auth/index.js';
 import {
   CloseCode, FrameDecoder, FrameType, HEADER_SIZE, decodeCodePayload, encodeFrame, writeHeader,
 } from '../../src/protocol/index.js';
@@ -18,7 +15,9 @@ import { Backoff, LinkClient } from '../../src/link-client/index.js';
 import { FramedConnection, type ConnectionEvents, type ConnectionOptions } from '../../src/link/connection.js';
 import { silentLogger } from '../../src/log.js';
 import type { DaemonStatus, PeerStatus } from '../../src/admin/index.js';
-import { ipv4, ipv6, newPair, portOf, sleep, waitFor } from './security-rig.js';
+import {
+  APISERVER, CONNECTION as RIG_CONNECTION, RawSession, TUNNEL_ADDRESSES, TUNNEL_CIDRS, ipv4, ipv6, newPair, portOf, sleep, waitFor,
+} from './security-rig.js';
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -33,45 +32,10 @@ function clearWritten(...tuns: FakeTun[]): void {
   for (const tun of tuns) tun.written.length = 0;
 }
 
-/** A TLS connection to the server that speaks the wire protocol by hand (no LinkClient). */
-interface RawSession {
-  readonly socket: TLSSocket;
-  readonly exporter: Buffer;
-  readonly frames: Array<{ type: FrameType; payload: Buffer }>;
-  readonly closed: Promise<void>;
-  readonly isClosed: () => boolean;
-}
-
-async function rawConnect(port: number): Promise<RawSession> {
-  const socket = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' });
-  const frames: RawSession['frames'] = [];
-  const decoder = new FrameDecoder((type, payload) => frames.push({ type, payload: Buffer.from(payload) }));
-  let isClosed = false;
-  socket.on('data', (chunk: Buffer) => {
-    try {
-      decoder.push(chunk);
-    } catch {
-      socket.destroy();
-    }
-  });
-  socket.on('error', () => { /* the test looks at frames and `closed` */ });
-  const closed = new Promise<void>((resolve) => socket.once('close', () => { isClosed = true; resolve(); }));
-  await once(socket, 'secureConnect');
-  const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
-  return { socket, exporter, frames, closed, isClosed: () => isClosed };
-}
-
-function findFrame(session: RawSession, type: FrameType): { type: FrameType; payload: Buffer } | undefined {
-  return session.frames.find((f) => f.type === type);
-}
-
 // ---------------------------------------------------------------------------------------------
 // the forwarding scenario
 
-const TUNNEL_CIDRS = [Prefix.parse('198.18.255.0/24'), Prefix.parse('fd00:18:ff::/64')];
-const TUNNEL_ADDRESSES = [Prefix.fromAddress('198.18.255.1'), Prefix.fromAddress('fd00:18:ff::1')];
-const CONNECTION: ConnectionOptions = { maxQueueBytes: 1 << 20, keepaliveIntervalMs: 200, deadAfterMs: 1000, maxInitialPayload: 4096 };
-const APISERVER = '198.18.0.10'; // the control plane's own address: source of TUN traffic toward nodes
+const CONNECTION: ConnectionOptions = { ...RIG_CONNECTION, deadAfterMs: 1000 };
 
 const NODE_A_ROUTES = ['198.19.0.11/32', '198.19.1.0/24', 'fd00:19:1::/64'];
 const NODE_B_ROUTES = ['198.19.0.12/32', '198.19.2.0/24'];
@@ -134,7 +98,7 @@ describe('link over FakeTun and loopback TLS', function () {
   }
 
   async function raw(): Promise<RawSession> {
-    const session = await rawConnect(port);
+    const session = await RawSession.over(tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' }));
     raws.push(session);
     return session;
   }
@@ -270,7 +234,7 @@ describe('link over FakeTun and loopback TLS', function () {
     await sleep(50);
     expect(serverTun.written).to.deep.equal([legit]);
     // The real node-a redials after being replaced, and takes its session back.
-    await waitFor('the hand-made session to be replaced', () => rogue.isClosed());
+    await waitFor('the hand-made session to be replaced', () => rogue.closed);
     await waitFor('node-a to be back', () => a.client.isAuthenticated && peer('node-a').connected);
   });
 
@@ -416,13 +380,13 @@ describe('link over FakeTun and loopback TLS', function () {
     const replayed = encodeHello(pairA, first.exporter, { name: 'node-a', routes: NODE_A_ROUTES });
     const endpointBefore = peer('node-a').endpoint;
     second.socket.write(encodeFrame(FrameType.Hello, replayed));
-    await waitFor('the server to reject and close', () => second.isClosed());
-    const reject = findFrame(second, FrameType.Reject);
+    await waitFor('the server to reject and close', () => second.closed);
+    const reject = second.frame(FrameType.Reject);
     expect(reject, 'a Reject frame').to.not.equal(undefined);
     const { code, reason } = decodeCodePayload(reject!.payload);
     expect(code).to.equal(CloseCode.AuthFailed);
     expect(reason).to.match(/replayed|forged/);
-    expect(findFrame(second, FrameType.Welcome)).to.equal(undefined);
+    expect(second.frame(FrameType.Welcome)).to.equal(undefined);
     expect(peer('node-a').endpoint).to.equal(endpointBefore);
     first.socket.destroy();
   });
@@ -432,8 +396,8 @@ describe('link over FakeTun and loopback TLS', function () {
     const header = Buffer.alloc(HEADER_SIZE);
     writeHeader(header, 0, FrameType.Hello, 100_000);
     session.socket.write(header);
-    await waitFor('the server to close', () => session.isClosed());
-    const close = findFrame(session, FrameType.Close);
+    await waitFor('the server to close', () => session.closed);
+    const close = session.frame(FrameType.Close);
     expect(close).to.not.equal(undefined);
     const { code, reason } = decodeCodePayload(close!.payload);
     expect(code).to.equal(CloseCode.ProtocolError);
@@ -443,9 +407,9 @@ describe('link over FakeTun and loopback TLS', function () {
   it('closes a connection that sends no hello within handshakeTimeoutMs', async function () {
     const session = await raw();
     const started = Date.now();
-    await waitFor('the server to close', () => session.isClosed(), 3500);
+    await waitFor('the server to close', () => session.closed, 3500);
     expect(Date.now() - started).to.be.at.least(1500);
-    const close = findFrame(session, FrameType.Close);
+    const close = session.frame(FrameType.Close);
     expect(close).to.not.equal(undefined);
     expect(decodeCodePayload(close!.payload).code).to.equal(CloseCode.Timeout);
   });
@@ -457,14 +421,14 @@ describe('link over FakeTun and loopback TLS', function () {
     // A second connection with node-a's identity (as after a node reboot with a half-open old stream).
     const second = await raw();
     second.socket.write(encodeFrame(FrameType.Hello, encodeHello(pairA, second.exporter, { name: 'node-a', routes: NODE_A_ROUTES })));
-    await waitFor('a Welcome on the second connection', () => findFrame(second, FrameType.Welcome) !== undefined);
-    const welcome = JSON.parse(findFrame(second, FrameType.Welcome)!.payload.toString('utf8')) as { routes: string[] };
+    await waitFor('a Welcome on the second connection', () => second.frame(FrameType.Welcome) !== undefined);
+    const welcome = JSON.parse(second.frame(FrameType.Welcome)!.payload.toString('utf8')) as { routes: string[] };
     expect(welcome.routes).to.deep.equal(NODE_A_ROUTES);
 
     // The first (the LinkClient's) was closed with 'replaced'; the client then redials (backoff
     // 50 ms) and, being the newest, replaces the hand-made connection in turn.
-    await waitFor('the hand-made connection to be replaced', () => second.isClosed());
-    const close = findFrame(second, FrameType.Close);
+    await waitFor('the hand-made connection to be replaced', () => second.closed);
+    const close = second.frame(FrameType.Close);
     expect(close).to.not.equal(undefined);
     const { code, reason } = decodeCodePayload(close!.payload);
     expect(code).to.equal(CloseCode.Replaced);
