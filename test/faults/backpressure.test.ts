@@ -10,8 +10,8 @@ import { fileURLToPath } from 'node:url';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
 import { DEFAULTS } from '../../src/cli/config.js';
-import { skipUnlessRoot } from '../netns/root.js';
-import { MiB, Underlay, mbit, peer, quickStatus, report, rssBytes, sleep, timeUntil } from './util.js';
+import { leavesNothingBehind } from '../netns/root.js';
+import { MiB, faultRig, mbit, peer, quickStatus, report, rssBytes, sleep, timeUntil } from './util.js';
 
 const FLOOD_SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'udp-flood.js');
 const FLOOD_S = 30;
@@ -26,31 +26,13 @@ const TRANSFER = 32 * MiB;
 
 describe('faults: backpressure (flood a throttled node)', function () {
   this.timeout(300_000);
-  let h: Harness | undefined;
-  let cluster: NodelinkCluster | undefined;
-  let underlay: Underlay | undefined;
-  let prefix = '';
+  // Its after hook lifts both rate limits, whatever a test left set.
+  const rig = faultRig({ nodes: 2 });
   let baselineMbit = 0;
   let baselineRss = 0;
 
-  before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create({ nodes: 2 });
-    prefix = h.prefix;
-    cluster = new NodelinkCluster(h);
-    underlay = new Underlay(h);
-    await cluster.up();
-  });
-
-  after(async function () {
-    await underlay?.unlimit('n1').catch(() => undefined);
-    if (h) await underlay?.unlimit('eth0', h.ns.node(1)).catch(() => undefined);
-    await cluster?.stop();
-    await h?.destroy();
-  });
-
-  const H = (): Harness => h!;
-  const C = (): NodelinkCluster => cluster!;
+  const H = (): Harness => rig.h;
+  const C = (): NodelinkCluster => rig.cluster;
 
   async function node2Transfer(): Promise<number> {
     const t = H();
@@ -100,7 +82,7 @@ describe('faults: backpressure (flood a throttled node)', function () {
     const t = H();
     const pid = C().server!.pid;
     const before = (await peer(C(), 1))!;
-    await underlay!.limit('n1', THROTTLE_MBIT); // router → node 1: the server's stream to node 1 backs up
+    await rig.underlay.limit('n1', THROTTLE_MBIT); // router → node 1: the server's stream to node 1 backs up
     // To the node itself: a pod behind its 1500-byte cbr0 would answer "fragmentation needed"
     // and turn every 8 KiB datagram into six fragments, testing CPU more than the queue.
     const flood = t.spawn(t.ns.cp, [process.execPath, FLOOD_SCRIPT, t.nodeIP(1), '9', String(FLOOD_MBIT), String(FLOOD_S)], { name: 'udp-flood-cp' });
@@ -122,7 +104,7 @@ describe('faults: backpressure (flood a throttled node)', function () {
     // "Stays fast": half the baseline or more is typical; a third is the bar on a loaded 2-vCPU VM,
     // where the flood generator, the server and node 2's transfer share the CPUs.
     expect(median).to.be.at.least(baselineMbit / 3);
-    await underlay!.unlimit('n1');
+    await rig.underlay.unlimit('n1');
     // Node 1 works again once the flood is over.
     const backMs = await timeUntil(() => t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 1 }), 30_000, 'node 1 to answer after the flood');
     report(`node 1 answers ${backMs} ms after the flood ended; its keepalive RTT during the flood up to ${maxRttMs.toFixed(0)} ms ` +
@@ -134,7 +116,7 @@ describe('faults: backpressure (flood a throttled node)', function () {
     const clientPid = C().clients.get(1)!.pid;
     const socket = C().clientSocket(1);
     const before = (await quickStatus(C(), socket)).peers[0]!;
-    await underlay!.limit('eth0', THROTTLE_MBIT, t.ns.node(1)); // node 1 → router: its uplink
+    await rig.underlay.limit('eth0', THROTTLE_MBIT, t.ns.node(1)); // node 1 → router: its uplink
     const seconds = 15;
     const flood = t.spawn(t.ns.node(1), [process.execPath, FLOOD_SCRIPT, '198.18.255.1', '9', String(FLOOD_MBIT), String(seconds)], { name: 'udp-flood-node1' });
     const { maxRss, maxQueued, rates } = await duringFlood(clientPid, socket, flood.exited, 'client');
@@ -147,14 +129,9 @@ describe('faults: backpressure (flood a throttled node)', function () {
     expect(queueFull).to.be.greaterThan(0);
     expect(maxQueued).to.be.at.most(DEFAULTS.maxQueueBytes + 256 * 1024);
     expect(maxRss).to.be.below(CLIENT_RSS_BOUND);
-    await underlay!.unlimit('eth0', t.ns.node(1));
+    await rig.underlay.unlimit('eth0', t.ns.node(1));
     await timeUntil(() => t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 1 }), 30_000, 'node 1 to answer after the uplink flood');
   });
 
-  it('leaves nothing behind', async function () {
-    await C().stop();
-    await H().destroy();
-    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
-    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
-  });
+  leavesNothingBehind(rig);
 });

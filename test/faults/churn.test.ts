@@ -9,6 +9,7 @@ import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
 import { fdCount, quickStatus, report, sleep, faultRig } from './util.js';
+import { leavesNothingBehind } from '../netns/root.js';
 
 const NODES = 20;
 const CHURN_MS = 60_000;
@@ -134,10 +135,5 @@ describe('faults: churn of 20 nodes for 60 s', function () {
     expect(pings).to.deep.equal(all.map(() => true));
   });
 
-  it('leaves nothing behind', async function () {
-    await C().stop();
-    await H().destroy();
-    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
-    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
-  });
+  leavesNothingBehind(rig);
 });

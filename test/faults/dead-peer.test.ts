@@ -7,6 +7,7 @@ import { expect } from 'chai';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
 import { connected, peer, quickStatus, report, timeUntil, faultRig } from './util.js';
+import { leavesNothingBehind } from '../netns/root.js';
 
 describe('faults: dead peer detection', function () {
   this.timeout(90_000);
@@ -45,10 +46,5 @@ describe('faults: dead peer detection', function () {
     expect(await t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 3 })).to.equal(true);
   });
 
-  it('leaves nothing behind', async function () {
-    await C().stop();
-    await H().destroy();
-    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
-    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
-  });
+  leavesNothingBehind(rig);
 });

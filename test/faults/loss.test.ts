@@ -6,6 +6,7 @@
 import { expect } from 'chai';
 import { Harness } from '../../scripts/harness.js';
 import { MiB, mbit, peer, report, faultRig } from './util.js';
+import { leavesNothingBehind } from '../netns/root.js';
 
 describe('faults: random loss in the underlay', function () {
   this.timeout(600_000);
@@ -39,10 +40,5 @@ describe('faults: random loss in the underlay', function () {
     });
   }
 
-  it('leaves nothing behind', async function () {
-    await rig.cluster.stop();
-    await rig.h.destroy();
-    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
-    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
-  });
+  leavesNothingBehind(rig);
 });

@@ -6,6 +6,7 @@ import { expect } from 'chai';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
 import { connected, logLines, quickStatus, report, timeUntil, faultRig } from './util.js';
+import { leavesNothingBehind } from '../netns/root.js';
 
 const NODES = 6;
 
@@ -129,11 +130,5 @@ describe('faults: server restart and crash recovery', function () {
     expect(await t.ping(t.ns.cp, t.podIP(1, 1), { timeoutS: 3 })).to.equal(true);
   });
 
-  it('leaves no namespace, device, route or process behind', async function () {
-    const t = H();
-    await C().stop();
-    await t.destroy();
-    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
-    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
-  });
+  leavesNothingBehind(rig, 'leaves no namespace, device, route or process behind');
 });

@@ -6,6 +6,7 @@ import { expect } from 'chai';
 import { Harness, type CurlResult } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
 import { MiB, mbit, peer, report, sleep, timeUntil, faultRig } from './util.js';
+import { leavesNothingBehind } from '../netns/root.js';
 
 /** curl's --limit-rate: keeps the transfer in flight across the fault however fast the link is. */
 const RATE = '2M';
@@ -93,10 +94,5 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
     expect(await t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 3 })).to.equal(true);
   });
 
-  it('leaves nothing behind', async function () {
-    await C().stop();
-    await H().destroy();
-    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
-    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
-  });
+  leavesNothingBehind(rig);
 });

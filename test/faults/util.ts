@@ -4,7 +4,7 @@
 import { readdirSync } from 'node:fs';
 import { Harness, type HarnessOptions, type ManagedProcess } from '../../scripts/harness.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
-import { skipUnlessRoot } from '../netns/root.js';
+import { clusterRig, type ClusterRig } from '../netns/root.js';
 import { fetchStatus, type DaemonStatus } from '../../src/admin/index.js';
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -17,6 +17,9 @@ const TABLE = 'nodelink_faults';
  * crosses the router's forward path, so dropping there is a fault "in the network".
  */
 export class Underlay {
+  /** Rate limits set, as "ns dev": clear() lifts them too. */
+  private readonly limited = new Map<string, { dev: string; ns: string }>();
+
   constructor(private readonly h: Harness) {}
 
   /** Drops `percent`% of everything forwarded between nodes and control plane, both ways. */
@@ -37,8 +40,9 @@ export class Underlay {
     ]);
   }
 
-  /** Removes every fault rule (the harness's NAT and firewall stay). */
+  /** Removes every fault rule and rate limit (the harness's NAT and firewall stay). */
   async clear(): Promise<void> {
+    for (const { dev, ns } of [...this.limited.values()]) await this.unlimit(dev, ns);
     await this.h.exec(this.h.ns.rt, ['nft', 'delete', 'table', 'inet', TABLE], { allowFail: true });
   }
 
@@ -57,10 +61,12 @@ export class Underlay {
   /** A token-bucket rate limit on egress of dev in ns (default: the router). */
   async limit(dev: string, mbit: number, ns = this.h.ns.rt): Promise<void> {
     await this.h.exec(ns, ['tc', 'qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', `${mbit}mbit`, 'burst', '64kb', 'latency', '200ms']);
+    this.limited.set(`${ns} ${dev}`, { dev, ns });
   }
 
   async unlimit(dev: string, ns = this.h.ns.rt): Promise<void> {
     await this.h.exec(ns, ['tc', 'qdisc', 'del', 'dev', dev, 'root'], { allowFail: true });
+    this.limited.delete(`${ns} ${dev}`);
   }
 
   private async rules(rules: string[]): Promise<void> {
@@ -130,38 +136,25 @@ export function report(text: string): void {
 }
 
 /** What a fault suite runs on: the harness, nodelink on it, and the router's fault controls. */
-export interface FaultRig {
-  readonly h: Harness;
-  readonly cluster: NodelinkCluster;
+export interface FaultRig extends ClusterRig {
   readonly underlay: Underlay;
-  readonly prefix: string;
 }
 
 /**
- * Registers the hooks every fault suite needs (call it inside `describe`): before, a harness and
- * nodelink on it (all nodes connected, unless `start` is false); after, faults cleared, nodelink
- * stopped, everything removed.
+ * clusterRig (every node connected, unless `start` is false) with the router's fault controls;
+ * every fault is cleared before nodelink stops.
  */
 export function faultRig(options: HarnessOptions, start = true): FaultRig {
-  let h: Harness | undefined;
-  let cluster: NodelinkCluster | undefined;
   let underlay: Underlay | undefined;
-  before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create(options);
-    cluster = new NodelinkCluster(h);
-    underlay = new Underlay(h);
-    if (start) await cluster.up();
-  });
+  // Registered first, so it runs before clusterRig's after hook.
   after(async function () {
     await underlay?.clear().catch(() => undefined);
-    await cluster?.stop();
-    await h?.destroy();
   });
+  const rig = clusterRig(options, { start });
   return {
-    get h() { return h!; },
-    get cluster() { return cluster!; },
-    get underlay() { return underlay!; },
-    get prefix() { return h!.prefix; },
+    get h() { return rig.h; },
+    get cluster() { return rig.cluster; },
+    get underlay() { return (underlay ??= new Underlay(rig.h)); },
+    get prefix() { return rig.prefix; },
   };
 }

@@ -6,27 +6,13 @@ import { expect } from 'chai';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster, runCli } from '../../scripts/cluster.js';
 import type { Check, DiagnoseReport } from '../../src/cli/diagnose.js';
-import { skipUnlessRoot } from './root.js';
+import { clusterRig } from './root.js';
 
 describe('nodelink diagnose in namespaces (real CLI)', function () {
   this.timeout(60_000);
-  let h: Harness | undefined;
-  let cluster: NodelinkCluster | undefined;
-
-  before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create({ nodes: 1 });
-    cluster = new NodelinkCluster(h);
-    await cluster.up();
-  });
-
-  after(async function () {
-    await cluster?.stop();
-    await h?.destroy();
-  });
-
-  const H = (): Harness => h!;
-  const C = (): NodelinkCluster => cluster!;
+  const rig = clusterRig({ nodes: 1 }, { start: true });
+  const H = (): Harness => rig.h;
+  const C = (): NodelinkCluster => rig.cluster;
 
   /** Runs diagnose on node 1 with the client's flags, overridden as given; returns exit code and report. */
   async function onNode(overrides: { serverKey?: string; keyFile?: string } = {}, json = true): Promise<{ code: number; report: DiagnoseReport; stdout: string }> {

@@ -5,28 +5,13 @@
 import { expect } from 'chai';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster, runCli } from '../../scripts/cluster.js';
-import { skipUnlessRoot } from './root.js';
+import { clusterRig } from './root.js';
 
 describe('link in namespaces (real CLI)', function () {
   this.timeout(60_000);
-  let h: Harness | undefined;
-  let cluster: NodelinkCluster | undefined;
-  let prefix = '';
-
-  before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create({ nodes: 2 });
-    prefix = h.prefix;
-    cluster = new NodelinkCluster(h);
-  });
-
-  after(async function () {
-    await cluster?.stop();
-    await h?.destroy();
-  });
-
-  const H = (): Harness => h!;
-  const C = (): NodelinkCluster => cluster!;
+  const rig = clusterRig({ nodes: 2 });
+  const H = (): Harness => rig.h;
+  const C = (): NodelinkCluster => rig.cluster;
 
   it('without the link the control plane reaches no node or pod', async function () {
     const t = H();
@@ -146,10 +131,10 @@ describe('link in namespaces (real CLI)', function () {
 
   it('leaves no namespace, device, route or process behind', async function () {
     const t = H();
-    await cluster!.stop();
-    const servers = [cluster!.server!, ...cluster!.clients.values()];
+    await C().stop();
+    const servers = [C().server!, ...C().clients.values()];
     await t.destroy();
-    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
+    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
     expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
     for (const proc of servers) expect(proc.running).to.equal(false);
   });

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster, runCli } from '../../scripts/cluster.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
-import { skipUnlessRoot } from './root.js';
+import { clusterRig } from './root.js';
 
 const SERVER_METRICS = '127.0.0.1:9472';
 const CLIENT_METRICS = '127.0.0.1:9473';
@@ -27,28 +27,17 @@ function parseMetrics(text: string): Map<string, number> {
 
 describe('observability in namespaces (real CLI): metrics, health, path checks', function () {
   this.timeout(60_000);
-  let h: Harness | undefined;
-  let cluster: NodelinkCluster | undefined;
   let configFile = '';
-
-  before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create({ nodes: 1 });
-    configFile = path.join(h.dir, 'server.yaml');
-    // Settings from a config file (below flags and env), so SIGHUP can change them.
-    writeFileSync(configFile, `metrics: ${SERVER_METRICS}\npath-check-interval-ms: 300\npath-check-timeout-ms: 1000\nlog-level: info\n`);
-    cluster = new NodelinkCluster(h, {
-      extraServerArgs: ['--config', configFile, '--keepalive-ms', '500', '--dead-after-ms', '3000'],
-    });
+  const rig = clusterRig({ nodes: 1 }, {
+    cluster: (h) => {
+      configFile = path.join(h.dir, 'server.yaml');
+      // Settings from a config file (below flags and env), so SIGHUP can change them.
+      writeFileSync(configFile, `metrics: ${SERVER_METRICS}\npath-check-interval-ms: 300\npath-check-timeout-ms: 1000\nlog-level: info\n`);
+      return { extraServerArgs: ['--config', configFile, '--keepalive-ms', '500', '--dead-after-ms', '3000'] };
+    },
   });
-
-  after(async function () {
-    await cluster?.stop();
-    await h?.destroy();
-  });
-
-  const H = (): Harness => h!;
-  const C = (): NodelinkCluster => cluster!;
+  const H = (): Harness => rig.h;
+  const C = (): NodelinkCluster => rig.cluster;
   const node = (): string => H().ns.node(1);
   const get = (ns: string, address: string, path: string) => H().curl(ns, `http://${address}${path}`, { timeoutS: 3 });
   const scrape = async (ns: string, address: string): Promise<Map<string, number>> => {

@@ -1,7 +1,55 @@
+// What every namespace suite (netns and faults) shares: the root check, the harness with
+// nodelink on it, and the final leak check.
+import { expect } from 'chai';
+import { Harness, type HarnessOptions } from '../../scripts/harness.js';
+import { NodelinkCluster, type ClusterOptions } from '../../scripts/cluster.js';
+
 /** Namespace tests need root; without it they say so loudly and skip, never pass silently. */
 export function skipUnlessRoot(ctx: Mocha.Context): void {
   if (process.getuid?.() !== 0) {
     console.log('\n    *** SKIPPED: namespace tests need root (run npm test as root) ***\n');
     ctx.skip();
   }
+}
+
+/** A suite's harness and nodelink on it. */
+export interface ClusterRig {
+  readonly h: Harness;
+  readonly cluster: NodelinkCluster;
+  readonly prefix: string;
+}
+
+/**
+ * Registers the hooks a namespace suite needs (call it inside `describe`): before, a harness and
+ * nodelink on it (every node connected when `start`; `cluster` may build its options from the
+ * harness, to write files into its directory); after, nodelink stopped and everything removed.
+ */
+export function clusterRig(options: HarnessOptions, opts: { start?: boolean; cluster?: (h: Harness) => ClusterOptions } = {}): ClusterRig {
+  let h: Harness | undefined;
+  let cluster: NodelinkCluster | undefined;
+  before(async function () {
+    skipUnlessRoot(this);
+    h = await Harness.create(options);
+    cluster = new NodelinkCluster(h, opts.cluster?.(h));
+    if (opts.start) await cluster.up();
+  });
+  after(async function () {
+    await cluster?.stop();
+    await h?.destroy();
+  });
+  return {
+    get h() { return h!; },
+    get cluster() { return cluster!; },
+    get prefix() { return h!.prefix; },
+  };
+}
+
+/** The suite's last test: stop nodelink, remove the harness, and find nothing left anywhere. */
+export function leavesNothingBehind(rig: ClusterRig, title = 'leaves nothing behind'): void {
+  it(title, async function () {
+    await rig.cluster.stop();
+    await rig.h.destroy();
+    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
+    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
+  });
 }
