@@ -1,7 +1,7 @@
 import { readKeyFile, readPeersFile } from '../auth/index.js';
 import { AdminServer, processDebug } from '../admin/index.js';
 import { LinkServer, loadServerCertificate } from '../link-server/index.js';
-import { LinuxTun, ipBatch, routeDelete, routeReplaceCommand } from '../tun/index.js';
+import { LinuxTun, ipBatch, routeDeleteCommand, routeReplaceCommand } from '../tun/index.js';
 import { createLogger } from '../log.js';
 import type { Prefix } from '../routing/index.js';
 import { tunnelSource, type ServerConfig } from './config.js';
@@ -42,9 +42,8 @@ export async function runServer(config: ServerConfig): Promise<void> {
     checkRoutes,
     certificate,
     limits: { maxUnauthenticated: config.maxUnauthenticated, maxNewPerSourcePerSecond: config.maxNewConnsPerSource, maxQueued: config.maxQueuedHandshakes },
-    removeRoutes: async (cidrs) => {
-      for (const cidr of cidrs) await routeDelete(cidr.toString(), config.tun);
-    },
+    // In one ip -batch, as installRoutes; a route already gone is no error.
+    removeRoutes: (cidrs) => ipBatch(cidrs.map((cidr) => routeDeleteCommand(cidr.toString(), config.tun))).catch(() => undefined),
   });
   let admin: AdminServer | undefined;
   try {

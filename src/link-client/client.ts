@@ -119,7 +119,11 @@ export class LinkClient {
   private dial(): void {
     const { options } = this;
     let socket: TLSSocket;
+    // A failure this client raised itself, named where it knows the cause; others (errno codes
+    // in the socket's error) are classified from the reason.
+    let failure: string | undefined;
     const deadline = setTimeout(() => {
+      failure = 'timeout';
       options.log.warn({ server: `${options.host}:${options.port}` }, `no welcome within ${options.handshakeTimeoutMs} ms`);
       socket.destroy(new Error(`no welcome within ${options.handshakeTimeoutMs} ms`));
     }, options.handshakeTimeoutMs);
@@ -137,8 +141,9 @@ export class LinkClient {
     socket.once('secureConnect', () => {
       const untrusted = checkServer(socket, options);
       if (untrusted) {
-        options.log.error({ server: `${options.host}:${options.port}`, presented: serverIdentity(socket) ?? null }, untrusted);
-        socket.destroy(new Error(untrusted));
+        failure = untrusted.failure;
+        options.log.error({ server: `${options.host}:${options.port}`, presented: serverIdentity(socket) ?? null }, untrusted.message);
+        socket.destroy(new Error(untrusted.message));
         return;
       }
       // Status shows the pinned key when there is one; only --ca mode needs what was presented.
@@ -169,7 +174,7 @@ export class LinkClient {
       onClose: (code, reason, byPeer) => {
         clearTimeout(deadline);
         if (this.authenticated) options.observer?.disconnected?.(this.peerName, closeCodeName(code));
-        else if (!this.stopped) options.observer?.handshakeFailed?.(byPeer ? closeCodeName(code) : classifyDialFailure(reason), this.peerName, reason);
+        else if (!this.stopped) options.observer?.handshakeFailed?.(byPeer ? closeCodeName(code) : failure ?? classifyDialFailure(reason), this.peerName, reason);
         this.onClosed(code, reason, byPeer);
       },
       onPong: (rttMs) => options.observer?.pong?.(this.peerName, rttMs),

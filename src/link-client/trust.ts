@@ -77,23 +77,29 @@ export function serverIdentity(socket: TLSSocket): string | undefined {
   return fingerprint ? `sha256:${fingerprint}` : undefined;
 }
 
+/** Why a server is not trusted: the handshake-failure name for metrics, and one line for people. */
+export interface Untrusted {
+  readonly failure: 'tls' | 'server_key_mismatch' | 'no_trust';
+  readonly message: string;
+}
+
 /**
  * Checks a TLS session that has just connected. Returns undefined when the server is trusted,
- * else one line saying why not and what to check. The socket must have been opened with
+ * else why not and what to check. The socket must have been opened with
  * `ca: trust.ca` and rejectUnauthorized false, so that Node computed `authorized` (chain and
  * name) without tearing the socket down before we could say why.
  */
-export function checkServer(socket: TLSSocket, trust: ServerTrust): string | undefined {
+export function checkServer(socket: TLSSocket, trust: ServerTrust): Untrusted | undefined {
   if (trust.ca !== undefined && !socket.authorized) {
     const why = String(socket.authorizationError ?? 'unverified');
-    return `server certificate does not verify against --ca (${why}): wrong server, a certificate from another CA, or a name that is not in it (see --server-name)`;
+    return { failure: 'tls', message: `server certificate does not verify against --ca (${why}): wrong server, a certificate from another CA, or a name that is not in it (see --server-name)` };
   }
   if (trust.serverKey) {
     const presented = serverPublicKey(socket);
     if (!presented || !keysEqual(presented, trust.serverKey)) {
-      return `server key ${presented ? encodeKey(presented) : '(not Ed25519)'} does not match --server-key: wrong server, or --server-key is stale (check with nodelink pubkey on the server)`;
+      return { failure: 'server_key_mismatch', message: `server key ${presented ? encodeKey(presented) : '(not Ed25519)'} does not match --server-key: wrong server, or --server-key is stale (check with nodelink pubkey on the server)` };
     }
   }
-  if (trust.ca === undefined && !trust.serverKey) return 'no --server-key or --ca to check the server against';
+  if (trust.ca === undefined && !trust.serverKey) return { failure: 'no_trust', message: 'no --server-key or --ca to check the server against' };
   return undefined;
 }

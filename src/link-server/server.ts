@@ -1,5 +1,5 @@
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
-import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import {
   EXPORTER_BYTES, EXPORTER_LABEL, verifyHello, AuthError, type KeyPair, type PeerConfig, type PeerRegistry,
 } from '../auth/index.js';
@@ -71,6 +71,11 @@ interface Session {
   readonly routes: readonly Prefix[];
 }
 
+/** What the server's TLS presents, at start and after a certificate renewal: TLS 1.3 only. */
+function tlsOptions(certificate: ServerCertificate): SecureContextOptions {
+  return { cert: certificate.certPem, key: certificate.keyPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' };
+}
+
 /** ICMP errors answer traffic to offline nodes; cap them so a flood cannot turn into one. */
 const ICMP_ERRORS_PER_SECOND = 100;
 
@@ -125,13 +130,7 @@ export class LinkServer {
     await options.installRoutes(this.registry.peers.flatMap((peer) => peer.allowedIPs));
     options.tun.onPacket((packet) => this.onTunPacket(packet));
     const certificate = options.certificate ?? await createServerCertificate(options.keyPair);
-    const tls = createTlsServer({
-      cert: certificate.certPem,
-      key: certificate.keyPem,
-      minVersion: 'TLSv1.3',
-      maxVersion: 'TLSv1.3',
-      handshakeTimeout: options.handshakeTimeoutMs,
-    });
+    const tls = createTlsServer({ ...tlsOptions(certificate), handshakeTimeout: options.handshakeTimeoutMs });
     tls.on('secureConnection', (socket) => this.onSecureConnection(socket));
     tls.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
       const reason = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'handshake_timeout' : 'tls_handshake_failed';
@@ -158,7 +157,7 @@ export class LinkServer {
 
   /** Presents another certificate to new connections (a renewed --cert); sessions keep theirs. */
   setCertificate(certificate: ServerCertificate): void {
-    this.tls?.setSecureContext({ cert: certificate.certPem, key: certificate.keyPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' });
+    this.tls?.setSecureContext(tlsOptions(certificate));
   }
 
   get listenAddress(): string {

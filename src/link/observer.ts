@@ -18,7 +18,9 @@ export interface LinkObserver {
 
 /**
  * Names a failed dial or handshake of a client by its cause, for the handshake failure metric
- * and for `status`: what an operator would look for first.
+ * and for `status`: what an operator would look for first. The client names the failures it
+ * raises itself (timeout, untrusted server) where it raises them; this reads the rest, mostly
+ * errno codes, from the reason.
  */
 export function classifyDialFailure(reason: string): string {
   if (/ECONNREFUSED/.test(reason)) return 'connection_refused';

@@ -39,10 +39,6 @@ export function routeReplace(cidr: string, dev: string, src?: string): Promise<s
   return ip(args);
 }
 
-export async function routeDelete(cidr: string, dev: string): Promise<void> {
-  await ip([familyFlag(cidr), 'route', 'del', cidr, 'dev', dev]).catch(() => undefined);
-}
-
 /** Runs many `ip` commands in one process (`ip -batch`), for route sets of many peers. */
 export function ipBatch(commands: readonly string[]): Promise<void> {
   if (commands.length === 0) return Promise.resolve();
@@ -58,6 +54,10 @@ export function ipBatch(commands: readonly string[]): Promise<void> {
 /** A line for ip -batch, which takes no option flags: the family follows from the CIDR. */
 export function routeReplaceCommand(cidr: string, dev: string, src?: string): string {
   return `route replace ${cidr} dev ${dev}${src ? ` src ${src}` : ''}`;
+}
+
+export function routeDeleteCommand(cidr: string, dev: string): string {
+  return `route del ${cidr} dev ${dev}`;
 }
 
 export type ExistingLink = 'none' | 'tun-in-use' | 'tun-persistent' | 'other';
