@@ -41,21 +41,29 @@ export function decodeKey(text: string, what: string): Uint8Array {
   return new Uint8Array(bytes);
 }
 
+/** Reads a file a flag names; one that is missing or unreadable fails as "LABEL PATH does not exist: FIX". */
+export function readNamedFile(path: string, label: string, fixMissing: string, fail: (message: string) => Error): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read';
+    throw fail(`${label} ${path} ${reason}: ${fixMissing}`);
+  }
+}
+
+/** The `-----BEGIN CERTIFICATE-----` blocks of a PEM text, in order (a chain: leaf first). */
+export function pemCertificates(text: string): string[] {
+  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+}
+
 /**
  * Reads a file holding a secret. Like ssh and wg, refuse a file that others can read: a leaked
  * node key lets anyone on the network impersonate that node. `label` names it in the error
  * ("key file", "--cert-key file"); `fixMissing` says how to create it; `fail` builds the error.
  */
 export function readSecretFile(path: string, label: string, fixMissing: string, fail: (message: string) => Error): string {
-  let mode: number;
-  let text: string;
-  try {
-    mode = statSync(path).mode;
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read';
-    throw fail(`${label} ${path} ${reason}: ${fixMissing}`);
-  }
+  const text = readNamedFile(path, label, fixMissing, fail);
+  const mode = statSync(path).mode;
   if ((mode & 0o077) !== 0) {
     throw fail(`${label} ${path} is readable by group or others (mode ${(mode & 0o777).toString(8)}): run 'chmod 600 ${path}'`);
   }

@@ -1,7 +1,6 @@
-import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
-import { encodeKey, keysEqual } from '../auth/index.js';
+import { encodeKey, keysEqual, pemCertificates, readNamedFile } from '../auth/index.js';
 import { NodelinkError } from '../errors.js';
 
 /**
@@ -30,14 +29,8 @@ export class TrustError extends NodelinkError {
 
 /** Reads and checks a --ca file: PEM certificates, at least one, all parseable. */
 export function readCaFile(path: string): string {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read';
-    throw new TrustError(`--ca file ${path} ${reason}: pass the PEM certificate of the CA that signed the server's certificate`);
-  }
-  const pems = text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  const text = readNamedFile(path, '--ca file', "pass the PEM certificate of the CA that signed the server's certificate", (message) => new TrustError(message));
+  const pems = pemCertificates(text);
   if (pems.length === 0) throw new TrustError(`--ca file ${path} holds no PEM certificate: expected -----BEGIN CERTIFICATE-----`);
   for (const [index, pem] of pems.entries()) {
     try {

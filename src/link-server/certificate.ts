@@ -1,8 +1,7 @@
 import 'reflect-metadata';
-import { readFileSync } from 'node:fs';
 import { X509Certificate, createPrivateKey, webcrypto, type KeyObject } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
-import { pkcs8Der, privateKeyObject, readSecretFile, spkiDer, type KeyPair } from '../auth/index.js';
+import { pemCertificates, pkcs8Der, privateKeyObject, readNamedFile, readSecretFile, spkiDer, type KeyPair } from '../auth/index.js';
 import { NodelinkError } from '../errors.js';
 
 export interface ServerCertificate {
@@ -44,11 +43,6 @@ export class CertificateError extends NodelinkError {
   }
 }
 
-/** `-----BEGIN CERTIFICATE-----` blocks of a PEM file, leaf first. */
-function pemCertificates(text: string): string[] {
-  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-}
-
 function readPrivateFile(path: string, flag: string): string {
   return readSecretFile(path, `${flag} file`, 'pass the PEM private key of the --cert certificate', (message) => new CertificateError(message));
 }
@@ -64,13 +58,7 @@ function readPrivateFile(path: string, flag: string): string {
  * with one line instead of failing every node's handshake later.
  */
 export function loadServerCertificate(certFile: string, certKeyFile: string | undefined, pair: KeyPair, now = Date.now()): ServerCertificate {
-  let certText: string;
-  try {
-    certText = readFileSync(certFile, 'utf8');
-  } catch (err) {
-    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read';
-    throw new CertificateError(`--cert file ${certFile} ${reason}: pass a PEM certificate chain signed by your CA`);
-  }
+  const certText = readNamedFile(certFile, '--cert file', 'pass a PEM certificate chain signed by your CA', (message) => new CertificateError(message));
   const pems = pemCertificates(certText);
   if (pems.length === 0) throw new CertificateError(`--cert file ${certFile} holds no PEM certificate: expected -----BEGIN CERTIFICATE-----`);
   let leaf: X509Certificate;
