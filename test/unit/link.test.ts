@@ -8,15 +8,16 @@ import { encodeHello, encodeKey, parsePeers, type KeyPair } from '../../src/auth
 import {
   CloseCode, FrameDecoder, FrameType, HEADER_SIZE, decodeCodePayload, encodeFrame, writeHeader,
 } from '../../src/protocol/index.js';
-import { Prefix, internetChecksum, parseAddress } from '../../src/routing/index.js';
+import { internetChecksum, parseAddress } from '../../src/routing/index.js';
 import { FakeTun } from '../../src/tun/fake.js';
 import { LinkServer } from '../../src/link-server/index.js';
-import { Backoff, LinkClient } from '../../src/link-client/index.js';
+import { Backoff } from '../../src/link-client/index.js';
 import { FramedConnection, type ConnectionEvents, type ConnectionOptions } from '../../src/link/connection.js';
 import { silentLogger } from '../../src/log.js';
 import type { DaemonStatus, PeerStatus } from '../../src/admin/index.js';
 import {
-  APISERVER, CONNECTION as RIG_CONNECTION, RawSession, TUNNEL_ADDRESSES, TUNNEL_CIDRS, ipv4, ipv6, newPair, portOf, sleep, waitFor,
+  APISERVER, CONNECTION as RIG_CONNECTION, RawSession, Rigs, TUNNEL_ADDRESSES, TUNNEL_CIDRS, ipv4, ipv6, newPair, portOf, sleep, waitFor,
+  type ClientRig,
 } from './security-rig.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -40,13 +41,6 @@ const CONNECTION: ConnectionOptions = { ...RIG_CONNECTION, deadAfterMs: 1000 };
 const NODE_A_ROUTES = ['198.19.0.11/32', '198.19.1.0/24', 'fd00:19:1::/64'];
 const NODE_B_ROUTES = ['198.19.0.12/32', '198.19.2.0/24'];
 
-interface ClientRig {
-  readonly client: LinkClient;
-  readonly tun: FakeTun;
-  readonly installed: string[][];
-  readonly rejected: string[];
-}
-
 describe('link over FakeTun and loopback TLS', function () {
   this.timeout(5000);
 
@@ -69,31 +63,12 @@ describe('link over FakeTun and loopback TLS', function () {
   let a: ClientRig;
   let b: ClientRig;
 
+  const clientRigs = new Rigs();
   function startClient(opts: {
     name: string; keyPair: KeyPair; routes: readonly string[]; serverKey?: Uint8Array; tunName?: string;
   }): ClientRig {
-    const tun = new FakeTun(opts.tunName ?? `${opts.name}-tun`);
-    const installed: string[][] = [];
-    const rejected: string[] = [];
-    const client = new LinkClient({
-      host: '127.0.0.1',
-      port,
-      serverKey: opts.serverKey ?? serverPair.publicKey,
-      keyPair: opts.keyPair,
-      name: opts.name,
-      routes: opts.routes.map((r) => Prefix.parse(r)),
-      tun,
-      connection: CONNECTION,
-      handshakeTimeoutMs: 2000,
-      backoffBaseMs: 50,
-      backoffCapMs: 200,
-      installRoutes: async (cidrs) => { installed.push(cidrs.map(String)); },
-      onRejected: (reason) => { rejected.push(reason); },
-      log: silentLogger(),
-    });
-    const rig = { client, tun, installed, rejected };
+    const rig = clientRigs.client({ ...opts, port, serverKey: opts.serverKey ?? serverPair.publicKey, connection: CONNECTION });
     rigs.push(rig);
-    client.start();
     return rig;
   }
 

@@ -117,6 +117,8 @@ export interface ServerRig {
 export interface ClientRig {
   readonly client: LinkClient;
   readonly tun: FakeTun;
+  /** The tunnel CIDRs of each installRoutes call (one per welcome that changed them). */
+  readonly installed: string[][];
   readonly rejected: string[];
 }
 
@@ -164,9 +166,10 @@ export class Rigs {
 
   client(opts: {
     port: number; name: string; keyPair: KeyPair; routes: readonly string[];
-    serverKey?: Uint8Array; ca?: string; serverName?: string; log?: Logger;
+    serverKey?: Uint8Array; ca?: string; serverName?: string; log?: Logger; tunName?: string; connection?: ConnectionOptions;
   }): ClientRig {
-    const tun = new FakeTun(`${opts.name}-tun`);
+    const tun = new FakeTun(opts.tunName ?? `${opts.name}-tun`);
+    const installed: string[][] = [];
     const rejected: string[] = [];
     const client = new LinkClient({
       host: '127.0.0.1',
@@ -178,17 +181,17 @@ export class Rigs {
       name: opts.name,
       routes: opts.routes.map((r) => Prefix.parse(r)),
       tun,
-      connection: CONNECTION,
+      connection: opts.connection ?? CONNECTION,
       handshakeTimeoutMs: 2000,
       backoffBaseMs: 50,
       backoffCapMs: 200,
-      installRoutes: async () => undefined,
+      installRoutes: async (cidrs) => { installed.push(cidrs.map(String)); },
       onRejected: (reason) => { rejected.push(reason); },
       log: opts.log ?? silentLogger(),
     });
     this.clients.push(client);
     client.start();
-    return { client, tun, rejected };
+    return { client, tun, installed, rejected };
   }
 
   /** A TLS connection that speaks the protocol by hand. */
