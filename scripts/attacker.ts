@@ -16,9 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
-import {
-  EXPORTER_BYTES, EXPORTER_LABEL, decodeKey, encodeHello, keysEqual, readKeyFile,
-} from '../src/auth/index.js';
+import { EXPORTER_BYTES, EXPORTER_LABEL, decodeKey, encodeHello, keysEqual, readKeyFile } from '../src/auth/index.js';
 import { FrameDecoder, FrameType, encodeFrame } from '../src/protocol/index.js';
 import { internetChecksum, parseAddress } from '../src/routing/index.js';
 import { serverPublicKey } from '../src/link-client/trust.js';
@@ -61,8 +59,14 @@ function closedAfter(socket: Socket, started: number, maxMs: number): Promise<nu
   socket.resume();
   return new Promise((resolve) => {
     if (socket.destroyed) return resolve(Date.now() - started);
-    const timer = setTimeout(() => { socket.destroy(); resolve(null); }, maxMs);
-    socket.once('close', () => { clearTimeout(timer); resolve(Date.now() - started); });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve(null);
+    }, maxMs);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve(Date.now() - started);
+    });
   });
 }
 
@@ -88,16 +92,19 @@ function echoRequest(src: string, dst: string, seq: number): Buffer {
 async function random(): Promise<object> {
   const n = count(20);
   const bytes = Math.min(1 << 20, Number(arg('bytes', '4096')));
-  const results = await Promise.all(Array.from({ length: n }, async () => {
-    const socket = await tcp().catch(() => undefined);
-    if (!socket) return { refused: true, closedMs: 0 };
-    socket.on('error', () => undefined);
-    const started = Date.now();
-    socket.write(randomBytes(bytes));
-    return { refused: false, closedMs: await closedAfter(socket, started, 5000) };
-  }));
+  const results = await Promise.all(
+    Array.from({ length: n }, async () => {
+      const socket = await tcp().catch(() => undefined);
+      if (!socket) return { refused: true, closedMs: 0 };
+      socket.on('error', () => undefined);
+      const started = Date.now();
+      socket.write(randomBytes(bytes));
+      return { refused: false, closedMs: await closedAfter(socket, started, 5000) };
+    }),
+  );
   return {
-    connections: n, bytesEach: bytes,
+    connections: n,
+    bytesEach: bytes,
     closedByServer: results.filter((r) => r.closedMs !== null).length,
     maxCloseMs: Math.max(...results.map((r) => r.closedMs ?? Infinity)),
   };
@@ -108,7 +115,9 @@ async function http(): Promise<object> {
   socket.on('error', () => undefined);
   const started = Date.now();
   let received = 0;
-  socket.on('data', (chunk: Buffer) => { received += chunk.length; });
+  socket.on('data', (chunk: Buffer) => {
+    received += chunk.length;
+  });
   socket.write(`GET / HTTP/1.1\r\nHost: ${arg('target')}\r\nUser-Agent: attacker\r\n\r\n`);
   const closedMs = await closedAfter(socket, started, 5000);
   return { closedMs, bytesReceived: received };
@@ -133,14 +142,16 @@ async function slow(): Promise<object> {
   const n = count(24);
   const holdMs = Math.min(MAX_WAIT_MS, Number(arg('hold-ms', '10000')));
   const started = Date.now();
-  const results = await Promise.all(Array.from({ length: n }, async (_, i) => {
-    const socket = await tcp().catch(() => undefined);
-    if (!socket) return null;
-    socket.on('error', () => undefined);
-    // half of them send a few bytes of a ClientHello, half send nothing at all
-    if (i % 2 === 0) socket.write(PARTIAL_CLIENT_HELLO);
-    return closedAfter(socket, started, holdMs);
-  }));
+  const results = await Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      const socket = await tcp().catch(() => undefined);
+      if (!socket) return null;
+      socket.on('error', () => undefined);
+      // half of them send a few bytes of a ClientHello, half send nothing at all
+      if (i % 2 === 0) socket.write(PARTIAL_CLIENT_HELLO);
+      return closedAfter(socket, started, holdMs);
+    }),
+  );
   const closed = results.filter((r): r is number => r !== null).sort((a, b) => a - b);
   return {
     connections: n,
@@ -155,11 +166,13 @@ async function flood(): Promise<object> {
   const n = count(100);
   const started = Date.now();
   const sockets = await Promise.all(Array.from({ length: n }, () => tcp().catch(() => undefined)));
-  const closed = await Promise.all(sockets.map((socket) => {
-    if (!socket) return Promise.resolve(0);
-    socket.on('error', () => undefined);
-    return closedAfter(socket, started, 300);
-  }));
+  const closed = await Promise.all(
+    sockets.map((socket) => {
+      if (!socket) return Promise.resolve(0);
+      socket.on('error', () => undefined);
+      return closedAfter(socket, started, 300);
+    }),
+  );
   for (const socket of sockets) socket?.destroy();
   return { connections: n, closedWithin300ms: closed.filter((ms) => ms !== null).length };
 }
@@ -169,7 +182,10 @@ async function prehello(): Promise<object> {
   const n = count(20);
   const socket = tlsConnect({ host, port, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
   socket.on('error', () => undefined);
-  await new Promise<void>((resolve, reject) => { socket.once('secureConnect', resolve); socket.once('error', reject); });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('secureConnect', resolve);
+    socket.once('error', reject);
+  });
   for (let i = 0; i < n; i++) socket.write(encodeFrame(FrameType.Data, echoRequest(arg('src'), arg('dst'), i)));
   const closedMs = await closedAfter(socket, Date.now(), 4000);
   return { framesSent: n, closedMs };
@@ -185,16 +201,25 @@ async function node(): Promise<object> {
   const n = count(10);
   const socket: TLSSocket = tlsConnect({ host, port, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
   socket.on('error', () => undefined);
-  await new Promise<void>((resolve, reject) => { socket.once('secureConnect', resolve); socket.once('error', reject); });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('secureConnect', resolve);
+    socket.once('error', reject);
+  });
   const presented = serverPublicKey(socket);
   if (!presented || !keysEqual(presented, serverKey)) throw new Error('not the server we were told to attack');
   const frames: Array<{ type: FrameType; payload: Buffer }> = [];
   const decoder = new FrameDecoder((type, payload) => frames.push({ type, payload: Buffer.from(payload) }));
   socket.on('data', (chunk: Buffer) => decoder.push(chunk));
   const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
-  socket.write(encodeFrame(FrameType.Hello, encodeHello(keyPair, exporter, { name: arg('name'), routes: arg('routes').split(',') })));
+  socket.write(
+    encodeFrame(
+      FrameType.Hello,
+      encodeHello(keyPair, exporter, { name: arg('name'), routes: arg('routes').split(',') }),
+    ),
+  );
   const deadline = Date.now() + 5000;
-  while (!frames.some((f) => f.type === FrameType.Welcome || f.type === FrameType.Reject) && Date.now() < deadline) await sleep(20);
+  while (!frames.some((f) => f.type === FrameType.Welcome || f.type === FrameType.Reject) && Date.now() < deadline)
+    await sleep(20);
   if (!frames.some((f) => f.type === FrameType.Welcome)) throw new Error('no welcome');
   let seq = 0;
   for (let i = 0; i < n; i++) {
@@ -203,12 +228,15 @@ async function node(): Promise<object> {
   for (let i = 0; i < n; i++) socket.write(encodeFrame(FrameType.Data, echoRequest(own, dst, seq++)));
   await sleep(1500);
   const replies = frames.filter((f) => f.type === FrameType.Data && f.payload[9] === 1 && f.payload[20] === 0);
-  const repliesTo = (address: string): number => replies.filter((f) => parseAddress(address).bytes.every((b, i) => f.payload[16 + i] === b)).length;
+  const repliesTo = (address: string): number =>
+    replies.filter((f) => parseAddress(address).bytes.every((b, i) => f.payload[16 + i] === b)).length;
   socket.end(encodeFrame(FrameType.Close, Buffer.from([0, 0])));
   socket.destroy();
   return {
-    spoofedSent: n * spoof.length, ownSent: n,
-    repliesToOwn: repliesTo(own), repliesToSpoofed: spoof.reduce((sum, s) => sum + repliesTo(s), 0),
+    spoofedSent: n * spoof.length,
+    ownSent: n,
+    repliesToOwn: repliesTo(own),
+    repliesToSpoofed: spoof.reduce((sum, s) => sum + repliesTo(s), 0),
   };
 }
 

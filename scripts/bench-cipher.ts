@@ -20,11 +20,19 @@ const MIB = Math.min(4096, Math.max(16, Number(process.env['MIB'] ?? 512)));
 const WRITE_BYTES = 64 * 1024;
 const ROUND_TIMEOUT_MS = 60_000;
 
-interface Round { mbitPerSecond: number; cpuSecondsPerGB: number }
+interface Round {
+  mbitPerSecond: number;
+  cpuSecondsPerGB: number;
+}
 
 async function measure(suite: string): Promise<Round> {
   const certificate = await createServerCertificate(keyPairFromSeed(generateSeed()));
-  const server = createServer({ cert: certificate.certPem, key: certificate.keyPem, minVersion: 'TLSv1.3', ciphers: suite });
+  const server = createServer({
+    cert: certificate.certPem,
+    key: certificate.keyPem,
+    minVersion: 'TLSv1.3',
+    ciphers: suite,
+  });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const port = (server.address() as { port: number }).port;
@@ -39,10 +47,16 @@ async function measure(suite: string): Promise<Round> {
   const chunk = Buffer.alloc(WRITE_BYTES, 0x45);
   let received = 0;
   const done = new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${suite}: round not done in ${ROUND_TIMEOUT_MS} ms`)), ROUND_TIMEOUT_MS);
+    const timer = setTimeout(
+      () => reject(new Error(`${suite}: round not done in ${ROUND_TIMEOUT_MS} ms`)),
+      ROUND_TIMEOUT_MS,
+    );
     receiver.on('data', (data: Buffer) => {
       received += data.length;
-      if (received >= total) { clearTimeout(timer); resolve(); }
+      if (received >= total) {
+        clearTimeout(timer);
+        resolve();
+      }
     });
   });
   const cpuBefore = process.cpuUsage();
@@ -66,8 +80,12 @@ function median(values: number[]): number {
 
 async function inNamespace(): Promise<void> {
   const cpu = os.cpus()[0]?.model.trim() ?? 'unknown CPU';
-  process.stdout.write(`nodelink TLS cipher suites: ${ROUNDS} rounds of ${MIB} MiB in 64 KiB writes, both ends in one process\n`);
-  process.stdout.write(`# machine: ${cpu} × ${os.cpus().length}, kernel ${os.release()}, node ${process.version}, ${process.versions.openssl ? `OpenSSL ${process.versions.openssl}` : ''}; AES-NI: ${/\baes\b/.test(readCpuFlags()) ? 'yes' : 'no'}\n\n`);
+  process.stdout.write(
+    `nodelink TLS cipher suites: ${ROUNDS} rounds of ${MIB} MiB in 64 KiB writes, both ends in one process\n`,
+  );
+  process.stdout.write(
+    `# machine: ${cpu} × ${os.cpus().length}, kernel ${os.release()}, node ${process.version}, ${process.versions.openssl ? `OpenSSL ${process.versions.openssl}` : ''}; AES-NI: ${/\baes\b/.test(readCpuFlags()) ? 'yes' : 'no'}\n\n`,
+  );
   process.stdout.write('| suite | Mbit/s (median) | CPU s/GB (median) |\n|---|---:|---:|\n');
   const results: Record<string, { mbitPerSecond: number; cpuSecondsPerGB: number }> = {};
   for (const suite of SUITES) {
@@ -92,10 +110,13 @@ function readCpuFlags(): string {
 
 function main(): void {
   if (process.env['NODELINK_BENCH_CIPHER_NS']) {
-    inNamespace().then(() => process.exit(0), (err: unknown) => {
-      process.stderr.write(`bench-cipher: ${err instanceof Error ? err.message : String(err)}\n`);
-      process.exit(1);
-    });
+    inNamespace().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        process.stderr.write(`bench-cipher: ${err instanceof Error ? err.message : String(err)}\n`);
+        process.exit(1);
+      },
+    );
     return;
   }
   if (process.getuid?.() !== 0) {
@@ -107,7 +128,9 @@ function main(): void {
   try {
     execFileSync('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
     const run = spawnSync('ip', ['netns', 'exec', ns, process.execPath, fileURLToPath(import.meta.url)], {
-      env: { ...process.env, NODELINK_BENCH_CIPHER_NS: ns }, stdio: 'inherit', timeout: SUITES.length * ROUNDS * ROUND_TIMEOUT_MS,
+      env: { ...process.env, NODELINK_BENCH_CIPHER_NS: ns },
+      stdio: 'inherit',
+      timeout: SUITES.length * ROUNDS * ROUND_TIMEOUT_MS,
     });
     process.exitCode = run.status ?? 1;
   } finally {

@@ -9,7 +9,8 @@
 // counts time spent descheduled, so targets are judged on CPU time; on an idle one they agree.
 // Each run does the case's operation count, cut so that it lasts about SAMPLE_MS at most.
 // Allocation: after a forced GC (node --expose-gc, which the npm script passes), the growth of
-// heapUsed + arrayBuffers (process.memoryUsage) over one loop, divided by its operations; a loop during which V8 collected garbage on its own undercounts, so it is detected
+// heapUsed + arrayBuffers (process.memoryUsage) over one loop, divided by its operations; a loop
+// during which V8 collected garbage on its own undercounts, so it is detected
 // (perf_hooks 'gc' entries) and the loop is repeated shorter. Every loop is bounded in count.
 //
 // Environment: SAMPLES=7, SAMPLE_MS=200, ROUTES=10000 (half IPv4, half IPv6), SEED=1.
@@ -111,7 +112,10 @@ const allocated = (): number => {
 };
 const nextMacrotask = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 5));
 
-async function measureAllocation(c: Case, opsPerSample: number): Promise<Pick<Result, 'bytesPerOp' | 'allocOps' | 'allocNote'>> {
+async function measureAllocation(
+  c: Case,
+  opsPerSample: number,
+): Promise<Pick<Result, 'bytesPerOp' | 'allocOps' | 'allocNote'>> {
   if (!gc) return { bytesPerOp: undefined, allocOps: 0, allocNote: 'run node with --expose-gc' };
   let ops = Math.max(1000, Math.min(opsPerSample, 200_000));
   for (let attempt = 0; attempt < 8; attempt++) {
@@ -336,7 +340,8 @@ function clusterLookupCases(): Case[] {
   const nodes = Math.max(1, Math.floor(ROUTES / 4));
   const routes: Array<{ family: 4 | 6; route: Route }> = [];
   for (let n = 0; n < nodes; n++) {
-    const hi = 64 + (n >> 8), lo = n & 0xff;
+    const hi = 64 + (n >> 8),
+      lo = n & 0xff;
     const v6Net = Uint8Array.from([0xfd, 0x00, 0x19, 0x00, hi, lo, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     const v6Node = Uint8Array.from([0xfd, 0x00, 0x19, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, hi, lo]);
     for (const route of [
@@ -387,9 +392,16 @@ async function main(): Promise<void> {
   };
   const cpus = os.cpus();
   say('nodelink micro benchmarks');
-  say(`# machine: ${cpus[0]?.model ?? '?'} × ${cpus.length} CPUs, kernel ${os.release()}, node ${process.version}; load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  say(
+    `# machine: ${cpus[0]?.model ?? '?'} × ${cpus.length} CPUs, kernel ${os.release()}, node ${process.version}; load average ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
   say(`# ${SAMPLES} samples per case (≤ ${SAMPLE_MS} ms each), medians shown; targets judged on CPU time`);
-  say(`# bytes/op: growth of heapUsed + arrayBuffers over one loop after a forced GC${gc ? '' : ' — UNAVAILABLE: run node with --expose-gc'}`);
+  say(
+    `# bytes/op: growth of heapUsed + arrayBuffers over one loop after a forced GC${gc ? '' : ' — UNAVAILABLE: run node with --expose-gc'}`,
+  );
   say('');
 
   const rows: string[][] = [];
@@ -420,10 +432,14 @@ async function main(): Promise<void> {
   say(`|${widths.map((w, i) => (numeric(i) ? `${'-'.repeat(w + 1)}:` : '-'.repeat(w + 2))).join('|')}|`);
   for (const row of rows) say(line(row));
   say('');
-  say(`decoded ${decoded} frames, ${(decodedBytes / 1e9).toFixed(2)} GB of payload; route table ${routeCount} distinct routes from ${ROUTES} random (checksum ${sink % 1000})`);
-  say(misses.length === 0
-    ? 'targets (issue 7): frame decode and route lookup each under 100 ns (CPU time) — met'
-    : `targets (issue 7: decode and lookup under 100 ns, CPU time): NOT met by ${misses.length} case(s), marked above`);
+  say(
+    `decoded ${decoded} frames, ${(decodedBytes / 1e9).toFixed(2)} GB of payload; route table ${routeCount} distinct routes from ${ROUTES} random (checksum ${sink % 1000})`,
+  );
+  say(
+    misses.length === 0
+      ? 'targets (issue 7): frame decode and route lookup each under 100 ns (CPU time) — met'
+      : `targets (issue 7: decode and lookup under 100 ns, CPU time): NOT met by ${misses.length} case(s), marked above`,
+  );
   gcObserver.disconnect();
 }
 

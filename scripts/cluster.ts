@@ -24,14 +24,22 @@ export interface ClusterOptions {
 }
 
 /** Runs `nodelink ARGS` (optionally inside a namespace) and returns its exit code and output. */
-export function runCli(args: string[], opts: { ns?: string; input?: string; timeoutMs?: number } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+export function runCli(
+  args: string[],
+  opts: { ns?: string; input?: string; timeoutMs?: number } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   const argv = opts.ns ? ['netns', 'exec', opts.ns, process.execPath, CLI, ...args] : [CLI, ...args];
   const command = opts.ns ? 'ip' : process.execPath;
   return new Promise((resolve) => {
-    const child = execFile(command, argv, { timeout: opts.timeoutMs ?? 20_000, maxBuffer: 256 * 1024 * 1024 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-      resolve({ code, stdout, stderr });
-    });
+    const child = execFile(
+      command,
+      argv,
+      { timeout: opts.timeoutMs ?? 20_000, maxBuffer: 256 * 1024 * 1024 },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
     child.stdin?.end(opts.input ?? '');
   });
 }
@@ -44,7 +52,10 @@ export class NodelinkCluster {
   server: ManagedProcess | undefined;
   readonly clients = new Map<number, ManagedProcess>();
 
-  constructor(readonly h: Harness, readonly options: ClusterOptions = {}) {
+  constructor(
+    readonly h: Harness,
+    readonly options: ClusterOptions = {},
+  ) {
     this.serverKey = this.makeIdentity('server');
     for (let n = 1; n <= h.nodes; n++) this.nodeKeys.set(n, this.makeIdentity(`node-${n}`));
     this.peersFile = path.join(h.dir, 'peers.json');
@@ -72,12 +83,21 @@ export class NodelinkCluster {
   async startServer(): Promise<ManagedProcess> {
     const { h } = this;
     const args = [
-      process.execPath, CLI, 'server',
-      '--listen', h.serverEndpoint,
-      '--key', this.serverKey.keyFile,
-      '--peers', this.peersFile,
-      '--tunnel-cidr', h.tunnelCIDR, '--tunnel-cidr', h.tunnelCIDR6,
-      '--admin-socket', this.serverSocket,
+      process.execPath,
+      CLI,
+      'server',
+      '--listen',
+      h.serverEndpoint,
+      '--key',
+      this.serverKey.keyFile,
+      '--peers',
+      this.peersFile,
+      '--tunnel-cidr',
+      h.tunnelCIDR,
+      '--tunnel-cidr',
+      h.tunnelCIDR6,
+      '--admin-socket',
+      this.serverSocket,
       ...(this.options.mtu ? ['--mtu', String(this.options.mtu)] : []),
       ...(this.options.extraServerArgs ?? []),
     ];
@@ -86,17 +106,27 @@ export class NodelinkCluster {
     return this.server;
   }
 
-  clientArgs(n: number, overrides: { name?: string; routes?: string[]; identity?: Identity; serverKey?: string } = {}): string[] {
+  clientArgs(
+    n: number,
+    overrides: { name?: string; routes?: string[]; identity?: Identity; serverKey?: string } = {},
+  ): string[] {
     const { h } = this;
     const identity = overrides.identity ?? this.nodeKeys.get(n)!;
     return [
-      process.execPath, CLI, 'client',
-      '--server', h.serverEndpoint,
-      '--server-key', overrides.serverKey ?? this.serverKey.publicKey,
-      '--key', identity.keyFile,
-      '--name', overrides.name ?? h.nodeName(n),
+      process.execPath,
+      CLI,
+      'client',
+      '--server',
+      h.serverEndpoint,
+      '--server-key',
+      overrides.serverKey ?? this.serverKey.publicKey,
+      '--key',
+      identity.keyFile,
+      '--name',
+      overrides.name ?? h.nodeName(n),
       ...(overrides.routes ?? h.nodeRoutes(n)).flatMap((route) => ['--route', route]),
-      '--admin-socket', this.clientSocket(n),
+      '--admin-socket',
+      this.clientSocket(n),
       ...(this.options.mtu ? ['--mtu', String(this.options.mtu)] : []),
     ];
   }
@@ -117,10 +147,14 @@ export class NodelinkCluster {
   /** Waits until the server shows every given node connected. */
   async waitConnected(nodes: number[], timeoutMs = 15_000): Promise<void> {
     const names = nodes.map((n) => this.h.nodeName(n));
-    await this.h.waitFor(async () => {
-      const status = await this.status().catch(() => undefined);
-      return names.every((name) => status?.peers.some((peer) => peer.name === name && peer.connected));
-    }, timeoutMs, `nodes ${names.join(', ')} connected to the server`);
+    await this.h.waitFor(
+      async () => {
+        const status = await this.status().catch(() => undefined);
+        return names.every((name) => status?.peers.some((peer) => peer.name === name && peer.connected));
+      },
+      timeoutMs,
+      `nodes ${names.join(', ')} connected to the server`,
+    );
   }
 
   /** Starts the server and every node's client, and waits for all to connect. */

@@ -5,7 +5,9 @@
 import { Harness } from './harness.js';
 import { NodelinkCluster, runCli } from './cluster.js';
 
-const say = (line: string): void => { process.stdout.write(`${line}\n`); };
+const say = (line: string): void => {
+  process.stdout.write(`${line}\n`);
+};
 
 async function check(h: Harness, label: string, url: string): Promise<boolean> {
   const result = await h.curl(h.ns.cp, url, { timeoutS: 3 });
@@ -17,7 +19,8 @@ async function check(h: Harness, label: string, url: string): Promise<boolean> {
 async function reachAll(h: Harness): Promise<boolean> {
   let ok = true;
   for (let n = 1; n <= h.nodes; n++) {
-    ok = (await check(h, `kubelet of ${h.nodeName(n)} (IPv4)`, h.kubeletURL(n, '/containerLogs/default/web/app'))) && ok;
+    ok =
+      (await check(h, `kubelet of ${h.nodeName(n)} (IPv4)`, h.kubeletURL(n, '/containerLogs/default/web/app'))) && ok;
     ok = (await check(h, `kubelet of ${h.nodeName(n)} (IPv6)`, h.kubeletURL(n, '/healthz', true))) && ok;
     ok = (await check(h, `pod ${h.podName(n, 1)} (IPv4)`, h.podURL(n, 1, '/metrics'))) && ok;
     ok = (await check(h, `pod ${h.podName(n, 1)} (IPv6)`, h.podURL(n, 1, '/metrics', true))) && ok;
@@ -33,7 +36,9 @@ async function main(): Promise<number> {
   say('== building the topology: control plane, NAT router, 2 nodes with a kubelet and a pod each');
   const h = await Harness.create({ nodes: 2, podsPerNode: 1 });
   try {
-    say(`   namespaces: ${h.ns.cp}, ${h.ns.rt}, ${h.ns.node(1)}, ${h.ns.pod(1, 1)}, ${h.ns.node(2)}, ${h.ns.pod(2, 1)}`);
+    say(
+      `   namespaces: ${h.ns.cp}, ${h.ns.rt}, ${h.ns.node(1)}, ${h.ns.pod(1, 1)}, ${h.ns.node(2)}, ${h.ns.pod(2, 1)}`,
+    );
     say('\n== without the link, the control plane cannot dial the nodes ("error dialing backend"):');
     for (const url of [h.kubeletURL(1), h.podURL(1, 1)]) {
       const before = await h.curl(h.ns.cp, url, { timeoutS: 2 });

@@ -16,7 +16,7 @@ function flag(name: string): string | undefined {
 }
 
 const total = Number(flag('total') ?? 1_000_000);
-const seed = Number(flag('seed') ?? (Date.now() % 2 ** 31));
+const seed = Number(flag('seed') ?? Date.now() % 2 ** 31);
 const only = flag('only');
 if (!Number.isInteger(total) || total < 1) throw new Error(`--total must be a positive integer, got ${flag('total')}`);
 
@@ -37,11 +37,22 @@ for (const [i, target] of chosen.entries()) {
     crashes++;
     console.log(`  CRASH  ${target.name}: after ${details.numRuns} inputs`);
     console.log(`         counterexample: ${fc.stringify(details.counterexample)}`);
-    console.log(`         error: ${String(details.errorInstance instanceof Error ? details.errorInstance.stack : details.errorInstance).split('\n').slice(0, 6).join('\n         ')}`);
+    console.log(
+      `         error: ${String(
+        details.errorInstance instanceof Error ? details.errorInstance.stack : details.errorInstance,
+      )
+        .split('\n')
+        .slice(0, 6)
+        .join('\n         ')}`,
+    );
     console.log(`         reproduce: npm run fuzz -- --seed ${seed} --only "${target.name}"`);
   } else {
-    console.log(`  ok     ${details.numRuns.toLocaleString('en-US').padStart(9)} inputs  ${seconds.toFixed(1).padStart(5)} s  ${target.name}`);
+    console.log(
+      `  ok     ${details.numRuns.toLocaleString('en-US').padStart(9)} inputs  ${seconds.toFixed(1).padStart(5)} s  ${target.name}`,
+    );
   }
 }
-console.log(`${runs.toLocaleString('en-US')} inputs in ${((Date.now() - started) / 1000).toFixed(1)} s, ${crashes} crash${crashes === 1 ? '' : 'es'}`);
+console.log(
+  `${runs.toLocaleString('en-US')} inputs in ${((Date.now() - started) / 1000).toFixed(1)} s, ${crashes} crash${crashes === 1 ? '' : 'es'}`,
+);
 process.exitCode = crashes > 0 ? 1 : 0;

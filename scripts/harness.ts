@@ -172,7 +172,11 @@ function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RawRes
     const timer = setTimeout(() => {
       timedOut = true;
       if (pid !== undefined && child.exitCode === null && child.signalCode === null) {
-        try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
       }
     }, timeoutMs);
     const finish = (result: RawResult | Error): void => {
@@ -185,7 +189,9 @@ function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RawRes
     };
     child.stdout.on('data', (b: Buffer) => out.push(b));
     child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.stdin.on('error', () => { /* child exited before reading its input */ });
+    child.stdin.on('error', () => {
+      /* child exited before reading its input */
+    });
     child.on('error', (e) => finish(new Error(`${what}: ${e.message}`)));
     child.on('close', (code, signal) => {
       const stdoutBuffer = Buffer.concat(out);
@@ -194,7 +200,9 @@ function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RawRes
       const exit = code ?? (timedOut ? 124 : 128 + (signal ? (os.constants.signals[signal] ?? 0) : 0));
       const result: RawResult = { code: exit, stdout: stdoutBuffer.toString('utf8'), stderr, stdoutBuffer };
       if (exit !== 0 && !opts.allowFail) {
-        finish(new Error(`${what} failed (exit ${exit}${signal ? `, ${signal}` : ''}): ${stderr.trim() || '(no stderr)'}`));
+        finish(
+          new Error(`${what} failed (exit ${exit}${signal ? `, ${signal}` : ''}): ${stderr.trim() || '(no stderr)'}`),
+        );
       } else {
         finish(result);
       }
@@ -206,7 +214,9 @@ function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RawRes
 /** Resolves with the promise's value, or undefined after ms milliseconds; leaves no timer behind. */
 async function within<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<undefined>((resolve) => { timer = setTimeout(() => resolve(undefined), ms); });
+  const timeout = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), ms);
+  });
   try {
     return await Promise.race([promise, timeout]);
   } finally {
@@ -278,7 +288,11 @@ export class ManagedProcess {
   /** Sends a signal by PID if the process has not exited yet. */
   kill(signal: NodeJS.Signals): void {
     if (this.exitInfo) return;
-    try { process.kill(this.pid, signal); } catch { /* exited meanwhile */ }
+    try {
+      process.kill(this.pid, signal);
+    } catch {
+      /* exited meanwhile */
+    }
   }
 }
 
@@ -425,17 +439,25 @@ export class Harness {
   static async rootNamespaceViolations(): Promise<string[]> {
     const pattern = /\b(198\.1[89]\.|fd00:1[89]:)/i;
     const lines: string[] = [];
-    for (const args of [['-4', 'route', 'show', 'table', 'all'], ['-6', 'route', 'show', 'table', 'all'],
-      ['-4', 'addr', 'show'], ['-6', 'addr', 'show']]) {
+    for (const args of [
+      ['-4', 'route', 'show', 'table', 'all'],
+      ['-6', 'route', 'show', 'table', 'all'],
+      ['-4', 'addr', 'show'],
+      ['-6', 'addr', 'show'],
+    ]) {
       const r = await run('ip', args, { allowFail: true, timeoutMs: 5000 });
-      for (const line of r.stdout.split('\n')) if (pattern.test(line)) lines.push(`ip ${args.join(' ')}: ${line.trim()}`);
+      for (const line of r.stdout.split('\n'))
+        if (pattern.test(line)) lines.push(`ip ${args.join(' ')}: ${line.trim()}`);
     }
     return lines;
   }
 
   static async listNamespaces(): Promise<string[]> {
     const r = await run('ip', ['netns', 'list'], { allowFail: true, timeoutMs: 5000 });
-    return r.stdout.split('\n').map((l) => l.trim().split(/\s+/)[0]).filter((s): s is string => !!s);
+    return r.stdout
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/)[0])
+      .filter((s): s is string => !!s);
   }
 
   /** The deterministic bytes that a stub serves at /bytes/n. */
@@ -464,45 +486,94 @@ export class Harness {
 
   // ---- addresses -----------------------------------------------------------------------------
 
-  get cpAddress(): string { return CP_ADDRESS; }
-  get cpAddress6(): string { return CP_ADDRESS6; }
+  get cpAddress(): string {
+    return CP_ADDRESS;
+  }
+  get cpAddress6(): string {
+    return CP_ADDRESS6;
+  }
   /** The address the cp sees node traffic come from (router's masquerade address). */
-  get natAddress(): string { return RT_CP_ADDRESS; }
-  get natAddress6(): string { return RT_CP_ADDRESS6; }
-  get serverPort(): number { return SERVER_PORT; }
-  get serverEndpoint(): string { return `${CP_ADDRESS}:${SERVER_PORT}`; }
-  get kubeletPort(): number { return KUBELET_PORT; }
-  get tunnelCIDR(): string { return '198.18.255.0/24'; }
-  get tunnelCIDR6(): string { return 'fd00:18:ff::/64'; }
+  get natAddress(): string {
+    return RT_CP_ADDRESS;
+  }
+  get natAddress6(): string {
+    return RT_CP_ADDRESS6;
+  }
+  get serverPort(): number {
+    return SERVER_PORT;
+  }
+  get serverEndpoint(): string {
+    return `${CP_ADDRESS}:${SERVER_PORT}`;
+  }
+  get kubeletPort(): number {
+    return KUBELET_PORT;
+  }
+  get tunnelCIDR(): string {
+    return '198.18.255.0/24';
+  }
+  get tunnelCIDR6(): string {
+    return 'fd00:18:ff::/64';
+  }
   /** Control plane i: 198.18.(i-1).2; its server's tunnel CIDR 198.18.(256-i).0/24 (distinct per server). */
-  cpAddressOf(i: number): string { return `198.18.${this.checkControlPlane(i) - 1}.2`; }
-  cpAddress6Of(i: number): string { return this.checkControlPlane(i) === 1 ? CP_ADDRESS6 : `fd00:18:${i - 1}::2`; }
-  serverEndpointOf(i: number): string { return `${this.cpAddressOf(i)}:${SERVER_PORT}`; }
-  tunnelCIDROf(i: number): string { return `198.18.${256 - this.checkControlPlane(i)}.0/24`; }
-  tunnelCIDR6Of(i: number): string { return `fd00:18:${(256 - this.checkControlPlane(i)).toString(16)}::/64`; }
+  cpAddressOf(i: number): string {
+    return `198.18.${this.checkControlPlane(i) - 1}.2`;
+  }
+  cpAddress6Of(i: number): string {
+    return this.checkControlPlane(i) === 1 ? CP_ADDRESS6 : `fd00:18:${i - 1}::2`;
+  }
+  serverEndpointOf(i: number): string {
+    return `${this.cpAddressOf(i)}:${SERVER_PORT}`;
+  }
+  tunnelCIDROf(i: number): string {
+    return `198.18.${256 - this.checkControlPlane(i)}.0/24`;
+  }
+  tunnelCIDR6Of(i: number): string {
+    return `fd00:18:${(256 - this.checkControlPlane(i)).toString(16)}::/64`;
+  }
 
   private checkControlPlane(i: number): number {
-    if (!Number.isInteger(i) || i < 1 || i > this.opts.controlPlanes) throw new Error(`control plane ${i} out of range 1..${this.opts.controlPlanes}`);
+    if (!Number.isInteger(i) || i < 1 || i > this.opts.controlPlanes)
+      throw new Error(`control plane ${i} out of range 1..${this.opts.controlPlanes}`);
     return i;
   }
 
-  nodeName(n: number): string { return `node-${this.checkNode(n)}`; }
-  podName(n: number, p: number): string { return `${this.nodeName(n)}/pod-${this.checkPod(p)}`; }
+  nodeName(n: number): string {
+    return `node-${this.checkNode(n)}`;
+  }
+  podName(n: number, p: number): string {
+    return `${this.nodeName(n)}/pod-${this.checkPod(p)}`;
+  }
   /** 198.19.0.(10+n) */
-  nodeIP(n: number): string { return `198.19.0.${10 + this.checkNode(n)}`; }
+  nodeIP(n: number): string {
+    return `198.19.0.${10 + this.checkNode(n)}`;
+  }
   /** fd00:19::hex(10+n): node 1 is fd00:19::b, node 6 is fd00:19::10. */
-  nodeIP6(n: number): string { return `fd00:19::${hex(10 + this.checkNode(n))}`; }
+  nodeIP6(n: number): string {
+    return `fd00:19::${hex(10 + this.checkNode(n))}`;
+  }
   /** 198.19.n.(1+p) */
-  podIP(n: number, p: number): string { return `198.19.${this.checkNode(n)}.${1 + this.checkPod(p)}`; }
+  podIP(n: number, p: number): string {
+    return `198.19.${this.checkNode(n)}.${1 + this.checkPod(p)}`;
+  }
   /** fd00:19:hex(n)::hex(1+p) */
-  podIP6(n: number, p: number): string { return `fd00:19:${hex(this.checkNode(n))}::${hex(1 + this.checkPod(p))}`; }
+  podIP6(n: number, p: number): string {
+    return `fd00:19:${hex(this.checkNode(n))}::${hex(1 + this.checkPod(p))}`;
+  }
   /** 198.19.n.0/24 */
-  podCIDR(n: number): string { return `198.19.${this.checkNode(n)}.0/24`; }
+  podCIDR(n: number): string {
+    return `198.19.${this.checkNode(n)}.0/24`;
+  }
   /** fd00:19:hex(n)::/64 */
-  podCIDR6(n: number): string { return `fd00:19:${hex(this.checkNode(n))}::/64`; }
+  podCIDR6(n: number): string {
+    return `fd00:19:${hex(this.checkNode(n))}::/64`;
+  }
   /** The node's gateway address for its pods (on cbr0). */
-  podGateway(n: number): string { return `198.19.${this.checkNode(n)}.1`; }
-  podGateway6(n: number): string { return `fd00:19:${hex(this.checkNode(n))}::1`; }
+  podGateway(n: number): string {
+    return `198.19.${this.checkNode(n)}.1`;
+  }
+  podGateway6(n: number): string {
+    return `fd00:19:${hex(this.checkNode(n))}::1`;
+  }
   /** What node n's client announces with --route: node IP /32 and /128, pod CIDRs. */
   nodeRoutes(n: number): string[] {
     return [`${this.nodeIP(n)}/32`, this.podCIDR(n), `${this.nodeIP6(n)}/128`, this.podCIDR6(n)];
@@ -527,7 +598,10 @@ export class Harness {
     this.assertUsable();
     if (argv.length === 0) throw new Error('spawn: empty argv');
     const name = opts.name ?? path.basename(argv[0]!);
-    const logPath = path.join(this.dir, `${String(++this.logSeq).padStart(3, '0')}-${name.replace(/[^A-Za-z0-9_.-]/g, '_')}.log`);
+    const logPath = path.join(
+      this.dir,
+      `${String(++this.logSeq).padStart(3, '0')}-${name.replace(/[^A-Za-z0-9_.-]/g, '_')}.log`,
+    );
     const fd = openSync(logPath, 'a');
     let child;
     try {
@@ -550,7 +624,13 @@ export class Harness {
   }
 
   /** Starts a stub server (see stub-server.mjs) in ns and waits until it listens. */
-  async startStub(ns: string, mode: 'kubelet' | 'pod', name: string, port: number, host = '::'): Promise<ManagedProcess> {
+  async startStub(
+    ns: string,
+    mode: 'kubelet' | 'pod',
+    name: string,
+    port: number,
+    host = '::',
+  ): Promise<ManagedProcess> {
     const args = [process.execPath, stubScriptPath(), mode, '--name', name, '--port', String(port), '--host', host];
     if (mode === 'kubelet') args.push('--cert', this.kubeletCertPath, '--key', this.kubeletKeyPath);
     const proc = this.spawn(ns, args, { name: `stub-${mode}-${name}` });
@@ -568,7 +648,9 @@ export class Harness {
     }
     if (proc.output().includes(text)) return;
     const state = proc.running ? `not within ${timeoutMs} ms` : 'before it exited';
-    throw new Error(`${proc.name} (pid ${proc.pid}) did not print ${JSON.stringify(text)} ${state}; output:\n${proc.output()}`);
+    throw new Error(
+      `${proc.name} (pid ${proc.pid}) did not print ${JSON.stringify(text)} ${state}; output:\n${proc.output()}`,
+    );
   }
 
   /** curl from inside ns; never throws for a failed transfer. */
@@ -641,15 +723,25 @@ export class Harness {
     this.destroyPromise ??= Promise.resolve();
     for (const p of this.processes) p.kill('SIGKILL');
     for (const pid of this.execPids) {
-      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
     }
     for (const ns of [...this.created].reverse()) {
       try {
         execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore', timeout: 5000 });
-      } catch { /* best effort */ }
+      } catch {
+        /* best effort */
+      }
     }
     this.created.length = 0;
-    try { rmSync(this.dir, { recursive: true, force: true }); } catch { /* best effort */ }
+    try {
+      rmSync(this.dir, { recursive: true, force: true });
+    } catch {
+      /* best effort */
+    }
     this.unregister();
   }
 
@@ -659,7 +751,11 @@ export class Harness {
     const stops = await Promise.allSettled(this.processes.map((p) => p.stop('SIGTERM', 3000)));
     for (const s of stops) if (s.status === 'rejected') problems.push(String(s.reason));
     for (const pid of this.execPids) {
-      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
     }
     // Note processes still inside our namespaces that someone else started (leftovers reports them).
     const stray = new Map<number, string>();
@@ -667,21 +763,29 @@ export class Harness {
       const r = await run('ip', ['netns', 'pids', ns], { allowFail: true, timeoutMs: 5000 });
       for (const pid of r.stdout.split(/\s+/).filter(Boolean).map(Number)) {
         let cmd = '?';
-        try { cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ').trim(); } catch { /* gone */ }
+        try {
+          cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ').trim();
+        } catch {
+          /* gone */
+        }
         stray.set(pid, `${cmd} in ${ns}`);
       }
     }
     if (stray.size > 0) {
       strayByPrefix.set(this.prefix, stray);
-      process.stderr.write(`harness ${this.prefix}: processes it did not start are still in its namespaces: ` +
-        `${[...stray].map(([pid, what]) => `${pid} (${what})`).join(', ')}\n`);
+      process.stderr.write(
+        `harness ${this.prefix}: processes it did not start are still in its namespaces: ` +
+          `${[...stray].map(([pid, what]) => `${pid} (${what})`).join(', ')}\n`,
+      );
     }
     for (const ns of [...this.created].reverse()) {
       const r = await run('ip', ['netns', 'del', ns], { allowFail: true, timeoutMs: 10_000 });
       if (r.code !== 0) problems.push(`ip netns del ${ns}: ${r.stderr.trim()}`);
     }
     this.created.length = 0;
-    await rm(this.dir, { recursive: true, force: true }).catch((e: unknown) => problems.push(`rm ${this.dir}: ${String(e)}`));
+    await rm(this.dir, { recursive: true, force: true }).catch((e: unknown) =>
+      problems.push(`rm ${this.dir}: ${String(e)}`),
+    );
     this.unregister();
     if (problems.length > 0) throw new Error(`harness ${this.prefix} destroy: ${problems.join('; ')}`);
   }
@@ -709,17 +813,22 @@ export class Harness {
       this.created.push(ns);
     }
     const forwarders = new Set([rt, ...Array.from({ length: nodes }, (_, i) => this.ns.node(i + 1))]);
-    await Promise.all(all.map(async (ns) => {
-      const rp = String(this.opts.rpFilter);
-      const sysctls = [
-        'net.ipv6.conf.all.disable_ipv6=0', 'net.ipv6.conf.default.disable_ipv6=0',
-        'net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0',
-        `net.ipv4.conf.all.rp_filter=${rp}`, `net.ipv4.conf.default.rp_filter=${rp}`,
-      ];
-      if (forwarders.has(ns)) sysctls.push('net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1');
-      await this.exec(ns, ['sysctl', '-q', '-w', ...sysctls]);
-      await this.ip(ns, 'link', 'set', 'lo', 'up');
-    }));
+    await Promise.all(
+      all.map(async (ns) => {
+        const rp = String(this.opts.rpFilter);
+        const sysctls = [
+          'net.ipv6.conf.all.disable_ipv6=0',
+          'net.ipv6.conf.default.disable_ipv6=0',
+          'net.ipv6.conf.all.accept_dad=0',
+          'net.ipv6.conf.default.accept_dad=0',
+          `net.ipv4.conf.all.rp_filter=${rp}`,
+          `net.ipv4.conf.default.rp_filter=${rp}`,
+        ];
+        if (forwarders.has(ns)) sysctls.push('net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1');
+        await this.exec(ns, ['sysctl', '-q', '-w', ...sysctls]);
+        await this.ip(ns, 'link', 'set', 'lo', 'up');
+      }),
+    );
 
     // 2. Links, all created inside namespaces, and all up before addresses and routes.
     await this.ip(cp, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'cp0', 'netns', rt);
@@ -735,50 +844,56 @@ export class Harness {
       await this.addr(rt, 'cp1', '198.18.1.1/24', 'fd00:18:1::1/64');
     }
     await this.ip(rt, 'link', 'set', 'br0', 'up');
-    await Promise.all(this.nodeNumbers().map(async (n) => {
-      const node = this.ns.node(n);
-      await this.ip(rt, 'link', 'add', `n${n}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', node);
-      await this.ip(rt, 'link', 'set', `n${n}`, 'master', 'br0', 'up');
-      await this.ip(node, 'link', 'set', 'eth0', 'up');
-      await this.ip(node, 'link', 'add', 'cbr0', 'type', 'bridge', 'stp_state', '0', 'forward_delay', '0');
-      await this.ip(node, 'link', 'set', 'cbr0', 'up');
-      for (let p = 1; p <= podsPerNode; p++) {
-        const pod = this.ns.pod(n, p);
-        await this.ip(node, 'link', 'add', `vp${p}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod);
-        await this.ip(node, 'link', 'set', `vp${p}`, 'master', 'cbr0', 'up');
-        await this.ip(pod, 'link', 'set', 'eth0', 'up');
-      }
-    }));
+    await Promise.all(
+      this.nodeNumbers().map(async (n) => {
+        const node = this.ns.node(n);
+        await this.ip(rt, 'link', 'add', `n${n}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', node);
+        await this.ip(rt, 'link', 'set', `n${n}`, 'master', 'br0', 'up');
+        await this.ip(node, 'link', 'set', 'eth0', 'up');
+        await this.ip(node, 'link', 'add', 'cbr0', 'type', 'bridge', 'stp_state', '0', 'forward_delay', '0');
+        await this.ip(node, 'link', 'set', 'cbr0', 'up');
+        for (let p = 1; p <= podsPerNode; p++) {
+          const pod = this.ns.pod(n, p);
+          await this.ip(node, 'link', 'add', `vp${p}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod);
+          await this.ip(node, 'link', 'set', `vp${p}`, 'master', 'cbr0', 'up');
+          await this.ip(pod, 'link', 'set', 'eth0', 'up');
+        }
+      }),
+    );
 
     // 3. Addresses.
     await this.addr(cp, 'eth0', `${CP_ADDRESS}/24`, `${CP_ADDRESS6}/64`);
     await this.addr(rt, 'cp0', `${RT_CP_ADDRESS}/24`, `${RT_CP_ADDRESS6}/64`);
     await this.addr(rt, 'br0', `${RT_NODE_ADDRESS}/24`, `${RT_NODE_ADDRESS6}/64`);
-    await Promise.all(this.nodeNumbers().map(async (n) => {
-      const node = this.ns.node(n);
-      await this.addr(node, 'eth0', `${this.nodeIP(n)}/24`, `${this.nodeIP6(n)}/64`);
-      await this.addr(node, 'cbr0', `${this.podGateway(n)}/24`, `${this.podGateway6(n)}/64`);
-      for (let p = 1; p <= podsPerNode; p++) {
-        await this.addr(this.ns.pod(n, p), 'eth0', `${this.podIP(n, p)}/24`, `${this.podIP6(n, p)}/64`);
-      }
-    }));
+    await Promise.all(
+      this.nodeNumbers().map(async (n) => {
+        const node = this.ns.node(n);
+        await this.addr(node, 'eth0', `${this.nodeIP(n)}/24`, `${this.nodeIP6(n)}/64`);
+        await this.addr(node, 'cbr0', `${this.podGateway(n)}/24`, `${this.podGateway6(n)}/64`);
+        for (let p = 1; p <= podsPerNode; p++) {
+          await this.addr(this.ns.pod(n, p), 'eth0', `${this.podIP(n, p)}/24`, `${this.podIP6(n, p)}/64`);
+        }
+      }),
+    );
 
     // 4. Routes. cp: connected only (unless cpDefaultRoute). Router: pod CIDRs via their node.
     if (this.opts.cpDefaultRoute) {
       await this.route(cp, 'default', RT_CP_ADDRESS);
       await this.route(cp, 'default', RT_CP_ADDRESS6);
     }
-    await Promise.all(this.nodeNumbers().map(async (n) => {
-      const node = this.ns.node(n);
-      await this.route(rt, this.podCIDR(n), this.nodeIP(n));
-      await this.route(rt, this.podCIDR6(n), this.nodeIP6(n));
-      await this.route(node, 'default', RT_NODE_ADDRESS);
-      await this.route(node, 'default', RT_NODE_ADDRESS6);
-      for (let p = 1; p <= podsPerNode; p++) {
-        await this.route(this.ns.pod(n, p), 'default', this.podGateway(n));
-        await this.route(this.ns.pod(n, p), 'default', this.podGateway6(n));
-      }
-    }));
+    await Promise.all(
+      this.nodeNumbers().map(async (n) => {
+        const node = this.ns.node(n);
+        await this.route(rt, this.podCIDR(n), this.nodeIP(n));
+        await this.route(rt, this.podCIDR6(n), this.nodeIP6(n));
+        await this.route(node, 'default', RT_NODE_ADDRESS);
+        await this.route(node, 'default', RT_NODE_ADDRESS6);
+        for (let p = 1; p <= podsPerNode; p++) {
+          await this.route(this.ns.pod(n, p), 'default', this.podGateway(n));
+          await this.route(this.ns.pod(n, p), 'default', this.podGateway6(n));
+        }
+      }),
+    );
 
     // 5. Router firewall: the node network is behind NAT, the cp cannot open connections into it.
     await this.exec(rt, ['nft', '-f', '-'], {
@@ -800,18 +915,39 @@ table inet nodelink_harness {
 
     // 6. Stubs: kubelet on every node (HTTPS, self-signed), an HTTP server in every pod.
     if (!this.opts.stubs) return;
-    const sans = ['DNS:kubelet', ...this.nodeNumbers().flatMap((n) => [`IP:${this.nodeIP(n)}`, `IP:${this.nodeIP6(n)}`])];
-    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-      '-days', '1', '-subj', '/CN=kubelet', '-addext', `subjectAltName=${sans.join(',')}`,
-      '-keyout', this.kubeletKeyPath, '-out', this.kubeletCertPath]);
+    const sans = [
+      'DNS:kubelet',
+      ...this.nodeNumbers().flatMap((n) => [`IP:${this.nodeIP(n)}`, `IP:${this.nodeIP6(n)}`]),
+    ];
+    await run('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      '/CN=kubelet',
+      '-addext',
+      `subjectAltName=${sans.join(',')}`,
+      '-keyout',
+      this.kubeletKeyPath,
+      '-out',
+      this.kubeletCertPath,
+    ]);
     const starts: Promise<ManagedProcess>[] = [];
     for (const n of this.nodeNumbers()) {
       starts.push(this.startStub(this.ns.node(n), 'kubelet', this.nodeName(n), KUBELET_PORT));
-      for (let p = 1; p <= podsPerNode; p++) starts.push(this.startStub(this.ns.pod(n, p), 'pod', this.podName(n, p), POD_PORT));
+      for (let p = 1; p <= podsPerNode; p++)
+        starts.push(this.startStub(this.ns.pod(n, p), 'pod', this.podName(n, p), POD_PORT));
     }
     const results = await Promise.allSettled(starts);
     const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed.length > 0) throw new Error(`stub servers failed to start: ${failed.map((f) => String(f.reason)).join('\n')}`);
+    if (failed.length > 0)
+      throw new Error(`stub servers failed to start: ${failed.map((f) => String(f.reason)).join('\n')}`);
   }
 
   private nodeNumbers(): number[] {
@@ -831,7 +967,10 @@ table inet nodelink_harness {
   private async route(ns: string, dst: string, via: string): Promise<void> {
     const family = via.includes(':') ? '-6' : '-4';
     for (let attempt = 1; ; attempt++) {
-      const r = await run('ip', ['-n', ns, family, 'route', 'add', dst, 'via', via], { allowFail: true, track: this.trackExec });
+      const r = await run('ip', ['-n', ns, family, 'route', 'add', dst, 'via', via], {
+        allowFail: true,
+        track: this.trackExec,
+      });
       if (r.code === 0) return;
       if (attempt >= 20) throw new Error(`ip -n ${ns} ${family} route add ${dst} via ${via}: ${r.stderr.trim()}`);
       await sleep(50);
@@ -858,7 +997,8 @@ table inet nodelink_harness {
   }
 
   private checkPod(p: number): number {
-    if (!Number.isInteger(p) || p < 1 || p > this.podsPerNode) throw new Error(`pod ${p} out of range 1..${this.podsPerNode}`);
+    if (!Number.isInteger(p) || p < 1 || p > this.podsPerNode)
+      throw new Error(`pod ${p} out of range 1..${this.podsPerNode}`);
     return p;
   }
 }

@@ -29,7 +29,6 @@ const N = Number(process.env['N'] ?? 1000);
 const KEEPALIVE_MS = 5000;
 const settleTimeoutMs = Number(process.env['SETTLE_TIMEOUT_MS'] ?? 120_000);
 
-
 /** Peer i announces 198.19.(100 + i / 256).(i % 256)/32, clear of the harness's own nodes. */
 function peerRoute(i: number): string {
   return `198.19.${100 + Math.floor(i / 256)}.${i % 256}/32`;
@@ -38,7 +37,6 @@ function peerRoute(i: number): string {
 function procStat(pid: number): { rssKiB: number; cpuSeconds: number } {
   return { rssKiB: rssBytes(pid) / 1024, cpuSeconds: cpuSeconds(pid) };
 }
-
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -58,17 +56,36 @@ async function waitUntil(check: () => boolean, timeoutMs: number): Promise<numbe
  * clients and talks to the parent over stdin/stdout lines.
  */
 async function child(): Promise<void> {
-  const input = JSON.parse(readFileSync(process.env['NODELINK_LOADGEN']!, 'utf8')) as { host: string; port: number; serverKey: string; seeds: string[] };
+  const input = JSON.parse(readFileSync(process.env['NODELINK_LOADGEN']!, 'utf8')) as {
+    host: string;
+    port: number;
+    serverKey: string;
+    seeds: string[];
+  };
   const serverKey = new Uint8Array(Buffer.from(input.serverKey, 'base64'));
   const clients = input.seeds.map((seedText, i) => {
     const seed = new Uint8Array(Buffer.from(seedText, 'base64'));
     const client = new LinkClient({
-      host: input.host, port: input.port, serverKey, keyPair: keyPairFromSeed(seed), name: `load-${i}`,
-      routes: [Prefix.parse(peerRoute(i))], tun: new FakeTun(`load${i}`),
-      connection: { maxQueueBytes: 1 << 20, keepaliveIntervalMs: KEEPALIVE_MS, deadAfterMs: KEEPALIVE_MS * 4, maxInitialPayload: 65_599 },
-      handshakeTimeoutMs: 10_000, backoffBaseMs: 500, backoffCapMs: 15_000,
+      host: input.host,
+      port: input.port,
+      serverKey,
+      keyPair: keyPairFromSeed(seed),
+      name: `load-${i}`,
+      routes: [Prefix.parse(peerRoute(i))],
+      tun: new FakeTun(`load${i}`),
+      connection: {
+        maxQueueBytes: 1 << 20,
+        keepaliveIntervalMs: KEEPALIVE_MS,
+        deadAfterMs: KEEPALIVE_MS * 4,
+        maxInitialPayload: 65_599,
+      },
+      handshakeTimeoutMs: 10_000,
+      backoffBaseMs: 500,
+      backoffCapMs: 15_000,
       installRoutes: async () => undefined,
-      onRejected: (reason) => { process.stdout.write(`REJECTED load-${i} ${reason}\n`); },
+      onRejected: (reason) => {
+        process.stdout.write(`REJECTED load-${i} ${reason}\n`);
+      },
       log: silentLogger(),
     });
     return client;
@@ -125,42 +142,91 @@ async function parent(): Promise<void> {
     writeFileSync(serverKeyFile, `${encodeKey(serverPair.seed)}\n`, { mode: 0o600 });
     const pairs = Array.from({ length: N }, () => keyPairFromSeed(generateSeed()));
     const peersFile = path.join(h.dir, 'peers.json');
-    writeFileSync(peersFile, JSON.stringify({
-      peers: pairs.map((pair, i) => ({ name: `load-${i}`, publicKey: encodeKey(pair.publicKey), allowedIPs: [peerRoute(i)] })),
-    }));
+    writeFileSync(
+      peersFile,
+      JSON.stringify({
+        peers: pairs.map((pair, i) => ({
+          name: `load-${i}`,
+          publicKey: encodeKey(pair.publicKey),
+          allowedIPs: [peerRoute(i)],
+        })),
+      }),
+    );
     const [host, port] = h.serverEndpoint.split(':') as [string, string];
     const loadgenFile = path.join(h.dir, 'loadgen.json');
-    writeFileSync(loadgenFile, JSON.stringify({ host, port: Number(port), serverKey: encodeKey(serverPair.publicKey), seeds: pairs.map((pair) => encodeKey(pair.seed)) }), { mode: 0o600 });
+    writeFileSync(
+      loadgenFile,
+      JSON.stringify({
+        host,
+        port: Number(port),
+        serverKey: encodeKey(serverPair.publicKey),
+        seeds: pairs.map((pair) => encodeKey(pair.seed)),
+      }),
+      { mode: 0o600 },
+    );
     const socket = path.join(h.dir, 'server.sock');
-    const serverArgs = [process.execPath, CLI, 'server', '--listen', h.serverEndpoint, '--key', serverKeyFile, '--peers', peersFile,
-      '--tunnel-cidr', h.tunnelCIDR, '--admin-socket', socket, '--keepalive-ms', String(KEEPALIVE_MS), '--dead-after-ms', String(KEEPALIVE_MS * 4),
-      '--log-level', 'warn',
+    const serverArgs = [
+      process.execPath,
+      CLI,
+      'server',
+      '--listen',
+      h.serverEndpoint,
+      '--key',
+      serverKeyFile,
+      '--peers',
+      peersFile,
+      '--tunnel-cidr',
+      h.tunnelCIDR,
+      '--admin-socket',
+      socket,
+      '--keepalive-ms',
+      String(KEEPALIVE_MS),
+      '--dead-after-ms',
+      String(KEEPALIVE_MS * 4),
+      '--log-level',
+      'warn',
       // Every generated session comes from one address (the NAT router): the per-source rate
       // limit meant for a real node would dominate. The unauthenticated-connection cap stays at
       // its default, so handshake work stays bounded during the storm.
-      '--max-new-conns-per-source', String(Math.max(50, N)),
+      '--max-new-conns-per-source',
+      String(Math.max(50, N)),
       // The generated nodes have no kernel behind their in-memory TUNs to answer path checks.
-      '--path-check-interval-ms', '0',
-      ...(process.env['SERVER_ARGS'] ?? '').split(/\s+/).filter((arg) => arg.length > 0)];
+      '--path-check-interval-ms',
+      '0',
+      ...(process.env['SERVER_ARGS'] ?? '').split(/\s+/).filter((arg) => arg.length > 0),
+    ];
     const startServer = async (): Promise<ManagedProcess> => {
       const started = Date.now();
       // PROFILE_SERVER=DIR writes a CPU profile of each server run there (node --cpu-prof).
       const profile = process.env['PROFILE_SERVER'];
-      const proc = h.spawn(h.ns.cp, profile ? [serverArgs[0]!, '--cpu-prof', `--cpu-prof-dir=${profile}`, ...serverArgs.slice(1)] : serverArgs, { name: 'server' });
-      await h.waitFor(async () => (await runCli(['status', '--json', '--admin-socket', socket])).code === 0, 60_000, 'server admin socket');
+      const proc = h.spawn(
+        h.ns.cp,
+        profile ? [serverArgs[0]!, '--cpu-prof', `--cpu-prof-dir=${profile}`, ...serverArgs.slice(1)] : serverArgs,
+        { name: 'server' },
+      );
+      await h.waitFor(
+        async () => (await runCli(['status', '--json', '--admin-socket', socket])).code === 0,
+        60_000,
+        'server admin socket',
+      );
       say(`server up in ${Date.now() - started} ms with ${N} peers`);
       return proc;
     };
     server = await startServer();
-    const routes = (await h.exec(h.ns.cp, ['ip', '-o', 'route', 'show', 'dev', 'nl0'])).stdout.trim().split('\n').length;
+    const routes = (await h.exec(h.ns.cp, ['ip', '-o', 'route', 'show', 'dev', 'nl0'])).stdout
+      .trim()
+      .split('\n').length;
     say(`${routes} kernel routes on nl0`);
     const idle = procStat(server.pid);
 
     // PROFILE_LOADGEN=DIR: the same for the generator, which shares this machine's CPUs.
     const generatorProfile = process.env['PROFILE_LOADGEN'];
-    const generatorNode = generatorProfile ? [process.execPath, '--cpu-prof', `--cpu-prof-dir=${generatorProfile}`] : [process.execPath];
+    const generatorNode = generatorProfile
+      ? [process.execPath, '--cpu-prof', `--cpu-prof-dir=${generatorProfile}`]
+      : [process.execPath];
     generator = spawnChild('ip', ['netns', 'exec', h.ns.node(1), ...generatorNode, fileURLToPath(import.meta.url)], {
-      env: { ...process.env, NODELINK_LOADGEN: loadgenFile }, stdio: ['pipe', 'pipe', 'inherit'],
+      env: { ...process.env, NODELINK_LOADGEN: loadgenFile },
+      stdio: ['pipe', 'pipe', 'inherit'],
     });
     const replies = lines(generator.stdout!);
     const next = async (prefix: string): Promise<string[]> => {
@@ -175,24 +241,44 @@ async function parent(): Promise<void> {
     const settleMs = Number(settleText);
     if (settleMs < 0) throw new Error(`not all ${N} sessions authenticated within ${settleTimeoutMs} ms`);
     const handshakeCpu = procStat(server.pid).cpuSeconds - idle.cpuSeconds;
-    say(`${N} sessions authenticated in ${settleMs} ms: ${Math.round(N / (settleMs / 1000))} handshakes/s; server CPU ${handshakeCpu.toFixed(2)} s`);
+    say(
+      `${N} sessions authenticated in ${settleMs} ms: ${Math.round(N / (settleMs / 1000))} handshakes/s; server CPU ${handshakeCpu.toFixed(2)} s`,
+    );
     await sleep(3 * KEEPALIVE_MS);
     const loaded = procStat(server.pid);
     const perPeerKiB = (loaded.rssKiB - idle.rssKiB) / N;
-    say(`server RSS ${idle.rssKiB} KiB idle → ${loaded.rssKiB} KiB with ${N} idle sessions: ${perPeerKiB.toFixed(1)} KiB per peer; idle CPU ${((loaded.cpuSeconds - idle.cpuSeconds - handshakeCpu) / (3 * KEEPALIVE_MS / 1000) * 100).toFixed(1)}% of a core`);
+    say(
+      `server RSS ${idle.rssKiB} KiB idle → ${loaded.rssKiB} KiB with ${N} idle sessions: ${perPeerKiB.toFixed(1)} KiB per peer; idle CPU ${(((loaded.cpuSeconds - idle.cpuSeconds - handshakeCpu) / ((3 * KEEPALIVE_MS) / 1000)) * 100).toFixed(1)}% of a core`,
+    );
 
     await server.stop('SIGTERM');
     server = await startServer();
     generator.stdin!.write('STORM\n');
     const [backText, worstRtt] = await next('BACK');
     const backMs = Number(backText);
-    say(backMs < 0 ? `after a restart NOT all ${N} came back within ${settleTimeoutMs} ms`
-      : `after a server restart all ${N} sessions were back within ${backMs} ms; worst ping RTT of sessions already back meanwhile: ${worstRtt} ms`);
+    say(
+      backMs < 0
+        ? `after a restart NOT all ${N} came back within ${settleTimeoutMs} ms`
+        : `after a server restart all ${N} sessions were back within ${backMs} ms; worst ping RTT of sessions already back meanwhile: ${worstRtt} ms`,
+    );
     // Connections the restarted server turned away during the storm (each one a client backing off).
-    const stormRefused = (JSON.parse((await runCli(['status', '--json', '--admin-socket', socket])).stdout) as { refusedConnections?: Record<string, number> }).refusedConnections ?? {};
+    const stormRefused =
+      (
+        JSON.parse((await runCli(['status', '--json', '--admin-socket', socket])).stdout) as {
+          refusedConnections?: Record<string, number>;
+        }
+      ).refusedConnections ?? {};
     say(`refused during the storm: ${JSON.stringify(stormRefused)}`);
-    const summary = { n: N, handshakesPerSecond: Math.round(N / (settleMs / 1000)), handshakeCpuSeconds: Number(handshakeCpu.toFixed(2)),
-      rssPerIdlePeerKiB: Number(perPeerKiB.toFixed(1)), stormSettleMs: backMs, worstRttDuringStormMs: Number(worstRtt), stormRefused, kernelRoutes: routes };
+    const summary = {
+      n: N,
+      handshakesPerSecond: Math.round(N / (settleMs / 1000)),
+      handshakeCpuSeconds: Number(handshakeCpu.toFixed(2)),
+      rssPerIdlePeerKiB: Number(perPeerKiB.toFixed(1)),
+      stormSettleMs: backMs,
+      worstRttDuringStormMs: Number(worstRtt),
+      stormRefused,
+      kernelRoutes: routes,
+    };
     say(`JSON ${JSON.stringify(summary)}`);
     generator.stdin!.write('QUIT\n');
     await new Promise((resolve) => generator!.once('exit', resolve));
@@ -208,7 +294,10 @@ function say(line: string): void {
 }
 
 const role = process.env['NODELINK_LOADGEN'] ? child : parent;
-role().then(() => process.exit(0), (err: unknown) => {
-  process.stderr.write(`loadtest: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(1);
-});
+role().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`loadtest: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  },
+);

@@ -35,9 +35,11 @@ const MAX_BYTES = 4 * 1024 * 1024 * 1024;
 const ZERO = Buffer.alloc(CHUNK);
 
 function usage(message) {
-  process.stderr.write(`stub-server: ${message}\n` +
-    'usage: stub-server.mjs kubelet --name NODE --port 10250 --cert FILE --key FILE [--host ::]\n' +
-    '       stub-server.mjs pod --name NODE/POD --port 8080 [--host ::]\n');
+  process.stderr.write(
+    `stub-server: ${message}\n` +
+      'usage: stub-server.mjs kubelet --name NODE --port 10250 --cert FILE --key FILE [--host ::]\n' +
+      '       stub-server.mjs pod --name NODE/POD --port 8080 [--host ::]\n',
+  );
   process.exit(2);
 }
 
@@ -84,7 +86,9 @@ function sendBytes(res, n) {
     }
     res.end();
   };
-  res.on('close', () => { left = 0; });
+  res.on('close', () => {
+    left = 0;
+  });
   pump();
 }
 
@@ -132,16 +136,18 @@ function handler(opts) {
 
 function onUpgrade(req, socket, head) {
   socket.on('error', () => socket.destroy());
-  socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${req.headers.upgrade ?? 'echo'}\r\n` +
-    'Connection: Upgrade\r\n\r\n');
+  socket.write(
+    `HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${req.headers.upgrade ?? 'echo'}\r\n` + 'Connection: Upgrade\r\n\r\n',
+  );
   if (head.length > 0) socket.write(head);
   socket.pipe(socket);
 }
 
 const opts = parseArgs(process.argv.slice(2));
-const server = opts.mode === 'kubelet'
-  ? https.createServer({ cert: readFileSync(opts.cert), key: readFileSync(opts.key) }, handler(opts))
-  : http.createServer(handler(opts));
+const server =
+  opts.mode === 'kubelet'
+    ? https.createServer({ cert: readFileSync(opts.cert), key: readFileSync(opts.key) }, handler(opts))
+    : http.createServer(handler(opts));
 server.on('upgrade', onUpgrade);
 server.on('clientError', (_err, socket) => socket.destroy());
 server.on('error', (err) => {
@@ -150,7 +156,9 @@ server.on('error', (err) => {
 });
 server.listen({ host: opts.host, port: opts.port, ipv6Only: false }, () => {
   const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
-  process.stderr.write(`stub-server: ${opts.mode} ${opts.name} listening on ${host}:${opts.port} (pid ${process.pid})\n`);
+  process.stderr.write(
+    `stub-server: ${opts.mode} ${opts.name} listening on ${host}:${opts.port} (pid ${process.pid})\n`,
+  );
 });
 
 function shutdown() {

@@ -4,7 +4,10 @@
  * reads, saying what failed and how to fix it.
  */
 export class NodelinkError extends Error {
-  constructor(readonly code: string, message: string) {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
     super(message);
     this.name = new.target.name;
   }

@@ -30,5 +30,11 @@ export function processDebug(): DebugStatus {
   } catch {
     // Not Linux: leave -1.
   }
-  return { pid: process.pid, rssBytes: process.memoryUsage.rss(), fds, timers: activeResources['Timeout'] ?? 0, activeResources };
+  return {
+    pid: process.pid,
+    rssBytes: process.memoryUsage.rss(),
+    fds,
+    timers: activeResources['Timeout'] ?? 0,
+    activeResources,
+  };
 }

@@ -15,7 +15,11 @@ export function formatBytes(bytes: number): string {
 export function formatAge(since: string, now: number): string {
   let seconds = Math.max(0, Math.round((now - Date.parse(since)) / 1000));
   const parts: string[] = [];
-  for (const [size, unit] of [[86400, 'd'], [3600, 'h'], [60, 'm']] as const) {
+  for (const [size, unit] of [
+    [86400, 'd'],
+    [3600, 'h'],
+    [60, 'm'],
+  ] as const) {
     if (seconds >= size) {
       parts.push(`${Math.floor(seconds / size)}${unit}`);
       seconds %= size;
@@ -32,7 +36,12 @@ function formatDrops(byReason: Record<string, number>): string {
 
 function formatRoutes(peer: PeerStatus): string {
   if (peer.routeStates && peer.routeStates.length > 0) {
-    return peer.routeStates.map((route: RouteState) => `${route.route} (${route.state === 'missing' ? 'MISSING from the kernel' : route.state.replace('_', ' ')})`).join(', ');
+    return peer.routeStates
+      .map(
+        (route: RouteState) =>
+          `${route.route} (${route.state === 'missing' ? 'MISSING from the kernel' : route.state.replace('_', ' ')})`,
+      )
+      .join(', ');
   }
   return peer.routes.length > 0 ? peer.routes.join(', ') : '(none announced)';
 }
@@ -54,17 +63,24 @@ function formatPeer(peer: PeerStatus, now: number): string[] {
   const lines = [`peer: ${peer.name}`, `  public key: ${peer.publicKey}`];
   if (peer.connected) {
     lines.push(`  endpoint: ${peer.endpoint ?? '-'}`);
-    const sessions = peer.handshakes !== undefined ? `, ${peer.handshakes} handshake${peer.handshakes === 1 ? '' : 's'}${peer.reconnects ? ` (${peer.reconnects} reconnect${peer.reconnects === 1 ? '' : 's'})` : ''}` : '';
+    const sessions =
+      peer.handshakes !== undefined
+        ? `, ${peer.handshakes} handshake${peer.handshakes === 1 ? '' : 's'}${peer.reconnects ? ` (${peer.reconnects} reconnect${peer.reconnects === 1 ? '' : 's'})` : ''}`
+        : '';
     lines.push(`  connected: since ${peer.connectedSince} (${formatAge(peer.connectedSince!, now)} ago)${sessions}`);
     const pongAge = peer.lastPongAt ? `, ${formatAge(peer.lastPongAt, now)} ago` : '';
-    lines.push(`  last pong: ${peer.lastPongMs === null ? 'none yet' : `${peer.lastPongMs.toFixed(1)} ms rtt${pongAge}`}`);
+    lines.push(
+      `  last pong: ${peer.lastPongMs === null ? 'none yet' : `${peer.lastPongMs.toFixed(1)} ms rtt${pongAge}`}`,
+    );
   } else {
     lines.push(`  connected: no${peer.endpoint ? ` (dialing ${peer.endpoint})` : ''}`);
   }
   if (peer.path) lines.push(`  path: ${formatPath(peer.path, now)}`);
   lines.push(`  routes: ${formatRoutes(peer)}`);
   if (peer.allowedIPs) lines.push(`  allowed ips: ${peer.allowedIPs.join(', ')}`);
-  lines.push(`  transfer: ${formatBytes(peer.rxBytes)} received (${peer.rxPackets} packets), ${formatBytes(peer.txBytes)} sent (${peer.txPackets} packets)`);
+  lines.push(
+    `  transfer: ${formatBytes(peer.rxBytes)} received (${peer.rxPackets} packets), ${formatBytes(peer.txBytes)} sent (${peer.txPackets} packets)`,
+  );
   if (peer.connected) lines.push(`  queue: ${formatBytes(peer.queuedBytes)}`);
   lines.push(`  drops: ${formatDrops(peer.dropsByReason)}`);
   if (peer.lastError && !peer.connected) lines.push(`  last error: ${peer.lastError}`);
@@ -74,18 +90,29 @@ function formatPeer(peer: PeerStatus, now: number): string[] {
 /** One line that says whether all is well: peers, paths, traffic, drops, broken routes. */
 export function formatSummary(status: DaemonStatus): string {
   const connected = status.peers.filter((peer) => peer.connected).length;
-  const parts = [status.role === 'server' ? `${connected}/${status.peers.length} peers connected` : (connected > 0 ? 'connected to the server' : 'NOT connected to the server')];
+  const parts = [
+    status.role === 'server'
+      ? `${connected}/${status.peers.length} peers connected`
+      : connected > 0
+        ? 'connected to the server'
+        : 'NOT connected to the server',
+  ];
   const checked = status.peers.filter((peer) => peer.path && peer.path.state !== 'unknown');
   if (checked.length > 0) {
     const ok = checked.filter((peer) => peer.path!.state === 'ok').length;
     parts.push(`${ok}/${checked.length} paths ok`);
   }
-  const missing = status.peers.reduce((sum, peer) => sum + (peer.routeStates?.filter((route) => route.state === 'missing').length ?? 0), 0);
+  const missing = status.peers.reduce(
+    (sum, peer) => sum + (peer.routeStates?.filter((route) => route.state === 'missing').length ?? 0),
+    0,
+  );
   if (missing > 0) parts.push(`${missing} route${missing === 1 ? '' : 's'} MISSING`);
   const rx = status.peers.reduce((sum, peer) => sum + peer.rxBytes, 0);
   const tx = status.peers.reduce((sum, peer) => sum + peer.txBytes, 0);
   parts.push(`${formatBytes(rx)} received, ${formatBytes(tx)} sent`);
-  const drops = status.peers.reduce((sum, peer) => sum + peer.drops, 0) + Object.values(status.dropsByReason).reduce((sum, count) => sum + count, 0);
+  const drops =
+    status.peers.reduce((sum, peer) => sum + peer.drops, 0) +
+    Object.values(status.dropsByReason).reduce((sum, count) => sum + count, 0);
   parts.push(`${drops} dropped`);
   return `nodelink ${status.role}${status.name ? ` ${status.name}` : ''} on ${status.tun}: ${parts.join(', ')}`;
 }
@@ -101,7 +128,10 @@ export function formatStatus(status: DaemonStatus, now = Date.now()): string {
     `  tunnel addresses: ${status.tunnelAddresses.length > 0 ? status.tunnelAddresses.join(', ') : '(none)'}`,
   ];
   if (status.publicKey) lines.push(`  public key: ${status.publicKey}`);
-  if (status.server) lines.push(`  server: ${status.server}${status.serverTunnelAddresses?.length ? ` (tunnel address ${status.serverTunnelAddresses.join(', ')})` : ''}`);
+  if (status.server)
+    lines.push(
+      `  server: ${status.server}${status.serverTunnelAddresses?.length ? ` (tunnel address ${status.serverTunnelAddresses.join(', ')})` : ''}`,
+    );
   if (status.listen) lines.push(`  listening on: ${status.listen}`);
   if (status.metrics) lines.push(`  metrics: http://${status.metrics}/metrics`);
   lines.push(`  up since: ${status.startedAt} (${formatAge(status.startedAt, now)})`);

@@ -66,17 +66,21 @@ class EventLoopWatch {
  * Health bodies are JSON: {"status":"ok"|"fail","checks":{name:{ok,detail}}}.
  */
 export class ObservabilityServer {
-  private constructor(private readonly server: Server, private readonly loop: EventLoopWatch) {}
+  private constructor(
+    private readonly server: Server,
+    private readonly loop: EventLoopWatch,
+  ) {}
 
   static async start(options: ObservabilityServerOptions): Promise<ObservabilityServer> {
     const loop = new EventLoopWatch(10_000);
     const maxDelayMs = MAX_EVENT_LOOP_DELAY_MS;
-    const live = (): HealthReport => report({
-      event_loop: {
-        ok: loop.maxDelayMs <= maxDelayMs,
-        detail: `worst event-loop delay ${loop.maxDelayMs.toFixed(1)} ms over the last 10-20 s (limit ${maxDelayMs} ms)`,
-      },
-    });
+    const live = (): HealthReport =>
+      report({
+        event_loop: {
+          ok: loop.maxDelayMs <= maxDelayMs,
+          detail: `worst event-loop delay ${loop.maxDelayMs.toFixed(1)} ms over the last 10-20 s (limit ${maxDelayMs} ms)`,
+        },
+      });
     const server = createServer((req, res) => {
       void handle(req, res, options, live).catch((err: unknown) => {
         if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
@@ -88,9 +92,14 @@ export class ObservabilityServer {
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) => {
         loop.close();
-        reject(new AdminError('metrics_listen', err.code === 'EADDRINUSE'
-          ? `--metrics ${options.host}:${options.port} is already in use: stop the other process or pick another port`
-          : `cannot serve metrics on ${options.host}:${options.port} (${err.code ?? err.message}): fix --metrics`));
+        reject(
+          new AdminError(
+            'metrics_listen',
+            err.code === 'EADDRINUSE'
+              ? `--metrics ${options.host}:${options.port} is already in use: stop the other process or pick another port`
+              : `cannot serve metrics on ${options.host}:${options.port} (${err.code ?? err.message}): fix --metrics`,
+          ),
+        );
       });
       server.listen(options.port, options.host, () => resolve());
     });
@@ -112,7 +121,12 @@ export class ObservabilityServer {
   }
 }
 
-async function handle(req: IncomingMessage, res: ServerResponse, options: ObservabilityServerOptions, live: () => HealthReport): Promise<void> {
+async function handle(
+  req: IncomingMessage,
+  res: ServerResponse,
+  options: ObservabilityServerOptions,
+  live: () => HealthReport,
+): Promise<void> {
   const path = (req.url ?? '/').split('?')[0];
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.writeHead(405, { allow: 'GET, HEAD' }).end();

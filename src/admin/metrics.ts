@@ -57,8 +57,10 @@ export class LinkMetrics {
     const peers = (): DaemonStatus['peers'] => status().peers;
 
     new Gauge({
-      name: 'nodelink_info', help: 'Constant 1, labelled with the role, version and TUN device of this daemon.',
-      labelNames: ['role', 'version', 'tun'], registers,
+      name: 'nodelink_info',
+      help: 'Constant 1, labelled with the role, version and TUN device of this daemon.',
+      labelNames: ['role', 'version', 'tun'],
+      registers,
       collect() {
         this.reset();
         this.set({ role: options.role, version: options.version, tun: status().tun }, 1);
@@ -67,35 +69,60 @@ export class LinkMetrics {
     if (options.ready) {
       const ready = options.ready;
       new Gauge({
-        name: 'nodelink_ready', help: 'Whether /readyz passes: 1 ready, 0 not.', registers,
-        async collect() { this.set((await ready()) ? 1 : 0); },
+        name: 'nodelink_ready',
+        help: 'Whether /readyz passes: 1 ready, 0 not.',
+        registers,
+        async collect() {
+          this.set((await ready()) ? 1 : 0);
+        },
       });
     }
     new Gauge({
-      name: 'nodelink_peers', help: 'Peers known to this daemon (server: peers file entries; client: 1, the server).', registers,
-      collect() { this.set(peers().length); },
+      name: 'nodelink_peers',
+      help: 'Peers known to this daemon (server: peers file entries; client: 1, the server).',
+      registers,
+      collect() {
+        this.set(peers().length);
+      },
     });
     new Gauge({
-      name: 'nodelink_peers_connected', help: 'Peers with an authenticated session right now.', registers,
-      collect() { this.set(peers().filter((peer) => peer.connected).length); },
+      name: 'nodelink_peers_connected',
+      help: 'Peers with an authenticated session right now.',
+      registers,
+      collect() {
+        this.set(peers().filter((peer) => peer.connected).length);
+      },
     });
     new Gauge({
-      name: 'nodelink_peer_connected', help: 'Whether the peer has an authenticated session (1) or not (0).',
-      labelNames: ['peer'], registers,
+      name: 'nodelink_peer_connected',
+      help: 'Whether the peer has an authenticated session (1) or not (0).',
+      labelNames: ['peer'],
+      registers,
       collect() {
         this.reset();
         for (const peer of peers()) this.set({ peer: peer.name }, peer.connected ? 1 : 0);
       },
     });
     const traffic: Array<[string, string, (peer: DaemonStatus['peers'][number]) => number]> = [
-      ['nodelink_peer_receive_bytes_total', 'IP packet bytes received from the peer over the link.', (peer) => peer.rxBytes],
+      [
+        'nodelink_peer_receive_bytes_total',
+        'IP packet bytes received from the peer over the link.',
+        (peer) => peer.rxBytes,
+      ],
       ['nodelink_peer_transmit_bytes_total', 'IP packet bytes sent to the peer over the link.', (peer) => peer.txBytes],
-      ['nodelink_peer_receive_packets_total', 'IP packets received from the peer over the link.', (peer) => peer.rxPackets],
+      [
+        'nodelink_peer_receive_packets_total',
+        'IP packets received from the peer over the link.',
+        (peer) => peer.rxPackets,
+      ],
       ['nodelink_peer_transmit_packets_total', 'IP packets sent to the peer over the link.', (peer) => peer.txPackets],
     ];
     for (const [name, help, value] of traffic) {
       new Counter({
-        name, help, labelNames: ['peer'], registers,
+        name,
+        help,
+        labelNames: ['peer'],
+        registers,
         collect() {
           this.reset();
           for (const peer of peers()) this.inc({ peer: peer.name }, value(peer));
@@ -105,27 +132,33 @@ export class LinkMetrics {
     new Counter({
       name: 'nodelink_dropped_packets_total',
       help: 'Packets dropped, by reason (queue_full, no_route, peer_offline, spoofed_source, malformed, disconnected, unannounced_source, tun_error); peer is empty when no peer is to blame.',
-      labelNames: ['peer', 'reason'], registers,
+      labelNames: ['peer', 'reason'],
+      registers,
       collect() {
         this.reset();
         const s = status();
         for (const [reason, count] of Object.entries(s.dropsByReason)) this.inc({ peer: '', reason }, count);
         for (const peer of s.peers) {
-          for (const [reason, count] of Object.entries(peer.dropsByReason)) this.inc({ peer: peer.name, reason }, count);
+          for (const [reason, count] of Object.entries(peer.dropsByReason))
+            this.inc({ peer: peer.name, reason }, count);
         }
       },
     });
     new Gauge({
-      name: 'nodelink_peer_queued_bytes', help: 'Bytes waiting in the peer\'s TLS stream (send queue depth; data is dropped past --max-queue-bytes).',
-      labelNames: ['peer'], registers,
+      name: 'nodelink_peer_queued_bytes',
+      help: "Bytes waiting in the peer's TLS stream (send queue depth; data is dropped past --max-queue-bytes).",
+      labelNames: ['peer'],
+      registers,
       collect() {
         this.reset();
         for (const peer of peers()) this.set({ peer: peer.name }, peer.queuedBytes);
       },
     });
     new Gauge({
-      name: 'nodelink_peer_routes', help: 'Routes the peer announced in its current session.',
-      labelNames: ['peer'], registers,
+      name: 'nodelink_peer_routes',
+      help: 'Routes the peer announced in its current session.',
+      labelNames: ['peer'],
+      registers,
       collect() {
         this.reset();
         for (const peer of peers()) this.set({ peer: peer.name }, peer.connected ? peer.routes.length : 0);
@@ -133,8 +166,10 @@ export class LinkMetrics {
     });
     const events = this.events;
     new Gauge({
-      name: 'nodelink_peer_rtt_seconds', help: 'Round trip of the last keepalive ping to the peer.',
-      labelNames: ['peer'], registers,
+      name: 'nodelink_peer_rtt_seconds',
+      help: 'Round trip of the last keepalive ping to the peer.',
+      labelNames: ['peer'],
+      registers,
       collect() {
         this.reset();
         for (const peer of peers()) {
@@ -144,59 +179,85 @@ export class LinkMetrics {
       },
     });
     new Gauge({
-      name: 'nodelink_peer_last_pong_timestamp_seconds', help: 'Unix time of the last keepalive pong from the peer.',
-      labelNames: ['peer'], registers,
+      name: 'nodelink_peer_last_pong_timestamp_seconds',
+      help: 'Unix time of the last keepalive pong from the peer.',
+      labelNames: ['peer'],
+      registers,
       collect() {
         this.reset();
-        for (const [peer, record] of events) if (record.lastPongAt !== null) this.set({ peer }, record.lastPongAt / 1000);
+        for (const [peer, record] of events)
+          if (record.lastPongAt !== null) this.set({ peer }, record.lastPongAt / 1000);
       },
     });
     this.handshakes = new Counter({
-      name: 'nodelink_handshakes_total', help: 'Sessions established (hello verified and welcome sent or received).',
-      labelNames: ['peer'], registers,
+      name: 'nodelink_handshakes_total',
+      help: 'Sessions established (hello verified and welcome sent or received).',
+      labelNames: ['peer'],
+      registers,
     });
     this.handshakeFailures = new Counter({
       name: 'nodelink_handshake_failures_total',
       help: 'Handshakes that did not end in a session, by reason (tls, timeout, unknown_key, name_mismatch, route_not_allowed, bad_signature, server_key_mismatch, connection_refused, dns, auth_failed, …).',
-      labelNames: ['reason'], registers,
+      labelNames: ['reason'],
+      registers,
     });
     this.reconnects = new Counter({
-      name: 'nodelink_reconnects_total', help: 'Sessions established with a peer that had been connected before (link flaps).',
-      labelNames: ['peer'], registers,
+      name: 'nodelink_reconnects_total',
+      help: 'Sessions established with a peer that had been connected before (link flaps).',
+      labelNames: ['peer'],
+      registers,
     });
     this.disconnects = new Counter({
-      name: 'nodelink_disconnects_total', help: 'Established sessions that ended, by close reason.',
-      labelNames: ['peer', 'reason'], registers,
+      name: 'nodelink_disconnects_total',
+      help: 'Established sessions that ended, by close reason.',
+      labelNames: ['peer', 'reason'],
+      registers,
     });
     this.rtt = new Histogram({
-      name: 'nodelink_rtt_seconds', help: 'Keepalive ping round trips over the link.',
-      labelNames: ['peer'], buckets: RTT_BUCKETS, registers,
+      name: 'nodelink_rtt_seconds',
+      help: 'Keepalive ping round trips over the link.',
+      labelNames: ['peer'],
+      buckets: RTT_BUCKETS,
+      registers,
     });
     if (options.role === 'server') {
       const lastPath = this.lastPath;
       this.pathChecks = new Counter({
-        name: 'nodelink_path_checks_total', help: 'End-to-end checks of the data path to the node through the TUN, by result (ok, failed).',
-        labelNames: ['peer', 'result'], registers,
+        name: 'nodelink_path_checks_total',
+        help: 'End-to-end checks of the data path to the node through the TUN, by result (ok, failed).',
+        labelNames: ['peer', 'result'],
+        registers,
       });
       new Gauge({
-        name: 'nodelink_path_up', help: 'Whether the last end-to-end path check to the node passed (1) or failed (0); absent before the first check.',
-        labelNames: ['peer'], registers,
+        name: 'nodelink_path_up',
+        help: 'Whether the last end-to-end path check to the node passed (1) or failed (0); absent before the first check.',
+        labelNames: ['peer'],
+        registers,
         collect() {
           this.reset();
-          for (const [peer, health] of lastPath) if (health.state !== 'unknown') this.set({ peer }, health.state === 'ok' ? 1 : 0);
+          for (const [peer, health] of lastPath)
+            if (health.state !== 'unknown') this.set({ peer }, health.state === 'ok' ? 1 : 0);
         },
       });
       new Gauge({
-        name: 'nodelink_path_check_duration_seconds', help: 'How long the last successful path check took to connect through the link.',
-        labelNames: ['peer'], registers,
+        name: 'nodelink_path_check_duration_seconds',
+        help: 'How long the last successful path check took to connect through the link.',
+        labelNames: ['peer'],
+        registers,
         collect() {
           this.reset();
-          for (const [peer, health] of lastPath) if (health.state === 'ok' && health.rttMs !== null) this.set({ peer }, health.rttMs / 1000);
+          for (const [peer, health] of lastPath)
+            if (health.state === 'ok' && health.rttMs !== null) this.set({ peer }, health.rttMs / 1000);
         },
       });
     } else {
       // Clients do not check paths: an unregistered counter keeps pathChecked() harmless.
-      this.pathChecks = new Counter({ name: 'nodelink_path_checks_total', help: 'Path checks (server only).', labelNames: ['peer', 'result'], registers: [] });
+      this.pathChecks = new Counter({
+        name: 'nodelink_path_checks_total',
+        help: 'Path checks (server only).',
+        labelNames: ['peer', 'result'],
+        registers: [],
+      });
     }
     if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'nodelink_' });
   }
@@ -262,7 +323,8 @@ export class LinkMetrics {
 
   private status(): DaemonStatus {
     const now = Date.now();
-    if (!this.snapshot || now - this.snapshot.at > SNAPSHOT_MS) this.snapshot = { at: now, status: this.options.status() };
+    if (!this.snapshot || now - this.snapshot.at > SNAPSHOT_MS)
+      this.snapshot = { at: now, status: this.options.status() };
     return this.snapshot.status;
   }
 }

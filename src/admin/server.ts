@@ -10,12 +10,18 @@ import type { DaemonStatus } from './status.js';
  * knows nothing of links, TUNs or protocols.
  */
 export class AdminServer {
-  private constructor(private readonly server: Server, readonly path: string) {}
+  private constructor(
+    private readonly server: Server,
+    readonly path: string,
+  ) {}
 
   static async start(path: string, provider: () => DaemonStatus | Promise<DaemonStatus>): Promise<AdminServer> {
     mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
     if (await isAlive(path)) {
-      throw new AdminError('admin_in_use', `admin socket ${path} is in use by another running nodelink: stop it or pass --admin-socket`);
+      throw new AdminError(
+        'admin_in_use',
+        `admin socket ${path} is in use by another running nodelink: stop it or pass --admin-socket`,
+      );
     }
     try {
       unlinkSync(path); // left behind by a daemon that was killed
@@ -25,20 +31,31 @@ export class AdminServer {
     const server = createServer((req, res) => {
       if (req.method === 'GET' && req.url === '/status') {
         // The provider may read kernel state (route states), so it can be async.
-        Promise.resolve().then(provider).then((status) => {
-          res.writeHead(200, { 'content-type': 'application/json' });
-          res.end(JSON.stringify(status));
-        }, (err: unknown) => {
-          res.writeHead(500, { 'content-type': 'text/plain' });
-          res.end(`status failed: ${err instanceof Error ? err.message : String(err)}`);
-        });
+        Promise.resolve()
+          .then(provider)
+          .then(
+            (status) => {
+              res.writeHead(200, { 'content-type': 'application/json' });
+              res.end(JSON.stringify(status));
+            },
+            (err: unknown) => {
+              res.writeHead(500, { 'content-type': 'text/plain' });
+              res.end(`status failed: ${err instanceof Error ? err.message : String(err)}`);
+            },
+          );
       } else {
         res.writeHead(404).end();
       }
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) =>
-        reject(new AdminError('admin_socket', `cannot listen on admin socket ${path} (${err.code ?? err.message}): pass a writable --admin-socket`)));
+        reject(
+          new AdminError(
+            'admin_socket',
+            `cannot listen on admin socket ${path} (${err.code ?? err.message}): pass a writable --admin-socket`,
+          ),
+        ),
+      );
       server.listen(path, () => resolve());
     });
     chmodSync(path, 0o600);
@@ -62,7 +79,10 @@ function isAlive(path: string): Promise<boolean> {
       resolve(true);
     });
     req.on('error', () => resolve(false));
-    req.on('timeout', () => { req.destroy(); resolve(false); });
+    req.on('timeout', () => {
+      req.destroy();
+      resolve(false);
+    });
     req.end();
   });
 }
@@ -76,12 +96,20 @@ export function fetchStatus(path: string): Promise<DaemonStatus> {
         try {
           resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as DaemonStatus);
         } catch {
-          reject(new AdminError('admin_unreachable', `admin socket ${path} answered with something that is not status JSON`));
+          reject(
+            new AdminError('admin_unreachable', `admin socket ${path} answered with something that is not status JSON`),
+          );
         }
       });
     });
     req.on('error', (err: NodeJS.ErrnoException) =>
-      reject(new AdminError('admin_unreachable', `no nodelink daemon answers on ${path} (${err.code ?? err.message}): is it running? pass --admin-socket if it uses another path`)));
+      reject(
+        new AdminError(
+          'admin_unreachable',
+          `no nodelink daemon answers on ${path} (${err.code ?? err.message}): is it running? pass --admin-socket if it uses another path`,
+        ),
+      ),
+    );
     req.on('timeout', () => req.destroy(new Error('timeout')));
     req.end();
   });

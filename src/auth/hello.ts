@@ -72,9 +72,14 @@ export function verifyHello(payload: Uint8Array, exporter: Uint8Array): Hello {
   }
   // Any key holder can sign any body: `null`, a number or an array must fail here, not crash.
   const body = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as Partial<HelloBody>;
-  if (typeof body.name !== 'string' || body.name.length === 0 || body.name.length > 253 ||
-      !Array.isArray(body.routes) || body.routes.length > 256 ||
-      !body.routes.every((r) => typeof r === 'string' && r.length <= 64)) {
+  if (
+    typeof body.name !== 'string' ||
+    body.name.length === 0 ||
+    body.name.length > 253 ||
+    !Array.isArray(body.routes) ||
+    body.routes.length > 256 ||
+    !body.routes.every((r) => typeof r === 'string' && r.length <= 64)
+  ) {
     throw new AuthError('bad_hello', 'hello body must hold a name and at most 256 routes');
   }
   return { publicKey: new Uint8Array(publicKey), name: body.name, routes: body.routes };

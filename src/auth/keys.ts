@@ -36,13 +36,21 @@ export function decodeKey(text: string, what: string): Uint8Array {
   const trimmed = text.trim();
   const bytes = Buffer.from(trimmed, 'base64');
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(trimmed) || bytes.length !== KEY_BYTES) {
-    throw new AuthError('bad_key', `${what} is not a key: expected base64 of 32 bytes, as printed by 'nodelink keygen' or 'nodelink pubkey'`);
+    throw new AuthError(
+      'bad_key',
+      `${what} is not a key: expected base64 of 32 bytes, as printed by 'nodelink keygen' or 'nodelink pubkey'`,
+    );
   }
   return new Uint8Array(bytes);
 }
 
 /** Reads a file a flag names; one that is missing or unreadable fails as "LABEL PATH does not exist: FIX". */
-export function readNamedFile(path: string, label: string, fixMissing: string, fail: (message: string) => Error): string {
+export function readNamedFile(
+  path: string,
+  label: string,
+  fixMissing: string,
+  fail: (message: string) => Error,
+): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (err) {
@@ -61,18 +69,29 @@ export function pemCertificates(text: string): string[] {
  * node key lets anyone on the network impersonate that node. `label` names it in the error
  * ("key file", "--cert-key file"); `fixMissing` says how to create it; `fail` builds the error.
  */
-export function readSecretFile(path: string, label: string, fixMissing: string, fail: (message: string) => Error): string {
+export function readSecretFile(
+  path: string,
+  label: string,
+  fixMissing: string,
+  fail: (message: string) => Error,
+): string {
   const text = readNamedFile(path, label, fixMissing, fail);
   const mode = statSync(path).mode;
   if ((mode & 0o077) !== 0) {
-    throw fail(`${label} ${path} is readable by group or others (mode ${(mode & 0o777).toString(8)}): run 'chmod 600 ${path}'`);
+    throw fail(
+      `${label} ${path} is readable by group or others (mode ${(mode & 0o777).toString(8)}): run 'chmod 600 ${path}'`,
+    );
   }
   return text;
 }
 
 export function readKeyFile(path: string): KeyPair {
-  const text = readSecretFile(path, 'key file', `create it with 'umask 077; nodelink keygen > ${path}'`,
-    (message) => new AuthError('key_file', message));
+  const text = readSecretFile(
+    path,
+    'key file',
+    `create it with 'umask 077; nodelink keygen > ${path}'`,
+    (message) => new AuthError('key_file', message),
+  );
   return keyPairFromSeed(decodeKey(text, `key file ${path}`));
 }
 

@@ -33,10 +33,16 @@ export class PeerRegistry {
   authorize(hello: Hello): { peer: PeerConfig; routes: Prefix[] } {
     const peer = this.findByKey(hello.publicKey);
     if (!peer) {
-      throw new AuthError('unknown_key', `key ${encodeKey(hello.publicKey)} is not in the server's peers file: add it there`);
+      throw new AuthError(
+        'unknown_key',
+        `key ${encodeKey(hello.publicKey)} is not in the server's peers file: add it there`,
+      );
     }
     if (peer.name !== hello.name) {
-      throw new AuthError('name_mismatch', `this key belongs to peer "${peer.name}", not "${hello.name}": fix --name or the peers file`);
+      throw new AuthError(
+        'name_mismatch',
+        `this key belongs to peer "${peer.name}", not "${hello.name}": fix --name or the peers file`,
+      );
     }
     const routes: Prefix[] = [];
     for (const text of hello.routes) {
@@ -47,8 +53,10 @@ export class PeerRegistry {
         throw new AuthError('bad_hello', `route ${text}: ${(err as Error).message}`);
       }
       if (!peer.allowedIPs.some((allowed) => allowed.contains(route))) {
-        throw new AuthError('route_not_allowed',
-          `route ${route} is outside allowedIPs of peer "${peer.name}" (${peer.allowedIPs.join(', ')}): fix --route or the peers file`);
+        throw new AuthError(
+          'route_not_allowed',
+          `route ${route} is outside allowedIPs of peer "${peer.name}" (${peer.allowedIPs.join(', ')}): fix --route or the peers file`,
+        );
       }
       routes.push(route);
     }
@@ -76,7 +84,8 @@ export function parsePeers(text: string, source: string, tunnelCidrs: readonly P
       fail(`${label}: "name" must be a node name (letters, digits, . _ -)`);
     }
     if (typeof entry.publicKey !== 'string') fail(`${label}: "publicKey" is missing`);
-    if (!Array.isArray(entry.allowedIPs) || entry.allowedIPs.length === 0) fail(`${label}: "allowedIPs" must be a non-empty list of CIDRs`);
+    if (!Array.isArray(entry.allowedIPs) || entry.allowedIPs.length === 0)
+      fail(`${label}: "allowedIPs" must be a non-empty list of CIDRs`);
     let publicKey: Uint8Array;
     let allowedIPs: Prefix[];
     try {
@@ -85,7 +94,12 @@ export function parsePeers(text: string, source: string, tunnelCidrs: readonly P
     } catch (err) {
       fail(`${label}: ${err instanceof NodelinkError ? err.message : String(err)}`);
     }
-    peers.push({ name: entry.name as string, publicKey: publicKey!, publicKeyText: encodeKey(publicKey!), allowedIPs: allowedIPs! });
+    peers.push({
+      name: entry.name as string,
+      publicKey: publicKey!,
+      publicKeyText: encodeKey(publicKey!),
+      allowedIPs: allowedIPs!,
+    });
   }
   checkConflicts(peers, tunnelCidrs, fail);
   return new PeerRegistry(peers);
@@ -108,16 +122,21 @@ function checkConflicts(peers: PeerConfig[], tunnelCidrs: readonly Prefix[], fai
     if (sharing) problems.push(`peers "${sharing.name}" and "${peer.name}" share a public key`);
     else byKey.set(peer.publicKeyText, peer);
     for (const cidr of tunnelCidrs) {
-      for (const ip of peer.allowedIPs) if (ip.overlaps(cidr)) problems.push(`peer "${peer.name}" claims ${ip}, inside the tunnel CIDR ${cidr}`);
+      for (const ip of peer.allowedIPs)
+        if (ip.overlaps(cidr)) problems.push(`peer "${peer.name}" claims ${ip}, inside the tunnel CIDR ${cidr}`);
     }
   }
-  interface Claim { readonly peer: PeerConfig; readonly ip: Prefix }
+  interface Claim {
+    readonly peer: PeerConfig;
+    readonly ip: Prefix;
+  }
   const claims: Claim[] = peers.flatMap((peer) => peer.allowedIPs.map((ip) => ({ peer, ip })));
   claims.sort((a, b) => a.ip.length - b.ip.length);
   const claimed = new PrefixTable<Claim>();
   for (const claim of claims) {
     const owner = claimed.lookup(claim.ip.family, claim.ip.bytes);
-    if (owner && owner.peer !== claim.peer) problems.push(`peers "${owner.peer.name}" (${owner.ip}) and "${claim.peer.name}" (${claim.ip}) overlap`);
+    if (owner && owner.peer !== claim.peer)
+      problems.push(`peers "${owner.peer.name}" (${owner.ip}) and "${claim.peer.name}" (${claim.ip}) overlap`);
     if (claimed.get(claim.ip) === undefined) claimed.insert(claim.ip, claim);
   }
   if (problems.length > 0) fail(problems.join('; '));
@@ -129,7 +148,10 @@ export function readPeersFile(path: string, tunnelCidrs: readonly Prefix[] = [])
     text = readFileSync(path, 'utf8');
   } catch (err) {
     const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'cannot be read';
-    throw new AuthError('peers_file', `peers file ${path} ${reason}: pass --peers with a JSON file of authorized nodes`);
+    throw new AuthError(
+      'peers_file',
+      `peers file ${path} ${reason}: pass --peers with a JSON file of authorized nodes`,
+    );
   }
   return parsePeers(text, path, tunnelCidrs);
 }

@@ -32,7 +32,9 @@ export function loadConfigFile(path: string): FileValues {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new ConfigError(`--config ${path} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): fix the path`);
+    throw new ConfigError(
+      `--config ${path} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): fix the path`,
+    );
   }
   let data: unknown;
   try {
@@ -44,7 +46,8 @@ export function loadConfigFile(path: string): FileValues {
     throw new ConfigError(`--config ${path} is not valid ${/\.json$/i.test(path) ? 'JSON' : 'YAML or JSON'}: ${first}`);
   }
   if (data === null || data === undefined) return {};
-  if (typeof data !== 'object' || Array.isArray(data)) throw new ConfigError(`--config ${path} must hold a mapping of flag names to values, e.g. "log-level: debug"`);
+  if (typeof data !== 'object' || Array.isArray(data))
+    throw new ConfigError(`--config ${path} must hold a mapping of flag names to values, e.g. "log-level: debug"`);
   const values: FileValues = {};
   for (const [key, value] of Object.entries(data as Record<string, unknown>)) {
     const flag = kebab(key);
@@ -104,7 +107,11 @@ export interface Spec {
  * that cannot be read, or names a flag this command does not have, fails when the command runs,
  * as one line (`ignoreUnknown`: diagnose reads the client's or server's file and uses what it knows).
  */
-export function withConfigFile<T extends Record<string, Spec>>(command: string, options: T, opts: { ignoreUnknown?: boolean } = {}): T {
+export function withConfigFile<T extends Record<string, Spec>>(
+  command: string,
+  options: T,
+  opts: { ignoreUnknown?: boolean } = {},
+): T {
   const file = current();
   const out: Record<string, Spec> = {};
   for (const [flag, spec] of Object.entries(options)) {
@@ -112,7 +119,11 @@ export function withConfigFile<T extends Record<string, Spec>>(command: string, 
     if (value === undefined || value === null) {
       out[flag] = spec;
     } else if (spec.array) {
-      const items = Array.isArray(value) ? value.map(String) : String(value).split(/[\s,]+/).filter((item) => item.length > 0);
+      const items = Array.isArray(value)
+        ? value.map(String)
+        : String(value)
+            .split(/[\s,]+/)
+            .filter((item) => item.length > 0);
       out[flag] = { ...spec, default: items };
     } else if (spec.type === 'boolean') {
       out[flag] = { ...spec, default: value === true || /^(1|true|yes|on)$/i.test(String(value)) };
@@ -142,7 +153,9 @@ export function assertConfigFile(command: string): void {
   if (!spec || spec.ignoreUnknown) return;
   const unknown = Object.keys(state.values).filter((key) => key !== 'config' && !spec.flags.has(key));
   if (unknown.length > 0) {
-    throw new ConfigError(`--config ${state.path}: ${unknown.map((key) => `"${key}"`).join(', ')} ${unknown.length === 1 ? 'is not a setting' : 'are not settings'} of nodelink ${command} (see nodelink ${command} --help)`);
+    throw new ConfigError(
+      `--config ${state.path}: ${unknown.map((key) => `"${key}"`).join(', ')} ${unknown.length === 1 ? 'is not a setting' : 'are not settings'} of nodelink ${command} (see nodelink ${command} --help)`,
+    );
   }
 }
 
@@ -164,8 +177,11 @@ function plain(value: unknown): unknown {
       return `${host.includes(':') ? `[${host}]` : host}:${String(record['port'])}`;
     }
     // Prefix and friends: anything with its own toString is shown as text.
-    if (Object.getPrototypeOf(value) !== Object.prototype && typeof (value as { toString?: unknown }).toString === 'function'
-      && (value as { toString: () => string }).toString !== Object.prototype.toString) {
+    if (
+      Object.getPrototypeOf(value) !== Object.prototype &&
+      typeof (value as { toString?: unknown }).toString === 'function' &&
+      (value as { toString: () => string }).toString !== Object.prototype.toString
+    ) {
       return String(value);
     }
     return Object.fromEntries(keys.map((key) => [key, plain(record[key])]));
@@ -187,9 +203,13 @@ export function formatEffectiveConfig(command: string, config: object): string {
   return `${JSON.stringify({ command, ...effectiveConfig(config) }, null, 2)}\n`;
 }
 
-
 /** `--print-config`: print the effective config (after flags, env, file and defaults) instead of running. */
-export async function printOrRun<C extends object>(raw: RawOptions, command: string, parse: () => C, run: (config: C) => Promise<void>): Promise<void> {
+export async function printOrRun<C extends object>(
+  raw: RawOptions,
+  command: string,
+  parse: () => C,
+  run: (config: C) => Promise<void>,
+): Promise<void> {
   assertConfigFile(command);
   const config = parse();
   if (raw['print-config'] === true) {

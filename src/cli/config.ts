@@ -129,7 +129,8 @@ export function int(raw: RawOptions, flag: string, fallback: number, min: number
   const value = raw[flag];
   if (value === undefined || value === null || value === '') return fallback;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`--${flag} must be a whole number from ${min} to ${max}, got "${String(value)}"`);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new ConfigError(`--${flag} must be a whole number from ${min} to ${max}, got "${String(value)}"`);
   return n;
 }
 
@@ -143,7 +144,10 @@ export function cidr(text: string, flag: string): Prefix {
 
 /** The server's own address of that family inside the tunnel: the source of what it sends into it. */
 export function tunnelSource(addresses: readonly Prefix[], family: 4 | 6): string | undefined {
-  return addresses.find((address) => address.family === family)?.toString().split('/')[0];
+  return addresses
+    .find((address) => address.family === family)
+    ?.toString()
+    .split('/')[0];
 }
 
 /** HOST:PORT, [IPV6]:PORT. */
@@ -158,14 +162,16 @@ export function parseEndpoint(text: string, flag: string): Endpoint {
 
 function interfaceName(raw: RawOptions): string {
   const name = str(raw, 'tun', false) || DEFAULTS.tun;
-  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new ConfigError(`--tun must be an interface name of at most 15 letters, digits, . _ -, got "${name}"`);
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name))
+    throw new ConfigError(`--tun must be an interface name of at most 15 letters, digits, . _ -, got "${name}"`);
   return name;
 }
 
 /** --log-level, checked; start-up and a config-file reload both read it through here. */
 export function logLevelSetting(raw: RawOptions): LogLevel {
   const logLevel = (str(raw, 'log-level', false) || DEFAULTS.logLevel) as LogLevel;
-  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
+  if (!LOG_LEVELS.includes(logLevel))
+    throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
   return logLevel;
 }
 
@@ -189,15 +195,23 @@ function tunables(raw: RawOptions, defaultSocket: string): LinkTunables {
 
 function observability(raw: RawOptions): Pick<LinkTunables, 'metrics' | 'logFormat' | 'configFile'> {
   const logFormat = (str(raw, 'log-format', false) || DEFAULTS.logFormat) as LogFormat;
-  if (!LOG_FORMATS.includes(logFormat)) throw new ConfigError(`--log-format must be one of ${LOG_FORMATS.join(', ')}, got "${logFormat}"`);
+  if (!LOG_FORMATS.includes(logFormat))
+    throw new ConfigError(`--log-format must be one of ${LOG_FORMATS.join(', ')}, got "${logFormat}"`);
   const metrics = str(raw, 'metrics', false);
-  return { metrics: metrics ? parseEndpoint(metrics, 'metrics') : null, logFormat, configFile: str(raw, 'config', false) || null };
+  return {
+    metrics: metrics ? parseEndpoint(metrics, 'metrics') : null,
+    logFormat,
+    configFile: str(raw, 'config', false) || null,
+  };
 }
 
 /** The path-check settings, also used by the SIGHUP reload. */
-export function pathCheckSettings(raw: RawOptions): Pick<ServerConfig, 'pathCheckIntervalMs' | 'pathCheckTimeoutMs' | 'pathCheckPort'> {
+export function pathCheckSettings(
+  raw: RawOptions,
+): Pick<ServerConfig, 'pathCheckIntervalMs' | 'pathCheckTimeoutMs' | 'pathCheckPort'> {
   const pathCheckIntervalMs = int(raw, 'path-check-interval-ms', DEFAULTS.pathCheckIntervalMs, 0, 3_600_000);
-  if (pathCheckIntervalMs > 0 && pathCheckIntervalMs < 200) throw new ConfigError('--path-check-interval-ms must be 0 (off) or at least 200');
+  if (pathCheckIntervalMs > 0 && pathCheckIntervalMs < 200)
+    throw new ConfigError('--path-check-interval-ms must be 0 (off) or at least 200');
   return {
     pathCheckIntervalMs,
     pathCheckTimeoutMs: int(raw, 'path-check-timeout-ms', DEFAULTS.pathCheckTimeoutMs, 100, 60_000),
@@ -212,7 +226,8 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
     throw new ConfigError('--tunnel-cidr takes at most one IPv4 and one IPv6 CIDR');
   }
   const tunnelAddresses = tunnelCidrs.map((prefix) => {
-    if (prefix.length > prefix.bits - 2) throw new ConfigError(`--tunnel-cidr ${prefix} is too small: use at least a /30 (IPv4) or /126 (IPv6)`);
+    if (prefix.length > prefix.bits - 2)
+      throw new ConfigError(`--tunnel-cidr ${prefix} is too small: use at least a /30 (IPv4) or /126 (IPv6)`);
     return Prefix.fromAddress(prefix.firstHost());
   });
   return Object.freeze({
@@ -229,7 +244,12 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
   });
 }
 
-function serverSecurity(raw: RawOptions): Pick<ServerConfig, 'certFile' | 'certKeyFile' | 'maxUnauthenticated' | 'maxNewConnsPerSource' | 'maxQueuedHandshakes'> {
+function serverSecurity(
+  raw: RawOptions,
+): Pick<
+  ServerConfig,
+  'certFile' | 'certKeyFile' | 'maxUnauthenticated' | 'maxNewConnsPerSource' | 'maxQueuedHandshakes'
+> {
   const certFile = str(raw, 'cert', false);
   const certKeyFile = str(raw, 'cert-key', false);
   if (certKeyFile && !certFile) throw new ConfigError('--cert-key needs --cert: the certificate that key belongs to');
@@ -245,7 +265,10 @@ function serverSecurity(raw: RawOptions): Pick<ServerConfig, 'certFile' | 'certK
 function serverTrust(raw: RawOptions): Pick<ClientConfig, 'serverKey' | 'caFile' | 'serverName'> {
   const serverKey = str(raw, 'server-key', false);
   const caFile = str(raw, 'ca', false);
-  if (!serverKey && !caFile) throw new ConfigError("--server-key is required (the server's public key, from 'nodelink pubkey'), or --ca FILE to verify the server's certificate against your CA");
+  if (!serverKey && !caFile)
+    throw new ConfigError(
+      "--server-key is required (the server's public key, from 'nodelink pubkey'), or --ca FILE to verify the server's certificate against your CA",
+    );
   const serverName = str(raw, 'server-name', false);
   if (serverName && !/^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$/.test(serverName)) {
     throw new ConfigError(`--server-name must be a DNS name, got "${serverName}"`);
@@ -257,15 +280,20 @@ function serverTrust(raw: RawOptions): Pick<ClientConfig, 'serverKey' | 'caFile'
 export function parseClientConfig(raw: RawOptions, env: NodeJS.ProcessEnv = process.env): ClientConfig {
   const routesFromNode = raw['routes-from-node'] === true;
   const routes = list(raw, 'route').map((text) => cidr(text, 'route'));
-  if (routes.length === 0 && !routesFromNode) throw new ConfigError('--route is required: the node IP /32 and its pod CIDR, e.g. --route 198.19.0.11/32 --route 198.19.1.0/24 (or --routes-from-node)');
+  if (routes.length === 0 && !routesFromNode)
+    throw new ConfigError(
+      '--route is required: the node IP /32 and its pod CIDR, e.g. --route 198.19.0.11/32 --route 198.19.1.0/24 (or --routes-from-node)',
+    );
   const name = str(raw, 'name', false) || env['NODE_NAME'] || '';
-  if (!name) throw new ConfigError('--name is required: this node\'s name in the peers file (or set NODE_NAME)');
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/.test(name)) throw new ConfigError(`--name must be a node name (letters, digits, . _ -), got "${name}"`);
+  if (!name) throw new ConfigError("--name is required: this node's name in the peers file (or set NODE_NAME)");
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$/.test(name))
+    throw new ConfigError(`--name must be a node name (letters, digits, . _ -), got "${name}"`);
   const backoffBaseMs = int(raw, 'backoff-base-ms', DEFAULTS.backoffBaseMs, 10, 60_000);
   const backoffCapMs = int(raw, 'backoff-cap-ms', DEFAULTS.backoffCapMs, backoffBaseMs, 600_000);
   const common = tunables(raw, DEFAULTS.clientAdminSocket);
   const servers = list(raw, 'server').map((text) => parseEndpoint(text, 'server'));
-  if (servers.length === 0) throw new ConfigError('--server is required: HOST:PORT of the nodelink server (repeat it for several servers)');
+  if (servers.length === 0)
+    throw new ConfigError('--server is required: HOST:PORT of the nodelink server (repeat it for several servers)');
   return Object.freeze({
     ...common,
     server: servers[0]!,

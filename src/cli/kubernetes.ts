@@ -27,11 +27,15 @@ export async function routesFromKubernetes(
   log: Logger,
   source?: NodeSource,
 ): Promise<NodeRoutesFeed> {
-  const api = source ?? await nodeSource(config.kubeconfig);
+  const api = source ?? (await nodeSource(config.kubeconfig));
   const node = routesFromNode(await api.getNode(config.name), config.name);
   const routes = dedupe([...config.routes, ...node.routes]);
-  log.info({ node: config.name, api: api.server, addresses: node.addresses.map(String), podCIDRs: node.podCIDRs.map(String) },
-    node.podCIDRs.length > 0 ? 'routes read from the Node object' : 'routes read from the Node object: no pod CIDR allocated yet');
+  log.info(
+    { node: config.name, api: api.server, addresses: node.addresses.map(String), podCIDRs: node.podCIDRs.map(String) },
+    node.podCIDRs.length > 0
+      ? 'routes read from the Node object'
+      : 'routes read from the Node object: no pod CIDR allocated yet',
+  );
   return {
     routes,
     follow(onChange) {
@@ -54,16 +58,22 @@ export async function routesFromKubernetes(
  * so missing credentials or RBAC fail the start with one line instead of every handshake.
  */
 export async function nodeRouteCheck(
-  kubeconfig: string, probeName: string | undefined, log: Logger, source?: NodeSource,
+  kubeconfig: string,
+  probeName: string | undefined,
+  log: Logger,
+  source?: NodeSource,
 ): Promise<(name: string, routes: readonly Prefix[]) => Promise<void>> {
-  const api = source ?? await nodeSource(kubeconfig);
+  const api = source ?? (await nodeSource(kubeconfig));
   if (probeName !== undefined) {
     try {
       await api.getNode(probeName);
     } catch (err) {
       const code = err instanceof NodelinkError ? err.code : '';
       if (code === 'k8s_config' || code === 'k8s_unauthorized' || code === 'k8s_forbidden') throw err;
-      log.warn({ node: probeName, err: err instanceof NodelinkError ? err.message : String(err) }, 'first Node read failed; checking each node as it connects');
+      log.warn(
+        { node: probeName, err: err instanceof NodelinkError ? err.message : String(err) },
+        'first Node read failed; checking each node as it connects',
+      );
     }
   }
   log.info({ api: api.server }, 'routes are checked against Node objects (--authorize-from-nodes)');

@@ -1,5 +1,14 @@
 import { readFileSync } from 'node:fs';
-import { ObservabilityServer, LinkMetrics, report, type DaemonStatus, type HealthCheck, type HealthReport, type PeerStatus, type RouteState } from '../admin/index.js';
+import {
+  ObservabilityServer,
+  LinkMetrics,
+  report,
+  type DaemonStatus,
+  type HealthCheck,
+  type HealthReport,
+  type PeerStatus,
+  type RouteState,
+} from '../admin/index.js';
 import { encodeKey } from '../auth/index.js';
 import { PathChecker, type PathTarget } from '../link-server/path-check.js';
 import { Prefix } from '../routing/index.js';
@@ -21,7 +30,10 @@ export const VERSION = readVersion();
 function readVersion(): string {
   for (const candidate of ['../../package.json', '../../../package.json']) {
     try {
-      const pkg = JSON.parse(readFileSync(new URL(candidate, import.meta.url), 'utf8')) as { name?: string; version?: string };
+      const pkg = JSON.parse(readFileSync(new URL(candidate, import.meta.url), 'utf8')) as {
+        name?: string;
+        version?: string;
+      };
       if (pkg.name === 'nodelink' && pkg.version) return pkg.version;
     } catch {
       // try the next
@@ -33,7 +45,10 @@ function readVersion(): string {
 /** Kernel routes on a device, as canonical CIDR text; undefined when `ip` could not say. */
 export async function kernelRoutes(dev: string): Promise<Set<string> | undefined> {
   try {
-    const [v4, v6] = await Promise.all([ip(['-j', '-4', 'route', 'show', 'dev', dev]), ip(['-j', '-6', 'route', 'show', 'dev', dev])]);
+    const [v4, v6] = await Promise.all([
+      ip(['-j', '-4', 'route', 'show', 'dev', dev]),
+      ip(['-j', '-6', 'route', 'show', 'dev', dev]),
+    ]);
     const routes = new Set<string>();
     for (const text of [v4, v6]) {
       for (const entry of JSON.parse(text || '[]') as Array<{ dst?: string }>) {
@@ -90,7 +105,12 @@ interface Common {
   enrich(base: () => DaemonStatus): () => Promise<DaemonStatus>;
 }
 
-async function startEndpoint(config: LinkTunables, metrics: LinkMetrics, ready: () => Promise<HealthReport>, log: Logger): Promise<ObservabilityServer | undefined> {
+async function startEndpoint(
+  config: LinkTunables,
+  metrics: LinkMetrics,
+  ready: () => Promise<HealthReport>,
+  log: Logger,
+): Promise<ObservabilityServer | undefined> {
   if (!config.metrics) return undefined;
   const http = await ObservabilityServer.start({
     host: config.metrics.host,
@@ -114,16 +134,22 @@ export interface ServerSide {
   status(): DaemonStatus;
 }
 
-export function serverObservability(config: ServerConfig, log: Logger, side: ServerSide): Common & { pathChecker: PathChecker } {
+export function serverObservability(
+  config: ServerConfig,
+  log: Logger,
+  side: ServerSide,
+): Common & { pathChecker: PathChecker } {
   const tunUp = cached(1000, () => deviceUp(config.tun));
   // Set once the server listens: a scrape of /readyz need not build the status of every peer.
   let listening: string | undefined;
-  const ready = async (): Promise<HealthReport> => report({
-    listening: listening !== undefined
-      ? { ok: true, detail: `accepting nodes on ${listening}` }
-      : { ok: false, detail: 'not listening yet' },
-    tun: await tunUp(),
-  });
+  const ready = async (): Promise<HealthReport> =>
+    report({
+      listening:
+        listening !== undefined
+          ? { ok: true, detail: `accepting nodes on ${listening}` }
+          : { ok: false, detail: 'not listening yet' },
+      tun: await tunUp(),
+    });
   const pathChecker: PathChecker = new PathChecker({
     intervalMs: config.pathCheckIntervalMs,
     timeoutMs: config.pathCheckTimeoutMs,
@@ -148,16 +174,24 @@ export function serverObservability(config: ServerConfig, log: Logger, side: Ser
       http = await startEndpoint(config, metrics, ready, log);
       pathChecker.start();
       logEffectiveConfig('server', config, log);
-      onReload('settings', settingsReloader({
-        role: 'server',
-        configFile: config.configFile,
+      onReload(
+        'settings',
+        settingsReloader({
+          role: 'server',
+          configFile: config.configFile,
+          log,
+          initial: liveOf(config),
+          apply: (next) => {
+            log.level = next.logLevel;
+            pathChecker.reconfigure({
+              intervalMs: next.pathCheckIntervalMs!,
+              timeoutMs: next.pathCheckTimeoutMs!,
+              port: next.pathCheckPort!,
+            });
+          },
+        }),
         log,
-        initial: liveOf(config),
-        apply: (next) => {
-          log.level = next.logLevel;
-          pathChecker.reconfigure({ intervalMs: next.pathCheckIntervalMs!, timeoutMs: next.pathCheckTimeoutMs!, port: next.pathCheckPort! });
-        },
-      }), log);
+      );
     },
     close() {
       listening = undefined;
@@ -226,7 +260,12 @@ export interface ClientSide {
   announcedRoutes(): readonly Prefix[];
 }
 
-export function clientObservability(config: ClientConfig, log: Logger, publicKey: Uint8Array, side: ClientSide): Common {
+export function clientObservability(
+  config: ClientConfig,
+  log: Logger,
+  publicKey: Uint8Array,
+  side: ClientSide,
+): Common {
   const tunUp = cached(1000, () => deviceUp(config.tun));
   const metrics: LinkMetrics = new LinkMetrics({
     role: 'client',
@@ -246,9 +285,16 @@ export function clientObservability(config: ClientConfig, log: Logger, publicKey
       authenticated: server?.connected
         ? { ok: true, detail: `session with ${server.endpoint ?? 'the server'} since ${server.connectedSince ?? '?'}` }
         : { ok: false, detail: metrics.peerEvents(serverName)?.lastError ?? 'not connected to the server yet' },
-      pong: server?.connected && age <= config.deadAfterMs
-        ? { ok: true, detail: `last pong ${Math.round(age)} ms ago` }
-        : { ok: false, detail: lastPongAt === null ? 'no pong yet' : `last pong ${Math.round(age)} ms ago (limit ${config.deadAfterMs} ms)` },
+      pong:
+        server?.connected && age <= config.deadAfterMs
+          ? { ok: true, detail: `last pong ${Math.round(age)} ms ago` }
+          : {
+              ok: false,
+              detail:
+                lastPongAt === null
+                  ? 'no pong yet'
+                  : `last pong ${Math.round(age)} ms ago (limit ${config.deadAfterMs} ms)`,
+            },
       tun: await tunUp(),
     };
     return report(checks);
@@ -259,13 +305,19 @@ export function clientObservability(config: ClientConfig, log: Logger, publicKey
     async start() {
       http = await startEndpoint(config, metrics, ready, log);
       logEffectiveConfig('client', config, log);
-      onReload('settings', settingsReloader({
-        role: 'client',
-        configFile: config.configFile,
+      onReload(
+        'settings',
+        settingsReloader({
+          role: 'client',
+          configFile: config.configFile,
+          log,
+          initial: liveOf(config),
+          apply: (next) => {
+            log.level = next.logLevel;
+          },
+        }),
         log,
-        initial: liveOf(config),
-        apply: (next) => { log.level = next.logLevel; },
-      }), log);
+      );
     },
     close() {
       http?.close();

@@ -65,7 +65,9 @@ export function liveSettingsFrom(
 ): LiveSettings {
   const explicit = (flag: string): boolean => givenOnCommandLine(flag, argv) || (env[envName(flag)] ?? '') !== '';
   const pick = (flag: string): unknown => (explicit(flag) ? undefined : file[flag]);
-  const next: LiveSettings = { logLevel: logLevelSetting({ 'log-level': explicit('log-level') ? current.logLevel : pick('log-level') }) };
+  const next: LiveSettings = {
+    logLevel: logLevelSetting({ 'log-level': explicit('log-level') ? current.logLevel : pick('log-level') }),
+  };
   if (role === 'server') {
     const raw: RawOptions = {};
     for (const flag of ['path-check-interval-ms', 'path-check-timeout-ms', 'path-check-port']) {
@@ -80,7 +82,9 @@ export function liveSettingsFrom(
 /** Flags in the file that differ from those the daemon started with and cannot change live. */
 export function restartNeeded(before: FileValues, after: FileValues): string[] {
   const keys = new Set([...Object.keys(before), ...Object.keys(after)]);
-  return [...keys].filter((key) => !(key in LIVE_FLAGS) && JSON.stringify(before[key]) !== JSON.stringify(after[key])).sort();
+  return [...keys]
+    .filter((key) => !(key in LIVE_FLAGS) && JSON.stringify(before[key]) !== JSON.stringify(after[key]))
+    .sort();
 }
 
 export interface SettingsReloadOptions {
@@ -106,13 +110,19 @@ export function settingsReloader(options: SettingsReloadOptions): ReloadStep {
     }
     const file = loadConfigFile(options.configFile);
     const next = liveSettingsFrom(options.role, file, settings);
-    const changed = Object.fromEntries(Object.entries(next).filter(([key, value]) => settings[key as keyof LiveSettings] !== value));
+    const changed = Object.fromEntries(
+      Object.entries(next).filter(([key, value]) => settings[key as keyof LiveSettings] !== value),
+    );
     const stale = restartNeeded(fileValues, file);
     options.apply(next);
     settings = next;
     fileValues = file;
-    log.info({ configFile: options.configFile, changed }, Object.keys(changed).length > 0 ? 'settings reloaded' : 'settings reloaded: nothing changed');
-    if (stale.length > 0) log.warn({ settings: stale }, 'these settings changed in the config file but take effect only after a restart');
+    log.info(
+      { configFile: options.configFile, changed },
+      Object.keys(changed).length > 0 ? 'settings reloaded' : 'settings reloaded: nothing changed',
+    );
+    if (stale.length > 0)
+      log.warn({ settings: stale }, 'these settings changed in the config file but take effect only after a restart');
   };
 }
 

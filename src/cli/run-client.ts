@@ -22,13 +22,19 @@ import type { Prefix } from '../routing/index.js';
  */
 function enableForwarding(routes: readonly Prefix[], log: Logger): void {
   const families = new Set(routes.map((route) => route.family));
-  const knobs: Array<[4 | 6, string]> = [[4, '/proc/sys/net/ipv4/ip_forward'], [6, '/proc/sys/net/ipv6/conf/all/forwarding']];
+  const knobs: Array<[4 | 6, string]> = [
+    [4, '/proc/sys/net/ipv4/ip_forward'],
+    [6, '/proc/sys/net/ipv6/conf/all/forwarding'],
+  ];
   for (const [family, path] of knobs) {
     if (!families.has(family)) continue;
     try {
       writeFileSync(path, '1');
     } catch (err) {
-      log.warn({ path, err: (err as Error).message }, 'cannot enable forwarding: pods will not answer through the link');
+      log.warn(
+        { path, err: (err as Error).message },
+        'cannot enable forwarding: pods will not answer through the link',
+      );
     }
   }
 }
@@ -72,7 +78,10 @@ export async function runClient(config: ClientConfig): Promise<void> {
       installRoutes: async (cidrs) => {
         const conflicts = fanout && view ? fanout.claim(view, cidrs) : [];
         if (conflicts.length > 0) {
-          log.error({ server: target.label, conflicts: conflicts.map(String) }, 'two servers announce the same tunnel CIDR: give every server its own --tunnel-cidr');
+          log.error(
+            { server: target.label, conflicts: conflicts.map(String) },
+            'two servers announce the same tunnel CIDR: give every server its own --tunnel-cidr',
+          );
         }
         for (const cidr of cidrs) await routeReplace(cidr.toString(), config.tun);
       },
@@ -88,7 +97,10 @@ export async function runClient(config: ClientConfig): Promise<void> {
     clients.push(client);
   }
   try {
-    admin = await AdminServer.start(config.adminSocket, observe.enrich(() => ({ ...combinedStatus(clients), debug: processDebug() })));
+    admin = await AdminServer.start(
+      config.adminSocket,
+      observe.enrich(() => ({ ...combinedStatus(clients), debug: processDebug() })),
+    );
     await observe.start();
   } catch (err) {
     await tun.close();
@@ -98,7 +110,10 @@ export async function runClient(config: ClientConfig): Promise<void> {
   const stopFollowing = fromNode?.follow((changed) => {
     for (const client of clients) client.setRoutes(changed);
   });
-  log.info({ servers: targets.map((target) => target.label), routes: routes.map(String), tun: config.tun }, 'client started');
+  log.info(
+    { servers: targets.map((target) => target.label), routes: routes.map(String), tun: config.tun },
+    'client started',
+  );
   onShutdownSignal(log, 2000, async () => {
     stopFollowing?.();
     observe.close();
@@ -124,16 +139,23 @@ interface ServerTarget {
 async function serverTargets(servers: readonly Endpoint[], log: Logger): Promise<ServerTarget[]> {
   const targets: ServerTarget[] = [];
   for (const { host, port } of servers) {
-    const addresses = isIP(host) ? [] : await lookup(host, { all: true }).catch((err: Error) => {
-      log.warn({ server: host, err: err.message }, 'cannot resolve the server name yet; will retry when dialing');
-      return [];
-    });
+    const addresses = isIP(host)
+      ? []
+      : await lookup(host, { all: true }).catch((err: Error) => {
+          log.warn({ server: host, err: err.message }, 'cannot resolve the server name yet; will retry when dialing');
+          return [];
+        });
     if (addresses.length <= 1) {
       targets.push({ host, port, serverName: undefined, label: `${host.includes(':') ? `[${host}]` : host}:${port}` });
       continue;
     }
     for (const { address, family } of addresses) {
-      targets.push({ host: address, port, serverName: host, label: `${family === 6 ? `[${address}]` : address}:${port}` });
+      targets.push({
+        host: address,
+        port,
+        serverName: host,
+        label: `${family === 6 ? `[${address}]` : address}:${port}`,
+      });
     }
   }
   return targets;

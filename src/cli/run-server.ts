@@ -15,16 +15,23 @@ export async function runServer(config: ServerConfig): Promise<void> {
   // Everything that can be wrong with the input is checked before any device is created.
   const keyPair = readKeyFile(config.keyFile);
   const registry = readPeersFile(config.peersFile, config.tunnelCidrs);
-  const loadCertificate = () => (config.certFile ? loadServerCertificate(config.certFile, config.certKeyFile || undefined, keyPair) : undefined);
+  const loadCertificate = () =>
+    config.certFile ? loadServerCertificate(config.certFile, config.certKeyFile || undefined, keyPair) : undefined;
   const certificate = loadCertificate();
-  const checkRoutes = config.authorizeFromNodes ? await nodeRouteCheck(config.kubeconfig, registry.peers[0]?.name, log) : undefined;
+  const checkRoutes = config.authorizeFromNodes
+    ? await nodeRouteCheck(config.kubeconfig, registry.peers[0]?.name, log)
+    : undefined;
   const tun = await LinuxTun.open({
     name: config.tun,
     mtu: config.mtu,
     addresses: config.tunnelCidrs.map((cidr) => `${cidr.firstHost()}/${cidr.length}`),
   });
   const installRoutes = (cidrs: readonly Prefix[]): Promise<void> =>
-    ipBatch(cidrs.map((cidr) => routeReplaceCommand(cidr.toString(), config.tun, tunnelSource(config.tunnelAddresses, cidr.family))));
+    ipBatch(
+      cidrs.map((cidr) =>
+        routeReplaceCommand(cidr.toString(), config.tun, tunnelSource(config.tunnelAddresses, cidr.family)),
+      ),
+    );
   const observe = serverObservability(config, log, { status: () => server.status() });
   const server = new LinkServer({
     host: config.listen.host,
@@ -41,14 +48,22 @@ export async function runServer(config: ServerConfig): Promise<void> {
     observer: observe.metrics,
     checkRoutes,
     certificate,
-    limits: { maxUnauthenticated: config.maxUnauthenticated, maxNewPerSourcePerSecond: config.maxNewConnsPerSource, maxQueued: config.maxQueuedHandshakes },
+    limits: {
+      maxUnauthenticated: config.maxUnauthenticated,
+      maxNewPerSourcePerSecond: config.maxNewConnsPerSource,
+      maxQueued: config.maxQueuedHandshakes,
+    },
     // In one ip -batch, as installRoutes; a route already gone is no error.
-    removeRoutes: (cidrs) => ipBatch(cidrs.map((cidr) => routeDeleteCommand(cidr.toString(), config.tun))).catch(() => undefined),
+    removeRoutes: (cidrs) =>
+      ipBatch(cidrs.map((cidr) => routeDeleteCommand(cidr.toString(), config.tun))).catch(() => undefined),
   });
   let admin: AdminServer | undefined;
   try {
     await server.start();
-    admin = await AdminServer.start(config.adminSocket, observe.enrich(() => ({ ...server.status(), debug: { ...processDebug(), ...server.connectionCounts() } })));
+    admin = await AdminServer.start(
+      config.adminSocket,
+      observe.enrich(() => ({ ...server.status(), debug: { ...processDebug(), ...server.connectionCounts() } })),
+    );
     await observe.start();
   } catch (err) {
     await server.stop();
@@ -56,14 +71,25 @@ export async function runServer(config: ServerConfig): Promise<void> {
     throw err;
   }
   // SIGHUP: a bad peers file or certificate is refused with one line and the old one stays.
-  onReload('peers', () => server.reload(readPeersFile(config.peersFile, config.tunnelCidrs)).then(() => undefined), log);
+  onReload(
+    'peers',
+    () => server.reload(readPeersFile(config.peersFile, config.tunnelCidrs)).then(() => undefined),
+    log,
+  );
   if (config.certFile) {
-    onReload('certificate', () => {
-      server.setCertificate(loadCertificate()!);
-      log.info({ cert: config.certFile }, 'certificate reloaded');
-    }, log);
+    onReload(
+      'certificate',
+      () => {
+        server.setCertificate(loadCertificate()!);
+        log.info({ cert: config.certFile }, 'certificate reloaded');
+      },
+      log,
+    );
   }
-  log.info({ tun: config.tun, tunnelCidrs: config.tunnelCidrs.map(String), adminSocket: config.adminSocket }, 'server ready');
+  log.info(
+    { tun: config.tun, tunnelCidrs: config.tunnelCidrs.map(String), adminSocket: config.adminSocket },
+    'server ready',
+  );
   onShutdownSignal(log, 2000, async () => {
     observe.close();
     await Promise.race([server.stop(), new Promise((resolve) => setTimeout(resolve, 1000))]);

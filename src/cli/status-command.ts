@@ -25,7 +25,8 @@ export async function statusCommand(raw: RawOptions): Promise<void> {
     return;
   }
   const intervalS = Number(raw['interval'] ?? 2);
-  if (!Number.isFinite(intervalS) || intervalS < 0.1 || intervalS > 3600) throw new ConfigError(`--interval must be 0.1 to 3600 seconds, got "${String(raw['interval'])}"`);
+  if (!Number.isFinite(intervalS) || intervalS < 0.1 || intervalS > 3600)
+    throw new ConfigError(`--interval must be 0.1 to 3600 seconds, got "${String(raw['interval'])}"`);
   const count = raw['count'] === undefined ? Infinity : Number(raw['count']);
   if (!(count >= 1)) throw new ConfigError(`--count must be at least 1, got "${String(raw['count'])}"`);
   const tty = process.stdout.isTTY === true;

@@ -2,7 +2,13 @@ import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import {
-  ApiException, CoreV1Api, KubeConfig, Observable, type RequestContext, type ResponseContext, type V1Node,
+  ApiException,
+  CoreV1Api,
+  KubeConfig,
+  Observable,
+  type RequestContext,
+  type ResponseContext,
+  type V1Node,
 } from '@kubernetes/client-node';
 import { KubernetesError } from './errors.js';
 import type { NodeLike } from './node-routes.js';
@@ -29,28 +35,39 @@ export function loadKubeConfig(path?: string, env: NodeJS.ProcessEnv = process.e
   const kc = new KubeConfig();
   try {
     if (path) {
-      if (!existsSync(path)) throw new KubernetesError('k8s_config', `kubeconfig ${path} does not exist: fix --kubeconfig`);
+      if (!existsSync(path))
+        throw new KubernetesError('k8s_config', `kubeconfig ${path} does not exist: fix --kubeconfig`);
       kc.loadFromFile(path);
     } else if (env['KUBERNETES_SERVICE_HOST']) {
       for (const file of ['token', 'ca.crt']) {
         if (!existsSync(`${root}${SERVICE_ACCOUNT_DIR}/${file}`)) {
-          throw new KubernetesError('k8s_config',
-            `in a pod but ${SERVICE_ACCOUNT_DIR}/${file} is missing: set automountServiceAccountToken: true and serviceAccountName (deploy/base), or pass --kubeconfig`);
+          throw new KubernetesError(
+            'k8s_config',
+            `in a pod but ${SERVICE_ACCOUNT_DIR}/${file} is missing: set automountServiceAccountToken: true and serviceAccountName (deploy/base), or pass --kubeconfig`,
+          );
         }
       }
       kc.loadFromCluster(root);
     } else if (env['KUBECONFIG'] || existsSync(join(env['HOME'] ?? homedir(), '.kube', 'config'))) {
       kc.loadFromDefault();
     } else {
-      throw new KubernetesError('k8s_config',
-        'no Kubernetes credentials: run inside a pod with a service account, or pass --kubeconfig (or set KUBECONFIG)');
+      throw new KubernetesError(
+        'k8s_config',
+        'no Kubernetes credentials: run inside a pod with a service account, or pass --kubeconfig (or set KUBECONFIG)',
+      );
     }
   } catch (err) {
     if (err instanceof KubernetesError) throw err;
-    throw new KubernetesError('k8s_config', `cannot load the Kubernetes config${path ? ` ${path}` : ''}: ${oneLine((err as Error).message)}`);
+    throw new KubernetesError(
+      'k8s_config',
+      `cannot load the Kubernetes config${path ? ` ${path}` : ''}: ${oneLine((err as Error).message)}`,
+    );
   }
   if (!kc.getCurrentCluster()) {
-    throw new KubernetesError('k8s_config', `the Kubernetes config${path ? ` ${path}` : ''} has no current cluster: set current-context`);
+    throw new KubernetesError(
+      'k8s_config',
+      `the Kubernetes config${path ? ` ${path}` : ''} has no current cluster: set current-context`,
+    );
   }
   return kc;
 }
@@ -60,7 +77,10 @@ export class KubeNodeSource implements NodeSource {
   private readonly api: CoreV1Api;
   readonly server: string;
 
-  constructor(kc: KubeConfig, private readonly timeoutMs = DEFAULT_REQUEST_TIMEOUT_MS) {
+  constructor(
+    kc: KubeConfig,
+    private readonly timeoutMs = DEFAULT_REQUEST_TIMEOUT_MS,
+  ) {
     this.api = kc.makeApiClient(CoreV1Api);
     this.server = kc.getCurrentCluster()?.server ?? '?';
   }
@@ -69,16 +89,21 @@ export class KubeNodeSource implements NodeSource {
     const deadline = AbortSignal.timeout(this.timeoutMs);
     try {
       // The object-style API takes the generated client's Observable-based middleware.
-      return await this.api.readNode({ name }, {
-        middleware: [{
-          pre: (context: RequestContext) => {
-            context.setSignal(deadline);
-            return new Observable(Promise.resolve(context));
-          },
-          post: (context: ResponseContext) => new Observable(Promise.resolve(context)),
-        }],
-        middlewareMergeStrategy: 'append',
-      });
+      return await this.api.readNode(
+        { name },
+        {
+          middleware: [
+            {
+              pre: (context: RequestContext) => {
+                context.setSignal(deadline);
+                return new Observable(Promise.resolve(context));
+              },
+              post: (context: ResponseContext) => new Observable(Promise.resolve(context)),
+            },
+          ],
+          middlewareMergeStrategy: 'append',
+        },
+      );
     } catch (err) {
       throw describeApiError(err, name, this.server, this.timeoutMs);
     }
@@ -92,25 +117,40 @@ function describeApiError(err: unknown, name: string, server: string, timeoutMs:
     const detail = statusMessage(err.body);
     const code = Number(err.code);
     if (code === 401) {
-      return new KubernetesError('k8s_unauthorized',
-        `the Kubernetes API at ${server} rejected our credentials (401 Unauthorized${detail}): check the service-account token or --kubeconfig`);
+      return new KubernetesError(
+        'k8s_unauthorized',
+        `the Kubernetes API at ${server} rejected our credentials (401 Unauthorized${detail}): check the service-account token or --kubeconfig`,
+      );
     }
     if (code === 403) {
-      return new KubernetesError('k8s_forbidden',
-        `the Kubernetes API refused to get Node "${name}" (403 Forbidden${detail}): grant the service account "get" on nodes (deploy/base/rbac.yaml)`);
+      return new KubernetesError(
+        'k8s_forbidden',
+        `the Kubernetes API refused to get Node "${name}" (403 Forbidden${detail}): grant the service account "get" on nodes (deploy/base/rbac.yaml)`,
+      );
     }
     if (code === 404) {
-      return new KubernetesError('k8s_not_found',
-        `there is no Node "${name}" in the Kubernetes API (404): set NODE_NAME (or --name) to this node's name, from spec.nodeName`);
+      return new KubernetesError(
+        'k8s_not_found',
+        `there is no Node "${name}" in the Kubernetes API (404): set NODE_NAME (or --name) to this node's name, from spec.nodeName`,
+      );
     }
-    return new KubernetesError('k8s_api', `the Kubernetes API at ${server} failed to get Node "${name}" (HTTP ${code}${detail}): check kube-apiserver; nodelink retries`);
+    return new KubernetesError(
+      'k8s_api',
+      `the Kubernetes API at ${server} failed to get Node "${name}" (HTTP ${code}${detail}): check kube-apiserver; nodelink retries`,
+    );
   }
   const e = err as { name?: string; code?: string; message?: string };
   if (e?.name === 'AbortError' || e?.name === 'TimeoutError') {
-    return new KubernetesError('k8s_unreachable', `no answer from the Kubernetes API at ${server} within ${timeoutMs} ms while getting Node "${name}": check the API server and the network`);
+    return new KubernetesError(
+      'k8s_unreachable',
+      `no answer from the Kubernetes API at ${server} within ${timeoutMs} ms while getting Node "${name}": check the API server and the network`,
+    );
   }
   const why = e?.code ?? oneLine(e?.message ?? String(err));
-  return new KubernetesError('k8s_unreachable', `cannot reach the Kubernetes API at ${server} (${why}): check the API server address, its CA and the network`);
+  return new KubernetesError(
+    'k8s_unreachable',
+    `cannot reach the Kubernetes API at ${server} (${why}): check the API server address, its CA and the network`,
+  );
 }
 
 /** The `message` of a Kubernetes Status body, if the body is one; bodies may be text or parsed. */

@@ -17,7 +17,10 @@ export function nodeRouteChecker(source: NodeSource): (name: string, routes: rea
       node = await source.getNode(name);
     } catch (err) {
       if (err instanceof KubernetesError && err.code === 'k8s_not_found') {
-        throw new AuthError('route_not_allowed', `there is no Node object named "${name}": the peer's name must be its Kubernetes node name`);
+        throw new AuthError(
+          'route_not_allowed',
+          `there is no Node object named "${name}": the peer's name must be its Kubernetes node name`,
+        );
       }
       throw err;
     }
@@ -29,8 +32,10 @@ export function nodeRouteChecker(source: NodeSource): (name: string, routes: rea
     }
     const outside = routesOutsideNode(routes, owned);
     if (outside.length > 0) {
-      throw new AuthError('route_not_allowed',
-        `route ${outside.join(', ')} is not an address or pod CIDR of Node "${name}" (${owned.routes.join(', ')}): fix --route or use --routes-from-node`);
+      throw new AuthError(
+        'route_not_allowed',
+        `route ${outside.join(', ')} is not an address or pod CIDR of Node "${name}" (${owned.routes.join(', ')}): fix --route or use --routes-from-node`,
+      );
     }
   };
 }

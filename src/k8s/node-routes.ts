@@ -30,12 +30,18 @@ export function routesFromNode(node: NodeLike, name = node.metadata?.name ?? '?'
     try {
       addresses.push(Prefix.fromAddress(entry.address));
     } catch {
-      throw new KubernetesError('k8s_node', `Node "${name}" has InternalIP "${entry.address}", which is not an IP address`);
+      throw new KubernetesError(
+        'k8s_node',
+        `Node "${name}" has InternalIP "${entry.address}", which is not an IP address`,
+      );
     }
   }
-  const cidrs = node.spec?.podCIDRs && node.spec.podCIDRs.length > 0
-    ? node.spec.podCIDRs
-    : node.spec?.podCIDR ? [node.spec.podCIDR] : [];
+  const cidrs =
+    node.spec?.podCIDRs && node.spec.podCIDRs.length > 0
+      ? node.spec.podCIDRs
+      : node.spec?.podCIDR
+        ? [node.spec.podCIDR]
+        : [];
   const podCIDRs: Prefix[] = [];
   for (const text of cidrs) {
     try {
@@ -46,8 +52,10 @@ export function routesFromNode(node: NodeLike, name = node.metadata?.name ?? '?'
   }
   const routes = dedupe([...addresses, ...podCIDRs]).sort((a, b) => a.family - b.family);
   if (routes.length === 0) {
-    throw new KubernetesError('k8s_node',
-      `Node "${name}" has no InternalIP and no pod CIDR yet: wait for the kubelet to register it, or pass --route`);
+    throw new KubernetesError(
+      'k8s_node',
+      `Node "${name}" has no InternalIP and no pod CIDR yet: wait for the kubelet to register it, or pass --route`,
+    );
   }
   return { addresses, podCIDRs, routes };
 }
@@ -61,8 +69,11 @@ export function dedupe(routes: readonly Prefix[]): Prefix[] {
 
 /** Same set of prefixes, in any order. */
 export function sameRoutes(a: readonly Prefix[], b: readonly Prefix[]): boolean {
-  return a.length === b.length && a.every((route) => b.some((other) => other.equals(route)))
-    && b.every((route) => a.some((other) => other.equals(route)));
+  return (
+    a.length === b.length &&
+    a.every((route) => b.some((other) => other.equals(route))) &&
+    b.every((route) => a.some((other) => other.equals(route)))
+  );
 }
 
 /**

@@ -54,14 +54,19 @@ export class NodeRoutesWatcher {
       if (this.failing) options.log.info({ node: options.name }, 'Node object readable again');
       this.failing = false;
       if (!sameRoutes(routes, this.current)) {
-        options.log.info({ node: options.name, from: this.current.map(String), to: routes.map(String) }, 'Node routes changed: re-announcing');
+        options.log.info(
+          { node: options.name, from: this.current.map(String), to: routes.map(String) },
+          'Node routes changed: re-announcing',
+        );
         this.current = routes;
         options.onChange(routes);
       }
     } catch (err) {
       if (!this.failing) {
-        options.log.warn({ node: options.name, err: err instanceof NodelinkError ? err.message : String(err) },
-          'cannot read the Node object: keeping the routes announced now');
+        options.log.warn(
+          { node: options.name, err: err instanceof NodelinkError ? err.message : String(err) },
+          'cannot read the Node object: keeping the routes announced now',
+        );
       }
       this.failing = true;
     }

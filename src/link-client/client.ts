@@ -1,7 +1,5 @@
 import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
-import {
-  EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, type KeyPair,
-} from '../auth/index.js';
+import { EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, type KeyPair } from '../auth/index.js';
 import { CloseCode, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName } from '../protocol/index.js';
 import { Prefix, PrefixTable, checkPacket } from '../routing/index.js';
 import type { TunDevice } from '../tun/index.js';
@@ -124,7 +122,10 @@ export class LinkClient {
     let failure: string | undefined;
     const deadline = setTimeout(() => {
       failure = 'timeout';
-      options.log.warn({ server: `${options.host}:${options.port}` }, `no welcome within ${options.handshakeTimeoutMs} ms`);
+      options.log.warn(
+        { server: `${options.host}:${options.port}` },
+        `no welcome within ${options.handshakeTimeoutMs} ms`,
+      );
       socket.destroy(new Error(`no welcome within ${options.handshakeTimeoutMs} ms`));
     }, options.handshakeTimeoutMs);
     socket = tlsConnect({
@@ -142,7 +143,10 @@ export class LinkClient {
       const untrusted = checkServer(socket, options);
       if (untrusted) {
         failure = untrusted.failure;
-        options.log.error({ server: `${options.host}:${options.port}`, presented: serverIdentity(socket) ?? null }, untrusted.message);
+        options.log.error(
+          { server: `${options.host}:${options.port}`, presented: serverIdentity(socket) ?? null },
+          untrusted.message,
+        );
         socket.destroy(new Error(untrusted.message));
         return;
       }
@@ -150,35 +154,48 @@ export class LinkClient {
       if (!options.serverKey) this.presentedIdentity = serverIdentity(socket);
       this.endpoint = `${socket.remoteAddress}:${socket.remotePort}`;
       const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
-      connection.sendControl(FrameType.Hello, encodeHello(options.keyPair, exporter, {
-        name: options.name,
-        routes: this.routes.map(String),
-      }));
+      connection.sendControl(
+        FrameType.Hello,
+        encodeHello(options.keyPair, exporter, {
+          name: options.name,
+          routes: this.routes.map(String),
+        }),
+      );
     });
-    const connection = new FramedConnection(socket, {
-      onData: (packet) => {
-        if (checkPacket(packet) !== null) {
-          this.counters.drop('malformed');
-          return;
-        }
-        if (!options.tun.write(packet)) this.counters.drop('tun_error');
+    const connection = new FramedConnection(
+      socket,
+      {
+        onData: (packet) => {
+          if (checkPacket(packet) !== null) {
+            this.counters.drop('malformed');
+            return;
+          }
+          if (!options.tun.write(packet)) this.counters.drop('tun_error');
+        },
+        onControl: (type, payload) => {
+          if (type !== FrameType.Welcome || this.authenticated) {
+            connection.close(CloseCode.ProtocolError, `unexpected ${FrameType[type] ?? type} frame`);
+            return;
+          }
+          clearTimeout(deadline);
+          void this.onWelcome(connection, payload);
+        },
+        onClose: (code, reason, byPeer) => {
+          clearTimeout(deadline);
+          if (this.authenticated) options.observer?.disconnected?.(this.peerName, closeCodeName(code));
+          else if (!this.stopped)
+            options.observer?.handshakeFailed?.(
+              byPeer ? closeCodeName(code) : (failure ?? classifyDialFailure(reason)),
+              this.peerName,
+              reason,
+            );
+          this.onClosed(code, reason, byPeer);
+        },
+        onPong: (rttMs) => options.observer?.pong?.(this.peerName, rttMs),
       },
-      onControl: (type, payload) => {
-        if (type !== FrameType.Welcome || this.authenticated) {
-          connection.close(CloseCode.ProtocolError, `unexpected ${FrameType[type] ?? type} frame`);
-          return;
-        }
-        clearTimeout(deadline);
-        void this.onWelcome(connection, payload);
-      },
-      onClose: (code, reason, byPeer) => {
-        clearTimeout(deadline);
-        if (this.authenticated) options.observer?.disconnected?.(this.peerName, closeCodeName(code));
-        else if (!this.stopped) options.observer?.handshakeFailed?.(byPeer ? closeCodeName(code) : failure ?? classifyDialFailure(reason), this.peerName, reason);
-        this.onClosed(code, reason, byPeer);
-      },
-      onPong: (rttMs) => options.observer?.pong?.(this.peerName, rttMs),
-    }, { ...options.connection, maxInitialPayload: DEFAULT_MAX_PAYLOAD }, this.counters);
+      { ...options.connection, maxInitialPayload: DEFAULT_MAX_PAYLOAD },
+      this.counters,
+    );
     this.connection = connection;
   }
 
@@ -203,9 +220,15 @@ export class LinkClient {
       try {
         await this.options.installRoutes(welcome.tunnelCidrs.map((cidr) => Prefix.parse(cidr)));
         this.installedCidrs = key;
-        this.options.log.info({ routes: welcome.tunnelCidrs, dev: this.options.tun.name }, 'routes to the control plane installed');
+        this.options.log.info(
+          { routes: welcome.tunnelCidrs, dev: this.options.tun.name },
+          'routes to the control plane installed',
+        );
       } catch (err) {
-        this.options.log.error({ err: err instanceof NodelinkError ? err.message : String(err) }, 'cannot install routes to the control plane');
+        this.options.log.error(
+          { err: err instanceof NodelinkError ? err.message : String(err) },
+          'cannot install routes to the control plane',
+        );
         connection.close(CloseCode.Internal, 'node could not install its routes');
       }
     }
@@ -222,7 +245,10 @@ export class LinkClient {
       return;
     }
     const delay = this.backoff.next();
-    this.options.log.warn({ code: closeCodeName(code), reason, byPeer, wasAuthenticated, retryInMs: delay }, 'disconnected from server');
+    this.options.log.warn(
+      { code: closeCodeName(code), reason, byPeer, wasAuthenticated, retryInMs: delay },
+      'disconnected from server',
+    );
     this.reconnectTimer = setTimeout(() => this.dial(), delay);
   }
 
@@ -254,14 +280,16 @@ export class LinkClient {
       tunnelAddresses: [],
       startedAt: this.startedAt.toISOString(),
       dropsByReason: {},
-      peers: [{
-        name: this.peerName,
-        publicKey: this.options.serverKey ? encodeKey(this.options.serverKey) : this.presentedIdentity ?? '',
-        connected: connection !== undefined,
-        endpoint: connection ? this.endpoint : `${this.options.host}:${this.options.port}`,
-        routes: this.tunnelCidrs,
-        ...trafficStatus(counters, connection),
-      }],
+      peers: [
+        {
+          name: this.peerName,
+          publicKey: this.options.serverKey ? encodeKey(this.options.serverKey) : (this.presentedIdentity ?? ''),
+          connected: connection !== undefined,
+          endpoint: connection ? this.endpoint : `${this.options.host}:${this.options.port}`,
+          routes: this.tunnelCidrs,
+          ...trafficStatus(counters, connection),
+        },
+      ],
     };
   }
 
@@ -270,7 +298,6 @@ export class LinkClient {
     return this.serverAddresses;
   }
 }
-
 
 /**
  * Without a secureContext every tls.connect builds its own (an SSL_CTX with its certificate

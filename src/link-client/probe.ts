@@ -1,9 +1,13 @@
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, keysEqual, type KeyPair } from '../auth/index.js';
 import {
-  EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, keysEqual, type KeyPair,
-} from '../auth/index.js';
-import {
-  CloseCode, FrameDecoder, FrameType, closeCodeName, decodeCodePayload, encodeCode, encodeFrame,
+  CloseCode,
+  FrameDecoder,
+  FrameType,
+  closeCodeName,
+  decodeCodePayload,
+  encodeCode,
+  encodeFrame,
 } from '../protocol/index.js';
 import { serverPublicKey, sniFor } from './trust.js';
 
@@ -46,9 +50,15 @@ export function probeHandshake(options: ProbeOptions): Promise<ProbeResult> {
       socket?.destroy();
       resolve(result);
     };
-    const timer = setTimeout(() => done(keyChecked
-      ? { stage: 'no_answer', error: `no welcome or reject within ${options.timeoutMs} ms` }
-      : { stage: 'tls', error: `TLS handshake did not finish within ${options.timeoutMs} ms` }), options.timeoutMs);
+    const timer = setTimeout(
+      () =>
+        done(
+          keyChecked
+            ? { stage: 'no_answer', error: `no welcome or reject within ${options.timeoutMs} ms` }
+            : { stage: 'tls', error: `TLS handshake did not finish within ${options.timeoutMs} ms` },
+        ),
+      options.timeoutMs,
+    );
     socket = tlsConnect({
       host: options.host,
       port: options.port,
@@ -58,11 +68,19 @@ export function probeHandshake(options: ProbeOptions): Promise<ProbeResult> {
       rejectUnauthorized: false,
     });
     socket.on('error', (err: NodeJS.ErrnoException) => {
-      done(keyChecked ? { stage: 'no_answer', error: err.code ?? err.message } : { stage: 'tls', error: err.code ?? err.message });
+      done(
+        keyChecked
+          ? { stage: 'no_answer', error: err.code ?? err.message }
+          : { stage: 'tls', error: err.code ?? err.message },
+      );
     });
-    socket.on('close', () => done(keyChecked
-      ? { stage: 'no_answer', error: 'the server closed the connection without an answer' }
-      : { stage: 'tls', error: 'the connection closed during the TLS handshake' }));
+    socket.on('close', () =>
+      done(
+        keyChecked
+          ? { stage: 'no_answer', error: 'the server closed the connection without an answer' }
+          : { stage: 'tls', error: 'the connection closed during the TLS handshake' },
+      ),
+    );
     socket.once('secureConnect', () => {
       const s = socket!;
       const presented = serverPublicKey(s);
@@ -87,7 +105,11 @@ export function probeHandshake(options: ProbeOptions): Promise<ProbeResult> {
           socket = undefined;
           s.end(encodeCode(FrameType.Close, CloseCode.Normal, 'nodelink diagnose: probe done'));
           setTimeout(() => s.destroy(), 1000).unref();
-          done({ stage: 'welcome', tunnelCidrs: welcome.tunnelCidrs ?? [], serverAddresses: welcome.serverAddresses ?? [] });
+          done({
+            stage: 'welcome',
+            tunnelCidrs: welcome.tunnelCidrs ?? [],
+            serverAddresses: welcome.serverAddresses ?? [],
+          });
         } else if (type === FrameType.Reject || type === FrameType.Close) {
           const { code, reason } = decodeCodePayload(payload);
           done({ stage: 'rejected', code: closeCodeName(code), reason });
@@ -101,7 +123,12 @@ export function probeHandshake(options: ProbeOptions): Promise<ProbeResult> {
         }
       });
       const exporter = s.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
-      s.write(encodeFrame(FrameType.Hello, encodeHello(options.keyPair, exporter, { name: options.name, routes: [...(options.routes ?? [])] })));
+      s.write(
+        encodeFrame(
+          FrameType.Hello,
+          encodeHello(options.keyPair, exporter, { name: options.name, routes: [...(options.routes ?? [])] }),
+        ),
+      );
     });
   });
 }

@@ -29,9 +29,15 @@ export class TrustError extends NodelinkError {
 
 /** Reads and checks a --ca file: PEM certificates, at least one, all parseable. */
 export function readCaFile(path: string): string {
-  const text = readNamedFile(path, '--ca file', "pass the PEM certificate of the CA that signed the server's certificate", (message) => new TrustError(message));
+  const text = readNamedFile(
+    path,
+    '--ca file',
+    "pass the PEM certificate of the CA that signed the server's certificate",
+    (message) => new TrustError(message),
+  );
   const pems = pemCertificates(text);
-  if (pems.length === 0) throw new TrustError(`--ca file ${path} holds no PEM certificate: expected -----BEGIN CERTIFICATE-----`);
+  if (pems.length === 0)
+    throw new TrustError(`--ca file ${path} holds no PEM certificate: expected -----BEGIN CERTIFICATE-----`);
   for (const [index, pem] of pems.entries()) {
     try {
       new X509Certificate(pem);
@@ -85,14 +91,21 @@ export interface Untrusted {
 export function checkServer(socket: TLSSocket, trust: ServerTrust): Untrusted | undefined {
   if (trust.ca !== undefined && !socket.authorized) {
     const why = String(socket.authorizationError ?? 'unverified');
-    return { failure: 'tls', message: `server certificate does not verify against --ca (${why}): wrong server, a certificate from another CA, or a name that is not in it (see --server-name)` };
+    return {
+      failure: 'tls',
+      message: `server certificate does not verify against --ca (${why}): wrong server, a certificate from another CA, or a name that is not in it (see --server-name)`,
+    };
   }
   if (trust.serverKey) {
     const presented = serverPublicKey(socket);
     if (!presented || !keysEqual(presented, trust.serverKey)) {
-      return { failure: 'server_key_mismatch', message: `server key ${presented ? encodeKey(presented) : '(not Ed25519)'} does not match --server-key: wrong server, or --server-key is stale (check with nodelink pubkey on the server)` };
+      return {
+        failure: 'server_key_mismatch',
+        message: `server key ${presented ? encodeKey(presented) : '(not Ed25519)'} does not match --server-key: wrong server, or --server-key is stale (check with nodelink pubkey on the server)`,
+      };
     }
   }
-  if (trust.ca === undefined && !trust.serverKey) return { failure: 'no_trust', message: 'no --server-key or --ca to check the server against' };
+  if (trust.ca === undefined && !trust.serverKey)
+    return { failure: 'no_trust', message: 'no --server-key or --ca to check the server against' };
   return undefined;
 }

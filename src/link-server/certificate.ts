@@ -1,7 +1,15 @@
 import 'reflect-metadata';
 import { X509Certificate, createPrivateKey, webcrypto, type KeyObject } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
-import { pemCertificates, pkcs8Der, privateKeyObject, readNamedFile, readSecretFile, spkiDer, type KeyPair } from '../auth/index.js';
+import {
+  pemCertificates,
+  pkcs8Der,
+  privateKeyObject,
+  readNamedFile,
+  readSecretFile,
+  spkiDer,
+  type KeyPair,
+} from '../auth/index.js';
 import { NodelinkError } from '../errors.js';
 
 export interface ServerCertificate {
@@ -23,7 +31,9 @@ export async function createServerCertificate(pair: KeyPair): Promise<ServerCert
   };
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: Buffer.from(webcrypto.getRandomValues(new Uint8Array(8))).toString('hex').replace(/^[89a-f]/, '1'),
+    serialNumber: Buffer.from(webcrypto.getRandomValues(new Uint8Array(8)))
+      .toString('hex')
+      .replace(/^[89a-f]/, '1'),
     name: 'CN=nodelink-server',
     notBefore: new Date(now - 3600_000),
     notAfter: new Date(now + 10 * 365 * 86400_000),
@@ -44,7 +54,12 @@ export class CertificateError extends NodelinkError {
 }
 
 function readPrivateFile(path: string, flag: string): string {
-  return readSecretFile(path, `${flag} file`, 'pass the PEM private key of the --cert certificate', (message) => new CertificateError(message));
+  return readSecretFile(
+    path,
+    `${flag} file`,
+    'pass the PEM private key of the --cert certificate',
+    (message) => new CertificateError(message),
+  );
 }
 
 /**
@@ -57,15 +72,30 @@ function readPrivateFile(path: string, flag: string): string {
  * --ca. Checked here, once, so a mismatch or an expired certificate stops the server at start
  * with one line instead of failing every node's handshake later.
  */
-export function loadServerCertificate(certFile: string, certKeyFile: string | undefined, pair: KeyPair, now = Date.now()): ServerCertificate {
-  const certText = readNamedFile(certFile, '--cert file', 'pass a PEM certificate chain signed by your CA', (message) => new CertificateError(message));
+export function loadServerCertificate(
+  certFile: string,
+  certKeyFile: string | undefined,
+  pair: KeyPair,
+  now = Date.now(),
+): ServerCertificate {
+  const certText = readNamedFile(
+    certFile,
+    '--cert file',
+    'pass a PEM certificate chain signed by your CA',
+    (message) => new CertificateError(message),
+  );
   const pems = pemCertificates(certText);
-  if (pems.length === 0) throw new CertificateError(`--cert file ${certFile} holds no PEM certificate: expected -----BEGIN CERTIFICATE-----`);
+  if (pems.length === 0)
+    throw new CertificateError(
+      `--cert file ${certFile} holds no PEM certificate: expected -----BEGIN CERTIFICATE-----`,
+    );
   let leaf: X509Certificate;
   try {
     leaf = new X509Certificate(pems[0]!);
   } catch (err) {
-    throw new CertificateError(`--cert file ${certFile}: the first certificate cannot be parsed (${(err as Error).message.split('\n')[0]})`);
+    throw new CertificateError(
+      `--cert file ${certFile}: the first certificate cannot be parsed (${(err as Error).message.split('\n')[0]})`,
+    );
   }
   let key: KeyObject;
   if (certKeyFile) {
@@ -79,12 +109,18 @@ export function loadServerCertificate(certFile: string, certKeyFile: string | un
     key = privateKeyObject(pair);
   }
   if (!leaf.checkPrivateKey(key)) {
-    throw new CertificateError(certKeyFile
-      ? `--cert ${certFile} was not issued for the key in --cert-key ${certKeyFile}: pass the matching pair`
-      : `--cert ${certFile} was not issued for the server key (--key): have your CA sign that key, or pass the certificate's own key with --cert-key`);
+    throw new CertificateError(
+      certKeyFile
+        ? `--cert ${certFile} was not issued for the key in --cert-key ${certKeyFile}: pass the matching pair`
+        : `--cert ${certFile} was not issued for the server key (--key): have your CA sign that key, or pass the certificate's own key with --cert-key`,
+    );
   }
-  if (Date.parse(leaf.validTo) < now) throw new CertificateError(`--cert ${certFile} expired on ${leaf.validTo}: renew it`);
-  if (Date.parse(leaf.validFrom) > now) throw new CertificateError(`--cert ${certFile} is not valid before ${leaf.validFrom}: check the clock or the certificate`);
+  if (Date.parse(leaf.validTo) < now)
+    throw new CertificateError(`--cert ${certFile} expired on ${leaf.validTo}: renew it`);
+  if (Date.parse(leaf.validFrom) > now)
+    throw new CertificateError(
+      `--cert ${certFile} is not valid before ${leaf.validFrom}: check the clock or the certificate`,
+    );
   return {
     certPem: pems.join('\n') + '\n',
     keyPem: key.export({ format: 'pem', type: 'pkcs8' }).toString(),

@@ -25,7 +25,14 @@ export interface PathCheckOptions {
 }
 
 const UNKNOWN: Readonly<PathHealth> = {
-  state: 'unknown', target: null, checkedAt: null, lastOkAt: null, rttMs: null, error: null, checks: 0, failures: 0,
+  state: 'unknown',
+  target: null,
+  checkedAt: null,
+  lastOkAt: null,
+  rttMs: null,
+  error: null,
+  checks: 0,
+  failures: 0,
 };
 
 /**
@@ -112,12 +119,33 @@ export class PathChecker {
     const previous = this.results.get(target.peer) ?? { ...UNKNOWN };
     const now = new Date().toISOString();
     const next: PathHealth = outcome.ok
-      ? { state: 'ok', target: where, checkedAt: now, lastOkAt: now, rttMs: performance.now() - started, error: null, checks: previous.checks + 1, failures: previous.failures }
-      : { state: 'failing', target: where, checkedAt: now, lastOkAt: previous.lastOkAt, rttMs: null, error: outcome.error, checks: previous.checks + 1, failures: previous.failures + 1 };
+      ? {
+          state: 'ok',
+          target: where,
+          checkedAt: now,
+          lastOkAt: now,
+          rttMs: performance.now() - started,
+          error: null,
+          checks: previous.checks + 1,
+          failures: previous.failures,
+        }
+      : {
+          state: 'failing',
+          target: where,
+          checkedAt: now,
+          lastOkAt: previous.lastOkAt,
+          rttMs: null,
+          error: outcome.error,
+          checks: previous.checks + 1,
+          failures: previous.failures + 1,
+        };
     this.results.set(target.peer, next);
     if (previous.state !== next.state) {
       if (next.state === 'failing') {
-        log.warn({ peer: target.peer, target: where, err: next.error }, 'path check failed: the link is up but packets do not reach the node through the TUN');
+        log.warn(
+          { peer: target.peer, target: where, err: next.error },
+          'path check failed: the link is up but packets do not reach the node through the TUN',
+        );
       } else if (previous.state === 'failing') {
         log.info({ peer: target.peer, target: where, rttMs: Number(next.rttMs!.toFixed(2)) }, 'path check recovered');
       } else {
@@ -131,7 +159,12 @@ export class PathChecker {
 type ProbeOutcome = { ok: true } | { ok: false; error: string };
 
 /** TCP connect through the link; refused counts as reachable (the node's kernel answered). */
-function probe(address: string, port: number, localAddress: string | undefined, timeoutMs: number): Promise<ProbeOutcome> {
+function probe(
+  address: string,
+  port: number,
+  localAddress: string | undefined,
+  timeoutMs: number,
+): Promise<ProbeOutcome> {
   return new Promise((resolve) => {
     let settled = false;
     let socket: Socket;
@@ -152,14 +185,22 @@ function probe(address: string, port: number, localAddress: string | undefined, 
       const tls = tlsConnect({ socket, rejectUnauthorized: false, servername: undefined });
       const bye = setTimeout(() => tls.destroy(), timeoutMs);
       bye.unref();
-      const end = (): void => { clearTimeout(bye); tls.destroy(); };
+      const end = (): void => {
+        clearTimeout(bye);
+        tls.destroy();
+      };
       tls.once('secureConnect', end);
       tls.once('error', end);
       tls.once('close', end);
     });
     socket.on('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'ECONNREFUSED') done({ ok: true });
-      else done({ ok: false, error: err.code === 'EHOSTUNREACH' ? 'host unreachable (ICMP error through the link)' : (err.code ?? err.message) });
+      else
+        done({
+          ok: false,
+          error:
+            err.code === 'EHOSTUNREACH' ? 'host unreachable (ICMP error through the link)' : (err.code ?? err.message),
+        });
     });
   });
 }

@@ -1,9 +1,26 @@
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
-import { createServer as createTlsServer, type SecureContextOptions, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import {
-  EXPORTER_BYTES, EXPORTER_LABEL, verifyHello, AuthError, type KeyPair, type PeerConfig, type PeerRegistry,
+  createServer as createTlsServer,
+  type SecureContextOptions,
+  type Server as TlsServer,
+  type TLSSocket,
+} from 'node:tls';
+import {
+  EXPORTER_BYTES,
+  EXPORTER_LABEL,
+  verifyHello,
+  AuthError,
+  type KeyPair,
+  type PeerConfig,
+  type PeerRegistry,
 } from '../auth/index.js';
-import { CloseCode, DEFAULT_MAX_HELLO_PAYLOAD, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName } from '../protocol/index.js';
+import {
+  CloseCode,
+  DEFAULT_MAX_HELLO_PAYLOAD,
+  DEFAULT_MAX_PAYLOAD,
+  FrameType,
+  closeCodeName,
+} from '../protocol/index.js';
 import { DST_OFFSET_V4, DST_OFFSET_V6, Prefix, PrefixTable, buildUnreachable, checkPacket } from '../routing/index.js';
 import type { TunDevice } from '../tun/index.js';
 import type { DaemonStatus, PeerStatus } from '../admin/index.js';
@@ -117,7 +134,11 @@ export class LinkServer {
     this.tunnelAddressTexts = options.tunnelAddresses.map((address) => address.toString().split('/')[0]!);
     // A held connection gets a slot only with a quarter of its deadline left to use it (1.25 s
     // of the default 5 s: a handshake and a hello take milliseconds once they run).
-    this.admission = new Admission(options.limits ?? DEFAULT_ADMISSION_LIMITS, Date.now, options.handshakeTimeoutMs * 0.75);
+    this.admission = new Admission(
+      options.limits ?? DEFAULT_ADMISSION_LIMITS,
+      Date.now,
+      options.handshakeTimeoutMs * 0.75,
+    );
     for (const config of options.registry.peers) {
       const state: PeerState = { config, counters: new TrafficCounters(), session: undefined };
       this.peers.set(config.publicKeyText, state);
@@ -129,13 +150,16 @@ export class LinkServer {
     const { options } = this;
     await options.installRoutes(this.registry.peers.flatMap((peer) => peer.allowedIPs));
     options.tun.onPacket((packet) => this.onTunPacket(packet));
-    const certificate = options.certificate ?? await createServerCertificate(options.keyPair);
+    const certificate = options.certificate ?? (await createServerCertificate(options.keyPair));
     const tls = createTlsServer({ ...tlsOptions(certificate), handshakeTimeout: options.handshakeTimeoutMs });
     tls.on('secureConnection', (socket) => this.onSecureConnection(socket));
     tls.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => {
       const reason = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'handshake_timeout' : 'tls_handshake_failed';
       // OpenSSL messages span lines; the code alone says what happened (ERR_SSL_HTTP_REQUEST, …).
-      options.log.debug({ endpoint: `${socket.remoteAddress}:${socket.remotePort}`, err: err.code ?? err.message.split('\n')[0] }, 'TLS handshake failed');
+      options.log.debug(
+        { endpoint: `${socket.remoteAddress}:${socket.remotePort}`, err: err.code ?? err.message.split('\n')[0] },
+        'TLS handshake failed',
+      );
       this.countRefused(reason);
       options.observer?.handshakeFailed?.('tls');
       // With a 'tlsClientError' listener Node leaves the socket open (even on its handshake
@@ -151,7 +175,9 @@ export class LinkServer {
     listener.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
     this.listener = listener;
     this.tls = tls;
-    this.icmpRefillTimer = setInterval(() => { this.icmpBudget = ICMP_ERRORS_PER_SECOND; }, 1000);
+    this.icmpRefillTimer = setInterval(() => {
+      this.icmpBudget = ICMP_ERRORS_PER_SECOND;
+    }, 1000);
     options.log.info({ listen: this.listenAddress, peers: this.peers.size }, 'server listening');
   }
 
@@ -199,7 +225,10 @@ export class LinkServer {
     await options.installRoutes(registry.peers.flatMap((peer) => peer.allowedIPs));
 
     const summary: ReloadSummary = {
-      added: [], removed: [], changed: [], disconnected: [],
+      added: [],
+      removed: [],
+      changed: [],
+      disconnected: [],
       routesAdded: [...after].filter((cidr) => !before.has(cidr)),
       routesRemoved: [...before].filter((cidr) => !after.has(cidr)),
     };
@@ -217,10 +246,20 @@ export class LinkServer {
         summary.changed.push(config.name);
         const session = state.session;
         if (session && config.name !== state.config.name) {
-          closing.push([session, CloseCode.AuthFailed, `this key now belongs to peer "${config.name}" in the server's peers file, not "${state.config.name}": fix --name`]);
-        } else if (session && !session.routes.every((route) => config.allowedIPs.some((allowed) => allowed.contains(route)))) {
-          closing.push([session, CloseCode.RouteNotAllowed,
-            `the server's peers file no longer allows all announced routes of peer "${config.name}" (allowedIPs now ${config.allowedIPs.join(', ')}): fix --route`]);
+          closing.push([
+            session,
+            CloseCode.AuthFailed,
+            `this key now belongs to peer "${config.name}" in the server's peers file, not "${state.config.name}": fix --name`,
+          ]);
+        } else if (
+          session &&
+          !session.routes.every((route) => config.allowedIPs.some((allowed) => allowed.contains(route)))
+        ) {
+          closing.push([
+            session,
+            CloseCode.RouteNotAllowed,
+            `the server's peers file no longer allows all announced routes of peer "${config.name}" (allowedIPs now ${config.allowedIPs.join(', ')}): fix --route`,
+          ]);
         }
         state.config = config;
       }
@@ -230,7 +269,12 @@ export class LinkServer {
       if (keys.has(key)) continue;
       this.peers.delete(key);
       summary.removed.push(state.config.name);
-      if (state.session) closing.push([state.session, CloseCode.AuthFailed, `peer "${state.config.name}" was removed from the server's peers file`]);
+      if (state.session)
+        closing.push([
+          state.session,
+          CloseCode.AuthFailed,
+          `peer "${state.config.name}" was removed from the server's peers file`,
+        ]);
     }
     this.registry = registry;
     this.authorized = authorized;
@@ -262,7 +306,8 @@ export class LinkServer {
     const endpoint = `${raw.remoteAddress}:${raw.remotePort}`;
     // A held socket has no TLS layer yet to take its errors (a reset while it waits).
     raw.on('error', () => undefined);
-    const decision = raw.remoteAddress === undefined ? 'aborted' : this.admission.admit(endpoint, raw.remoteAddress, raw);
+    const decision =
+      raw.remoteAddress === undefined ? 'aborted' : this.admission.admit(endpoint, raw.remoteAddress, raw);
     if (decision === 'admitted' || decision === 'queued') {
       raw.once('close', () => this.settle(endpoint));
       if (decision === 'admitted') this.startTls(raw);
@@ -310,41 +355,59 @@ export class LinkServer {
     let helloSeen = false;
     // One deadline for TLS and hello together, counted from the TCP accept: a peer that
     // dawdles through the TLS handshake has that much less time left for its hello.
-    const deadline = setTimeout(() => {
-      this.countRefused('handshake_timeout');
-      connection.close(CloseCode.Timeout, `no hello within ${options.handshakeTimeoutMs} ms`);
-    }, this.admission.remaining(endpoint, options.handshakeTimeoutMs));
-    const connection = new FramedConnection(socket, {
-      onData: (packet) => session && this.onNodePacket(session, packet),
-      onPong: (rttMs) => { if (session) options.observer?.pong?.(session.peer.config.name, rttMs); },
-      onControl: (type, payload) => {
-        if (session || helloSeen || type !== FrameType.Hello) {
-          connection.close(CloseCode.ProtocolError, `unexpected ${FrameType[type] ?? type} frame`);
-          return;
-        }
-        clearTimeout(deadline);
-        this.unauthenticated.delete(socket);
-        this.settle(endpoint);
-        helloSeen = true;
-        void this.authenticate(socket, connection, payload, endpoint, (admitted) => { session = admitted; });
+    const deadline = setTimeout(
+      () => {
+        this.countRefused('handshake_timeout');
+        connection.close(CloseCode.Timeout, `no hello within ${options.handshakeTimeoutMs} ms`);
       },
-      onClose: (code, reason, byPeer) => {
-        clearTimeout(deadline);
-        this.unauthenticated.delete(socket);
-        this.settle(endpoint);
-        if (session) this.onSessionClosed(session, code, reason, byPeer);
-        else if (code !== CloseCode.AuthFailed && code !== CloseCode.RouteNotAllowed) {
-          // Rejections were counted with their precise reason in authenticate().
-          const failure = code === CloseCode.Normal ? 'aborted' : closeCodeName(code);
-          options.log[failure === 'aborted' ? 'debug' : 'info']({ endpoint, reason: failure, detail: reason }, 'handshake failed');
-          options.observer?.handshakeFailed?.(failure);
-        }
+      this.admission.remaining(endpoint, options.handshakeTimeoutMs),
+    );
+    const connection = new FramedConnection(
+      socket,
+      {
+        onData: (packet) => session && this.onNodePacket(session, packet),
+        onPong: (rttMs) => {
+          if (session) options.observer?.pong?.(session.peer.config.name, rttMs);
+        },
+        onControl: (type, payload) => {
+          if (session || helloSeen || type !== FrameType.Hello) {
+            connection.close(CloseCode.ProtocolError, `unexpected ${FrameType[type] ?? type} frame`);
+            return;
+          }
+          clearTimeout(deadline);
+          this.unauthenticated.delete(socket);
+          this.settle(endpoint);
+          helloSeen = true;
+          void this.authenticate(socket, connection, payload, endpoint, (admitted) => {
+            session = admitted;
+          });
+        },
+        onClose: (code, reason, byPeer) => {
+          clearTimeout(deadline);
+          this.unauthenticated.delete(socket);
+          this.settle(endpoint);
+          if (session) this.onSessionClosed(session, code, reason, byPeer);
+          else if (code !== CloseCode.AuthFailed && code !== CloseCode.RouteNotAllowed) {
+            // Rejections were counted with their precise reason in authenticate().
+            const failure = code === CloseCode.Normal ? 'aborted' : closeCodeName(code);
+            options.log[failure === 'aborted' ? 'debug' : 'info'](
+              { endpoint, reason: failure, detail: reason },
+              'handshake failed',
+            );
+            options.observer?.handshakeFailed?.(failure);
+          }
+        },
       },
-    }, { ...options.connection, maxInitialPayload: DEFAULT_MAX_HELLO_PAYLOAD });
+      { ...options.connection, maxInitialPayload: DEFAULT_MAX_HELLO_PAYLOAD },
+    );
   }
 
   private async authenticate(
-    socket: TLSSocket, connection: FramedConnection, payload: Buffer, endpoint: string, admit: (session: Session) => void,
+    socket: TLSSocket,
+    connection: FramedConnection,
+    payload: Buffer,
+    endpoint: string,
+    admit: (session: Session) => void,
   ): Promise<void> {
     const { log } = this.options;
     try {
@@ -369,7 +432,8 @@ export class LinkServer {
       }
       // A reload may have replaced or removed this peer while checkRoutes ran: decide again
       // against the peers file as it is now.
-      if (this.peers.get(config.publicKeyText)?.config !== config) ({ peer: config, routes } = this.registry.authorize(hello));
+      if (this.peers.get(config.publicKeyText)?.config !== config)
+        ({ peer: config, routes } = this.registry.authorize(hello));
       const peer = this.peers.get(config.publicKeyText)!;
       const previous = peer.session;
       const session: Session = { peer, connection, endpoint, routes };
@@ -384,16 +448,25 @@ export class LinkServer {
       for (const route of routes) this.announced.insert(route, session);
       previous?.connection.close(CloseCode.Replaced, `replaced by a new connection from ${endpoint}`);
       connection.setMaxPayload(DEFAULT_MAX_PAYLOAD);
-      connection.sendControl(FrameType.Welcome, Buffer.from(JSON.stringify({
-        tunnelCidrs: this.options.tunnelCidrs.map(String),
-        serverAddresses: this.tunnelAddressTexts,
-        routes: routes.map(String),
-      })));
+      connection.sendControl(
+        FrameType.Welcome,
+        Buffer.from(
+          JSON.stringify({
+            tunnelCidrs: this.options.tunnelCidrs.map(String),
+            serverAddresses: this.tunnelAddressTexts,
+            routes: routes.map(String),
+          }),
+        ),
+      );
       connection.startKeepalive();
-      log.info({ peer: config.name, endpoint, routes: routes.map(String), replaced: previous !== undefined }, 'peer connected');
+      log.info(
+        { peer: config.name, endpoint, routes: routes.map(String), replaced: previous !== undefined },
+        'peer connected',
+      );
       this.options.observer?.connected?.(config.name);
     } catch (err) {
-      const code = err instanceof AuthError && err.code === 'route_not_allowed' ? CloseCode.RouteNotAllowed : CloseCode.AuthFailed;
+      const code =
+        err instanceof AuthError && err.code === 'route_not_allowed' ? CloseCode.RouteNotAllowed : CloseCode.AuthFailed;
       const reason = err instanceof NodelinkError ? err.message : `handshake failed: ${(err as Error).message}`;
       log.warn({ endpoint, reason: closeCodeName(code), detail: reason }, 'peer rejected');
       this.options.observer?.handshakeFailed?.(err instanceof NodelinkError ? err.code : 'internal');
@@ -410,7 +483,10 @@ export class LinkServer {
   private onSessionClosed(session: Session, code: CloseCode, reason: string, byPeer: boolean): void {
     this.withdraw(session);
     if (session.peer.session === session) session.peer.session = undefined;
-    this.options.log.info({ peer: session.peer.config.name, endpoint: session.endpoint, code: closeCodeName(code), reason, byPeer }, 'peer disconnected');
+    this.options.log.info(
+      { peer: session.peer.config.name, endpoint: session.endpoint, code: closeCodeName(code), reason, byPeer },
+      'peer disconnected',
+    );
     this.options.observer?.disconnected?.(session.peer.config.name, closeCodeName(code));
   }
 
@@ -448,7 +524,10 @@ export class LinkServer {
    */
   private answerUnreachable(packet: Buffer): void {
     if (this.icmpBudget <= 0) return;
-    const from = (packet[0]! >> 4) === 6 ? packet.subarray(DST_OFFSET_V6, DST_OFFSET_V6 + 16) : packet.subarray(DST_OFFSET_V4, DST_OFFSET_V4 + 4);
+    const from =
+      packet[0]! >> 4 === 6
+        ? packet.subarray(DST_OFFSET_V6, DST_OFFSET_V6 + 16)
+        : packet.subarray(DST_OFFSET_V4, DST_OFFSET_V4 + 4);
     const reply = buildUnreachable(packet, from);
     if (!reply) return;
     this.icmpBudget--;
@@ -485,12 +564,25 @@ export class LinkServer {
 }
 
 function samePeer(a: PeerConfig, b: PeerConfig): boolean {
-  return a.name === b.name && a.allowedIPs.length === b.allowedIPs.length && a.allowedIPs.every((prefix, i) => prefix.equals(b.allowedIPs[i]!));
+  return (
+    a.name === b.name &&
+    a.allowedIPs.length === b.allowedIPs.length &&
+    a.allowedIPs.every((prefix, i) => prefix.equals(b.allowedIPs[i]!))
+  );
 }
 
 function listenError(err: NodeJS.ErrnoException, host: string, port: number): NodelinkError {
-  if (err.code === 'EADDRINUSE') return new NodelinkError('listen', `port ${port} on ${host} is already in use: stop the other process or pick another --listen port`);
-  if (err.code === 'EADDRNOTAVAIL') return new NodelinkError('listen', `${host} is not an address of this machine: fix --listen`);
-  if (err.code === 'EACCES') return new NodelinkError('listen', `not allowed to listen on ${host}:${port}: run as root or pick a port above 1023`);
+  if (err.code === 'EADDRINUSE')
+    return new NodelinkError(
+      'listen',
+      `port ${port} on ${host} is already in use: stop the other process or pick another --listen port`,
+    );
+  if (err.code === 'EADDRNOTAVAIL')
+    return new NodelinkError('listen', `${host} is not an address of this machine: fix --listen`);
+  if (err.code === 'EACCES')
+    return new NodelinkError(
+      'listen',
+      `not allowed to listen on ${host}:${port}: run as root or pick a port above 1023`,
+    );
   return new NodelinkError('listen', `cannot listen on ${host}:${port} (${err.code ?? err.message}): fix --listen`);
 }

@@ -1,6 +1,13 @@
 import type { Duplex } from 'node:stream';
 import {
-  CloseCode, FrameDecoder, FrameType, HEADER_SIZE, decodeCodePayload, encodeCode, encodeFrame, writeHeader,
+  CloseCode,
+  FrameDecoder,
+  FrameType,
+  HEADER_SIZE,
+  decodeCodePayload,
+  encodeCode,
+  encodeFrame,
+  writeHeader,
 } from '../protocol/index.js';
 import { TrafficCounters } from './counters.js';
 
@@ -54,7 +61,9 @@ export class FramedConnection {
     counters?: TrafficCounters,
   ) {
     this.counters = counters ?? new TrafficCounters();
-    this.decoder = new FrameDecoder((type, payload) => this.onFrame(type, payload), { maxPayload: options.maxInitialPayload });
+    this.decoder = new FrameDecoder((type, payload) => this.onFrame(type, payload), {
+      maxPayload: options.maxInitialPayload,
+    });
     stream.on('data', (chunk: Buffer) => this.onChunk(chunk));
     stream.on('error', (err: Error) => this.finish(CloseCode.Normal, `connection error: ${err.message}`, false));
     stream.on('close', () => this.finish(CloseCode.Normal, 'connection closed', false));

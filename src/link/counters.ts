@@ -5,14 +5,14 @@ import type { PeerStatus } from '../admin/status.js';
  * `status` and (later) metrics, so "traffic vanished" always has an answer.
  */
 export type DropReason =
-  | 'queue_full'      // the peer's TLS stream is not keeping up; bounded queue is full
-  | 'no_route'        // destination matches no authorized peer
-  | 'peer_offline'    // destination belongs to a peer that is not connected
-  | 'spoofed_source'  // a node sent a packet whose source is outside its announced routes
-  | 'malformed'       // truncated header, wrong IP version, length mismatch
-  | 'disconnected'    // the client has no session to the server right now
+  | 'queue_full' // the peer's TLS stream is not keeping up; bounded queue is full
+  | 'no_route' // destination matches no authorized peer
+  | 'peer_offline' // destination belongs to a peer that is not connected
+  | 'spoofed_source' // a node sent a packet whose source is outside its announced routes
+  | 'malformed' // truncated header, wrong IP version, length mismatch
+  | 'disconnected' // the client has no session to the server right now
   | 'unannounced_source' // the node's kernel sent a packet from an address the node does not announce
-  | 'tun_error';      // the TUN device refused a write
+  | 'tun_error'; // the TUN device refused a write
 
 export class TrafficCounters {
   rxBytes = 0;
@@ -37,8 +37,18 @@ export class TrafficCounters {
 }
 
 /** The traffic part of a peer's status entry, shared by both ends. */
-export type TrafficStatus = Pick<PeerStatus,
-  'connectedSince' | 'lastPongMs' | 'rxBytes' | 'txBytes' | 'rxPackets' | 'txPackets' | 'drops' | 'dropsByReason' | 'queuedBytes'>;
+export type TrafficStatus = Pick<
+  PeerStatus,
+  | 'connectedSince'
+  | 'lastPongMs'
+  | 'rxBytes'
+  | 'txBytes'
+  | 'rxPackets'
+  | 'txPackets'
+  | 'drops'
+  | 'dropsByReason'
+  | 'queuedBytes'
+>;
 
 export function trafficStatus(
   counters: TrafficCounters,

@@ -28,7 +28,10 @@ export function encodeCode(type: FrameType.Reject | FrameType.Close, code: numbe
 
 export function decodeCodePayload(payload: Uint8Array): { code: number; reason: string } {
   if (payload.length < 2) {
-    throw new ProtocolError('bad_payload', `reject/close payload of ${payload.length} bytes is too short for its 2-byte code`);
+    throw new ProtocolError(
+      'bad_payload',
+      `reject/close payload of ${payload.length} bytes is too short for its 2-byte code`,
+    );
   }
   const buf = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
   return { code: buf.readUInt16BE(0), reason: buf.toString('utf8', 2) };

@@ -55,7 +55,5 @@ export function packetFamily(packet: Uint8Array): 4 | 6 {
 /** Canonical text of an address inside a buffer. Allocates: for logs and tests only. */
 export function formatAddress(family: 4 | 6, bytes: Uint8Array, offset = 0): string {
   const raw = Array.from(bytes.subarray(offset, offset + (family === 4 ? 4 : 16)));
-  return family === 4
-    ? Address4.fromByteArray(raw).correctForm()
-    : Address6.fromByteArray(raw).correctForm();
+  return family === 4 ? Address4.fromByteArray(raw).correctForm() : Address6.fromByteArray(raw).correctForm();
 }

@@ -24,10 +24,7 @@ export function parseAddress(s: string): ParsedAddress {
       // fall through to our own message: ip-address's ones do not say what was expected
     }
   }
-  throw new RoutingError(
-    'bad_address',
-    `"${s}" is not an IP address: expected one such as 198.19.0.10 or fd00::10`,
-  );
+  throw new RoutingError('bad_address', `"${s}" is not an IP address: expected one such as 198.19.0.10 or fd00::10`);
 }
 
 /**
@@ -78,10 +75,7 @@ export class Prefix {
     maskHostBits(network, length);
     const prefix = new Prefix(addr.family, network, length);
     if (!bytesEqual(network, addr.bytes)) {
-      throw new RoutingError(
-        'host_bits_set',
-        `"${cidr}" has host bits set: did you mean ${prefix.toString()}?`,
-      );
+      throw new RoutingError('host_bits_set', `"${cidr}" has host bits set: did you mean ${prefix.toString()}?`);
     }
     return prefix;
   }
@@ -111,11 +105,7 @@ export class Prefix {
 
   /** Whether every address of `other` lies in this prefix. */
   contains(other: Prefix): boolean {
-    return (
-      this.family === other.family &&
-      this.length <= other.length &&
-      this.containsAddress(other.bytes)
-    );
+    return this.family === other.family && this.length <= other.length && this.containsAddress(other.bytes);
   }
 
   /** Prefixes either nest or are disjoint, so they overlap exactly when one contains the other. */
@@ -124,11 +114,7 @@ export class Prefix {
   }
 
   equals(other: Prefix): boolean {
-    return (
-      this.family === other.family &&
-      this.length === other.length &&
-      bytesEqual(this.bytes, other.bytes)
-    );
+    return this.family === other.family && this.length === other.length && bytesEqual(this.bytes, other.bytes);
   }
 
   /**
@@ -166,10 +152,7 @@ function tryParseAddress(s: string): ParsedAddress | undefined {
 }
 
 function badCidr(cidr: string): RoutingError {
-  return new RoutingError(
-    'bad_cidr',
-    `"${cidr}" is not a CIDR: expected ADDRESS/LENGTH ${EXAMPLES}`,
-  );
+  return new RoutingError('bad_cidr', `"${cidr}" is not a CIDR: expected ADDRESS/LENGTH ${EXAMPLES}`);
 }
 
 function maskHostBits(bytes: Uint8Array, length: number): void {

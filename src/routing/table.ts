@@ -1,10 +1,4 @@
-import {
-  DST_OFFSET_V4,
-  DST_OFFSET_V6,
-  SRC_OFFSET_V4,
-  SRC_OFFSET_V6,
-  ipVersion,
-} from './packet.js';
+import { DST_OFFSET_V4, DST_OFFSET_V6, SRC_OFFSET_V4, SRC_OFFSET_V6, ipVersion } from './packet.js';
 import { Prefix } from './prefix.js';
 
 interface Entry<T> {
@@ -32,7 +26,10 @@ class LengthTable<T> {
   private deleted = 0;
   private readonly scratch: Uint32Array;
 
-  constructor(readonly family: 4 | 6, readonly length: number) {
+  constructor(
+    readonly family: 4 | 6,
+    readonly length: number,
+  ) {
     this.words = family === 4 ? 1 : 4;
     this.masks = new Uint32Array(this.words);
     for (let i = 0; i < this.words; i++) {
@@ -58,7 +55,8 @@ class LengthTable<T> {
     let hash = this.length;
     for (let i = 0; i < this.words; i++) {
       const at = offset + 4 * i;
-      this.scratch[i] = ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) & this.masks[i]!;
+      this.scratch[i] =
+        ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) & this.masks[i]!;
       hash = Math.imul(hash ^ this.scratch[i]!, 0x9e3779b1);
       hash ^= hash >>> 15;
     }
@@ -103,7 +101,8 @@ class LengthTable<T> {
       existing.value = value;
       return false;
     }
-    if ((this.used + this.deleted + 1) * 2 > this.capacity) this.rehash(this.used + 1 > this.capacity / 4 ? this.capacity * 2 : this.capacity);
+    if ((this.used + this.deleted + 1) * 2 > this.capacity)
+      this.rehash(this.used + 1 > this.capacity / 4 ? this.capacity * 2 : this.capacity);
     const hash = this.load(prefix.bytes, 0);
     const mask = this.capacity - 1;
     let slot = hash & mask;
@@ -215,7 +214,9 @@ export class PrefixTable<T> {
 
   /** Every route, IPv4 first, each family longest prefix first. */
   entries(): Array<[Prefix, T]> {
-    return [...this.byFamily[4], ...this.byFamily[6]].flatMap((table) => table.entries().map((entry): [Prefix, T] => [entry.prefix, entry.value]));
+    return [...this.byFamily[4], ...this.byFamily[6]].flatMap((table) =>
+      table.entries().map((entry): [Prefix, T] => [entry.prefix, entry.value]),
+    );
   }
 
   private tableFor(prefix: Prefix): LengthTable<T> | undefined {

@@ -34,10 +34,14 @@ export class FakeTun implements TunDevice {
     const deadline = Date.now() + timeoutMs;
     while (this.written.length < count) {
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`${this.name}: ${this.written.length} of ${count} packets written after ${timeoutMs} ms`);
+      if (left <= 0)
+        throw new Error(`${this.name}: ${this.written.length} of ${count} packets written after ${timeoutMs} ms`);
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, left);
-        this.waiters.push(() => { clearTimeout(timer); resolve(); });
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
       });
     }
     return this.written;

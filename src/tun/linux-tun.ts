@@ -46,19 +46,34 @@ export class LinuxTun implements TunDevice {
   private readonly io: TunIo | null = loadTunIo();
   private pollHandle: unknown;
 
-  private constructor(private readonly addon: AddonTun, readonly name: string, private readonly mtu: number) {}
+  private constructor(
+    private readonly addon: AddonTun,
+    readonly name: string,
+    private readonly mtu: number,
+  ) {}
 
   static async open(options: TunOptions): Promise<LinuxTun> {
     const { LinuxTun: Tun } = loadAddon();
     const existing = await existingLink(options.name);
-    if (existing === 'other') throw new TunError('tun_open', `interface ${options.name} exists and is not a TUN device: pass another --tun name`);
-    if (existing === 'tun-in-use') throw new TunError('tun_open', `TUN device ${options.name} is in use by another process (another nodelink?): stop it or pass another --tun name`);
+    if (existing === 'other')
+      throw new TunError(
+        'tun_open',
+        `interface ${options.name} exists and is not a TUN device: pass another --tun name`,
+      );
+    if (existing === 'tun-in-use')
+      throw new TunError(
+        'tun_open',
+        `TUN device ${options.name} is in use by another process (another nodelink?): stop it or pass another --tun name`,
+      );
     if (existing === 'tun-persistent') await ip(['link', 'del', 'dev', options.name]).catch(() => undefined);
     let addon: AddonTun;
     try {
       addon = new Tun();
     } catch (thrown) {
-      throw new TunError('tun_open', `cannot create a TUN device (${describe(thrown)}): run as root or with CAP_NET_ADMIN and /dev/net/tun present`);
+      throw new TunError(
+        'tun_open',
+        `cannot create a TUN device (${describe(thrown)}): run as root or with CAP_NET_ADMIN and /dev/net/tun present`,
+      );
     }
     const device = new LinuxTun(addon, options.name, options.mtu);
     try {
@@ -67,9 +82,22 @@ export class LinuxTun implements TunDevice {
       // from it, which no peer routes and the server would count as drops. A deeper queue than
       // the default 500 absorbs bursts while the event loop is busy elsewhere: at 500 a single
       // iperf3 stream saw ~2,300 retransmits in 4 s, at 2000 none.
-      await ip(['link', 'set', 'dev', options.name, 'mtu', String(options.mtu), 'addrgenmode', 'none', 'txqueuelen', '2000']);
+      await ip([
+        'link',
+        'set',
+        'dev',
+        options.name,
+        'mtu',
+        String(options.mtu),
+        'addrgenmode',
+        'none',
+        'txqueuelen',
+        '2000',
+      ]);
       for (const address of options.addresses) {
-        const args = address.includes(':') ? ['-6', 'addr', 'add', address, 'dev', options.name, 'nodad'] : ['addr', 'add', address, 'dev', options.name];
+        const args = address.includes(':')
+          ? ['-6', 'addr', 'add', address, 'dev', options.name, 'nodad']
+          : ['addr', 'add', address, 'dev', options.name];
         await ip(args);
       }
       await ip(['link', 'set', 'dev', options.name, 'up']);

@@ -45,16 +45,26 @@ describe('faults: backpressure (flood a throttled node)', function () {
   }
 
   /** Runs transfers to node 2 and samples RSS and node 1's queue until `until` settles. */
-  async function duringFlood(pid: number, socket: string | undefined, until: Promise<unknown>, n1: 'server' | 'client') {
+  async function duringFlood(
+    pid: number,
+    socket: string | undefined,
+    until: Promise<unknown>,
+    n1: 'server' | 'client',
+  ) {
     let done = false;
-    void until.finally(() => { done = true; });
+    void until.finally(() => {
+      done = true;
+    });
     let maxRss = rssBytes(pid);
     let maxQueued = 0;
     let maxRttMs = 0;
     const sampler = (async () => {
       while (!done) {
         maxRss = Math.max(maxRss, rssBytes(pid));
-        const status = n1 === 'server' ? await peer(C(), 1).catch(() => undefined) : (await quickStatus(C(), socket).catch(() => undefined))?.peers[0];
+        const status =
+          n1 === 'server'
+            ? await peer(C(), 1).catch(() => undefined)
+            : (await quickStatus(C(), socket).catch(() => undefined))?.peers[0];
         maxQueued = Math.max(maxQueued, status?.queuedBytes ?? 0);
         maxRttMs = Math.max(maxRttMs, status?.lastPongMs ?? 0);
         await sleep(250);
@@ -75,7 +85,9 @@ describe('faults: backpressure (flood a throttled node)', function () {
     const status = await quickStatus(C());
     expect(status.debug?.pid, 'the spawned PID is the server process').to.equal(pid);
     baselineRss = rssBytes(pid);
-    report(`baseline: node 2 ${rates.map((r) => r.toFixed(0)).join('/')} Mbit/s; server RSS ${(rssBytes(pid) / MiB).toFixed(0)} MiB`);
+    report(
+      `baseline: node 2 ${rates.map((r) => r.toFixed(0)).join('/')} Mbit/s; server RSS ${(rssBytes(pid) / MiB).toFixed(0)} MiB`,
+    );
   });
 
   it(`server → node: ${FLOOD_S} s flood at ${FLOOD_MBIT} Mbit/s into a ${THROTTLE_MBIT} Mbit/s node; bounded RSS, node 2 stays fast`, async function () {
@@ -85,17 +97,25 @@ describe('faults: backpressure (flood a throttled node)', function () {
     await rig.underlay.limit('n1', THROTTLE_MBIT); // router → node 1: the server's stream to node 1 backs up
     // To the node itself: a pod behind its 1500-byte cbr0 would answer "fragmentation needed"
     // and turn every 8 KiB datagram into six fragments, testing CPU more than the queue.
-    const flood = t.spawn(t.ns.cp, [process.execPath, FLOOD_SCRIPT, t.nodeIP(1), '9', String(FLOOD_MBIT), String(FLOOD_S)], { name: 'udp-flood-cp' });
+    const flood = t.spawn(
+      t.ns.cp,
+      [process.execPath, FLOOD_SCRIPT, t.nodeIP(1), '9', String(FLOOD_MBIT), String(FLOOD_S)],
+      { name: 'udp-flood-cp' },
+    );
     const { maxRss, maxQueued, maxRttMs, rates } = await duringFlood(pid, undefined, flood.exited, 'server');
     const exit = await flood.exited;
     expect(exit.code, flood.output()).to.equal(0);
     const after = (await peer(C(), 1))!;
     const queueFull = (after.dropsByReason['queue_full'] ?? 0) - (before.dropsByReason['queue_full'] ?? 0);
     report(`${flood.output().trim()}`);
-    report(`server RSS max ${(maxRss / MiB).toFixed(0)} MiB (idle ${(baselineRss / MiB).toFixed(0)} MiB; bound ${SERVER_RSS_BOUND / MiB} MiB); node 1 queue max ${(maxQueued / MiB).toFixed(2)} MiB ` +
-      `(--max-queue-bytes ${(DEFAULTS.maxQueueBytes / MiB).toFixed(0)} MiB), ${queueFull} packets dropped as queue_full`);
+    report(
+      `server RSS max ${(maxRss / MiB).toFixed(0)} MiB (idle ${(baselineRss / MiB).toFixed(0)} MiB; bound ${SERVER_RSS_BOUND / MiB} MiB); node 1 queue max ${(maxQueued / MiB).toFixed(2)} MiB ` +
+        `(--max-queue-bytes ${(DEFAULTS.maxQueueBytes / MiB).toFixed(0)} MiB), ${queueFull} packets dropped as queue_full`,
+    );
     const median = [...rates].sort((a, b) => a - b)[Math.floor(rates.length / 2)]!;
-    report(`node 2 during the flood: ${rates.map((r) => r.toFixed(0)).join('/')} Mbit/s, median ${median.toFixed(0)} (baseline ${baselineMbit.toFixed(0)})`);
+    report(
+      `node 2 during the flood: ${rates.map((r) => r.toFixed(0)).join('/')} Mbit/s, median ${median.toFixed(0)} (baseline ${baselineMbit.toFixed(0)})`,
+    );
     expect(queueFull).to.be.greaterThan(0);
     expect(maxQueued).to.be.at.most(DEFAULTS.maxQueueBytes + 256 * 1024);
     expect(maxRss).to.be.below(SERVER_RSS_BOUND);
@@ -106,9 +126,15 @@ describe('faults: backpressure (flood a throttled node)', function () {
     expect(median).to.be.at.least(baselineMbit / 3);
     await rig.underlay.unlimit('n1');
     // Node 1 works again once the flood is over.
-    const backMs = await timeUntil(() => t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 1 }), 30_000, 'node 1 to answer after the flood');
-    report(`node 1 answers ${backMs} ms after the flood ended; its keepalive RTT during the flood up to ${maxRttMs.toFixed(0)} ms ` +
-      '(the full queue drains at the throttled rate: latency, not memory)');
+    const backMs = await timeUntil(
+      () => t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 1 }),
+      30_000,
+      'node 1 to answer after the flood',
+    );
+    report(
+      `node 1 answers ${backMs} ms after the flood ended; its keepalive RTT during the flood up to ${maxRttMs.toFixed(0)} ms ` +
+        '(the full queue drains at the throttled rate: latency, not memory)',
+    );
   });
 
   it('node → server: a flood on a throttled node uplink is dropped at the client (queue_full), bounded RSS', async function () {
@@ -118,19 +144,29 @@ describe('faults: backpressure (flood a throttled node)', function () {
     const before = (await quickStatus(C(), socket)).peers[0]!;
     await rig.underlay.limit('eth0', THROTTLE_MBIT, t.ns.node(1)); // node 1 → router: its uplink
     const seconds = 15;
-    const flood = t.spawn(t.ns.node(1), [process.execPath, FLOOD_SCRIPT, '198.18.255.1', '9', String(FLOOD_MBIT), String(seconds)], { name: 'udp-flood-node1' });
+    const flood = t.spawn(
+      t.ns.node(1),
+      [process.execPath, FLOOD_SCRIPT, '198.18.255.1', '9', String(FLOOD_MBIT), String(seconds)],
+      { name: 'udp-flood-node1' },
+    );
     const { maxRss, maxQueued, rates } = await duringFlood(clientPid, socket, flood.exited, 'client');
     expect((await flood.exited).code, flood.output()).to.equal(0);
     const after = (await quickStatus(C(), socket)).peers[0]!;
     const queueFull = (after.dropsByReason['queue_full'] ?? 0) - (before.dropsByReason['queue_full'] ?? 0);
     report(`${flood.output().trim()}`);
-    report(`client RSS max ${(maxRss / MiB).toFixed(0)} MiB (bound ${CLIENT_RSS_BOUND / MiB} MiB); uplink queue max ${(maxQueued / MiB).toFixed(2)} MiB; ` +
-      `${queueFull} packets dropped as queue_full; node 2 meanwhile ${rates.map((r) => r.toFixed(0)).join('/')} Mbit/s`);
+    report(
+      `client RSS max ${(maxRss / MiB).toFixed(0)} MiB (bound ${CLIENT_RSS_BOUND / MiB} MiB); uplink queue max ${(maxQueued / MiB).toFixed(2)} MiB; ` +
+        `${queueFull} packets dropped as queue_full; node 2 meanwhile ${rates.map((r) => r.toFixed(0)).join('/')} Mbit/s`,
+    );
     expect(queueFull).to.be.greaterThan(0);
     expect(maxQueued).to.be.at.most(DEFAULTS.maxQueueBytes + 256 * 1024);
     expect(maxRss).to.be.below(CLIENT_RSS_BOUND);
     await rig.underlay.unlimit('eth0', t.ns.node(1));
-    await timeUntil(() => t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 1 }), 30_000, 'node 1 to answer after the uplink flood');
+    await timeUntil(
+      () => t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 1 }),
+      30_000,
+      'node 1 to answer after the uplink flood',
+    );
   });
 
   leavesNothingBehind(rig);

@@ -23,7 +23,14 @@ describe('faults: churn of 20 nodes for 60 s', function () {
   const H = (): Harness => rig.h;
   const C = (): NodelinkCluster => rig.cluster;
 
-  interface Counts { sessions: number; handshaking: number; fds: number; timers: number; procFds: number; connected: number }
+  interface Counts {
+    sessions: number;
+    handshaking: number;
+    fds: number;
+    timers: number;
+    procFds: number;
+    connected: number;
+  }
 
   async function counts(): Promise<Counts> {
     const status: DaemonStatus = await quickStatus(C());
@@ -60,7 +67,9 @@ describe('faults: churn of 20 nodes for 60 s', function () {
     for (const n of all) C().startClient(n);
     await C().waitConnected(all, 120_000);
     full = await settle((c) => c.sessions === NODES && c.handshaking === 0, 10_000);
-    report(`server with 0 nodes: fds ${idle.fds}, timers ${idle.timers}; with 20 nodes: fds ${full.fds}, timers ${full.timers}, sessions ${full.sessions}`);
+    report(
+      `server with 0 nodes: fds ${idle.fds}, timers ${idle.timers}; with 20 nodes: fds ${full.fds}, timers ${full.timers}, sessions ${full.sessions}`,
+    );
     expect(full.sessions).to.equal(NODES);
     expect(full.procFds, '/proc/PID/fd agrees with status').to.equal(full.fds);
   });
@@ -95,12 +104,23 @@ describe('faults: churn of 20 nodes for 60 s', function () {
     const expected = (idle: number, perNode: number): number => idle + up.length * perNode;
     const fdsPerNode = (full.fds - idle.fds) / NODES;
     const timersPerNode = (full.timers - idle.timers) / NODES;
-    const after = await settle((c) => c.sessions === up.length && c.connected === up.length && c.handshaking === 0 &&
-      c.fds === expected(idle.fds, fdsPerNode) && c.timers === expected(idle.timers, timersPerNode), 60_000);
-    report(`churn: ${steps} steps in ${((Date.now() - started) / 1000).toFixed(0)} s (${starts} starts, ${terms} SIGTERM, ${kills} SIGKILL); ` +
-      `${up.length} nodes left running`);
-    report(`after churn: sessions ${after.sessions}, handshaking ${after.handshaking}, fds ${after.fds} (expected ${expected(idle.fds, fdsPerNode)}), ` +
-      `timers ${after.timers} (expected ${expected(idle.timers, timersPerNode)})`);
+    const after = await settle(
+      (c) =>
+        c.sessions === up.length &&
+        c.connected === up.length &&
+        c.handshaking === 0 &&
+        c.fds === expected(idle.fds, fdsPerNode) &&
+        c.timers === expected(idle.timers, timersPerNode),
+      60_000,
+    );
+    report(
+      `churn: ${steps} steps in ${((Date.now() - started) / 1000).toFixed(0)} s (${starts} starts, ${terms} SIGTERM, ${kills} SIGKILL); ` +
+        `${up.length} nodes left running`,
+    );
+    report(
+      `after churn: sessions ${after.sessions}, handshaking ${after.handshaking}, fds ${after.fds} (expected ${expected(idle.fds, fdsPerNode)}), ` +
+        `timers ${after.timers} (expected ${expected(idle.timers, timersPerNode)})`,
+    );
     expect(after.sessions).to.equal(up.length);
     expect(after.connected).to.equal(up.length);
     expect(after.handshaking).to.equal(0);
@@ -112,13 +132,15 @@ describe('faults: churn of 20 nodes for 60 s', function () {
     const routes = new Set<string>();
     for (const family of ['-4', '-6']) {
       const out = await t.exec(t.ns.cp, ['ip', '-j', family, 'route', 'show', 'dev', 'nl0']);
-      for (const route of JSON.parse(out.stdout) as Array<{ dst: string }>) routes.add(route.dst.includes('/') ? route.dst : `${route.dst}/${route.dst.includes(':') ? 128 : 32}`);
+      for (const route of JSON.parse(out.stdout) as Array<{ dst: string }>)
+        routes.add(route.dst.includes('/') ? route.dst : `${route.dst}/${route.dst.includes(':') ? 128 : 32}`);
     }
     expect([...routes].sort()).to.deep.equal([...wanted].sort());
     // Each running node routes the tunnel into its nl0; a stopped node has no nl0 at all.
     for (const n of all) {
       const out = await t.exec(t.ns.node(n), ['ip', '-j', 'route', 'show', 'dev', 'nl0'], { allowFail: true });
-      if (up.includes(n)) expect((JSON.parse(out.stdout) as Array<{ dst: string }>).map((r) => r.dst)).to.deep.equal([t.tunnelCIDR]);
+      if (up.includes(n))
+        expect((JSON.parse(out.stdout) as Array<{ dst: string }>).map((r) => r.dst)).to.deep.equal([t.tunnelCIDR]);
       else expect(out.code, `node ${n} is stopped: no nl0`).to.not.equal(0);
     }
   });
@@ -126,8 +148,13 @@ describe('faults: churn of 20 nodes for 60 s', function () {
   it('all 20 back: the counts equal those before the churn', async function () {
     for (const n of all) if (!C().clients.get(n)?.running) C().startClient(n);
     await C().waitConnected(all, 120_000);
-    const back = await settle((c) => c.sessions === NODES && c.handshaking === 0 && c.fds === full.fds && c.timers === full.timers, 30_000);
-    report(`fds before churn ${full.fds}, after churn with all 20 back ${back.fds}; timers ${full.timers} → ${back.timers}; sessions ${back.sessions}`);
+    const back = await settle(
+      (c) => c.sessions === NODES && c.handshaking === 0 && c.fds === full.fds && c.timers === full.timers,
+      30_000,
+    );
+    report(
+      `fds before churn ${full.fds}, after churn with all 20 back ${back.fds}; timers ${full.timers} → ${back.timers}; sessions ${back.sessions}`,
+    );
     expect(back.fds).to.equal(full.fds);
     expect(back.timers).to.equal(full.timers);
     expect(back.sessions).to.equal(NODES);

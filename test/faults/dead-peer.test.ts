@@ -25,9 +25,16 @@ describe('faults: dead peer detection', function () {
     const clientSocket = C().clientSocket(1);
     const [serverMs, clientMs] = await Promise.all([
       timeUntil(async () => !(await connected(C(), 1)), 20_000, 'the server to drop node-1', 50),
-      timeUntil(async () => !(await quickStatus(C(), clientSocket)).peers[0]!.connected, 20_000, 'node-1 to drop the server', 50),
+      timeUntil(
+        async () => !(await quickStatus(C(), clientSocket)).peers[0]!.connected,
+        20_000,
+        'node-1 to drop the server',
+        50,
+      ),
     ]);
-    report(`dead node noticed: by the server after ${serverMs} ms, by the node after ${clientMs} ms (keepalive 2 s, dead after 10 s)`);
+    report(
+      `dead node noticed: by the server after ${serverMs} ms, by the node after ${clientMs} ms (keepalive 2 s, dead after 10 s)`,
+    );
     for (const ms of [serverMs, clientMs]) expect(ms).to.be.within(8000, 13_000);
     // Node 2 never noticed anything.
     expect(await t.ping(t.ns.cp, t.nodeIP(2), { timeoutS: 3 })).to.equal(true);
@@ -42,7 +49,9 @@ describe('faults: dead peer detection', function () {
     const t = H();
     await rig.underlay.clear();
     const backMs = await timeUntil(() => connected(C(), 1), 30_000, 'node-1 to reconnect', 50);
-    report(`node back ${backMs} ms after the network returned (a dial in flight may first wait out its 5 s handshake timeout)`);
+    report(
+      `node back ${backMs} ms after the network returned (a dial in flight may first wait out its 5 s handshake timeout)`,
+    );
     expect(await t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 3 })).to.equal(true);
   });
 

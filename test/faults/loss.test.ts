@@ -32,8 +32,10 @@ describe('faults: random loss in the underlay', function () {
         expect(result.sha256).to.equal(Harness.expectedSha256(size));
         const after = await peer(rig.cluster, 1);
         const reconnected = after?.connectedSince !== before?.connectedSince;
-        report(`${percent}% loss: ${size / MiB} MiB in ${(ms / 1000).toFixed(1)} s = ${mbit(size, ms).toFixed(1)} Mbit/s, sha256 intact; ` +
-          `session ${reconnected ? 're-established during the transfer' : 'stayed up'}; RTT now ${after?.lastPongMs?.toFixed(1)} ms`);
+        report(
+          `${percent}% loss: ${size / MiB} MiB in ${(ms / 1000).toFixed(1)} s = ${mbit(size, ms).toFixed(1)} Mbit/s, sha256 intact; ` +
+            `session ${reconnected ? 're-established during the transfer' : 'stayed up'}; RTT now ${after?.lastPongMs?.toFixed(1)} ms`,
+        );
       } finally {
         await rig.underlay.clear();
       }

@@ -28,7 +28,10 @@ describe('faults: TUN MTU and kubelet transfer speed (figures)', function () {
     await h?.destroy();
   });
 
-  interface Figures { rates: number[]; cpuPerGB: number | undefined }
+  interface Figures {
+    rates: number[];
+    cpuPerGB: number | undefined;
+  }
 
   /** Transfer rates, and the CPU the nodelink processes (pids) spent per GB moved. */
   async function measure(ns: string, url: string, pids: number[] = []): Promise<Figures> {
@@ -44,10 +47,14 @@ describe('faults: TUN MTU and kubelet transfer speed (figures)', function () {
       rates.push(mbit(SIZE, ms));
     }
     const cpu = pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0) - cpuBefore;
-    return { rates: rates.sort((a, b) => a - b), cpuPerGB: pids.length > 0 ? cpu / ((SIZE * ROUNDS) / 1e9) : undefined };
+    return {
+      rates: rates.sort((a, b) => a - b),
+      cpuPerGB: pids.length > 0 ? cpu / ((SIZE * ROUNDS) / 1e9) : undefined,
+    };
   }
 
-  const summary = ({ rates, cpuPerGB }: Figures): string => `median ${rates[Math.floor(rates.length / 2)]!.toFixed(0)} Mbit/s ` +
+  const summary = ({ rates, cpuPerGB }: Figures): string =>
+    `median ${rates[Math.floor(rates.length / 2)]!.toFixed(0)} Mbit/s ` +
     `(${rates.map((r) => r.toFixed(0)).join('/')})${cpuPerGB === undefined ? '' : `, nodelink CPU ${cpuPerGB.toFixed(1)} s/GB`}`;
 
   it('underlay reference: the router fetches straight from kubelet and pod', async function () {

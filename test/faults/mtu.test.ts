@@ -62,11 +62,17 @@ describe('faults: MTU', function () {
       const server4 = '198.18.255.1';
       const server6 = 'fd00:18:ff::1';
       // Full size, DF, both directions, both families.
-      for (const [from, to] of [[t.ns.cp, t.nodeIP(1)], [t.ns.node(1), server4]] as const) {
+      for (const [from, to] of [
+        [t.ns.cp, t.nodeIP(1)],
+        [t.ns.node(1), server4],
+      ] as const) {
         const r = await dfPing(from, to, mtu - IPV4_HEADERS);
         expect(r.ok, `${from} → ${to} at ${mtu} bytes with DF: ${r.text}`).to.equal(true);
       }
-      for (const [from, to] of [[t.ns.cp, t.nodeIP6(1)], [t.ns.node(1), server6]] as const) {
+      for (const [from, to] of [
+        [t.ns.cp, t.nodeIP6(1)],
+        [t.ns.node(1), server6],
+      ] as const) {
         const r = await dfPing(from, to, mtu - IPV6_HEADERS);
         expect(r.ok, `${from} → ${to} at ${mtu} bytes (v6): ${r.text}`).to.equal(true);
       }
@@ -77,7 +83,10 @@ describe('faults: MTU', function () {
       // Over the MTU without DF: fragmented before the TUN, reassembled at the far end.
       const big = Math.min(mtu * 2, MAX_PING_PAYLOAD_V4 - 100);
       if (big > mtu - IPV4_HEADERS) {
-        for (const [from, to] of [[t.ns.cp, t.nodeIP(1)], [t.ns.node(1), server4]] as const) {
+        for (const [from, to] of [
+          [t.ns.cp, t.nodeIP(1)],
+          [t.ns.node(1), server4],
+        ] as const) {
           const r = await dfPing(from, to, big, false);
           expect(r.ok, `${from} → ${to} ${big} bytes without DF: ${r.text}`).to.equal(true);
         }
@@ -95,7 +104,9 @@ describe('faults: MTU', function () {
         const curl = await t.curl(t.ns.cp, t.podURL(1, 1, '/bytes/1000000'), { timeoutS: 10 });
         expect(curl.ok && curl.sha256 === Harness.expectedSha256(1_000_000), curl.error).to.equal(true);
       }
-      report(`--mtu ${mtu}: DF ${mtu}-byte packets cross both ways (v4, v6); ${mtu + 1} with DF → "message too long, mtu=${mtu}"`);
+      report(
+        `--mtu ${mtu}: DF ${mtu}-byte packets cross both ways (v4, v6); ${mtu + 1} with DF → "message too long, mtu=${mtu}"`,
+      );
     });
   }
 

@@ -40,14 +40,20 @@ describe('faults: server restart and crash recovery', function () {
     expect(routes.stdout).to.not.match(/198\.19\./);
     // Every client heard server_shutdown and redials at once, with jitter below the base (500 ms).
     const retries: number[] = [];
-    await t.waitFor(async () => {
-      retries.length = 0;
-      for (const n of all) {
-        const line = logLines(C().clients.get(n)!).find((l) => l['msg'] === 'disconnected from server' && l['code'] === 'server_shutdown');
-        if (line) retries.push(line['retryInMs'] as number);
-      }
-      return retries.length === NODES;
-    }, 5000, 'every client to log server_shutdown');
+    await t.waitFor(
+      async () => {
+        retries.length = 0;
+        for (const n of all) {
+          const line = logLines(C().clients.get(n)!).find(
+            (l) => l['msg'] === 'disconnected from server' && l['code'] === 'server_shutdown',
+          );
+          if (line) retries.push(line['retryInMs'] as number);
+        }
+        return retries.length === NODES;
+      },
+      5000,
+      'every client to log server_shutdown',
+    );
     report(`first redial after server_shutdown, per node: ${retries.join(', ')} ms`);
     for (const retry of retries) expect(retry).to.be.within(0, 500);
   });
@@ -56,15 +62,24 @@ describe('faults: server restart and crash recovery', function () {
     const downAt = Date.now();
     await C().startServer();
     const readyMs = Date.now() - downAt;
-    const allBackMs = await timeUntil(async () => {
-      const status = await quickStatus(C());
-      return status.peers.filter((p) => p.connected).length === NODES;
-    }, 30_000, 'every node to reconnect', 50);
+    const allBackMs = await timeUntil(
+      async () => {
+        const status = await quickStatus(C());
+        return status.peers.filter((p) => p.connected).length === NODES;
+      },
+      30_000,
+      'every node to reconnect',
+      50,
+    );
     // When did each node arrive? The server logs one line per connection.
-    const times = logLines(C().server!).filter((l) => l['msg'] === 'peer connected').map((l) => Date.parse(l['time'] as string));
+    const times = logLines(C().server!)
+      .filter((l) => l['msg'] === 'peer connected')
+      .map((l) => Date.parse(l['time'] as string));
     const spread = Math.max(...times) - Math.min(...times);
-    report(`restart: server ready ${readyMs} ms after start; all ${NODES} nodes back ${allBackMs} ms after ready; ` +
-      `arrivals spread over ${spread} ms`);
+    report(
+      `restart: server ready ${readyMs} ms after start; all ${NODES} nodes back ${allBackMs} ms after ready; ` +
+        `arrivals spread over ${spread} ms`,
+    );
     expect(allBackMs).to.be.below(15_000);
     // Full jitter: the nodes do not arrive in one burst (all six within 100 ms has odds ~1e-4).
     expect(spread).to.be.above(100);
@@ -75,7 +90,12 @@ describe('faults: server restart and crash recovery', function () {
     const outage = Date.now();
     await C().server!.stop('SIGTERM', 5000);
     await C().startServer();
-    await timeUntil(async () => (await quickStatus(C())).peers.every((p) => p.connected), 30_000, 'every node to reconnect', 50);
+    await timeUntil(
+      async () => (await quickStatus(C())).peers.every((p) => p.connected),
+      30_000,
+      'every node to reconnect',
+      50,
+    );
     const ms = Date.now() - outage;
     report(`server restart (SIGTERM to all ${NODES} nodes connected): ${ms} ms`);
     await allReachable();
@@ -121,11 +141,17 @@ describe('faults: server restart and crash recovery', function () {
     client.kill('SIGKILL');
     await client.exited;
     const link = await t.exec(t.ns.node(1), ['ip', 'link', 'show', 'dev', 'nl0'], { allowFail: true });
-    expect(link.code, 'the node\'s nl0 vanished').to.not.equal(0);
-    const noticedMs = await timeUntil(async () => !(await connected(C(), 1)), 15_000, 'server to notice the killed client');
+    expect(link.code, "the node's nl0 vanished").to.not.equal(0);
+    const noticedMs = await timeUntil(
+      async () => !(await connected(C(), 1)),
+      15_000,
+      'server to notice the killed client',
+    );
     C().startClient(1);
     const backMs = await timeUntil(() => connected(C(), 1), 15_000, 'the restarted client to connect', 50);
-    report(`SIGKILL of a client: server noticed in ${noticedMs} ms (the kernel closed its socket); restarted client connected ${backMs} ms after its start (${Date.now() - killedAt} ms after the kill)`);
+    report(
+      `SIGKILL of a client: server noticed in ${noticedMs} ms (the kernel closed its socket); restarted client connected ${backMs} ms after its start (${Date.now() - killedAt} ms after the kill)`,
+    );
     expect(noticedMs).to.be.below(3000);
     expect(await t.ping(t.ns.cp, t.podIP(1, 1), { timeoutS: 3 })).to.equal(true);
   });

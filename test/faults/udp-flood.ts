@@ -27,12 +27,16 @@ let queued = 0;
 let sent = 0;
 let errors = 0;
 const started = Date.now();
-socket.on('error', () => { errors++; });
+socket.on('error', () => {
+  errors++;
+});
 
 const timer = setInterval(() => {
   if (Date.now() - started >= seconds * 1000) {
     clearInterval(timer);
-    process.stdout.write(`udp-flood: sent ${sent} datagrams (${((sent * size) / 1e6).toFixed(1)} MB) in ${((Date.now() - started) / 1000).toFixed(1)} s, ${errors} errors\n`);
+    process.stdout.write(
+      `udp-flood: sent ${sent} datagrams (${((sent * size) / 1e6).toFixed(1)} MB) in ${((Date.now() - started) / 1000).toFixed(1)} s, ${errors} errors\n`,
+    );
     socket.close();
     return;
   }
@@ -40,6 +44,9 @@ const timer = setInterval(() => {
   const due = Math.floor(((Date.now() - started) / 1000) * perSecond);
   queued = Math.max(queued, due - Math.ceil(perSecond));
   for (; queued < due; queued++) {
-    socket.send(payload, port, host, (err) => { if (err) errors++; else sent++; });
+    socket.send(payload, port, host, (err) => {
+      if (err) errors++;
+      else sent++;
+    });
   }
 }, SLOT_MS);

@@ -47,12 +47,14 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
     expectIntact(result, size);
     const after = await peer(C(), 1);
     const survived = after!.connectedSince === before!.connectedSince;
-    report(`10 s flap: node answers ${pingMs} ms after the link is back; session ${survived ? 'survived' : 'was re-established'}; ` +
-      `16 MiB transfer across it intact`);
+    report(
+      `10 s flap: node answers ${pingMs} ms after the link is back; session ${survived ? 'survived' : 'was re-established'}; ` +
+        `16 MiB transfer across it intact`,
+    );
     expect(await t.ping(t.ns.cp, t.podIP(1, 1), { timeoutS: 3 })).to.equal(true);
   });
 
-  it('a flush of the router\'s NAT state: the link recovers and a transfer across it arrives intact', async function () {
+  it("a flush of the router's NAT state: the link recovers and a transfer across it arrives intact", async function () {
     const size = 16 * MiB;
     const before = await peer(C(), 1);
     const transfer = download(size, 90, RATE);
@@ -63,8 +65,10 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
     expectIntact(result, size);
     const after = await peer(C(), 1);
     const survived = after!.connectedSince === before!.connectedSince;
-    report(`conntrack -F in the router: node answers ${pingMs} ms later; session ${survived ? 'survived' : 'was re-established'}; ` +
-      `16 MiB transfer across it intact`);
+    report(
+      `conntrack -F in the router: node answers ${pingMs} ms later; session ${survived ? 'survived' : 'was re-established'}; ` +
+        `16 MiB transfer across it intact`,
+    );
     // Node 2's session went through the same NAT: it is back too.
     expect(await pingable(2)).to.equal(true);
   });
@@ -84,8 +88,10 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
       expectIntact(result, size);
       const rate = mbit(size, ms);
       const after = await peer(C(), 1);
-      report(`tbf 10 Mbit/s: 8 MiB in ${(ms / 1000).toFixed(1)} s = ${rate.toFixed(1)} Mbit/s, intact; ` +
-        `RTT under load ${during!.lastPongMs?.toFixed(1)} ms`);
+      report(
+        `tbf 10 Mbit/s: 8 MiB in ${(ms / 1000).toFixed(1)} s = ${rate.toFixed(1)} Mbit/s, intact; ` +
+          `RTT under load ${during!.lastPongMs?.toFixed(1)} ms`,
+      );
       expect(rate).to.be.within(5, 11);
       expect(after!.connectedSince, 'no reconnect under the limit').to.equal(before!.connectedSince);
     } finally {

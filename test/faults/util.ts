@@ -35,8 +35,10 @@ export class Underlay {
   async blackhole(n: number): Promise<void> {
     const { h } = this;
     await this.rules([
-      `ip saddr ${h.nodeIP(n)} counter drop`, `ip daddr ${h.nodeIP(n)} counter drop`,
-      `ip6 saddr ${h.nodeIP6(n)} counter drop`, `ip6 daddr ${h.nodeIP6(n)} counter drop`,
+      `ip saddr ${h.nodeIP(n)} counter drop`,
+      `ip daddr ${h.nodeIP(n)} counter drop`,
+      `ip6 saddr ${h.nodeIP6(n)} counter drop`,
+      `ip6 daddr ${h.nodeIP6(n)} counter drop`,
     ]);
   }
 
@@ -60,7 +62,21 @@ export class Underlay {
 
   /** A token-bucket rate limit on egress of dev in ns (default: the router). */
   async limit(dev: string, mbit: number, ns = this.h.ns.rt): Promise<void> {
-    await this.h.exec(ns, ['tc', 'qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', `${mbit}mbit`, 'burst', '64kb', 'latency', '200ms']);
+    await this.h.exec(ns, [
+      'tc',
+      'qdisc',
+      'replace',
+      'dev',
+      dev,
+      'root',
+      'tbf',
+      'rate',
+      `${mbit}mbit`,
+      'burst',
+      '64kb',
+      'latency',
+      '200ms',
+    ]);
     this.limited.set(`${ns} ${dev}`, { dev, ns });
   }
 
@@ -90,7 +106,12 @@ export function mbit(bytes: number, ms: number): number {
 }
 
 /** Polls until check() is true; resolves with the elapsed ms, or rejects after timeoutMs. */
-export async function timeUntil(check: () => Promise<boolean>, timeoutMs: number, what: string, pollMs = 100): Promise<number> {
+export async function timeUntil(
+  check: () => Promise<boolean>,
+  timeoutMs: number,
+  what: string,
+  pollMs = 100,
+): Promise<number> {
   const started = Date.now();
   for (;;) {
     if (await check().catch(() => false)) return Date.now() - started;
@@ -152,9 +173,17 @@ export function faultRig(options: HarnessOptions, start = true): FaultRig {
   });
   const rig = clusterRig(options, { start });
   return {
-    get h() { return rig.h; },
-    get cluster() { return rig.cluster; },
-    get underlay() { return (underlay ??= new Underlay(rig.h)); },
-    get prefix() { return rig.prefix; },
+    get h() {
+      return rig.h;
+    },
+    get cluster() {
+      return rig.cluster;
+    },
+    get underlay() {
+      return (underlay ??= new Underlay(rig.h));
+    },
+    get prefix() {
+      return rig.prefix;
+    },
   };
 }

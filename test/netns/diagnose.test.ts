@@ -15,20 +15,43 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
   const C = (): NodelinkCluster => rig.cluster;
 
   /** Runs diagnose on node 1 with the client's flags, overridden as given; returns exit code and report. */
-  async function onNode(overrides: { serverKey?: string; keyFile?: string } = {}, json = true): Promise<{ code: number; report: DiagnoseReport; stdout: string }> {
+  async function onNode(
+    overrides: { serverKey?: string; keyFile?: string } = {},
+    json = true,
+  ): Promise<{ code: number; report: DiagnoseReport; stdout: string }> {
     const t = H();
-    const args = ['diagnose', '--side', 'node', '--server', t.serverEndpoint,
-      '--server-key', overrides.serverKey ?? C().serverKey.publicKey,
-      '--key', overrides.keyFile ?? C().nodeKeys.get(1)!.keyFile,
-      '--name', t.nodeName(1), ...t.nodeRoutes(1).flatMap((route) => ['--route', route]),
-      '--admin-socket', C().clientSocket(1), '--timeout-ms', '1500', ...(json ? ['--json'] : [])];
+    const args = [
+      'diagnose',
+      '--side',
+      'node',
+      '--server',
+      t.serverEndpoint,
+      '--server-key',
+      overrides.serverKey ?? C().serverKey.publicKey,
+      '--key',
+      overrides.keyFile ?? C().nodeKeys.get(1)!.keyFile,
+      '--name',
+      t.nodeName(1),
+      ...t.nodeRoutes(1).flatMap((route) => ['--route', route]),
+      '--admin-socket',
+      C().clientSocket(1),
+      '--timeout-ms',
+      '1500',
+      ...(json ? ['--json'] : []),
+    ];
     const result = await runCli(args, { ns: t.ns.node(1), timeoutMs: 30_000 });
-    return { code: result.code, stdout: result.stdout, report: json ? JSON.parse(result.stdout) as DiagnoseReport : { side: 'node', ok: false, failed: 0, checks: [] } };
+    return {
+      code: result.code,
+      stdout: result.stdout,
+      report: json ? (JSON.parse(result.stdout) as DiagnoseReport) : { side: 'node', ok: false, failed: 0, checks: [] },
+    };
   }
 
   async function onControlPlane(): Promise<{ code: number; report: DiagnoseReport }> {
-    const result = await runCli(['diagnose', '--side', 'control-plane', '--admin-socket', C().serverSocket, '--timeout-ms', '1500', '--json'],
-      { ns: H().ns.cp, timeoutMs: 30_000 });
+    const result = await runCli(
+      ['diagnose', '--side', 'control-plane', '--admin-socket', C().serverSocket, '--timeout-ms', '1500', '--json'],
+      { ns: H().ns.cp, timeoutMs: 30_000 },
+    );
     expect(result.stdout, `exit ${result.code}: ${result.stderr}`).to.match(/^\{/);
     return { code: result.code, report: JSON.parse(result.stdout) as DiagnoseReport };
   }
@@ -39,17 +62,43 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
     const node = await onNode();
     expect(failed(node.report), JSON.stringify(failed(node.report))).to.deep.equal([]);
     expect(node.code).to.equal(0);
-    expect(node.report.checks.map((check) => check.id)).to.include.members(
-      ['key_file', 'dns', 'tcp', 'tls', 'server_key', 'authorized', 'tun', 'routes', 'ip_forward', 'ip_forward6', 'rp_filter', 'tunnel_ping', 'kubelet', 'client']);
+    expect(node.report.checks.map((check) => check.id)).to.include.members([
+      'key_file',
+      'dns',
+      'tcp',
+      'tls',
+      'server_key',
+      'authorized',
+      'tun',
+      'routes',
+      'ip_forward',
+      'ip_forward6',
+      'rp_filter',
+      'tunnel_ping',
+      'kubelet',
+      'client',
+    ]);
     const cp = await onControlPlane();
     expect(failed(cp.report), JSON.stringify(failed(cp.report))).to.deep.equal([]);
     expect(cp.code).to.equal(0);
-    expect(cp.report.checks.map((check) => check.id)).to.include.members(
-      ['server', 'listening', 'tun', 'peer:node-1:connected', 'peer:node-1:routes', 'peer:node-1:node_ip', 'peer:node-1:pod:198.19.1.0/24']);
+    expect(cp.report.checks.map((check) => check.id)).to.include.members([
+      'server',
+      'listening',
+      'tun',
+      'peer:node-1:connected',
+      'peer:node-1:routes',
+      'peer:node-1:node_ip',
+      'peer:node-1:pod:198.19.1.0/24',
+    ]);
     const text = await onNode({}, false);
-    expect(text.stdout).to.match(/✓ TLS 1\.3 handshake/).and.match(/all \d+ checks passed/);
+    expect(text.stdout)
+      .to.match(/✓ TLS 1\.3 handshake/)
+      .and.match(/all \d+ checks passed/);
     // With no flags at all, diagnose asks the running client what to check.
-    const bare = await runCli(['diagnose', '--admin-socket', C().clientSocket(1)], { ns: H().ns.node(1), timeoutMs: 30_000 });
+    const bare = await runCli(['diagnose', '--admin-socket', C().clientSocket(1)], {
+      ns: H().ns.node(1),
+      timeoutMs: 30_000,
+    });
     expect(bare.code, bare.stdout + bare.stderr).to.equal(0);
     expect(bare.stdout).to.match(/✓ this node is authorized .*the running client is authenticated as "node-1"/);
   });
@@ -124,7 +173,10 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
     expect(first.id).to.equal('tcp');
     expect(first.detail).to.match(/connection refused.*server is down/);
     expect(report.checks.find((check) => check.id === 'tls')!.status).to.equal('skip');
-    const cp = await runCli(['diagnose', '--side', 'control-plane', '--admin-socket', C().serverSocket], { ns: H().ns.cp, timeoutMs: 30_000 });
+    const cp = await runCli(['diagnose', '--side', 'control-plane', '--admin-socket', C().serverSocket], {
+      ns: H().ns.cp,
+      timeoutMs: 30_000,
+    });
     expect(cp.code).to.equal(1);
     expect(cp.stdout, cp.stderr).to.match(/✗ nodelink server running/);
   });

@@ -46,13 +46,17 @@ describe('netns harness', function () {
 
     it('each node reaches its own kubelet stub over IPv4 and IPv6', async function () {
       const t = harness();
-      const checks = await Promise.all([1, 2].flatMap((n) => [
-        t.curl(t.ns.node(n), t.kubeletURL(n, '/healthz')),
-        t.curl(t.ns.node(n), t.kubeletURL(n, '/containerLogs/default/x/y', true)),
-      ]));
+      const checks = await Promise.all(
+        [1, 2].flatMap((n) => [
+          t.curl(t.ns.node(n), t.kubeletURL(n, '/healthz')),
+          t.curl(t.ns.node(n), t.kubeletURL(n, '/containerLogs/default/x/y', true)),
+        ]),
+      );
       expect(checks.map((c) => c.body)).to.deep.equal([
-        'ok', 'kubelet node-1 /containerLogs/default/x/y',
-        'ok', 'kubelet node-2 /containerLogs/default/x/y',
+        'ok',
+        'kubelet node-1 /containerLogs/default/x/y',
+        'ok',
+        'kubelet node-2 /containerLogs/default/x/y',
       ]);
     });
 
@@ -77,11 +81,20 @@ describe('netns harness', function () {
     it('the control plane cannot reach node IPs, node IPv6 or pod IPs', async function () {
       const t = harness();
       const cp = t.ns.cp;
-      const targets = [t.kubeletURL(1), t.kubeletURL(2), t.kubeletURL(1, '/healthz', true),
-        t.kubeletURL(2, '/healthz', true), t.podURL(1, 1), t.podURL(2, 1), t.podURL(1, 1, '/', true)];
+      const targets = [
+        t.kubeletURL(1),
+        t.kubeletURL(2),
+        t.kubeletURL(1, '/healthz', true),
+        t.kubeletURL(2, '/healthz', true),
+        t.podURL(1, 1),
+        t.podURL(2, 1),
+        t.podURL(1, 1, '/', true),
+      ];
       const results = await Promise.all(targets.map((url) => t.curl(cp, url, { timeoutS: 2 })));
       results.forEach((r, i) => expect(r.ok, `cp reached ${targets[i]}`).to.equal(false));
-      const pings = await Promise.all([t.nodeIP(1), t.nodeIP6(1), t.podIP(1, 1)].map((a) => t.ping(cp, a, { timeoutS: 1 })));
+      const pings = await Promise.all(
+        [t.nodeIP(1), t.nodeIP6(1), t.podIP(1, 1)].map((a) => t.ping(cp, a, { timeoutS: 1 })),
+      );
       expect(pings).to.deep.equal([false, false, false]);
       const routes = await t.exec(cp, ['ip', 'route', 'show', 'table', 'all']);
       expect(routes.stdout).not.to.match(/198\.19\./);
@@ -124,9 +137,15 @@ describe('netns harness', function () {
 
     it('stop() escalates to SIGKILL for a process that ignores SIGTERM', async function () {
       const t = harness();
-      const stubborn = t.spawn(t.ns.node(1), [process.execPath, '-e',
-        "process.on('SIGTERM', () => console.log('ignored')); console.log('ready'); setInterval(() => {}, 1000)"],
-      { name: 'stubborn' });
+      const stubborn = t.spawn(
+        t.ns.node(1),
+        [
+          process.execPath,
+          '-e',
+          "process.on('SIGTERM', () => console.log('ignored')); console.log('ready'); setInterval(() => {}, 1000)",
+        ],
+        { name: 'stubborn' },
+      );
       await t.waitForOutput(stubborn, 'ready', 5000);
       const exit = await stubborn.stop('SIGTERM', 300);
       expect(exit.signal).to.equal('SIGKILL');

@@ -35,7 +35,7 @@ describe('link in namespaces (real CLI)', function () {
     }
   });
 
-  it('kubelet and pods see the server\'s tunnel address as the source', async function () {
+  it("kubelet and pods see the server's tunnel address as the source", async function () {
     const t = H();
     const who = await t.curl(t.ns.cp, t.podURL(1, 1, '/whoami'), { timeoutS: 5 });
     expect(who.body).to.contain('198.18.255.1');
@@ -50,7 +50,9 @@ describe('link in namespaces (real CLI)', function () {
     expect(result.ok, result.error).to.equal(true);
     expect(result.bytes).to.equal(size);
     expect(result.sha256).to.equal(Harness.expectedSha256(size));
-    console.log(`      20 MiB pod → control plane in ${seconds.toFixed(2)} s (${((size * 8) / seconds / 1e6).toFixed(0)} Mbit/s)`);
+    console.log(
+      `      20 MiB pod → control plane in ${seconds.toFixed(2)} s (${((size * 8) / seconds / 1e6).toFixed(0)} Mbit/s)`,
+    );
   });
 
   it('status --json on the server has the SPEC fields and moving counters', async function () {
@@ -81,13 +83,19 @@ describe('link in namespaces (real CLI)', function () {
     expect(status.peers[0]!.routes).to.deep.equal([H().tunnelCIDR, H().tunnelCIDR6]);
     const table = await runCli(['status', '--admin-socket', C().clientSocket(1)]);
     expect(table.code).to.equal(0);
-    expect(table.stdout).to.match(/role: client/).and.match(/peer: server/);
+    expect(table.stdout)
+      .to.match(/role: client/)
+      .and.match(/peer: server/);
   });
 
   it('a packet for an authorized but offline node is dropped, counted and answered with ICMP unreachable', async function () {
     const t = H();
     await C().clients.get(2)!.stop();
-    await t.waitFor(async () => !(await C().status()).peers.find((p) => p.name === 'node-2')!.connected, 10_000, 'node-2 offline');
+    await t.waitFor(
+      async () => !(await C().status()).peers.find((p) => p.name === 'node-2')!.connected,
+      10_000,
+      'node-2 offline',
+    );
     const ping = await t.exec(t.ns.cp, ['ping', '-c', '1', '-W', '2', t.podIP(2, 1)], { allowFail: true });
     expect(ping.code).to.not.equal(0);
     expect(ping.stdout + ping.stderr).to.match(/Unreachable/i);
@@ -105,15 +113,21 @@ describe('link in namespaces (real CLI)', function () {
     const t = H();
     const stranger = C().makeIdentity('stranger');
     const args = C().clientArgs(1, { identity: stranger }).slice(2);
-    const result = await runCli([...args.slice(0, -2), '--admin-socket', `${t.dir}/stranger.sock`, '--tun', 'nlx'], { ns: t.ns.node(1) });
+    const result = await runCli([...args.slice(0, -2), '--admin-socket', `${t.dir}/stranger.sock`, '--tun', 'nlx'], {
+      ns: t.ns.node(1),
+    });
     expect(result.code).to.not.equal(0);
     expect(result.stderr).to.match(/rejected.*not in the server's peers file/);
   });
 
-  it('a route outside the node\'s allowedIPs is rejected with a reason', async function () {
+  it("a route outside the node's allowedIPs is rejected with a reason", async function () {
     const t = H();
-    const args = C().clientArgs(1, { routes: [...t.nodeRoutes(1), t.podCIDR(2)] }).slice(2);
-    const result = await runCli([...args.slice(0, -2), '--admin-socket', `${t.dir}/hijack.sock`, '--tun', 'nlx'], { ns: t.ns.node(1) });
+    const args = C()
+      .clientArgs(1, { routes: [...t.nodeRoutes(1), t.podCIDR(2)] })
+      .slice(2);
+    const result = await runCli([...args.slice(0, -2), '--admin-socket', `${t.dir}/hijack.sock`, '--tun', 'nlx'], {
+      ns: t.ns.node(1),
+    });
     expect(result.code).to.not.equal(0);
     expect(result.stderr).to.match(/rejected.*198\.19\.2\.0\/24 is outside allowedIPs/);
     // The legitimate node-1 session was not disturbed.
@@ -122,8 +136,24 @@ describe('link in namespaces (real CLI)', function () {
 
   it('a second server on the same port fails with one clear line', async function () {
     const t = H();
-    const result = await runCli(['server', '--listen', t.serverEndpoint, '--key', C().serverKey.keyFile, '--peers', C().peersFile,
-      '--tunnel-cidr', '198.18.254.0/24', '--tun', 'nly', '--admin-socket', `${t.dir}/second.sock`], { ns: t.ns.cp });
+    const result = await runCli(
+      [
+        'server',
+        '--listen',
+        t.serverEndpoint,
+        '--key',
+        C().serverKey.keyFile,
+        '--peers',
+        C().peersFile,
+        '--tunnel-cidr',
+        '198.18.254.0/24',
+        '--tun',
+        'nly',
+        '--admin-socket',
+        `${t.dir}/second.sock`,
+      ],
+      { ns: t.ns.cp },
+    );
     expect(result.code).to.equal(1);
     expect(result.stderr.trim().split('\n')).to.have.length(1);
     expect(result.stderr).to.match(/already in use/);

@@ -16,11 +16,27 @@ describe('two servers, every node connected to both', function () {
 
   const startSecond = async (): Promise<void> => {
     const t = h!;
-    second = t.spawn(t.ns.controlPlane(2), [
-      process.execPath, CLI, 'server', '--listen', t.serverEndpointOf(2), '--key', cluster!.serverKey.keyFile,
-      '--peers', cluster!.peersFile, '--tunnel-cidr', t.tunnelCIDROf(2), '--tunnel-cidr', t.tunnelCIDR6Of(2),
-      '--admin-socket', secondSocket,
-    ], { name: 'nodelink-server-2' });
+    second = t.spawn(
+      t.ns.controlPlane(2),
+      [
+        process.execPath,
+        CLI,
+        'server',
+        '--listen',
+        t.serverEndpointOf(2),
+        '--key',
+        cluster!.serverKey.keyFile,
+        '--peers',
+        cluster!.peersFile,
+        '--tunnel-cidr',
+        t.tunnelCIDROf(2),
+        '--tunnel-cidr',
+        t.tunnelCIDR6Of(2),
+        '--admin-socket',
+        secondSocket,
+      ],
+      { name: 'nodelink-server-2' },
+    );
     await t.waitForOutput(second, 'server ready', 15_000);
   };
 
@@ -39,7 +55,11 @@ describe('two servers, every node connected to both', function () {
     await startSecond();
     for (const n of [1, 2]) cluster.startClient(n, ['--server', h.serverEndpointOf(2)]);
     await cluster.waitConnected([1, 2]);
-    await h.waitFor(async () => (await cluster!.status(secondSocket)).peers.every((peer) => peer.connected), 15_000, 'both nodes on server 2');
+    await h.waitFor(
+      async () => (await cluster!.status(secondSocket)).peers.every((peer) => peer.connected),
+      15_000,
+      'both nodes on server 2',
+    );
   });
 
   after(async function () {
@@ -55,7 +75,10 @@ describe('two servers, every node connected to both', function () {
 
   it('a node shows one session per server', async function () {
     const status = await cluster!.status(cluster!.clientSocket(1));
-    expect(status.peers.map((peer) => peer.name)).to.deep.equal([`server ${h!.serverEndpoint}`, `server ${h!.serverEndpointOf(2)}`]);
+    expect(status.peers.map((peer) => peer.name)).to.deep.equal([
+      `server ${h!.serverEndpoint}`,
+      `server ${h!.serverEndpointOf(2)}`,
+    ]);
     expect(status.peers.every((peer) => peer.connected)).to.equal(true);
     expect(status.peers[1]!.routes).to.include(h!.tunnelCIDROf(2));
   });
@@ -74,7 +97,11 @@ describe('two servers, every node connected to both', function () {
     await second!.stop('SIGTERM');
     expect(await reachesAll(t.ns.cp)).to.deep.equal([true, true, true, true]);
     await startSecond();
-    await t.waitFor(async () => (await cluster!.status(secondSocket)).peers.every((peer) => peer.connected), 30_000, 'nodes back on server 2');
+    await t.waitFor(
+      async () => (await cluster!.status(secondSocket)).peers.every((peer) => peer.connected),
+      30_000,
+      'nodes back on server 2',
+    );
     expect(await reachesAll(t.ns.controlPlane(2))).to.deep.equal([true, true, true, true]);
   });
 });

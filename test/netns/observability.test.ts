@@ -28,14 +28,20 @@ function parseMetrics(text: string): Map<string, number> {
 describe('observability in namespaces (real CLI): metrics, health, path checks', function () {
   this.timeout(60_000);
   let configFile = '';
-  const rig = clusterRig({ nodes: 1 }, {
-    cluster: (h) => {
-      configFile = path.join(h.dir, 'server.yaml');
-      // Settings from a config file (below flags and env), so SIGHUP can change them.
-      writeFileSync(configFile, `metrics: ${SERVER_METRICS}\npath-check-interval-ms: 300\npath-check-timeout-ms: 1000\nlog-level: info\n`);
-      return { extraServerArgs: ['--config', configFile, '--keepalive-ms', '500', '--dead-after-ms', '3000'] };
+  const rig = clusterRig(
+    { nodes: 1 },
+    {
+      cluster: (h) => {
+        configFile = path.join(h.dir, 'server.yaml');
+        // Settings from a config file (below flags and env), so SIGHUP can change them.
+        writeFileSync(
+          configFile,
+          `metrics: ${SERVER_METRICS}\npath-check-interval-ms: 300\npath-check-timeout-ms: 1000\nlog-level: info\n`,
+        );
+        return { extraServerArgs: ['--config', configFile, '--keepalive-ms', '500', '--dead-after-ms', '3000'] };
+      },
     },
-  });
+  );
   const H = (): Harness => rig.h;
   const C = (): NodelinkCluster => rig.cluster;
   const node = (): string => H().ns.node(1);
@@ -50,7 +56,11 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
   it('a starting node is alive but not ready: /healthz 200, /readyz 503 naming why', async function () {
     const t = H();
     C().startClient(1, ['--metrics', CLIENT_METRICS, '--keepalive-ms', '500', '--dead-after-ms', '3000']);
-    await t.waitFor(async () => (await get(node(), CLIENT_METRICS, '/healthz')).status === 200, 10_000, 'client /healthz');
+    await t.waitFor(
+      async () => (await get(node(), CLIENT_METRICS, '/healthz')).status === 200,
+      10_000,
+      'client /healthz',
+    );
     const ready = await get(node(), CLIENT_METRICS, '/readyz');
     expect(ready.status).to.equal(503);
     const body = JSON.parse(ready.body) as { status: string; checks: Record<string, { ok: boolean; detail: string }> };
@@ -64,7 +74,11 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
     const t = H();
     await C().startServer();
     await C().waitConnected([1]);
-    await t.waitFor(async () => (await get(node(), CLIENT_METRICS, '/readyz')).status === 200, 10_000, 'client /readyz 200');
+    await t.waitFor(
+      async () => (await get(node(), CLIENT_METRICS, '/readyz')).status === 200,
+      10_000,
+      'client /readyz 200',
+    );
     const server = await get(t.ns.cp, SERVER_METRICS, '/readyz');
     expect(server.status).to.equal(200);
     expect(server.body).to.contain('listening').and.contain('nl0 is up');
@@ -80,7 +94,11 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
     const bulk = await t.curl(t.ns.cp, t.podURL(1, 1, `/bytes/${size}`), { timeoutS: 20 });
     expect(bulk.ok, bulk.error).to.equal(true);
     expect(await t.ping(t.ns.cp, '198.18.255.77', { timeoutS: 1 })).to.equal(false); // nobody owns it: no_route
-    await t.waitFor(async () => ((await scrape(t.ns.cp, SERVER_METRICS)).get('nodelink_path_up{peer="node-1"}') ?? 0) === 1, 5000, 'path_up 1');
+    await t.waitFor(
+      async () => ((await scrape(t.ns.cp, SERVER_METRICS)).get('nodelink_path_up{peer="node-1"}') ?? 0) === 1,
+      5000,
+      'path_up 1',
+    );
     const after = await scrape(t.ns.cp, SERVER_METRICS);
     const delta = (name: string): number => (after.get(name) ?? 0) - (before.get(name) ?? 0);
     expect(delta(`nodelink_peer_receive_bytes_total${peer}`)).to.be.greaterThan(size);
@@ -114,13 +132,24 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
     expect(Date.parse(peer.lastPongAt!)).to.be.greaterThan(0);
     expect(s.metrics).to.equal(SERVER_METRICS);
     const text = await runCli(['status', '--admin-socket', C().serverSocket]);
-    expect(text.stdout.split('\n')[0]).to.match(/^nodelink server on nl0: 1\/1 peers connected, 1\/1 paths ok, .* received, .* sent, \d+ dropped$/);
+    expect(text.stdout.split('\n')[0]).to.match(
+      /^nodelink server on nl0: 1\/1 peers connected, 1\/1 paths ok, .* received, .* sent, \d+ dropped$/,
+    );
     expect(text.stdout).to.match(/path: ok, 198\.19\.0\.11:10250 answered through the tunnel/);
     expect(text.stdout).to.match(/routes: 198\.19\.0\.11\/32 \(active\)/);
     const client = await C().status(C().clientSocket(1));
     expect(client.peers[0]!.routeStates?.every((r) => r.state === 'installed')).to.equal(true);
     expect(client.publicKey).to.equal(C().nodeKeys.get(1)!.publicKey);
-    const watch = await runCli(['status', '--admin-socket', C().clientSocket(1), '--watch', '--interval', '0.2', '--count', '2']);
+    const watch = await runCli([
+      'status',
+      '--admin-socket',
+      C().clientSocket(1),
+      '--watch',
+      '--interval',
+      '0.2',
+      '--count',
+      '2',
+    ]);
     expect(watch.stdout.match(/^nodelink client node-1 on nl0: connected to the server/gm)).to.have.length(2);
   });
 
@@ -137,7 +166,9 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
       expect(metrics.get('nodelink_path_up{peer="node-1"}')).to.equal(0);
       expect(metrics.get('nodelink_path_checks_total{peer="node-1",result="failed"}')).to.be.greaterThan(0);
       const text = await runCli(['status', '--admin-socket', C().serverSocket]);
-      expect(text.stdout).to.match(/0\/1 paths ok/).and.match(/path: FAILING/);
+      expect(text.stdout)
+        .to.match(/0\/1 paths ok/)
+        .and.match(/path: FAILING/);
       const client = await C().status(C().clientSocket(1));
       expect(client.peers[0]!.routeStates?.find((r) => r.route === t.tunnelCIDR)?.state).to.equal('missing');
     } finally {
@@ -150,11 +181,17 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
   it('SIGHUP re-reads the config file: the log level changes live, other changes are named as needing a restart', async function () {
     const t = H();
     const server = C().server!;
-    writeFileSync(configFile, `metrics: ${SERVER_METRICS}\npath-check-interval-ms: 300\npath-check-timeout-ms: 1000\nlog-level: debug\nmtu: 1400\n`);
+    writeFileSync(
+      configFile,
+      `metrics: ${SERVER_METRICS}\npath-check-interval-ms: 300\npath-check-timeout-ms: 1000\nlog-level: debug\nmtu: 1400\n`,
+    );
     server.kill('SIGHUP');
     await t.waitForOutput(server, 'settings reloaded', 5000);
     await t.waitForOutput(server, 'take effect only after a restart', 5000);
-    const reload = server.output().split('\n').find((line) => line.includes('settings reloaded'))!;
+    const reload = server
+      .output()
+      .split('\n')
+      .find((line) => line.includes('settings reloaded'))!;
     expect(JSON.parse(reload)).to.deep.include({ changed: { logLevel: 'debug' } });
     expect(server.running).to.equal(true);
     expect((await get(t.ns.cp, SERVER_METRICS, '/readyz')).status).to.equal(200);
@@ -163,14 +200,22 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
   it('when the server goes away the node stays alive but is no longer ready', async function () {
     const t = H();
     await C().server!.stop();
-    await t.waitFor(async () => (await get(node(), CLIENT_METRICS, '/readyz')).status === 503, 8000, 'client /readyz 503');
+    await t.waitFor(
+      async () => (await get(node(), CLIENT_METRICS, '/readyz')).status === 503,
+      8000,
+      'client /readyz 503',
+    );
     expect((await get(node(), CLIENT_METRICS, '/healthz')).status).to.equal(200);
     const metrics = await scrape(node(), CLIENT_METRICS);
     expect(metrics.get('nodelink_peer_connected{peer="server"}')).to.equal(0);
     expect(metrics.get('nodelink_disconnects_total{peer="server",reason="server_shutdown"}')).to.equal(1);
     expect(metrics.get('nodelink_ready')).to.equal(0);
     // One log line per event, never per packet: the 2 MiB transfer left no trace in the logs.
-    const lines = C().clients.get(1)!.output().split('\n').filter((line) => line.trim() !== '');
+    const lines = C()
+      .clients.get(1)!
+      .output()
+      .split('\n')
+      .filter((line) => line.trim() !== '');
     expect(lines.length).to.be.lessThan(40);
   });
 });

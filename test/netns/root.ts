@@ -24,7 +24,10 @@ export interface ClusterRig {
  * nodelink on it (every node connected when `start`; `cluster` may build its options from the
  * harness, to write files into its directory); after, nodelink stopped and everything removed.
  */
-export function clusterRig(options: HarnessOptions, opts: { start?: boolean; cluster?: (h: Harness) => ClusterOptions } = {}): ClusterRig {
+export function clusterRig(
+  options: HarnessOptions,
+  opts: { start?: boolean; cluster?: (h: Harness) => ClusterOptions } = {},
+): ClusterRig {
   let h: Harness | undefined;
   let cluster: NodelinkCluster | undefined;
   before(async function () {
@@ -38,9 +41,15 @@ export function clusterRig(options: HarnessOptions, opts: { start?: boolean; clu
     await h?.destroy();
   });
   return {
-    get h() { return h!; },
-    get cluster() { return cluster!; },
-    get prefix() { return h!.prefix; },
+    get h() {
+      return h!;
+    },
+    get cluster() {
+      return cluster!;
+    },
+    get prefix() {
+      return h!.prefix;
+    },
   };
 }
 

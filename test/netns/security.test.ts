@@ -31,7 +31,10 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
   const C = (): NodelinkCluster => cluster!;
 
   async function attack(ns: string, mode: string, ...args: string[]): Promise<Record<string, unknown>> {
-    const r = await H().exec(ns, [process.execPath, ATTACKER, mode, '--target', H().serverEndpoint, ...args], { timeoutMs: 40_000, allowFail: true });
+    const r = await H().exec(ns, [process.execPath, ATTACKER, mode, '--target', H().serverEndpoint, ...args], {
+      timeoutMs: 40_000,
+      allowFail: true,
+    });
     if (r.code !== 0) throw new Error(`attacker ${mode} failed (${r.code}): ${r.stderr.trim()}`);
     attacks.push(mode);
     return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
@@ -41,7 +44,8 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
   async function arrived(): Promise<Record<string, number>> {
     const r = await H().exec(H().ns.cp, ['nft', '-j', 'list', 'counters', 'table', 'inet', 'nlsec']);
     const out: Record<string, number> = {};
-    for (const item of (JSON.parse(r.stdout) as { nftables: Array<{ counter?: { name: string; packets: number } }> }).nftables) {
+    for (const item of (JSON.parse(r.stdout) as { nftables: Array<{ counter?: { name: string; packets: number } }> })
+      .nftables) {
       if (item.counter) out[item.counter.name] = item.counter.packets;
     }
     return out;
@@ -61,22 +65,36 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     cluster = new NodelinkCluster(t, {
       peers: [1, 2],
       extraServerArgs: [
-        '--handshake-timeout-ms', String(HANDSHAKE_TIMEOUT_MS),
-        '--max-unauthenticated', String(MAX_UNAUTHENTICATED),
-        '--max-queued-handshakes', String(MAX_QUEUED),
-        '--path-check-interval-ms', '0',
-        '--cert', path.join(t.dir, 'server-cert.pem'),
+        '--handshake-timeout-ms',
+        String(HANDSHAKE_TIMEOUT_MS),
+        '--max-unauthenticated',
+        String(MAX_UNAUTHENTICATED),
+        '--max-queued-handshakes',
+        String(MAX_QUEUED),
+        '--path-check-interval-ms',
+        '0',
+        '--cert',
+        path.join(t.dir, 'server-cert.pem'),
       ],
     });
     expect(cluster.serverKey.keyFile).to.equal(serverKeyPlaceholder);
-    execFileSync('bash', ['-c', `
+    execFileSync(
+      'bash',
+      [
+        '-c',
+        `
       set -e; cd "$1"
       openssl req -x509 -newkey ed25519 -nodes -keyout ca.key -out ca.pem -subj "/CN=nodelink test CA" -days 1 2>/dev/null
       (printf '\\x30\\x2e\\x02\\x01\\x00\\x30\\x05\\x06\\x03\\x2b\\x65\\x70\\x04\\x22\\x04\\x20'; base64 -d < server.key) | openssl pkey -inform DER -out server-key.pem
       openssl req -new -key server-key.pem -subj /CN=nodelink-server -out server.csr
       printf 'subjectAltName=IP:${t.cpAddress}\\n' > san.ext
       openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out server-cert.pem 2>/dev/null
-      rm -f server-key.pem ca.key`, 'ca', t.dir], { stdio: 'pipe' });
+      rm -f server-key.pem ca.key`,
+        'ca',
+        t.dir,
+      ],
+      { stdio: 'pipe' },
+    );
     caFile = path.join(t.dir, 'ca.pem');
 
     // Count, in the control plane, what arrives from nl0 by source.
@@ -126,14 +144,18 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
           t.curl(t.ns.cp, t.kubeletURL(1), { timeoutS: 3 }),
           t.curl(t.ns.cp, t.podURL(2, 1), { timeoutS: 3 }),
         ]);
-        if (kubelet.ok && pod.ok) served++; else failed++;
+        if (kubelet.ok && pod.ok) served++;
+        else failed++;
         await new Promise((resolve) => setTimeout(resolve, 100));
       }
     })();
 
     // A failed expectation below must still stop the loop: left running, its pod replies would
     // move the counters the next tests read.
-    const stopTraffic = async (): Promise<void> => { serving = false; await traffic; };
+    const stopTraffic = async (): Promise<void> => {
+      serving = false;
+      await traffic;
+    };
     try {
       const random = await attack(attacker, 'random', '--count', '20', '--bytes', '4096');
       expect(random.closedByServer, 'every garbage connection is closed').to.equal(20);
@@ -142,13 +164,25 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
       expect(http.bytesReceived, 'and gets no HTTP answer').to.equal(0);
       const tls12 = await attack(attacker, 'tls12');
       expect(tls12.outcome).to.match(/PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL/);
-      const openssl = await t.exec(attacker, ['openssl', 's_client', '-connect', t.serverEndpoint, '-tls1_2'], { allowFail: true, timeoutMs: 10_000 });
+      const openssl = await t.exec(attacker, ['openssl', 's_client', '-connect', t.serverEndpoint, '-tls1_2'], {
+        allowFail: true,
+        timeoutMs: 10_000,
+      });
       expect(openssl.code, 'openssl s_client -tls1_2 fails').to.not.equal(0);
       attacks.push('openssl-tls1.2');
 
       await new Promise((resolve) => setTimeout(resolve, 1100)); // a fresh rate-limit window
-      const slow = await attack(attacker, 'slow', '--count', String(MAX_UNAUTHENTICATED + MAX_QUEUED + 8), '--hold-ms', '8000');
-      expect(slow.closedByServer, 'every half-open connection is closed by the server').to.equal(MAX_UNAUTHENTICATED + MAX_QUEUED + 8);
+      const slow = await attack(
+        attacker,
+        'slow',
+        '--count',
+        String(MAX_UNAUTHENTICATED + MAX_QUEUED + 8),
+        '--hold-ms',
+        '8000',
+      );
+      expect(slow.closedByServer, 'every half-open connection is closed by the server').to.equal(
+        MAX_UNAUTHENTICATED + MAX_QUEUED + 8,
+      );
       expect(slow.closedWithin200ms, 'those over --max-unauthenticated and the line at once').to.be.at.least(8);
       // the held ones expire when the slots free at the deadline, having waited over half of it
       expect(slow.maxCloseMs, 'the rest at the handshake deadline').to.be.below(HANDSHAKE_TIMEOUT_MS + 1500);
@@ -170,9 +204,13 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     console.log(`      refused connections: ${JSON.stringify(refused)}`);
     // random bytes (a few may look like the start of a TLS record and time out instead), http,
     // tls 1.2 twice, and the slow attack's slots and line timing out
-    expect((refused['tls_handshake_failed'] ?? 0) + (refused['handshake_timeout'] ?? 0)).to.be.at.least(20 + 1 + 2 + MAX_UNAUTHENTICATED + MAX_QUEUED);
+    expect((refused['tls_handshake_failed'] ?? 0) + (refused['handshake_timeout'] ?? 0)).to.be.at.least(
+      20 + 1 + 2 + MAX_UNAUTHENTICATED + MAX_QUEUED,
+    );
     // the same, and the flood's connections in slots or in line, which the attacker drops itself
-    expect(refused['tls_handshake_failed'] ?? 0, 'refusals are not counted again as TLS failures').to.be.at.most(20 + 1 + 2 + MAX_UNAUTHENTICATED + MAX_QUEUED);
+    expect(refused['tls_handshake_failed'] ?? 0, 'refusals are not counted again as TLS failures').to.be.at.most(
+      20 + 1 + 2 + MAX_UNAUTHENTICATED + MAX_QUEUED,
+    );
     expect(refused['unauthenticated_limit'] ?? 0).to.be.at.least(8);
     expect(refused['handshake_timeout'] ?? 0).to.be.at.least(MAX_UNAUTHENTICATED + MAX_QUEUED);
     expect(refused['rate_limited'] ?? 0, 'over 50 new connections per second from one source').to.be.at.least(50);
@@ -186,7 +224,16 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
   it('Data frames before the hello are never forwarded', async function () {
     const t = H();
     const before = await arrived();
-    const result = await attack(t.ns.node(3), 'prehello', '--src', t.podIP(1, 1), '--dst', '198.18.255.1', '--count', '30');
+    const result = await attack(
+      t.ns.node(3),
+      'prehello',
+      '--src',
+      t.podIP(1, 1),
+      '--dst',
+      '198.18.255.1',
+      '--count',
+      '30',
+    );
     expect(result.framesSent).to.equal(30);
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect((await arrived())['node1_pods']).to.equal(before['node1_pods']);
@@ -202,15 +249,21 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     try {
       const curl = await t.curl(n1, 'http://198.18.255.1:9/', { interface: spoofed, timeoutS: 2 });
       expect(curl.ok).to.equal(false);
-      const ping = await t.exec(n1, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '1', '-I', spoofed, '198.18.255.1'], { allowFail: true });
+      const ping = await t.exec(n1, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '1', '-I', spoofed, '198.18.255.1'], {
+        allowFail: true,
+      });
       expect(ping.code).to.not.equal(0);
     } finally {
       await t.exec(n1, ['ip', 'addr', 'del', `${spoofed}/32`, 'dev', 'lo']);
     }
     const clientAfter = await C().status(C().clientSocket(1));
     const drops = (s: typeof clientAfter) => s.peers[0]!.dropsByReason['unannounced_source'] ?? 0;
-    expect(drops(clientAfter) - drops(clientBefore), 'SYNs and echo requests from the spoofed source').to.be.at.least(4);
-    expect((await arrived())['node2_pods'], 'nothing from the spoofed source reached the control plane').to.equal(arrivedBefore['node2_pods']);
+    expect(drops(clientAfter) - drops(clientBefore), 'SYNs and echo requests from the spoofed source').to.be.at.least(
+      4,
+    );
+    expect((await arrived())['node2_pods'], 'nothing from the spoofed source reached the control plane').to.equal(
+      arrivedBefore['node2_pods'],
+    );
   });
 
   it('a compromised node sending spoofed sources itself is cut at the server (spoofed_source); its own source passes', async function () {
@@ -219,18 +272,36 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     try {
       const before = await arrived();
       const statusBefore = (await serverStatus()).peers.find((p) => p.name === 'node-1')!;
-      const result = await attack(t.ns.node(1), 'node',
-        '--server-key', C().serverKey.publicKey, '--key', C().nodeKeys.get(1)!.keyFile, '--name', 'node-1',
-        '--routes', t.nodeRoutes(1).join(','), '--spoof', `${t.podIP(2, 1)},${t.nodeIP(2)},${t.podIP(3, 1)}`,
-        '--own', t.podIP(1, 1), '--dst', '198.18.255.1', '--count', '20');
+      const result = await attack(
+        t.ns.node(1),
+        'node',
+        '--server-key',
+        C().serverKey.publicKey,
+        '--key',
+        C().nodeKeys.get(1)!.keyFile,
+        '--name',
+        'node-1',
+        '--routes',
+        t.nodeRoutes(1).join(','),
+        '--spoof',
+        `${t.podIP(2, 1)},${t.nodeIP(2)},${t.podIP(3, 1)}`,
+        '--own',
+        t.podIP(1, 1),
+        '--dst',
+        '198.18.255.1',
+        '--count',
+        '20',
+      );
       const after = await arrived();
       const peer = (await serverStatus()).peers.find((p) => p.name === 'node-1')!;
-      const spoofedDrops = (peer.dropsByReason['spoofed_source'] ?? 0) - (statusBefore.dropsByReason['spoofed_source'] ?? 0);
+      const spoofedDrops =
+        (peer.dropsByReason['spoofed_source'] ?? 0) - (statusBefore.dropsByReason['spoofed_source'] ?? 0);
       console.log(`      compromised node: ${JSON.stringify(result)}; server counted ${spoofedDrops} spoofed_source`);
       expect(result.spoofedSent).to.equal(60);
       expect(spoofedDrops).to.equal(60);
       expect(result.repliesToSpoofed).to.equal(0);
-      for (const spoofed of ['node2_pods', 'node2_ip', 'node3_pods']) expect(after[spoofed], spoofed).to.equal(before[spoofed]);
+      for (const spoofed of ['node2_pods', 'node2_ip', 'node3_pods'])
+        expect(after[spoofed], spoofed).to.equal(before[spoofed]);
       expect(after['node1_pods']! - before['node1_pods']!, 'its own source gets through').to.equal(20);
       expect(result.repliesToOwn).to.equal(20);
     } finally {
@@ -244,12 +315,18 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
   it("route hijack (node-1's key announcing node-2's kubelet IP) and an unknown key are rejected; node-2 stays reachable", async function () {
     const t = H();
     const sinceBefore = (await serverStatus()).peers.map((p) => p.connectedSince);
-    const hijack = C().clientArgs(1, { routes: [`${t.nodeIP(2)}/32`] }).slice(2);
-    const r1 = await runCli([...hijack, '--admin-socket', `${t.dir}/hijack.sock`, '--tun', 'nlx'], { ns: t.ns.node(3) });
+    const hijack = C()
+      .clientArgs(1, { routes: [`${t.nodeIP(2)}/32`] })
+      .slice(2);
+    const r1 = await runCli([...hijack, '--admin-socket', `${t.dir}/hijack.sock`, '--tun', 'nlx'], {
+      ns: t.ns.node(3),
+    });
     expect(r1.code).to.equal(2);
     expect(r1.stderr).to.match(/rejected.*198\.19\.0\.12\/32 is outside allowedIPs of peer "node-1"/);
     const stranger = C().clientArgs(3).slice(2);
-    const r2 = await runCli([...stranger, '--admin-socket', `${t.dir}/stranger.sock`, '--tun', 'nlx'], { ns: t.ns.node(3) });
+    const r2 = await runCli([...stranger, '--admin-socket', `${t.dir}/stranger.sock`, '--tun', 'nlx'], {
+      ns: t.ns.node(3),
+    });
     expect(r2.code).to.equal(2);
     expect(r2.stderr).to.match(/rejected.*not in the server's peers file/);
     attacks.push('route-hijack', 'unknown-key');
@@ -266,19 +343,36 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     const t = H();
     const server = C().server!;
     const node1Before = (await serverStatus()).peers.find((p) => p.name === 'node-1')!;
-    const peersOf = (nodes: number[]) => nodes.map((n) => ({ name: t.nodeName(n), publicKey: C().nodeKeys.get(n)!.publicKey, allowedIPs: t.nodeRoutes(n) }));
+    const peersOf = (nodes: number[]) =>
+      nodes.map((n) => ({
+        name: t.nodeName(n),
+        publicKey: C().nodeKeys.get(n)!.publicKey,
+        allowedIPs: t.nodeRoutes(n),
+      }));
     writeFileSync(C().peersFile, JSON.stringify({ peers: peersOf([1, 3]) }, null, 2));
     server.kill('SIGHUP');
 
-    const exit2 = await Promise.race([C().clients.get(2)!.exited, new Promise<null>((resolve) => setTimeout(() => resolve(null), 10_000))]);
+    const exit2 = await Promise.race([
+      C().clients.get(2)!.exited,
+      new Promise<null>((resolve) => setTimeout(() => resolve(null), 10_000)),
+    ]);
     expect(exit2?.code, 'node-2 client exits as rejected').to.equal(2);
     expect(C().clients.get(2)!.output()).to.match(/removed from the server's peers file/);
-    await t.waitFor(async () => !(await t.exec(t.ns.cp, ['ip', 'route', 'show', 'dev', 'nl0'])).stdout.includes(t.podCIDR(2)), 5000, "node-2's routes removed");
-    const routes = (await t.exec(t.ns.cp, ['ip', 'route', 'show', 'dev', 'nl0'])).stdout + (await t.exec(t.ns.cp, ['ip', '-6', 'route', 'show', 'dev', 'nl0'])).stdout;
+    await t.waitFor(
+      async () => !(await t.exec(t.ns.cp, ['ip', 'route', 'show', 'dev', 'nl0'])).stdout.includes(t.podCIDR(2)),
+      5000,
+      "node-2's routes removed",
+    );
+    const routes =
+      (await t.exec(t.ns.cp, ['ip', 'route', 'show', 'dev', 'nl0'])).stdout +
+      (await t.exec(t.ns.cp, ['ip', '-6', 'route', 'show', 'dev', 'nl0'])).stdout;
     for (const cidr of t.nodeRoutes(2)) expect(routes).to.not.include(cidr.replace(/\/(32|128)$/, ' '));
-    for (const cidr of [...t.nodeRoutes(1), ...t.nodeRoutes(3)]) expect(routes).to.include(cidr.replace(/\/(32|128)$/, ''));
+    for (const cidr of [...t.nodeRoutes(1), ...t.nodeRoutes(3)])
+      expect(routes).to.include(cidr.replace(/\/(32|128)$/, ''));
     expect(await t.ping(t.ns.cp, t.podIP(2, 1)), 'node-2 unreachable').to.equal(false);
-    expect(monitor!.output(), 'the route monitor sees the deletions (so its silence above meant something)').to.include(`Deleted ${t.podCIDR(2)}`);
+    expect(monitor!.output(), 'the route monitor sees the deletions (so its silence above meant something)').to.include(
+      `Deleted ${t.podCIDR(2)}`,
+    );
 
     // node-3 joins, trusting the server by CA instead of a pinned key
     const args = C().clientArgs(3);
@@ -288,8 +382,20 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     await C().waitConnected([3]);
     expect((await t.curl(t.ns.cp, t.podURL(3, 1), { timeoutS: 5 })).ok).to.equal(true);
     const node1After = (await serverStatus()).peers.find((p) => p.name === 'node-1')!;
-    if (!node1After.connected) console.log(server.output().split('\n').filter((l) => l.includes('node-1')).slice(-8).join('\n'));
-    expect(node1After).to.include({ connected: true, connectedSince: node1Before.connectedSince, endpoint: node1Before.endpoint });
+    if (!node1After.connected)
+      console.log(
+        server
+          .output()
+          .split('\n')
+          .filter((l) => l.includes('node-1'))
+          .slice(-8)
+          .join('\n'),
+      );
+    expect(node1After).to.include({
+      connected: true,
+      connectedSince: node1Before.connectedSince,
+      endpoint: node1Before.endpoint,
+    });
     expect((await t.curl(t.ns.cp, t.podURL(1, 1), { timeoutS: 5 })).ok).to.equal(true);
 
     // a bad file: node-3 also claims node-1's pod CIDR
@@ -299,11 +405,20 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     const linesBefore = server.output().split('\n').length;
     server.kill('SIGHUP');
     await t.waitFor(async () => server.output().includes('reload step failed'), 5000, 'the reload to fail');
-    const newLines = server.output().split('\n').slice(linesBefore - 1).filter((l) => l.includes('"level":50'));
+    const newLines = server
+      .output()
+      .split('\n')
+      .slice(linesBefore - 1)
+      .filter((l) => l.includes('"level":50'));
     expect(newLines, 'one error line').to.have.length(1);
-    expect((JSON.parse(newLines[0]!) as { err: string }).err).to.match(/peers "node-1" \(198\.19\.1\.0\/24\) and "node-3" \(198\.19\.1\.0\/24\) overlap/);
+    expect((JSON.parse(newLines[0]!) as { err: string }).err).to.match(
+      /peers "node-1" \(198\.19\.1\.0\/24\) and "node-3" \(198\.19\.1\.0\/24\) overlap/,
+    );
     const status = await serverStatus();
-    expect(status.peers.map((p) => [p.name, p.connected])).to.deep.equal([['node-1', true], ['node-3', true]]);
+    expect(status.peers.map((p) => [p.name, p.connected])).to.deep.equal([
+      ['node-1', true],
+      ['node-3', true],
+    ]);
     expect((await t.curl(t.ns.cp, t.podURL(3, 1), { timeoutS: 5 })).ok).to.equal(true);
     attacks.push('removed-peer');
   });
@@ -311,7 +426,9 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
   it('no private key in any log or status output', async function () {
     const t = H();
     const outputs = [
-      ...readdirSync(t.dir).filter((f) => f.endsWith('.log')).map((f) => readFileSync(path.join(t.dir, f), 'utf8')),
+      ...readdirSync(t.dir)
+        .filter((f) => f.endsWith('.log'))
+        .map((f) => readFileSync(path.join(t.dir, f), 'utf8')),
       JSON.stringify(await serverStatus()),
       (await runCli(['status', '--admin-socket', C().serverSocket])).stdout,
       (await runCli(['status', '--admin-socket', C().clientSocket(1)])).stdout,

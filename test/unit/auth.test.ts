@@ -150,7 +150,11 @@ describe('auth', function () {
       const signature = payload.subarray(32, 96);
       const message = Buffer.concat([Buffer.from('nodelink hello v1\0'), exporter, payload.subarray(96)]);
       expect(nacl.sign.detached.verify(message, signature, pair.publicKey)).to.equal(true);
-      const naclSigned = Buffer.concat([pair.publicKey, nacl.sign.detached(message, pair.secretKey), payload.subarray(96)]);
+      const naclSigned = Buffer.concat([
+        pair.publicKey,
+        nacl.sign.detached(message, pair.secretKey),
+        payload.subarray(96),
+      ]);
       expect(verifyHello(naclSigned, exporter).name).to.equal('node-a');
     });
 
@@ -205,9 +209,14 @@ describe('auth', function () {
       const exporter = randomBytes(EXPORTER_BYTES);
       authError(() => verifyHello(encodeHello(pair, exporter, { name: '', routes: [] }), exporter), 'bad_hello');
       const many = Array.from({ length: 257 }, (_, i) => `198.19.${i >> 8}.${i & 0xff}/32`);
-      authError(() => verifyHello(encodeHello(pair, exporter, { name: 'node-a', routes: many }), exporter), 'bad_hello');
+      authError(
+        () => verifyHello(encodeHello(pair, exporter, { name: 'node-a', routes: many }), exporter),
+        'bad_hello',
+      );
       // An empty announcement is well-formed (authorization decides what it is worth).
-      expect(verifyHello(encodeHello(pair, exporter, { name: 'node-a', routes: [] }), exporter).routes).to.deep.equal([]);
+      expect(verifyHello(encodeHello(pair, exporter, { name: 'node-a', routes: [] }), exporter).routes).to.deep.equal(
+        [],
+      );
     });
   });
 
@@ -219,7 +228,11 @@ describe('auth', function () {
     const tunnel = [Prefix.parse('198.18.255.0/24'), Prefix.parse('fd00:18:ff::/64')];
 
     type RawPeer = Record<string, unknown>;
-    const peerA = (): RawPeer => ({ name: 'node-a', publicKey: keyA, allowedIPs: ['198.19.0.11/32', '198.19.1.0/24', 'fd00:19:1::/64'] });
+    const peerA = (): RawPeer => ({
+      name: 'node-a',
+      publicKey: keyA,
+      allowedIPs: ['198.19.0.11/32', '198.19.1.0/24', 'fd00:19:1::/64'],
+    });
     const peerB = (): RawPeer => ({ name: 'node-b', publicKey: keyB, allowedIPs: ['198.19.0.12/32', '198.19.2.0/24'] });
     const file = (...peers: RawPeer[]): string => JSON.stringify({ peers });
 
@@ -269,22 +282,48 @@ describe('auth', function () {
       refused(file(peerA(), { ...peerB(), allowedIPs: ['198.19.2.0/33'] }), 'peer "node-b"', '198.19.2.0/33');
       refused(file(peerA(), { ...peerB(), allowedIPs: ['198.19.0.12'] }), 'peer "node-b"', '198.19.0.12');
       refused(file(peerA(), { ...peerB(), allowedIPs: ['node-b.example'] }), 'peer "node-b"', 'node-b.example');
-      refused(file(peerA(), { ...peerB(), allowedIPs: ['198.19.2.0/24', 'fd00:19:2::/129'] }), 'peer "node-b"', 'fd00:19:2::/129');
+      refused(
+        file(peerA(), { ...peerB(), allowedIPs: ['198.19.2.0/24', 'fd00:19:2::/129'] }),
+        'peer "node-b"',
+        'fd00:19:2::/129',
+      );
     });
 
     it('rejects a CIDR with host bits set, naming the peer and the intended prefix', function () {
-      refused(file(peerA(), { ...peerB(), allowedIPs: ['198.19.2.7/24'] }), 'peer "node-b"', 'host bits', '198.19.2.0/24');
-      refused(file({ ...peerA(), allowedIPs: ['fd00:19:1::1/64'] }, peerB()), 'peer "node-a"', 'host bits', 'fd00:19:1::/64');
+      refused(
+        file(peerA(), { ...peerB(), allowedIPs: ['198.19.2.7/24'] }),
+        'peer "node-b"',
+        'host bits',
+        '198.19.2.0/24',
+      );
+      refused(
+        file({ ...peerA(), allowedIPs: ['fd00:19:1::1/64'] }, peerB()),
+        'peer "node-a"',
+        'host bits',
+        'fd00:19:1::/64',
+      );
     });
 
     it('rejects two peers with overlapping allowedIPs, naming both', function () {
       // node-b claims a /25 inside node-a's pod /24: its pods would be unreachable or hijacked.
-      refused(file(peerA(), { ...peerB(), allowedIPs: ['198.19.0.12/32', '198.19.1.128/25'] }),
-        '"node-a"', '"node-b"', '198.19.1.0/24', '198.19.1.128/25', 'overlap');
+      refused(
+        file(peerA(), { ...peerB(), allowedIPs: ['198.19.0.12/32', '198.19.1.128/25'] }),
+        '"node-a"',
+        '"node-b"',
+        '198.19.1.0/24',
+        '198.19.1.128/25',
+        'overlap',
+      );
       // The same node IP twice.
       refused(file(peerA(), { ...peerB(), allowedIPs: ['198.19.0.11/32'] }), '"node-a"', '"node-b"', 'overlap');
       // A short IPv6 prefix covering another's.
-      refused(file(peerA(), { ...peerB(), allowedIPs: ['fd00:19::/32'] }), '"node-a"', '"node-b"', 'fd00:19::/32', 'overlap');
+      refused(
+        file(peerA(), { ...peerB(), allowedIPs: ['fd00:19::/32'] }),
+        '"node-a"',
+        '"node-b"',
+        'fd00:19::/32',
+        'overlap',
+      );
     });
 
     it('rejects duplicate names and duplicate keys, naming the peers', function () {
@@ -293,9 +332,18 @@ describe('auth', function () {
     });
 
     it('rejects a peer that claims part of the tunnel CIDR, naming the peer', function () {
-      refused(file(peerA(), { ...peerB(), allowedIPs: ['198.19.0.12/32', '198.18.255.7/32'] }),
-        'peer "node-b"', '198.18.255.7/32', '198.18.255.0/24');
-      refused(file({ ...peerA(), allowedIPs: ['fd00:18::/32'] }, peerB()), 'peer "node-a"', 'fd00:18::/32', 'tunnel CIDR');
+      refused(
+        file(peerA(), { ...peerB(), allowedIPs: ['198.19.0.12/32', '198.18.255.7/32'] }),
+        'peer "node-b"',
+        '198.18.255.7/32',
+        '198.18.255.0/24',
+      );
+      refused(
+        file({ ...peerA(), allowedIPs: ['fd00:18::/32'] }, peerB()),
+        'peer "node-a"',
+        'fd00:18::/32',
+        'tunnel CIDR',
+      );
       // Without tunnel CIDRs (e.g. a client-side check) the same file is fine.
       expect(parsePeers(file({ ...peerA(), allowedIPs: ['198.18.255.7/32'] }), 'peers.json').peers).to.have.length(1);
     });
@@ -304,13 +352,24 @@ describe('auth', function () {
   describe('PeerRegistry.authorize', function () {
     const a = newPair();
     const b = newPair();
-    const registry: PeerRegistry = parsePeers(JSON.stringify({
-      peers: [
-        { name: 'node-a', publicKey: encodeKey(a.publicKey), allowedIPs: ['198.19.0.11/32', '198.19.1.0/24', 'fd00:19:1::/64'] },
-        { name: 'node-b', publicKey: encodeKey(b.publicKey), allowedIPs: ['198.19.0.12/32', '198.19.2.0/24'] },
-      ],
-    }), 'peers.json');
-    const hello = (pair: KeyPair, name: string, routes: string[]): Hello => ({ publicKey: pair.publicKey, name, routes });
+    const registry: PeerRegistry = parsePeers(
+      JSON.stringify({
+        peers: [
+          {
+            name: 'node-a',
+            publicKey: encodeKey(a.publicKey),
+            allowedIPs: ['198.19.0.11/32', '198.19.1.0/24', 'fd00:19:1::/64'],
+          },
+          { name: 'node-b', publicKey: encodeKey(b.publicKey), allowedIPs: ['198.19.0.12/32', '198.19.2.0/24'] },
+        ],
+      }),
+      'peers.json',
+    );
+    const hello = (pair: KeyPair, name: string, routes: string[]): Hello => ({
+      publicKey: pair.publicKey,
+      name,
+      routes,
+    });
 
     it("refuses an unknown key with 'unknown_key', pointing at the peers file", function () {
       const stranger = newPair();
@@ -336,7 +395,10 @@ describe('auth', function () {
         '0.0.0.0/0',
       ];
       for (const route of outside) {
-        const message = authError(() => registry.authorize(hello(a, 'node-a', ['198.19.0.11/32', route])), 'route_not_allowed');
+        const message = authError(
+          () => registry.authorize(hello(a, 'node-a', ['198.19.0.11/32', route])),
+          'route_not_allowed',
+        );
         expect(message, route).to.include(route);
         expect(message).to.include('allowedIPs');
         expect(message).to.include('"node-a"');

@@ -12,8 +12,14 @@ import { fileURLToPath } from 'node:url';
 import { encodeKey, generateSeed, keyPairFromSeed, parsePeers, AuthError } from '../../src/auth/index.js';
 import { Prefix } from '../../src/routing/index.js';
 import {
-  KubernetesError, NodeRoutesWatcher, nodeRouteChecker, routesFromNode, routesOutsideNode, sameRoutes,
-  type NodeLike, type NodeSource,
+  KubernetesError,
+  NodeRoutesWatcher,
+  nodeRouteChecker,
+  routesFromNode,
+  routesOutsideNode,
+  sameRoutes,
+  type NodeLike,
+  type NodeSource,
 } from '../../src/k8s/index.js';
 import { LinkServer } from '../../src/link-server/index.js';
 import { LinkClient } from '../../src/link-client/index.js';
@@ -58,7 +64,12 @@ describe('k8s: routes from a Node object (recordings)', function () {
 
   it('dual stack: both InternalIPs (/32, /128) and both podCIDRs, IPv4 first; ExternalIP ignored', function () {
     const routes = routesFromNode(recorded('node-dual'));
-    expect(strings(routes.routes)).to.deep.equal(['198.19.0.12/32', '198.19.2.0/24', 'fd00:19::c/128', 'fd00:19:2::/64']);
+    expect(strings(routes.routes)).to.deep.equal([
+      '198.19.0.12/32',
+      '198.19.2.0/24',
+      'fd00:19::c/128',
+      'fd00:19:2::/64',
+    ]);
   });
 
   it('an old Node with only spec.podCIDR', function () {
@@ -72,9 +83,14 @@ describe('k8s: routes from a Node object (recordings)', function () {
   });
 
   it('a Node with nothing to announce, or a malformed CIDR, is one clear error', function () {
-    expect(() => routesFromNode({ metadata: { name: 'bare' } })).to.throw(KubernetesError, /Node "bare" has no InternalIP and no pod CIDR yet/);
-    expect(() => routesFromNode({ metadata: { name: 'x' }, spec: { podCIDRs: ['198.19.1.5/24'] } }))
-      .to.throw(KubernetesError, /Node "x" has pod CIDR "198.19.1.5\/24".*host bits/);
+    expect(() => routesFromNode({ metadata: { name: 'bare' } })).to.throw(
+      KubernetesError,
+      /Node "bare" has no InternalIP and no pod CIDR yet/,
+    );
+    expect(() => routesFromNode({ metadata: { name: 'x' }, spec: { podCIDRs: ['198.19.1.5/24'] } })).to.throw(
+      KubernetesError,
+      /Node "x" has pod CIDR "198.19.1.5\/24".*host bits/,
+    );
   });
 
   it('routesOutsideNode and sameRoutes compare prefixes, not strings', function () {
@@ -110,7 +126,12 @@ describe('k8s: @kubernetes/client-node against a recorded API server on 127.0.0.
 
   it('reads a dual-stack Node over TLS with the pinned CA and the bearer token', async function () {
     const node = await source().getNode('node-2');
-    expect(strings(routesFromNode(node).routes)).to.deep.equal(['198.19.0.12/32', '198.19.2.0/24', 'fd00:19::c/128', 'fd00:19:2::/64']);
+    expect(strings(routesFromNode(node).routes)).to.deep.equal([
+      '198.19.0.12/32',
+      '198.19.2.0/24',
+      'fd00:19::c/128',
+      'fd00:19:2::/64',
+    ]);
     const last = api.requests[api.requests.length - 1]!;
     expect(last.path).to.match(/^\/api\/v1\/nodes\/node-2\b/);
     expect(last.authorization).to.equal('Bearer recorded-test-token');
@@ -126,7 +147,9 @@ describe('k8s: @kubernetes/client-node against a recorded API server on 127.0.0.
     const err = await rejection(source().getNode('forbidden'));
     oneLine(err);
     expect((err as KubernetesError).code).to.equal('k8s_forbidden');
-    expect(err.message).to.match(/refused to get Node "forbidden" \(403 Forbidden: nodes "node-1" is forbidden: User .* cannot get resource "nodes".*grant the service account "get" on nodes/);
+    expect(err.message).to.match(
+      /refused to get Node "forbidden" \(403 Forbidden: nodes "node-1" is forbidden: User .* cannot get resource "nodes".*grant the service account "get" on nodes/,
+    );
   });
 
   it('404 says which name was looked up and where the name comes from', async function () {
@@ -136,7 +159,7 @@ describe('k8s: @kubernetes/client-node against a recorded API server on 127.0.0.
     expect(err.message).to.match(/no Node "node-9".*NODE_NAME/);
   });
 
-  it('500 carries the API server\'s own message', async function () {
+  it("500 carries the API server's own message", async function () {
     const err = await rejection(source().getNode('broken'));
     oneLine(err);
     expect((err as KubernetesError).code).to.equal('k8s_api');
@@ -145,7 +168,9 @@ describe('k8s: @kubernetes/client-node against a recorded API server on 127.0.0.
 
   it('401 (a wrong token) points at the credentials', async function () {
     const path = api.writeKubeconfig();
-    const config = JSON.parse((await import('node:fs')).readFileSync(path, 'utf8')) as { users: Array<{ user: { token: string } }> };
+    const config = JSON.parse((await import('node:fs')).readFileSync(path, 'utf8')) as {
+      users: Array<{ user: { token: string } }>;
+    };
     config.users[0]!.user.token = 'wrong';
     writeFileSync(path, JSON.stringify(config));
     const err = await rejection(source(path).getNode('node-1'));
@@ -180,10 +205,16 @@ describe('k8s: @kubernetes/client-node against a recorded API server on 127.0.0.
     const err = await rejection(source(api.writeKubeconfig(undefined, downUrl)).getNode('node-1'));
     oneLine(err);
     expect(err.message).to.match(/cannot reach the Kubernetes API at https:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\)/);
-    expect(() => loadKubeConfig('/nonexistent/kubeconfig', {})).to.throw(KubernetesError, /kubeconfig \/nonexistent\/kubeconfig does not exist/);
+    expect(() => loadKubeConfig('/nonexistent/kubeconfig', {})).to.throw(
+      KubernetesError,
+      /kubeconfig \/nonexistent\/kubeconfig does not exist/,
+    );
     const home = mkdtempSync(join(tmpdir(), 'nodelink-home-'));
     try {
-      expect(() => loadKubeConfig(undefined, { HOME: home })).to.throw(KubernetesError, /no Kubernetes credentials: run inside a pod with a service account, or pass --kubeconfig/);
+      expect(() => loadKubeConfig(undefined, { HOME: home })).to.throw(
+        KubernetesError,
+        /no Kubernetes credentials: run inside a pod with a service account, or pass --kubeconfig/,
+      );
     } finally {
       rmSync(home, { recursive: true, force: true });
     }
@@ -194,8 +225,10 @@ describe('k8s: @kubernetes/client-node against a recorded API server on 127.0.0.
     const saved = { host: process.env['KUBERNETES_SERVICE_HOST'], port: process.env['KUBERNETES_SERVICE_PORT'] };
     try {
       const env = { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: new URL(api.url).port };
-      expect(() => loadKubeConfig(undefined, env, root)).to.throw(KubernetesError,
-        /in a pod but \/var\/run\/secrets\/kubernetes.io\/serviceaccount\/token is missing: set automountServiceAccountToken: true/);
+      expect(() => loadKubeConfig(undefined, env, root)).to.throw(
+        KubernetesError,
+        /in a pod but \/var\/run\/secrets\/kubernetes.io\/serviceaccount\/token is missing: set automountServiceAccountToken: true/,
+      );
       const dir = join(root, 'var/run/secrets/kubernetes.io/serviceaccount');
       mkdirSync(dir, { recursive: true });
       writeFileSync(join(dir, 'token'), 'recorded-test-token');
@@ -206,7 +239,10 @@ describe('k8s: @kubernetes/client-node against a recorded API server on 127.0.0.
       expect(strings(routesFromNode(node).routes)).to.deep.equal(['198.19.0.11/32', '198.19.1.0/24']);
       expect(api.requests[api.requests.length - 1]!.authorization).to.equal('Bearer recorded-test-token');
     } finally {
-      for (const [key, value] of [['KUBERNETES_SERVICE_HOST', saved.host], ['KUBERNETES_SERVICE_PORT', saved.port]] as const) {
+      for (const [key, value] of [
+        ['KUBERNETES_SERVICE_HOST', saved.host],
+        ['KUBERNETES_SERVICE_PORT', saved.port],
+      ] as const) {
         if (value === undefined) delete process.env[key];
         else process.env[key] = value;
       }
@@ -214,11 +250,14 @@ describe('k8s: @kubernetes/client-node against a recorded API server on 127.0.0.
     }
   });
 
-  it('the watcher re-announces when the recorded Node\'s podCIDR changes, once', async function () {
+  it("the watcher re-announces when the recorded Node's podCIDR changes, once", async function () {
     api.answers.set('node-1', 'node-v4');
     const changes: string[][] = [];
     const feed = await routesFromKubernetes(
-      { name: 'node-1', routes: [Prefix.parse('198.19.0.0/32')], kubeconfig: '', nodePollMs: 30 }, silentLogger(), source());
+      { name: 'node-1', routes: [Prefix.parse('198.19.0.0/32')], kubeconfig: '', nodePollMs: 30 },
+      silentLogger(),
+      source(),
+    );
     expect(strings(feed.routes)).to.deep.equal(['198.19.0.0/32', '198.19.0.11/32', '198.19.1.0/24']);
     const stop = feed.follow((routes) => changes.push(strings(routes)));
     try {
@@ -240,8 +279,12 @@ describe('k8s: NodeRoutesWatcher', function () {
     const source = new FakeNodeSource('node-v4');
     const changes: string[][] = [];
     const watcher = new NodeRoutesWatcher({
-      source, name: 'node-1', intervalMs: 1000, initial: routesFromNode(recorded('node-v4')).routes,
-      onChange: (routes) => changes.push(strings(routes)), log: silentLogger(),
+      source,
+      name: 'node-1',
+      intervalMs: 1000,
+      initial: routesFromNode(recorded('node-v4')).routes,
+      onChange: (routes) => changes.push(strings(routes)),
+      log: silentLogger(),
     });
     await watcher.poll();
     source.answer = new KubernetesError('k8s_api', 'HTTP 500');
@@ -259,7 +302,12 @@ describe('k8s: NodeRoutesWatcher', function () {
   it('polls on its interval and stops for good', async function () {
     const source = new FakeNodeSource('node-v4');
     const watcher = new NodeRoutesWatcher({
-      source, name: 'node-1', intervalMs: 20, initial: [], onChange: () => {}, log: silentLogger(),
+      source,
+      name: 'node-1',
+      intervalMs: 20,
+      initial: [],
+      onChange: () => {},
+      log: silentLogger(),
     });
     watcher.start();
     await waitFor('three reads', () => source.reads >= 3, 2000);
@@ -273,28 +321,47 @@ describe('k8s: NodeRoutesWatcher', function () {
 describe('k8s: --authorize-from-nodes check', function () {
   const routes = (...r: string[]): Prefix[] => r.map((x) => Prefix.parse(x));
 
-  it('accepts routes inside the Node\'s addresses and podCIDRs', async function () {
-    await nodeRouteChecker(new FakeNodeSource('node-dual'))('node-2', routes('198.19.0.12/32', '198.19.2.0/24', 'fd00:19:2::/64'));
+  it("accepts routes inside the Node's addresses and podCIDRs", async function () {
+    await nodeRouteChecker(new FakeNodeSource('node-dual'))(
+      'node-2',
+      routes('198.19.0.12/32', '198.19.2.0/24', 'fd00:19:2::/64'),
+    );
   });
 
-  it('rejects a route the Node does not own, naming it and the Node\'s routes', async function () {
-    const err = await rejection(nodeRouteChecker(new FakeNodeSource('node-v4'))('node-1', routes('198.19.0.11/32', '198.19.2.0/24')));
+  it("rejects a route the Node does not own, naming it and the Node's routes", async function () {
+    const err = await rejection(
+      nodeRouteChecker(new FakeNodeSource('node-v4'))('node-1', routes('198.19.0.11/32', '198.19.2.0/24')),
+    );
     expect(err).to.be.instanceOf(AuthError);
     expect((err as AuthError).code).to.equal('route_not_allowed');
-    expect(err.message).to.equal('route 198.19.2.0/24 is not an address or pod CIDR of Node "node-1" (198.19.0.11/32, 198.19.1.0/24): fix --route or use --routes-from-node');
+    expect(err.message).to.equal(
+      'route 198.19.2.0/24 is not an address or pod CIDR of Node "node-1" (198.19.0.11/32, 198.19.1.0/24): fix --route or use --routes-from-node',
+    );
   });
 
   it('a missing Node is a rejection; an API outage is not (the node retries)', async function () {
-    const missing = await rejection(nodeRouteChecker(new FakeNodeSource(new KubernetesError('k8s_not_found', '404')))('node-9', routes('198.19.0.19/32')));
+    const missing = await rejection(
+      nodeRouteChecker(new FakeNodeSource(new KubernetesError('k8s_not_found', '404')))(
+        'node-9',
+        routes('198.19.0.19/32'),
+      ),
+    );
     expect((missing as AuthError).code).to.equal('route_not_allowed');
-    const outage = await rejection(nodeRouteChecker(new FakeNodeSource(new KubernetesError('k8s_api', '500')))('node-1', routes('198.19.0.11/32')));
+    const outage = await rejection(
+      nodeRouteChecker(new FakeNodeSource(new KubernetesError('k8s_api', '500')))('node-1', routes('198.19.0.11/32')),
+    );
     expect(outage).to.be.instanceOf(KubernetesError);
   });
 });
 
 describe('k8s: LinkServer checkRoutes and LinkClient.setRoutes over loopback TLS', function () {
   this.timeout(8000);
-  const CONNECTION: ConnectionOptions = { maxQueueBytes: 1 << 20, keepaliveIntervalMs: 200, deadAfterMs: 1000, maxInitialPayload: 4096 };
+  const CONNECTION: ConnectionOptions = {
+    maxQueueBytes: 1 << 20,
+    keepaliveIntervalMs: 200,
+    deadAfterMs: 1000,
+    maxInitialPayload: 4096,
+  };
   const TUNNEL = [Prefix.parse('198.18.255.0/24')];
   const serverPair = newPair();
   const nodePair = newPair();
@@ -305,10 +372,20 @@ describe('k8s: LinkServer checkRoutes and LinkClient.setRoutes over loopback TLS
 
   function client(routes: string[], rejected: string[]): LinkClient {
     const c = new LinkClient({
-      host: '127.0.0.1', port, serverKey: serverPair.publicKey, keyPair: nodePair, name: 'node-1',
-      routes: routes.map((r) => Prefix.parse(r)), tun: new FakeTun('n1'), connection: CONNECTION,
-      handshakeTimeoutMs: 2000, backoffBaseMs: 20, backoffCapMs: 100,
-      installRoutes: async () => {}, onRejected: (reason) => rejected.push(reason), log: silentLogger(),
+      host: '127.0.0.1',
+      port,
+      serverKey: serverPair.publicKey,
+      keyPair: nodePair,
+      name: 'node-1',
+      routes: routes.map((r) => Prefix.parse(r)),
+      tun: new FakeTun('n1'),
+      connection: CONNECTION,
+      handshakeTimeoutMs: 2000,
+      backoffBaseMs: 20,
+      backoffCapMs: 100,
+      installRoutes: async () => {},
+      onRejected: (reason) => rejected.push(reason),
+      log: silentLogger(),
     });
     clients.push(c);
     c.start();
@@ -317,13 +394,27 @@ describe('k8s: LinkServer checkRoutes and LinkClient.setRoutes over loopback TLS
   const announced = (): string[] => server.status().peers.find((p) => p.name === 'node-1')?.routes ?? [];
 
   before(async function () {
-    const registry = parsePeers(JSON.stringify({ peers: [
-      { name: 'node-1', publicKey: encodeKey(nodePair.publicKey), allowedIPs: ['198.19.0.11/32', '198.19.0.0/16'] },
-    ] }), 'peers.json', TUNNEL);
+    const registry = parsePeers(
+      JSON.stringify({
+        peers: [
+          { name: 'node-1', publicKey: encodeKey(nodePair.publicKey), allowedIPs: ['198.19.0.11/32', '198.19.0.0/16'] },
+        ],
+      }),
+      'peers.json',
+      TUNNEL,
+    );
     server = new LinkServer({
-      host: '127.0.0.1', port: 0, keyPair: serverPair, registry, tun: new FakeTun('srv'),
-      tunnelCidrs: TUNNEL, tunnelAddresses: [Prefix.fromAddress('198.18.255.1')], connection: CONNECTION,
-      handshakeTimeoutMs: 2000, installRoutes: async () => {}, log: silentLogger(),
+      host: '127.0.0.1',
+      port: 0,
+      keyPair: serverPair,
+      registry,
+      tun: new FakeTun('srv'),
+      tunnelCidrs: TUNNEL,
+      tunnelAddresses: [Prefix.fromAddress('198.18.255.1')],
+      connection: CONNECTION,
+      handshakeTimeoutMs: 2000,
+      installRoutes: async () => {},
+      log: silentLogger(),
       checkRoutes: nodeRouteChecker(source),
     });
     await server.start();
@@ -376,14 +467,27 @@ describe('k8s: CLI flags', function () {
   const main = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 
   it('--routes-from-node makes --route optional and takes the name from NODE_NAME', function () {
-    const config = parseClientConfig({ server: 'cp:8443', 'server-key': 'k', key: '/k', 'routes-from-node': true }, { NODE_NAME: 'node-1' });
+    const config = parseClientConfig(
+      { server: 'cp:8443', 'server-key': 'k', key: '/k', 'routes-from-node': true },
+      { NODE_NAME: 'node-1' },
+    );
     expect(config.name).to.equal('node-1');
     expect(config.routes).to.deep.equal([]);
     expect(config.routesFromNode).to.equal(true);
     expect(config.nodePollMs).to.equal(30_000);
-    expect(() => parseClientConfig({ server: 'cp:8443', 'server-key': 'k', key: '/k' }, { NODE_NAME: 'node-1' })).to.throw(/--route is required/);
-    expect(() => parseClientConfig({ server: 'cp:8443', 'server-key': 'k', key: '/k', 'routes-from-node': true }, {})).to.throw(/--name is required.*NODE_NAME/);
-    const server = parseServerConfig({ listen: '0.0.0.0:8443', key: '/k', peers: '/p', 'tunnel-cidr': ['198.18.255.0/24'], 'authorize-from-nodes': true });
+    expect(() =>
+      parseClientConfig({ server: 'cp:8443', 'server-key': 'k', key: '/k' }, { NODE_NAME: 'node-1' }),
+    ).to.throw(/--route is required/);
+    expect(() =>
+      parseClientConfig({ server: 'cp:8443', 'server-key': 'k', key: '/k', 'routes-from-node': true }, {}),
+    ).to.throw(/--name is required.*NODE_NAME/);
+    const server = parseServerConfig({
+      listen: '0.0.0.0:8443',
+      key: '/k',
+      peers: '/p',
+      'tunnel-cidr': ['198.18.255.0/24'],
+      'authorize-from-nodes': true,
+    });
     expect(server.authorizeFromNodes).to.equal(true);
   });
 
@@ -395,20 +499,46 @@ describe('k8s: CLI flags', function () {
       const key = join(dir, 'node.key');
       writeFileSync(key, `${encodeKey(generateSeed())}\n`, { mode: 0o600 });
       const serverKey = encodeKey(keyPairFromSeed(generateSeed()).publicKey);
-      const child = spawn(process.execPath, [main, 'client', '--server', '127.0.0.1:9', '--server-key', serverKey, '--key', key,
-        '--routes-from-node', '--admin-socket', join(dir, 'c.sock'), '--log-level', 'silent'], {
-        env: { PATH: process.env['PATH'] ?? '', HOME: dir, NODE_NAME: 'node-1', NODELINK_KUBECONFIG: api.writeKubeconfig() },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
+      const child = spawn(
+        process.execPath,
+        [
+          main,
+          'client',
+          '--server',
+          '127.0.0.1:9',
+          '--server-key',
+          serverKey,
+          '--key',
+          key,
+          '--routes-from-node',
+          '--admin-socket',
+          join(dir, 'c.sock'),
+          '--log-level',
+          'silent',
+        ],
+        {
+          env: {
+            PATH: process.env['PATH'] ?? '',
+            HOME: dir,
+            NODE_NAME: 'node-1',
+            NODELINK_KUBECONFIG: api.writeKubeconfig(),
+          },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
       let stderr = '';
-      child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString(); });
+      child.stderr.on('data', (chunk: Buffer) => {
+        stderr += chunk.toString();
+      });
       const timer = setTimeout(() => child.kill('SIGKILL'), 12_000);
       const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
       clearTimeout(timer);
       expect(code).to.equal(1);
       const lines = stderr.trim().split('\n');
       expect(lines, stderr).to.have.length(1);
-      expect(lines[0]).to.match(/^nodelink: the Kubernetes API refused to get Node "node-1" \(403 Forbidden: .*grant the service account "get" on nodes/);
+      expect(lines[0]).to.match(
+        /^nodelink: the Kubernetes API refused to get Node "node-1" \(403 Forbidden: .*grant the service account "get" on nodes/,
+      );
     } finally {
       await api.close();
       rmSync(dir, { recursive: true, force: true });

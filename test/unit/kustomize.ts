@@ -14,7 +14,16 @@ export type K8sObject = {
   [key: string]: unknown;
 };
 
-const SUPPORTED = new Set(['apiVersion', 'kind', 'namespace', 'resources', 'images', 'configMapGenerator', 'generatorOptions', 'patches']);
+const SUPPORTED = new Set([
+  'apiVersion',
+  'kind',
+  'namespace',
+  'resources',
+  'images',
+  'configMapGenerator',
+  'generatorOptions',
+  'patches',
+]);
 const CLUSTER_SCOPED = new Set(['ClusterRole', 'ClusterRoleBinding', 'Namespace', 'PriorityClass']);
 
 /** Parses every YAML document of a file, failing on any YAML error or warning. */
@@ -37,7 +46,8 @@ export function renderKustomization(dir: string): K8sObject[] {
   if (!k || k['apiVersion'] !== 'kustomize.config.k8s.io/v1beta1' || k['kind'] !== 'Kustomization') {
     throw new Error(`${path}: expected apiVersion kustomize.config.k8s.io/v1beta1, kind Kustomization`);
   }
-  for (const key of Object.keys(k)) if (!SUPPORTED.has(key)) throw new Error(`${path}: field "${key}" is not supported by this renderer`);
+  for (const key of Object.keys(k))
+    if (!SUPPORTED.has(key)) throw new Error(`${path}: field "${key}" is not supported by this renderer`);
 
   const objects: K8sObject[] = [];
   for (const entry of (k['resources'] as string[] | undefined) ?? []) {
@@ -48,11 +58,15 @@ export function renderKustomization(dir: string): K8sObject[] {
   }
 
   const generators = (k['configMapGenerator'] as Array<Record<string, unknown>> | undefined) ?? [];
-  if (generators.length > 0 && (k['generatorOptions'] as { disableNameSuffixHash?: boolean } | undefined)?.disableNameSuffixHash !== true) {
+  if (
+    generators.length > 0 &&
+    (k['generatorOptions'] as { disableNameSuffixHash?: boolean } | undefined)?.disableNameSuffixHash !== true
+  ) {
     throw new Error(`${path}: this renderer needs generatorOptions.disableNameSuffixHash: true`);
   }
   for (const generator of generators) {
-    for (const key of Object.keys(generator)) if (key !== 'name' && key !== 'literals') throw new Error(`${path}: configMapGenerator.${key} is not supported`);
+    for (const key of Object.keys(generator))
+      if (key !== 'name' && key !== 'literals') throw new Error(`${path}: configMapGenerator.${key} is not supported`);
     const data: Record<string, string> = {};
     for (const literal of (generator['literals'] as string[]) ?? []) {
       const eq = literal.indexOf('=');
@@ -63,10 +77,12 @@ export function renderKustomization(dir: string): K8sObject[] {
   }
 
   for (const patch of (k['patches'] as Array<Record<string, unknown>> | undefined) ?? []) {
-    if (Object.keys(patch).some((key) => key !== 'path')) throw new Error(`${path}: only patches with "path" are supported`);
+    if (Object.keys(patch).some((key) => key !== 'path'))
+      throw new Error(`${path}: only patches with "path" are supported`);
     for (const doc of readYamlDocuments(join(dir, String(patch['path']))) as K8sObject[]) {
       const target = objects.find((o) => o.kind === doc.kind && o.metadata.name === doc.metadata.name);
-      if (!target) throw new Error(`${path}: patch ${String(patch['path'])} matches no ${doc.kind} "${doc.metadata.name}"`);
+      if (!target)
+        throw new Error(`${path}: patch ${String(patch['path'])} matches no ${doc.kind} "${doc.metadata.name}"`);
       objects[objects.indexOf(target)] = strategicMerge(target, doc) as K8sObject;
     }
   }
@@ -78,7 +94,15 @@ export function renderKustomization(dir: string): K8sObject[] {
 
   for (const image of (k['images'] as Array<{ name: string; newName?: string; newTag?: string }> | undefined) ?? []) {
     for (const o of objects) {
-      const pod = (o as { spec?: { template?: { spec?: { containers?: Array<{ image?: string }>; initContainers?: Array<{ image?: string }> } } } }).spec?.template?.spec;
+      const pod = (
+        o as {
+          spec?: {
+            template?: {
+              spec?: { containers?: Array<{ image?: string }>; initContainers?: Array<{ image?: string }> };
+            };
+          };
+        }
+      ).spec?.template?.spec;
       for (const container of [...(pod?.containers ?? []), ...(pod?.initContainers ?? [])]) {
         const [name, tag] = (container.image ?? '').split(':');
         if (name === image.name) container.image = `${image.newName ?? name}:${image.newTag ?? tag}`;
@@ -94,17 +118,27 @@ export function renderKustomization(dir: string): K8sObject[] {
  */
 export function strategicMerge(base: unknown, patch: unknown): unknown {
   if (Array.isArray(base) && Array.isArray(patch)) {
-    const named = (list: unknown[]): boolean => list.every((item) => typeof item === 'object' && item !== null && 'name' in item);
+    const named = (list: unknown[]): boolean =>
+      list.every((item) => typeof item === 'object' && item !== null && 'name' in item);
     if (!named(base) || !named(patch)) return patch;
     // Like kustomize: items the base lacks come first, in the patch's order; the rest merge in place.
     const merged = (base as Array<{ name: string }>).map((existing) => {
       const item = (patch as Array<{ name: string }>).find((candidate) => candidate.name === existing.name);
-      return item ? strategicMerge(existing, item) as { name: string } : existing;
+      return item ? (strategicMerge(existing, item) as { name: string }) : existing;
     });
-    const added = (patch as Array<{ name: string }>).filter((item) => !(base as Array<{ name: string }>).some((existing) => existing.name === item.name));
+    const added = (patch as Array<{ name: string }>).filter(
+      (item) => !(base as Array<{ name: string }>).some((existing) => existing.name === item.name),
+    );
     return [...added, ...merged];
   }
-  if (typeof base === 'object' && base !== null && typeof patch === 'object' && patch !== null && !Array.isArray(base) && !Array.isArray(patch)) {
+  if (
+    typeof base === 'object' &&
+    base !== null &&
+    typeof patch === 'object' &&
+    patch !== null &&
+    !Array.isArray(base) &&
+    !Array.isArray(patch)
+  ) {
     const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
     for (const [key, value] of Object.entries(patch as Record<string, unknown>)) {
       out[key] = key in out ? strategicMerge(out[key], value) : value;

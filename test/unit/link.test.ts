@@ -6,7 +6,13 @@ import { Duplex, PassThrough } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
 import { encodeHello, encodeKey, parsePeers, type KeyPair } from '../../src/auth/index.js';
 import {
-  CloseCode, FrameDecoder, FrameType, HEADER_SIZE, decodeCodePayload, encodeFrame, writeHeader,
+  CloseCode,
+  FrameDecoder,
+  FrameType,
+  HEADER_SIZE,
+  decodeCodePayload,
+  encodeFrame,
+  writeHeader,
 } from '../../src/protocol/index.js';
 import { internetChecksum, parseAddress } from '../../src/routing/index.js';
 import { FakeTun } from '../../src/tun/fake.js';
@@ -16,13 +22,23 @@ import { FramedConnection, type ConnectionEvents, type ConnectionOptions } from 
 import { silentLogger } from '../../src/log.js';
 import type { DaemonStatus, PeerStatus } from '../../src/admin/index.js';
 import {
-  APISERVER, CONNECTION as RIG_CONNECTION, RawSession, Rigs, TUNNEL_ADDRESSES, TUNNEL_CIDRS, ipv4, ipv6, newPair, portOf, sleep, waitFor,
+  APISERVER,
+  CONNECTION as RIG_CONNECTION,
+  RawSession,
+  Rigs,
+  TUNNEL_ADDRESSES,
+  TUNNEL_CIDRS,
+  ipv4,
+  ipv6,
+  newPair,
+  portOf,
+  sleep,
+  waitFor,
   type ClientRig,
 } from './security-rig.js';
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
 
 /** The status document as `status --json` prints it: through JSON, so only JSON survives. */
 function json(status: DaemonStatus): DaemonStatus {
@@ -47,12 +63,16 @@ describe('link over FakeTun and loopback TLS', function () {
   const serverPair = newPair();
   const pairA = newPair();
   const pairB = newPair();
-  const registry = parsePeers(JSON.stringify({
-    peers: [
-      { name: 'node-a', publicKey: encodeKey(pairA.publicKey), allowedIPs: NODE_A_ROUTES },
-      { name: 'node-b', publicKey: encodeKey(pairB.publicKey), allowedIPs: NODE_B_ROUTES },
-    ],
-  }), 'peers.json', TUNNEL_CIDRS);
+  const registry = parsePeers(
+    JSON.stringify({
+      peers: [
+        { name: 'node-a', publicKey: encodeKey(pairA.publicKey), allowedIPs: NODE_A_ROUTES },
+        { name: 'node-b', publicKey: encodeKey(pairB.publicKey), allowedIPs: NODE_B_ROUTES },
+      ],
+    }),
+    'peers.json',
+    TUNNEL_CIDRS,
+  );
 
   const serverTun = new FakeTun('srv0');
   const serverInstalled: string[][] = [];
@@ -65,15 +85,26 @@ describe('link over FakeTun and loopback TLS', function () {
 
   const clientRigs = new Rigs();
   function startClient(opts: {
-    name: string; keyPair: KeyPair; routes: readonly string[]; serverKey?: Uint8Array; tunName?: string;
+    name: string;
+    keyPair: KeyPair;
+    routes: readonly string[];
+    serverKey?: Uint8Array;
+    tunName?: string;
   }): ClientRig {
-    const rig = clientRigs.client({ ...opts, port, serverKey: opts.serverKey ?? serverPair.publicKey, connection: CONNECTION });
+    const rig = clientRigs.client({
+      ...opts,
+      port,
+      serverKey: opts.serverKey ?? serverPair.publicKey,
+      connection: CONNECTION,
+    });
     rigs.push(rig);
     return rig;
   }
 
   async function raw(): Promise<RawSession> {
-    const session = await RawSession.over(tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' }));
+    const session = await RawSession.over(
+      tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' }),
+    );
     raws.push(session);
     return session;
   }
@@ -96,7 +127,9 @@ describe('link over FakeTun and loopback TLS', function () {
       tunnelAddresses: TUNNEL_ADDRESSES,
       connection: CONNECTION,
       handshakeTimeoutMs: 2000,
-      installRoutes: async (cidrs) => { serverInstalled.push(cidrs.map(String)); },
+      installRoutes: async (cidrs) => {
+        serverInstalled.push(cidrs.map(String));
+      },
       log: silentLogger(),
     });
     await server.start();
@@ -175,8 +208,10 @@ describe('link over FakeTun and loopback TLS', function () {
     const clientBefore = a.client.status().peers[0]!.dropsByReason.unannounced_source ?? 0;
     a.tun.inject(ipv4('198.19.2.7', APISERVER, Buffer.from('spoof'))); // node-b's pod
     a.tun.inject(ipv4('198.18.255.1', APISERVER, Buffer.from('spoof'))); // the server's own address
-    await waitFor('unannounced_source drops on the client',
-      () => (a.client.status().peers[0]!.dropsByReason.unannounced_source ?? 0) === clientBefore + 2);
+    await waitFor(
+      'unannounced_source drops on the client',
+      () => (a.client.status().peers[0]!.dropsByReason.unannounced_source ?? 0) === clientBefore + 2,
+    );
     // A legitimate packet sent after them arrives alone, so the spoofed ones had every chance to.
     const legit = ipv4('198.19.0.11', APISERVER, Buffer.from('legit'));
     a.tun.inject(legit);
@@ -197,14 +232,18 @@ describe('link over FakeTun and loopback TLS', function () {
       ipv6('fd00:19:2::5', 'fd00:18:ff::1'), //                nobody's, IPv6
     ];
     const legit = ipv4('198.19.1.5', APISERVER, Buffer.from('legit'));
-    rogue.socket.write(Buffer.concat([
-      encodeFrame(FrameType.Hello, encodeHello(pairA, rogue.exporter, { name: 'node-a', routes: NODE_A_ROUTES })),
-      ...spoofed.map((p) => encodeFrame(FrameType.Data, p)),
-      encodeFrame(FrameType.Data, legit),
-    ]));
+    rogue.socket.write(
+      Buffer.concat([
+        encodeFrame(FrameType.Hello, encodeHello(pairA, rogue.exporter, { name: 'node-a', routes: NODE_A_ROUTES })),
+        ...spoofed.map((p) => encodeFrame(FrameType.Data, p)),
+        encodeFrame(FrameType.Data, legit),
+      ]),
+    );
     expect(await serverTun.waitForWritten(1)).to.deep.equal([legit]);
-    await waitFor('spoofed_source drops for node-a',
-      () => (peer('node-a').dropsByReason.spoofed_source ?? 0) === (before.dropsByReason.spoofed_source ?? 0) + 3);
+    await waitFor(
+      'spoofed_source drops for node-a',
+      () => (peer('node-a').dropsByReason.spoofed_source ?? 0) === (before.dropsByReason.spoofed_source ?? 0) + 3,
+    );
     expect(peer('node-b').dropsByReason.spoofed_source ?? 0).to.equal(0);
     await sleep(50);
     expect(serverTun.written).to.deep.equal([legit]);
@@ -254,8 +293,20 @@ describe('link over FakeTun and loopback TLS', function () {
     expect(doc.tunnelAddress).to.equal('198.18.255.1');
     expect(doc.peers.map((p) => p.name)).to.deep.equal(['node-a', 'node-b']);
     for (const p of doc.peers) {
-      for (const field of ['name', 'publicKey', 'connected', 'endpoint', 'routes', 'connectedSince', 'lastPongMs',
-        'rxBytes', 'txBytes', 'rxPackets', 'txPackets', 'drops']) {
+      for (const field of [
+        'name',
+        'publicKey',
+        'connected',
+        'endpoint',
+        'routes',
+        'connectedSince',
+        'lastPongMs',
+        'rxBytes',
+        'txBytes',
+        'rxPackets',
+        'txPackets',
+        'drops',
+      ]) {
         expect(p, `peers[${p.name}]`).to.have.property(field);
       }
       expect(p.connected).to.equal(true);
@@ -272,7 +323,9 @@ describe('link over FakeTun and loopback TLS', function () {
     expect(nodeA.rxPackets).to.equal(beforeA.rxPackets + 1);
     expect(nodeA.rxBytes).to.equal(beforeA.rxBytes + fromA.length);
     for (const p of doc.peers) {
-      expect(p.drops, 'drops is the sum of dropsByReason').to.equal(Object.values(p.dropsByReason).reduce((x, y) => x + y, 0));
+      expect(p.drops, 'drops is the sum of dropsByReason').to.equal(
+        Object.values(p.dropsByReason).reduce((x, y) => x + y, 0),
+      );
     }
     expect(doc.peers[1]!.routes).to.deep.equal(NODE_B_ROUTES);
 
@@ -305,7 +358,12 @@ describe('link over FakeTun and loopback TLS', function () {
 
   it("rejects node-a's key announcing 198.19.3.0/24, with a reason naming allowedIPs, and keeps the real node-a", async function () {
     const endpointBefore = peer('node-a').endpoint;
-    const greedy = startClient({ name: 'node-a', keyPair: pairA, routes: ['198.19.0.11/32', '198.19.3.0/24'], tunName: 'greedy' });
+    const greedy = startClient({
+      name: 'node-a',
+      keyPair: pairA,
+      routes: ['198.19.0.11/32', '198.19.3.0/24'],
+      tunName: 'greedy',
+    });
     await waitFor('onRejected', () => greedy.rejected.length > 0);
     expect(greedy.rejected[0]).to.include('allowedIPs');
     expect(greedy.rejected[0]).to.include('198.19.3.0/24');
@@ -319,7 +377,13 @@ describe('link over FakeTun and loopback TLS', function () {
   it('a client pinning the wrong server key never authenticates, and the server does not count it connected', async function () {
     // It even holds node-b's real key: with a broken pin check it would take over node-b's session.
     const before = peer('node-b');
-    const misled = startClient({ name: 'node-b', keyPair: pairB, routes: NODE_B_ROUTES, serverKey: newPair().publicKey, tunName: 'misled' });
+    const misled = startClient({
+      name: 'node-b',
+      keyPair: pairB,
+      routes: NODE_B_ROUTES,
+      serverKey: newPair().publicKey,
+      tunName: 'misled',
+    });
     const deadline = Date.now() + 1500;
     while (Date.now() < deadline) {
       expect(misled.client.isAuthenticated).to.equal(false);
@@ -395,7 +459,9 @@ describe('link over FakeTun and loopback TLS', function () {
 
     // A second connection with node-a's identity (as after a node reboot with a half-open old stream).
     const second = await raw();
-    second.socket.write(encodeFrame(FrameType.Hello, encodeHello(pairA, second.exporter, { name: 'node-a', routes: NODE_A_ROUTES })));
+    second.socket.write(
+      encodeFrame(FrameType.Hello, encodeHello(pairA, second.exporter, { name: 'node-a', routes: NODE_A_ROUTES })),
+    );
     await waitFor('a Welcome on the second connection', () => second.frame(FrameType.Welcome) !== undefined);
     const welcome = JSON.parse(second.frame(FrameType.Welcome)!.payload.toString('utf8')) as { routes: string[] };
     expect(welcome.routes).to.deep.equal(NODE_A_ROUTES);
@@ -463,7 +529,10 @@ describe('link over FakeTun and loopback TLS', function () {
 function duplexPair(): [Duplex, Duplex] {
   const aToB = new PassThrough();
   const bToA = new PassThrough();
-  const ends: [Duplex, Duplex] = [Duplex.from({ readable: bToA, writable: aToB }), Duplex.from({ readable: aToB, writable: bToA })];
+  const ends: [Duplex, Duplex] = [
+    Duplex.from({ readable: bToA, writable: aToB }),
+    Duplex.from({ readable: aToB, writable: bToA }),
+  ];
   // Destroying one Duplex.from() end destroys the inner streams with an AbortError, which then
   // reaches the other end too; a test end without a FramedConnection on it must not crash on it.
   for (const stream of [aToB, bToA, ...ends]) stream.on('error', () => {});
@@ -481,14 +550,21 @@ function recorder(): Recorder {
   const control: Recorder['control'] = [];
   const closes: Recorder['closes'] = [];
   return {
-    data, control, closes,
+    data,
+    control,
+    closes,
     onData: (packet) => data.push(Buffer.from(packet)),
     onControl: (type, payload) => control.push({ type, payload: Buffer.from(payload) }),
     onClose: (code, reason, byPeer) => closes.push({ code, reason, byPeer }),
   };
 }
 
-const MEMORY: ConnectionOptions = { maxQueueBytes: 1 << 24, keepaliveIntervalMs: 20, deadAfterMs: 5000, maxInitialPayload: 65_599 };
+const MEMORY: ConnectionOptions = {
+  maxQueueBytes: 1 << 24,
+  keepaliveIntervalMs: 20,
+  deadAfterMs: 5000,
+  maxInitialPayload: 65_599,
+};
 
 describe('FramedConnection over in-memory streams', function () {
   this.timeout(5000);
@@ -515,7 +591,10 @@ describe('FramedConnection over in-memory streams', function () {
     const { sa, ca, cb, eb } = pair();
     let corks = 0;
     const cork = sa.cork.bind(sa);
-    sa.cork = () => { corks++; cork(); };
+    sa.cork = () => {
+      corks++;
+      cork();
+    };
     const sent: Buffer[] = [];
     for (let i = 0; i < 2000; i++) {
       const packet = ipv4('198.19.1.5', APISERVER, Buffer.alloc(i % 300, i & 0xff));
@@ -599,8 +678,12 @@ describe('FramedConnection over in-memory streams', function () {
     ca.close(CloseCode.ServerShutdown, 'server is shutting down');
     ca.close(CloseCode.Normal, 'again');
     await waitFor('the peer to see the close', () => eb.closes.length > 0);
-    expect(eb.closes).to.deep.equal([{ code: CloseCode.ServerShutdown, reason: 'server is shutting down', byPeer: true }]);
-    expect(ea.closes).to.deep.equal([{ code: CloseCode.ServerShutdown, reason: 'server is shutting down', byPeer: false }]);
+    expect(eb.closes).to.deep.equal([
+      { code: CloseCode.ServerShutdown, reason: 'server is shutting down', byPeer: true },
+    ]);
+    expect(ea.closes).to.deep.equal([
+      { code: CloseCode.ServerShutdown, reason: 'server is shutting down', byPeer: false },
+    ]);
     expect(ca.isClosed).to.equal(true);
     expect(cb.isClosed).to.equal(true);
     expect(ca.sendData(ipv4('198.19.1.5', APISERVER))).to.equal(false);
@@ -650,7 +733,9 @@ describe('Backoff', function () {
     const backoff = new Backoff(100, 15_000);
     for (let n = 0; n < 60; n++) {
       const value = backoff.next();
-      expect(value, `attempt ${n}`).to.be.at.least(0).and.at.most(Math.min(15_000, 100 * 2 ** n));
+      expect(value, `attempt ${n}`)
+        .to.be.at.least(0)
+        .and.at.most(Math.min(15_000, 100 * 2 ** n));
       expect(Number.isInteger(value)).to.equal(true);
     }
   });

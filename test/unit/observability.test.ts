@@ -8,7 +8,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { encodeKey, generateSeed, keyPairFromSeed, parsePeers, type KeyPair } from '../../src/auth/index.js';
 import {
-  LinkMetrics, ObservabilityServer, formatStatus, formatSummary, report, type DaemonStatus, type PeerStatus,
+  LinkMetrics,
+  ObservabilityServer,
+  formatStatus,
+  formatSummary,
+  report,
+  type DaemonStatus,
+  type PeerStatus,
 } from '../../src/admin/index.js';
 import { LinkServer } from '../../src/link-server/index.js';
 import { PathChecker } from '../../src/link-server/path-check.js';
@@ -25,20 +31,37 @@ import { liveSettingsFrom, restartNeeded } from '../../src/cli/reload.js';
 import { pathTargets } from '../../src/cli/observe.js';
 import { newPair, portOf, sleep, waitFor } from './security-rig.js';
 
-
 function peerStatus(overrides: Partial<PeerStatus> = {}): PeerStatus {
   return {
-    name: 'node-a', publicKey: 'KEY', connected: true, endpoint: '198.18.0.1:40000', routes: ['198.19.0.11/32', '198.19.1.0/24'],
-    allowedIPs: ['198.19.0.11/32', '198.19.1.0/24'], connectedSince: new Date(Date.now() - 5000).toISOString(), lastPongMs: 1.5,
-    rxBytes: 1000, txBytes: 2000, rxPackets: 10, txPackets: 20, drops: 3, dropsByReason: { queue_full: 2, spoofed_source: 1 }, queuedBytes: 64,
+    name: 'node-a',
+    publicKey: 'KEY',
+    connected: true,
+    endpoint: '198.18.0.1:40000',
+    routes: ['198.19.0.11/32', '198.19.1.0/24'],
+    allowedIPs: ['198.19.0.11/32', '198.19.1.0/24'],
+    connectedSince: new Date(Date.now() - 5000).toISOString(),
+    lastPongMs: 1.5,
+    rxBytes: 1000,
+    txBytes: 2000,
+    rxPackets: 10,
+    txPackets: 20,
+    drops: 3,
+    dropsByReason: { queue_full: 2, spoofed_source: 1 },
+    queuedBytes: 64,
     ...overrides,
   };
 }
 
 function daemonStatus(peers: PeerStatus[]): DaemonStatus {
   return {
-    role: 'server', tun: 'nl0', tunnelAddress: '198.18.255.1', tunnelAddresses: ['198.18.255.1'], listen: '198.18.0.2:8443',
-    startedAt: new Date(Date.now() - 60_000).toISOString(), dropsByReason: { no_route: 4 }, peers,
+    role: 'server',
+    tun: 'nl0',
+    tunnelAddress: '198.18.255.1',
+    tunnelAddresses: ['198.18.255.1'],
+    listen: '198.18.0.2:8443',
+    startedAt: new Date(Date.now() - 60_000).toISOString(),
+    dropsByReason: { no_route: 4 },
+    peers,
   };
 }
 
@@ -52,14 +75,32 @@ describe('observability', function () {
 
   describe('LinkMetrics', function () {
     it('derives traffic, drops and queue depth from status at scrape time, and counts events', async function () {
-      let status = daemonStatus([peerStatus(), peerStatus({ name: 'node-b', connected: false, rxBytes: 0, dropsByReason: { peer_offline: 7 } })]);
-      const metrics = new LinkMetrics({ role: 'server', version: '1.2.3', status: () => status, ready: async () => true, processMetrics: false });
+      let status = daemonStatus([
+        peerStatus(),
+        peerStatus({ name: 'node-b', connected: false, rxBytes: 0, dropsByReason: { peer_offline: 7 } }),
+      ]);
+      const metrics = new LinkMetrics({
+        role: 'server',
+        version: '1.2.3',
+        status: () => status,
+        ready: async () => true,
+        processMetrics: false,
+      });
       metrics.connected('node-a');
       metrics.disconnected('node-a', 'timeout');
       metrics.connected('node-a');
       metrics.handshakeFailed('unknown_key');
       metrics.pong('node-a', 2.5);
-      metrics.pathChecked('node-a', { state: 'ok', target: '198.19.0.11:10250', checkedAt: null, lastOkAt: null, rttMs: 1.5, error: null, checks: 1, failures: 0 });
+      metrics.pathChecked('node-a', {
+        state: 'ok',
+        target: '198.19.0.11:10250',
+        checkedAt: null,
+        lastOkAt: null,
+        rttMs: 1.5,
+        error: null,
+        checks: 1,
+        failures: 0,
+      });
       const text = await metrics.text();
       expect(metricValue(text, 'nodelink_info{role="server",version="1.2.3",tun="nl0"}')).to.equal(1);
       expect(metricValue(text, 'nodelink_ready')).to.equal(1);
@@ -94,7 +135,9 @@ describe('observability', function () {
     it('includes process metrics under the nodelink_ prefix', async function () {
       const metrics = new LinkMetrics({ role: 'client', version: 'x', status: () => daemonStatus([]) });
       const text = await metrics.text();
-      expect(text).to.match(/^nodelink_process_cpu_seconds_total /m).and.match(/^nodelink_nodejs_eventloop_lag_seconds /m);
+      expect(text)
+        .to.match(/^nodelink_process_cpu_seconds_total /m)
+        .and.match(/^nodelink_nodejs_eventloop_lag_seconds /m);
       for (const line of text.split('\n').filter((l) => l && !l.startsWith('#'))) expect(line).to.match(/^nodelink_/);
     });
   });
@@ -105,9 +148,17 @@ describe('observability', function () {
     after(() => http?.close());
 
     it('serves /metrics, /healthz and /readyz (503 with the failing check while not ready)', async function () {
-      const metrics = new LinkMetrics({ role: 'client', version: 'x', status: () => daemonStatus([peerStatus()]), processMetrics: false });
+      const metrics = new LinkMetrics({
+        role: 'client',
+        version: 'x',
+        status: () => daemonStatus([peerStatus()]),
+        processMetrics: false,
+      });
       http = await ObservabilityServer.start({
-        host: '127.0.0.1', port: 0, metrics: () => metrics.text(), contentType: metrics.contentType,
+        host: '127.0.0.1',
+        port: 0,
+        metrics: () => metrics.text(),
+        contentType: metrics.contentType,
         ready: async () => report({ authenticated: { ok: ready, detail: ready ? 'yes' : 'not yet' } }),
       });
       const base = `http://${http.address}`;
@@ -118,7 +169,10 @@ describe('observability', function () {
       expect((await fetch(`${base}/healthz`)).status).to.equal(200);
       const notReady = await fetch(`${base}/readyz`);
       expect(notReady.status).to.equal(503);
-      expect(await notReady.json()).to.deep.equal({ status: 'fail', checks: { authenticated: { ok: false, detail: 'not yet' } } });
+      expect(await notReady.json()).to.deep.equal({
+        status: 'fail',
+        checks: { authenticated: { ok: false, detail: 'not yet' } },
+      });
       ready = true;
       expect((await fetch(`${base}/readyz`)).status).to.equal(200);
       expect((await fetch(`${base}/other`)).status).to.equal(404);
@@ -129,28 +183,60 @@ describe('observability', function () {
       const taken = http!.address;
       const port = portOf(taken);
       const error = await ObservabilityServer.start({
-        host: '127.0.0.1', port, metrics: async () => '', contentType: 'text/plain', ready: async () => report({}),
-      }).then(() => undefined, (err: Error) => err);
+        host: '127.0.0.1',
+        port,
+        metrics: async () => '',
+        contentType: 'text/plain',
+        ready: async () => report({}),
+      }).then(
+        () => undefined,
+        (err: Error) => err,
+      );
       expect(error?.message).to.match(/--metrics 127\.0\.0\.1:\d+ is already in use/);
     });
   });
 
   describe('observer hooks over loopback TLS', function () {
     const TUNNEL_CIDRS = [Prefix.parse('198.18.255.0/24')];
-    const CONNECTION: ConnectionOptions = { maxQueueBytes: 1 << 20, keepaliveIntervalMs: 100, deadAfterMs: 1000, maxInitialPayload: 4096 };
+    const CONNECTION: ConnectionOptions = {
+      maxQueueBytes: 1 << 20,
+      keepaliveIntervalMs: 100,
+      deadAfterMs: 1000,
+      maxInitialPayload: 4096,
+    };
     const serverPair = newPair();
     const nodePair = newPair();
-    const registry = parsePeers(JSON.stringify({ peers: [{ name: 'node-a', publicKey: encodeKey(nodePair.publicKey), allowedIPs: ['198.19.0.11/32'] }] }), 'peers.json', TUNNEL_CIDRS);
+    const registry = parsePeers(
+      JSON.stringify({
+        peers: [{ name: 'node-a', publicKey: encodeKey(nodePair.publicKey), allowedIPs: ['198.19.0.11/32'] }],
+      }),
+      'peers.json',
+      TUNNEL_CIDRS,
+    );
     let server: LinkServer | undefined;
     let port = 0;
     const clients: LinkClient[] = [];
-    const serverMetrics = new LinkMetrics({ role: 'server', version: 'x', status: () => server!.status(), processMetrics: false });
+    const serverMetrics = new LinkMetrics({
+      role: 'server',
+      version: 'x',
+      status: () => server!.status(),
+      processMetrics: false,
+    });
 
     before(async function () {
       server = new LinkServer({
-        host: '127.0.0.1', port: 0, keyPair: serverPair, registry, tun: new FakeTun('srv0'), tunnelCidrs: TUNNEL_CIDRS,
-        tunnelAddresses: [Prefix.fromAddress('198.18.255.1')], connection: CONNECTION, handshakeTimeoutMs: 2000,
-        installRoutes: async () => undefined, log: silentLogger(), observer: serverMetrics,
+        host: '127.0.0.1',
+        port: 0,
+        keyPair: serverPair,
+        registry,
+        tun: new FakeTun('srv0'),
+        tunnelCidrs: TUNNEL_CIDRS,
+        tunnelAddresses: [Prefix.fromAddress('198.18.255.1')],
+        connection: CONNECTION,
+        handshakeTimeoutMs: 2000,
+        installRoutes: async () => undefined,
+        log: silentLogger(),
+        observer: serverMetrics,
       });
       await server.start();
       port = portOf(server.listenAddress);
@@ -163,9 +249,21 @@ describe('observability', function () {
 
     function client(keyPair: KeyPair, metrics: LinkMetrics, serverKey = serverPair.publicKey): LinkClient {
       const c = new LinkClient({
-        host: '127.0.0.1', port, serverKey, keyPair, name: 'node-a', routes: [Prefix.parse('198.19.0.11/32')], tun: new FakeTun('c0'),
-        connection: CONNECTION, handshakeTimeoutMs: 2000, backoffBaseMs: 50, backoffCapMs: 100, installRoutes: async () => undefined,
-        onRejected: () => undefined, log: silentLogger(), observer: metrics,
+        host: '127.0.0.1',
+        port,
+        serverKey,
+        keyPair,
+        name: 'node-a',
+        routes: [Prefix.parse('198.19.0.11/32')],
+        tun: new FakeTun('c0'),
+        connection: CONNECTION,
+        handshakeTimeoutMs: 2000,
+        backoffBaseMs: 50,
+        backoffCapMs: 100,
+        installRoutes: async () => undefined,
+        onRejected: () => undefined,
+        log: silentLogger(),
+        observer: metrics,
       });
       clients.push(c);
       c.start();
@@ -173,27 +271,58 @@ describe('observability', function () {
     }
 
     it('counts handshakes, pongs, rejections and key mismatches on both sides', async function () {
-      const clientMetrics = new LinkMetrics({ role: 'client', version: 'x', status: () => daemonStatus([]), processMetrics: false });
+      const clientMetrics = new LinkMetrics({
+        role: 'client',
+        version: 'x',
+        status: () => daemonStatus([]),
+        processMetrics: false,
+      });
       const good = client(nodePair, clientMetrics);
       await waitFor('authenticated', () => good.isAuthenticated);
-      await waitFor('pongs on both sides', () => (serverMetrics.peerEvents('node-a')?.lastPongAt ?? null) !== null && (clientMetrics.peerEvents('server')?.lastPongAt ?? null) !== null);
+      await waitFor(
+        'pongs on both sides',
+        () =>
+          (serverMetrics.peerEvents('node-a')?.lastPongAt ?? null) !== null &&
+          (clientMetrics.peerEvents('server')?.lastPongAt ?? null) !== null,
+      );
       expect(serverMetrics.peerEvents('node-a')?.handshakes).to.equal(1);
       expect(clientMetrics.peerEvents('server')?.handshakes).to.equal(1);
 
-      const strangerMetrics = new LinkMetrics({ role: 'client', version: 'x', status: () => daemonStatus([]), processMetrics: false });
+      const strangerMetrics = new LinkMetrics({
+        role: 'client',
+        version: 'x',
+        status: () => daemonStatus([]),
+        processMetrics: false,
+      });
       client(keyPairFromSeed(generateSeed()), strangerMetrics);
-      await waitFor('rejection seen by the stranger', () => (strangerMetrics.peerEvents('server')?.lastError ?? '').startsWith('auth_failed'));
+      await waitFor('rejection seen by the stranger', () =>
+        (strangerMetrics.peerEvents('server')?.lastError ?? '').startsWith('auth_failed'),
+      );
       expect(await serverMetrics.text()).to.contain('nodelink_handshake_failures_total{reason="unknown_key"} 1');
 
-      const pinnedWrong = new LinkMetrics({ role: 'client', version: 'x', status: () => daemonStatus([]), processMetrics: false });
+      const pinnedWrong = new LinkMetrics({
+        role: 'client',
+        version: 'x',
+        status: () => daemonStatus([]),
+        processMetrics: false,
+      });
       client(nodePair, pinnedWrong, keyPairFromSeed(generateSeed()).publicKey);
-      await waitFor('server key mismatch', () => (pinnedWrong.peerEvents('server')?.lastError ?? '').startsWith('server_key_mismatch'));
-      expect(await pinnedWrong.text()).to.match(/nodelink_handshake_failures_total\{reason="server_key_mismatch"\} [1-9]/);
+      await waitFor('server key mismatch', () =>
+        (pinnedWrong.peerEvents('server')?.lastError ?? '').startsWith('server_key_mismatch'),
+      );
+      expect(await pinnedWrong.text()).to.match(
+        /nodelink_handshake_failures_total\{reason="server_key_mismatch"\} [1-9]/,
+      );
     });
 
     it('probeHandshake tells welcome, rejection, key mismatch and TLS failure apart', async function () {
       const base = { host: '127.0.0.1', port, timeoutMs: 2000, name: 'node-a', routes: ['198.19.0.11/32'] };
-      const welcome = await probeHandshake({ ...base, serverKey: serverPair.publicKey, keyPair: keyPairFromSeed(generateSeed()), name: 'x' });
+      const welcome = await probeHandshake({
+        ...base,
+        serverKey: serverPair.publicKey,
+        keyPair: keyPairFromSeed(generateSeed()),
+        name: 'x',
+      });
       expect(welcome).to.deep.include({ stage: 'rejected', code: 'auth_failed' });
       const probePair = keyPairFromSeed(generateSeed());
       const wrongKey = await probeHandshake({ ...base, serverKey: probePair.publicKey, keyPair: nodePair });
@@ -203,7 +332,12 @@ describe('observability', function () {
       const plain: NetServer = createNetServer((socket) => socket.end('HTTP/1.0 400 nope\r\n\r\n'));
       await new Promise<void>((resolve) => plain.listen(0, '127.0.0.1', resolve));
       const plainPort = (plain.address() as { port: number }).port;
-      const tls = await probeHandshake({ ...base, port: plainPort, serverKey: serverPair.publicKey, keyPair: nodePair });
+      const tls = await probeHandshake({
+        ...base,
+        port: plainPort,
+        serverKey: serverPair.publicKey,
+        keyPair: nodePair,
+      });
       plain.close();
       expect(tls.stage).to.equal('tls');
     });
@@ -216,7 +350,11 @@ describe('observability', function () {
       const open = (listener.address() as { port: number }).port;
       const results: string[] = [];
       const checker = new PathChecker({
-        intervalMs: 0, timeoutMs: 1000, port: open, log: silentLogger(), sourceAddress: () => undefined,
+        intervalMs: 0,
+        timeoutMs: 1000,
+        port: open,
+        log: silentLogger(),
+        sourceAddress: () => undefined,
         targets: () => [{ peer: 'node-a', address: '127.0.0.1', family: 4 }],
         onResult: (peer, health) => results.push(`${peer}:${health.state}`),
       });
@@ -250,19 +388,51 @@ describe('observability', function () {
       const now = Date.now();
       const status = daemonStatus([
         peerStatus({
-          lastPongAt: new Date(now - 1000).toISOString(), handshakes: 3, reconnects: 2,
-          path: { state: 'failing', target: '198.19.0.11:10250', checkedAt: new Date(now - 2000).toISOString(), lastOkAt: null, rttMs: null, error: 'no answer within 3000 ms', checks: 4, failures: 4 },
-          routeStates: [{ route: '198.19.0.11/32', state: 'active', kernel: true }, { route: '198.19.1.0/24', state: 'missing', kernel: false }],
+          lastPongAt: new Date(now - 1000).toISOString(),
+          handshakes: 3,
+          reconnects: 2,
+          path: {
+            state: 'failing',
+            target: '198.19.0.11:10250',
+            checkedAt: new Date(now - 2000).toISOString(),
+            lastOkAt: null,
+            rttMs: null,
+            error: 'no answer within 3000 ms',
+            checks: 4,
+            failures: 4,
+          },
+          routeStates: [
+            { route: '198.19.0.11/32', state: 'active', kernel: true },
+            { route: '198.19.1.0/24', state: 'missing', kernel: false },
+          ],
         }),
-        peerStatus({ name: 'node-b', connected: false, lastError: 'disconnected: timeout', path: { state: 'unknown', target: null, checkedAt: null, lastOkAt: null, rttMs: null, error: 'peer not connected', checks: 0, failures: 0 } }),
+        peerStatus({
+          name: 'node-b',
+          connected: false,
+          lastError: 'disconnected: timeout',
+          path: {
+            state: 'unknown',
+            target: null,
+            checkedAt: null,
+            lastOkAt: null,
+            rttMs: null,
+            error: 'peer not connected',
+            checks: 0,
+            failures: 0,
+          },
+        }),
       ]);
       const text = formatStatus(status, now);
       const lines = text.split('\n');
       expect(lines[0]).to.equal(formatSummary(status));
-      expect(lines[0]).to.equal('nodelink server on nl0: 1/2 peers connected, 0/1 paths ok, 1 route MISSING, 1.95 KiB received, 3.91 KiB sent, 10 dropped');
+      expect(lines[0]).to.equal(
+        'nodelink server on nl0: 1/2 peers connected, 0/1 paths ok, 1 route MISSING, 1.95 KiB received, 3.91 KiB sent, 10 dropped',
+      );
       expect(text).to.contain('  connected: since').and.contain('3 handshakes (2 reconnects)');
       expect(text).to.contain('  last pong: 1.5 ms rtt, 1s ago');
-      expect(text).to.contain('  path: FAILING, 198.19.0.11:10250: no answer within 3000 ms, checked 2s ago, never ok (4 of 4 checks failed)');
+      expect(text).to.contain(
+        '  path: FAILING, 198.19.0.11:10250: no answer within 3000 ms, checked 2s ago, never ok (4 of 4 checks failed)',
+      );
       expect(text).to.contain('  routes: 198.19.0.11/32 (active), 198.19.1.0/24 (MISSING from the kernel)');
       expect(text).to.contain('  drops: 2 queue_full, 1 spoofed_source');
       expect(text).to.contain('  last error: disconnected: timeout');
@@ -272,13 +442,22 @@ describe('observability', function () {
 
   describe('config file, effective config and live settings', function () {
     let dir = '';
-    before(() => { dir = mkdtempSync(path.join(os.tmpdir(), 'nodelink-config-')); });
+    before(() => {
+      dir = mkdtempSync(path.join(os.tmpdir(), 'nodelink-config-'));
+    });
     after(() => rmSync(dir, { recursive: true, force: true }));
 
     it('reads YAML and JSON with flag or camelCase keys; names the file and the problem otherwise', function () {
       const yaml = path.join(dir, 'server.yaml');
-      writeFileSync(yaml, 'listen: 198.18.0.2:8443\ntunnelCidr: [198.18.255.0/24, "fd00:18:ff::/64"]\nlog-level: debug\n');
-      expect(loadConfigFile(yaml)).to.deep.equal({ listen: '198.18.0.2:8443', 'tunnel-cidr': ['198.18.255.0/24', 'fd00:18:ff::/64'], 'log-level': 'debug' });
+      writeFileSync(
+        yaml,
+        'listen: 198.18.0.2:8443\ntunnelCidr: [198.18.255.0/24, "fd00:18:ff::/64"]\nlog-level: debug\n',
+      );
+      expect(loadConfigFile(yaml)).to.deep.equal({
+        listen: '198.18.0.2:8443',
+        'tunnel-cidr': ['198.18.255.0/24', 'fd00:18:ff::/64'],
+        'log-level': 'debug',
+      });
       const json = path.join(dir, 'client.json');
       writeFileSync(json, '{"server": "cp:8443", "keepaliveMs": 500}');
       expect(loadConfigFile(json)).to.deep.equal({ server: 'cp:8443', 'keepalive-ms': 500 });
@@ -290,32 +469,69 @@ describe('observability', function () {
     });
 
     it('prints the effective config as plain JSON with secrets redacted', function () {
-      const config = parseServerConfig({ listen: '198.18.0.2:8443', key: '/etc/nodelink/server.key', peers: '/p.json', 'tunnel-cidr': ['198.18.255.0/24'], metrics: '0.0.0.0:9472' });
+      const config = parseServerConfig({
+        listen: '198.18.0.2:8443',
+        key: '/etc/nodelink/server.key',
+        peers: '/p.json',
+        'tunnel-cidr': ['198.18.255.0/24'],
+        metrics: '0.0.0.0:9472',
+      });
       const shown = effectiveConfig(config);
-      expect(shown).to.include({ listen: '198.18.0.2:8443', keyFile: '/etc/nodelink/server.key', metrics: '0.0.0.0:9472', pathCheckIntervalMs: 10_000 });
+      expect(shown).to.include({
+        listen: '198.18.0.2:8443',
+        keyFile: '/etc/nodelink/server.key',
+        metrics: '0.0.0.0:9472',
+        pathCheckIntervalMs: 10_000,
+      });
       expect(shown['tunnelCidrs']).to.deep.equal(['198.18.255.0/24']);
       expect(shown['tunnelAddresses']).to.deep.equal(['198.18.255.1/32']);
-      expect(redact({ token: 'abc', nested: { privateKey: 'x', name: 'n' }, password: '' })).to.deep.equal({ token: '<redacted>', nested: { privateKey: '<redacted>', name: 'n' }, password: '' });
+      expect(redact({ token: 'abc', nested: { privateKey: 'x', name: 'n' }, password: '' })).to.deep.equal({
+        token: '<redacted>',
+        nested: { privateKey: '<redacted>', name: 'n' },
+        password: '',
+      });
     });
 
     it('SIGHUP settings: the file changes what flags and env did not set; other changes need a restart', function () {
-      const current = { logLevel: 'info' as const, pathCheckIntervalMs: 10_000, pathCheckTimeoutMs: 3000, pathCheckPort: 10250 };
+      const current = {
+        logLevel: 'info' as const,
+        pathCheckIntervalMs: 10_000,
+        pathCheckTimeoutMs: 3000,
+        pathCheckPort: 10250,
+      };
       const file = { 'log-level': 'debug', 'path-check-interval-ms': 2000, mtu: 1400 };
-      expect(liveSettingsFrom('server', file, current, [], {})).to.deep.equal({ logLevel: 'debug', pathCheckIntervalMs: 2000, pathCheckTimeoutMs: 3000, pathCheckPort: 10250 });
+      expect(liveSettingsFrom('server', file, current, [], {})).to.deep.equal({
+        logLevel: 'debug',
+        pathCheckIntervalMs: 2000,
+        pathCheckTimeoutMs: 3000,
+        pathCheckPort: 10250,
+      });
       expect(liveSettingsFrom('server', file, current, ['--log-level', 'warn'], {}).logLevel).to.equal('info');
-      expect(liveSettingsFrom('server', file, current, [], { NODELINK_PATH_CHECK_INTERVAL_MS: '5000' }).pathCheckIntervalMs).to.equal(10_000);
+      expect(
+        liveSettingsFrom('server', file, current, [], { NODELINK_PATH_CHECK_INTERVAL_MS: '5000' }).pathCheckIntervalMs,
+      ).to.equal(10_000);
       expect(liveSettingsFrom('client', {}, { logLevel: 'debug' }, [], {})).to.deep.equal({ logLevel: 'info' });
-      expect(() => liveSettingsFrom('client', { 'log-level': 'loud' }, current, [], {})).to.throw(/log-level must be one of/);
-      expect(() => liveSettingsFrom('server', { 'path-check-interval-ms': 5 }, current, [], {})).to.throw(/path-check-interval-ms/);
-      expect(restartNeeded({ mtu: 1420, 'log-level': 'info' }, { mtu: 1400, 'log-level': 'debug' })).to.deep.equal(['mtu']);
+      expect(() => liveSettingsFrom('client', { 'log-level': 'loud' }, current, [], {})).to.throw(
+        /log-level must be one of/,
+      );
+      expect(() => liveSettingsFrom('server', { 'path-check-interval-ms': 5 }, current, [], {})).to.throw(
+        /path-check-interval-ms/,
+      );
+      expect(restartNeeded({ mtu: 1420, 'log-level': 'info' }, { mtu: 1400, 'log-level': 'debug' })).to.deep.equal([
+        'mtu',
+      ]);
     });
   });
 
   it('classifies dial failures by cause', function () {
-    expect(classifyDialFailure('connection error: connect ECONNREFUSED 198.18.0.2:8443')).to.equal('connection_refused');
+    expect(classifyDialFailure('connection error: connect ECONNREFUSED 198.18.0.2:8443')).to.equal(
+      'connection_refused',
+    );
     expect(classifyDialFailure('connection error: getaddrinfo ENOTFOUND cp.example')).to.equal('dns');
     expect(classifyDialFailure('connection error: no welcome within 5000 ms')).to.equal('timeout');
-    expect(classifyDialFailure('connection error: server key does not match --server-key')).to.equal('server_key_mismatch');
+    expect(classifyDialFailure('connection error: server key does not match --server-key')).to.equal(
+      'server_key_mismatch',
+    );
     expect(classifyDialFailure('connection closed')).to.equal('connection_error');
   });
 });

@@ -20,6 +20,12 @@ describe('properties (fast-check; npm run fuzz runs these at scale)', function (
     expect(mutate(input, [{ kind: 'flip', at: 9, bit: 0 }])[1]).to.equal(3);
     expect(mutate(input, [{ kind: 'truncate', at: 3 }])).to.have.length(3);
     expect(mutate(input, [{ kind: 'u32', at: 0, value: 0xffffffff }]).readUInt32BE(0)).to.equal(0xffffffff);
-    expect(mutate(Buffer.alloc(0), [{ kind: 'u16', at: 5, value: 1 }, { kind: 'set', at: 1, value: 1 }, { kind: 'delete', at: 0, count: 3 }])).to.have.length(0);
+    expect(
+      mutate(Buffer.alloc(0), [
+        { kind: 'u16', at: 5, value: 1 },
+        { kind: 'set', at: 1, value: 1 },
+        { kind: 'delete', at: 0, count: 3 },
+      ]),
+    ).to.have.length(0);
   });
 });

@@ -48,7 +48,9 @@ async function selfSignedFor127(): Promise<{ certPem: string; keyPem: string }> 
     ],
   });
   const pkcs8 = await webcrypto.subtle.exportKey('pkcs8', keys.privateKey);
-  const keyPem = `-----BEGIN PRIVATE KEY-----\n${Buffer.from(pkcs8).toString('base64').replace(/(.{64})/g, '$1\n')}\n-----END PRIVATE KEY-----\n`;
+  const keyPem = `-----BEGIN PRIVATE KEY-----\n${Buffer.from(pkcs8)
+    .toString('base64')
+    .replace(/(.{64})/g, '$1\n')}\n-----END PRIVATE KEY-----\n`;
   return { certPem: cert.toString('pem'), keyPem };
 }
 
@@ -63,7 +65,7 @@ export async function startRecordedApiServer(): Promise<RecordedApiServer> {
     const send = (key: string): void => {
       const body = RECORDING[key] as { kind?: string; code?: number } | undefined;
       if (!body) throw new Error(`no recording "${key}"`);
-      res.writeHead(body.kind === 'Status' ? body.code ?? 500 : 200, { 'content-type': 'application/json' });
+      res.writeHead(body.kind === 'Status' ? (body.code ?? 500) : 200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(body));
     };
     if (req.headers.authorization !== `Bearer ${TOKEN}`) return send('status-401');
@@ -87,14 +89,20 @@ export async function startRecordedApiServer(): Promise<RecordedApiServer> {
     requests,
     writeKubeconfig(ca = certPem, server = url) {
       const path = join(dir, `kubeconfig-${++files}`);
-      writeFileSync(path, JSON.stringify({
-        apiVersion: 'v1',
-        kind: 'Config',
-        clusters: [{ name: 'recorded', cluster: { server, 'certificate-authority-data': Buffer.from(ca).toString('base64') } }],
-        users: [{ name: 'nodelink', user: { token: TOKEN } }],
-        contexts: [{ name: 'recorded', context: { cluster: 'recorded', user: 'nodelink' } }],
-        'current-context': 'recorded',
-      }), { mode: 0o600 });
+      writeFileSync(
+        path,
+        JSON.stringify({
+          apiVersion: 'v1',
+          kind: 'Config',
+          clusters: [
+            { name: 'recorded', cluster: { server, 'certificate-authority-data': Buffer.from(ca).toString('base64') } },
+          ],
+          users: [{ name: 'nodelink', user: { token: TOKEN } }],
+          contexts: [{ name: 'recorded', context: { cluster: 'recorded', user: 'nodelink' } }],
+          'current-context': 'recorded',
+        }),
+        { mode: 0o600 },
+      );
       return path;
     },
     async close() {

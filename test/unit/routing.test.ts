@@ -109,9 +109,23 @@ describe('routing', () => {
 
     it('rejects garbage', () => {
       for (const bad of [
-        '', '/', '/24', '198.19.1.0/', '198.19.1.0/33', 'fd00::/129', '198.19.1.0/08',
-        '198.19.1.0/-1', '198.19.1/24', '198.19.1.0.0/24', '256.0.0.0/8', 'nodes/24',
-        ' 198.19.1.0/24', '198.19.1.0/24 ', 'fe80::%eth0/64', '198.19.1.0/24/24', '1::2::3/64',
+        '',
+        '/',
+        '/24',
+        '198.19.1.0/',
+        '198.19.1.0/33',
+        'fd00::/129',
+        '198.19.1.0/08',
+        '198.19.1.0/-1',
+        '198.19.1/24',
+        '198.19.1.0.0/24',
+        '256.0.0.0/8',
+        'nodes/24',
+        ' 198.19.1.0/24',
+        '198.19.1.0/24 ',
+        'fe80::%eth0/64',
+        '198.19.1.0/24/24',
+        '1::2::3/64',
       ]) {
         expectRoutingError(() => Prefix.parse(bad), 'bad_cidr', `"${bad}"`);
       }
@@ -258,8 +272,9 @@ describe('routing', () => {
         check('after deletes');
 
         const listed = table.entries().filter(([prefix]) => prefix.family === family);
-        expect(listed.map(([prefix, value]) => [prefix.toString(), value]))
-          .to.have.deep.members([...routes].map(([key, [, value]]) => [key, value]));
+        expect(listed.map(([prefix, value]) => [prefix.toString(), value])).to.have.deep.members(
+          [...routes].map(([key, [, value]]) => [key, value]),
+        );
       });
     }
 
@@ -432,8 +447,12 @@ describe('routing', () => {
         expect(buildUnreachable(error6, server6), `type ${type}`).to.equal(null);
       }
       // An ICMPv6 error behind a destination-options header is still an error.
-      const behindOptions = ipv6Packet('fd00::5', 'fd00:9::9', 60,
-        bytesOf(58, 0, 1, 4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0));
+      const behindOptions = ipv6Packet(
+        'fd00::5',
+        'fd00:9::9',
+        60,
+        bytesOf(58, 0, 1, 4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0),
+      );
       expect(buildUnreachable(behindOptions, server6)).to.equal(null);
     });
 

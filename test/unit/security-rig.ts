@@ -7,7 +7,12 @@ import { Writable } from 'node:stream';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { pino } from 'pino';
 import {
-  EXPORTER_BYTES, EXPORTER_LABEL, generateSeed, keyPairFromSeed, type KeyPair, type PeerRegistry,
+  EXPORTER_BYTES,
+  EXPORTER_LABEL,
+  generateSeed,
+  keyPairFromSeed,
+  type KeyPair,
+  type PeerRegistry,
 } from '../../src/auth/index.js';
 import { FrameDecoder, FrameType } from '../../src/protocol/index.js';
 import { Prefix, internetChecksum, parseAddress } from '../../src/routing/index.js';
@@ -92,7 +97,12 @@ export function recordingLogger(): { log: Logger; lines: string[] } {
   const lines: string[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
-      lines.push(...chunk.toString('utf8').split('\n').filter((line) => line.length > 0));
+      lines.push(
+        ...chunk
+          .toString('utf8')
+          .split('\n')
+          .filter((line) => line.length > 0),
+      );
       done();
     },
   });
@@ -101,7 +111,12 @@ export function recordingLogger(): { log: Logger; lines: string[] } {
 
 export const TUNNEL_CIDRS = [Prefix.parse('198.18.255.0/24'), Prefix.parse('fd00:18:ff::/64')];
 export const TUNNEL_ADDRESSES = [Prefix.fromAddress('198.18.255.1'), Prefix.fromAddress('fd00:18:ff::1')];
-export const CONNECTION: ConnectionOptions = { maxQueueBytes: 1 << 20, keepaliveIntervalMs: 200, deadAfterMs: 1500, maxInitialPayload: 4096 };
+export const CONNECTION: ConnectionOptions = {
+  maxQueueBytes: 1 << 20,
+  keepaliveIntervalMs: 200,
+  deadAfterMs: 1500,
+  maxInitialPayload: 4096,
+};
 export const APISERVER = '198.18.0.10';
 
 export interface ServerRig {
@@ -129,8 +144,12 @@ export class Rigs {
   private readonly sockets: TLSSocket[] = [];
 
   async server(opts: {
-    registry: PeerRegistry; keyPair: KeyPair; certificate?: ServerCertificate; limits?: AdmissionLimits;
-    handshakeTimeoutMs?: number; log?: Logger;
+    registry: PeerRegistry;
+    keyPair: KeyPair;
+    certificate?: ServerCertificate;
+    limits?: AdmissionLimits;
+    handshakeTimeoutMs?: number;
+    log?: Logger;
   }): Promise<ServerRig> {
     const tun = new FakeTun('srv0');
     const installed: string[][] = [];
@@ -145,8 +164,12 @@ export class Rigs {
       tunnelAddresses: TUNNEL_ADDRESSES,
       connection: CONNECTION,
       handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 2000,
-      installRoutes: async (cidrs) => { installed.push(cidrs.map(String)); },
-      removeRoutes: async (cidrs) => { removed.push(cidrs.map(String)); },
+      installRoutes: async (cidrs) => {
+        installed.push(cidrs.map(String));
+      },
+      removeRoutes: async (cidrs) => {
+        removed.push(cidrs.map(String));
+      },
       certificate: opts.certificate,
       limits: opts.limits,
       log: opts.log ?? silentLogger(),
@@ -155,7 +178,12 @@ export class Rigs {
     await server.start();
     const status = (): DaemonStatus => JSON.parse(JSON.stringify(server.status())) as DaemonStatus;
     return {
-      server, port: portOf(server.listenAddress), tun, installed, removed, status,
+      server,
+      port: portOf(server.listenAddress),
+      tun,
+      installed,
+      removed,
+      status,
       peer: (name) => {
         const found = status().peers.find((p) => p.name === name);
         if (!found) throw new Error(`no peer ${name} in server status`);
@@ -165,8 +193,16 @@ export class Rigs {
   }
 
   client(opts: {
-    port: number; name: string; keyPair: KeyPair; routes: readonly string[];
-    serverKey?: Uint8Array; ca?: string; serverName?: string; log?: Logger; tunName?: string; connection?: ConnectionOptions;
+    port: number;
+    name: string;
+    keyPair: KeyPair;
+    routes: readonly string[];
+    serverKey?: Uint8Array;
+    ca?: string;
+    serverName?: string;
+    log?: Logger;
+    tunName?: string;
+    connection?: ConnectionOptions;
   }): ClientRig {
     const tun = new FakeTun(opts.tunName ?? `${opts.name}-tun`);
     const installed: string[][] = [];
@@ -185,8 +221,12 @@ export class Rigs {
       handshakeTimeoutMs: 2000,
       backoffBaseMs: 50,
       backoffCapMs: 200,
-      installRoutes: async (cidrs) => { installed.push(cidrs.map(String)); },
-      onRejected: (reason) => { rejected.push(reason); },
+      installRoutes: async (cidrs) => {
+        installed.push(cidrs.map(String));
+      },
+      onRejected: (reason) => {
+        rejected.push(reason);
+      },
       log: opts.log ?? silentLogger(),
     });
     this.clients.push(client);
@@ -196,7 +236,12 @@ export class Rigs {
 
   /** A TLS connection that speaks the protocol by hand. */
   async raw(port: number, opts: { maxVersion?: 'TLSv1.2' | 'TLSv1.3' } = {}): Promise<RawSession> {
-    const socket = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, maxVersion: opts.maxVersion ?? 'TLSv1.3' });
+    const socket = tlsConnect({
+      host: '127.0.0.1',
+      port,
+      rejectUnauthorized: false,
+      maxVersion: opts.maxVersion ?? 'TLSv1.3',
+    });
     this.sockets.push(socket);
     return RawSession.over(socket);
   }
@@ -227,8 +272,15 @@ export class RawSession {
         socket.destroy();
       }
     });
-    socket.on('error', () => { /* tests look at frames and `closed` */ });
-    this.closedPromise = new Promise<void>((resolve) => socket.once('close', () => { this.closed = true; resolve(); }));
+    socket.on('error', () => {
+      /* tests look at frames and `closed` */
+    });
+    this.closedPromise = new Promise<void>((resolve) =>
+      socket.once('close', () => {
+        this.closed = true;
+        resolve();
+      }),
+    );
   }
 
   static async over(socket: TLSSocket): Promise<RawSession> {

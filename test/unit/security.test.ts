@@ -9,14 +9,37 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import {
-  encodeHello, encodeKey, keysEqual, parsePeers, privateKeyObject, readKeyFile, type KeyPair, type PeerRegistry,
+  encodeHello,
+  encodeKey,
+  keysEqual,
+  parsePeers,
+  privateKeyObject,
+  readKeyFile,
+  type KeyPair,
+  type PeerRegistry,
 } from '../../src/auth/index.js';
-import { CloseCode, FrameType, HEADER_SIZE, decodeCodePayload, encodeFrame, writeHeader } from '../../src/protocol/index.js';
+import {
+  CloseCode,
+  FrameType,
+  HEADER_SIZE,
+  decodeCodePayload,
+  encodeFrame,
+  writeHeader,
+} from '../../src/protocol/index.js';
 import { createServerCertificate, loadServerCertificate } from '../../src/link-server/index.js';
 import { Admission, MAX_TRACKED_SOURCES, sourceKey } from '../../src/link-server/admission.js';
 import { readCaFile } from '../../src/link-client/trust.js';
 import {
-  APISERVER, RawSession, Rigs, TUNNEL_CIDRS, ipv4, malformedPackets, newPair, recordingLogger, sleep, waitFor,
+  APISERVER,
+  RawSession,
+  Rigs,
+  TUNNEL_CIDRS,
+  ipv4,
+  malformedPackets,
+  newPair,
+  recordingLogger,
+  sleep,
+  waitFor,
 } from './security-rig.js';
 
 const A_ROUTES = ['198.19.0.11/32', '198.19.1.0/24', 'fd00:19:1::/64'];
@@ -24,9 +47,13 @@ const B_ROUTES = ['198.19.0.12/32', '198.19.2.0/24'];
 const C_ROUTES = ['198.19.0.13/32', '198.19.3.0/24'];
 
 function registryOf(entries: Array<{ name: string; pair: KeyPair; allowedIPs: string[] }>): PeerRegistry {
-  return parsePeers(JSON.stringify({
-    peers: entries.map((e) => ({ name: e.name, publicKey: encodeKey(e.pair.publicKey), allowedIPs: e.allowedIPs })),
-  }), 'peers.json', TUNNEL_CIDRS);
+  return parsePeers(
+    JSON.stringify({
+      peers: entries.map((e) => ({ name: e.name, publicKey: encodeKey(e.pair.publicKey), allowedIPs: e.allowedIPs })),
+    }),
+    'peers.json',
+    TUNNEL_CIDRS,
+  );
 }
 
 /** Opens a plain TCP connection and resolves once connected. */
@@ -42,7 +69,10 @@ function closedWithin(socket: Socket, ms: number): Promise<boolean> {
   if (socket.destroyed) return Promise.resolve(true);
   return new Promise((resolve) => {
     const timer = setTimeout(() => resolve(false), ms);
-    socket.once('close', () => { clearTimeout(timer); resolve(true); });
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
   });
 }
 
@@ -72,19 +102,30 @@ describe('security (issue 3)', function () {
         socket.once('secureConnect', () => resolve(new Error('TLS 1.2 was accepted')));
       });
       expect(err.code).to.match(/PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL/);
-      await waitFor('the refusal to be counted', () => (s.status().refusedConnections?.['tls_handshake_failed'] ?? 0) === 1);
+      await waitFor(
+        'the refusal to be counted',
+        () => (s.status().refusedConnections?.['tls_handshake_failed'] ?? 0) === 1,
+      );
     });
 
     it('a client never talks TLS 1.2 to a server that offers only that', async function () {
       const certificate = await createServerCertificate(serverPair);
       const old = createTlsServer({ cert: certificate.certPem, key: certificate.keyPem, maxVersion: 'TLSv1.2' });
       let handshakes = 0;
-      old.on('secureConnection', () => { handshakes++; });
+      old.on('secureConnection', () => {
+        handshakes++;
+      });
       old.on('tlsClientError', () => undefined);
       await new Promise<void>((resolve) => old.listen(0, '127.0.0.1', resolve));
       try {
         const port = (old.address() as { port: number }).port;
-        const c = rigs.client({ port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey });
+        const c = rigs.client({
+          port,
+          name: 'node-a',
+          keyPair: pairA,
+          routes: A_ROUTES,
+          serverKey: serverPair.publicKey,
+        });
         await sleep(400);
         expect(handshakes).to.equal(0);
         expect(c.client.isAuthenticated).to.equal(false);
@@ -138,7 +179,11 @@ describe('security (issue 3)', function () {
     });
 
     async function caServer(cert: string, certKey?: string) {
-      return rigs.server({ registry: registryAB, keyPair: serverPair, certificate: loadServerCertificate(cert, certKey, serverPair) });
+      return rigs.server({
+        registry: registryAB,
+        keyPair: serverPair,
+        certificate: loadServerCertificate(cert, certKey, serverPair),
+      });
     }
 
     it('the docs recipe turns the nodelink key into the PEM key openssl certifies', function () {
@@ -155,11 +200,28 @@ describe('security (issue 3)', function () {
 
     it('with --ca and --server-key both must hold', async function () {
       const s = await caServer(certForKey);
-      const both = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, ca: caPem, serverKey: serverPair.publicKey });
+      const both = rigs.client({
+        port: s.port,
+        name: 'node-a',
+        keyPair: pairA,
+        routes: A_ROUTES,
+        ca: caPem,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('node-a to authenticate', () => both.client.isAuthenticated);
       const { log, lines } = recordingLogger();
-      const wrongPin = rigs.client({ port: s.port, name: 'node-b', keyPair: pairB, routes: B_ROUTES, ca: caPem, serverKey: newPair().publicKey, log });
-      await waitFor('the pin mismatch to be logged', () => lines.some((l) => l.includes('does not match --server-key')));
+      const wrongPin = rigs.client({
+        port: s.port,
+        name: 'node-b',
+        keyPair: pairB,
+        routes: B_ROUTES,
+        ca: caPem,
+        serverKey: newPair().publicKey,
+        log,
+      });
+      await waitFor('the pin mismatch to be logged', () =>
+        lines.some((l) => l.includes('does not match --server-key')),
+      );
       expect(wrongPin.client.isAuthenticated).to.equal(false);
       expect(s.peer('node-b').connected).to.equal(false);
     });
@@ -171,7 +233,13 @@ describe('security (issue 3)', function () {
       await waitFor('the refusal to be logged', () => lines.some((l) => l.includes('does not verify against --ca')));
       expect(viaCa.client.isAuthenticated).to.equal(false);
       expect(s.peer('node-a').connected, 'no hello was sent to an unverified server').to.equal(false);
-      const pinned = rigs.client({ port: s.port, name: 'node-b', keyPair: pairB, routes: B_ROUTES, serverKey: serverPair.publicKey });
+      const pinned = rigs.client({
+        port: s.port,
+        name: 'node-b',
+        keyPair: pairB,
+        routes: B_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('node-b to authenticate by pin', () => pinned.client.isAuthenticated);
       // and a client trusting the rogue CA accepts it: the CA is what decides
       const viaRogue = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, ca: roguePem });
@@ -180,11 +248,28 @@ describe('security (issue 3)', function () {
 
     it('checks the name: --server-name must be in the certificate', async function () {
       const s = await caServer(certForKey);
-      const good = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, ca: caPem, serverName: 'nodelink.test' });
+      const good = rigs.client({
+        port: s.port,
+        name: 'node-a',
+        keyPair: pairA,
+        routes: A_ROUTES,
+        ca: caPem,
+        serverName: 'nodelink.test',
+      });
       await waitFor('node-a to authenticate by name', () => good.client.isAuthenticated);
       const { log, lines } = recordingLogger();
-      const bad = rigs.client({ port: s.port, name: 'node-b', keyPair: pairB, routes: B_ROUTES, ca: caPem, serverName: 'other.test', log });
-      await waitFor('the name mismatch to be logged', () => lines.some((l) => l.includes('ERR_TLS_CERT_ALTNAME_INVALID')));
+      const bad = rigs.client({
+        port: s.port,
+        name: 'node-b',
+        keyPair: pairB,
+        routes: B_ROUTES,
+        ca: caPem,
+        serverName: 'other.test',
+        log,
+      });
+      await waitFor('the name mismatch to be logged', () =>
+        lines.some((l) => l.includes('ERR_TLS_CERT_ALTNAME_INVALID')),
+      );
       expect(bad.client.isAuthenticated).to.equal(false);
     });
 
@@ -194,30 +279,57 @@ describe('security (issue 3)', function () {
       await waitFor('node-a to authenticate', () => viaCa.client.isAuthenticated);
       expect(viaCa.client.status().peers[0]!.publicKey).to.match(/^sha256:/);
       const { log, lines } = recordingLogger();
-      const pinned = rigs.client({ port: s.port, name: 'node-b', keyPair: pairB, routes: B_ROUTES, serverKey: serverPair.publicKey, log });
-      await waitFor('the refusal to be logged', () => lines.some((l) => l.includes('(not Ed25519) does not match --server-key')));
+      const pinned = rigs.client({
+        port: s.port,
+        name: 'node-b',
+        keyPair: pairB,
+        routes: B_ROUTES,
+        serverKey: serverPair.publicKey,
+        log,
+      });
+      await waitFor('the refusal to be logged', () =>
+        lines.some((l) => l.includes('(not Ed25519) does not match --server-key')),
+      );
       expect(pinned.client.isAuthenticated).to.equal(false);
     });
 
     it('refuses at start a certificate for another key, an open --cert-key, an expired certificate or a missing file', function () {
-      expect(() => loadServerCertificate(pkiCert, undefined, serverPair)).to.throw(/not issued for the server key \(--key\).*--cert-key/);
-      expect(() => loadServerCertificate(certForKey, pkiKey, serverPair)).to.throw(/not issued for the key in --cert-key/);
+      expect(() => loadServerCertificate(pkiCert, undefined, serverPair)).to.throw(
+        /not issued for the server key \(--key\).*--cert-key/,
+      );
+      expect(() => loadServerCertificate(certForKey, pkiKey, serverPair)).to.throw(
+        /not issued for the key in --cert-key/,
+      );
       chmodSync(pkiKey, 0o644);
       try {
-        expect(() => loadServerCertificate(pkiCert, pkiKey, serverPair)).to.throw(/readable by group or others.*chmod 600/);
+        expect(() => loadServerCertificate(pkiCert, pkiKey, serverPair)).to.throw(
+          /readable by group or others.*chmod 600/,
+        );
       } finally {
         chmodSync(pkiKey, 0o600);
       }
-      expect(() => loadServerCertificate(certForKey, undefined, serverPair, Date.now() + 5 * 86400_000)).to.throw(/expired on .*renew it/);
-      expect(() => loadServerCertificate(path.join(dir, 'nope.pem'), undefined, serverPair)).to.throw(/--cert file .* does not exist/);
-      expect(() => loadServerCertificate(path.join(dir, 'san.ext'), undefined, serverPair)).to.throw(/holds no PEM certificate/);
+      expect(() => loadServerCertificate(certForKey, undefined, serverPair, Date.now() + 5 * 86400_000)).to.throw(
+        /expired on .*renew it/,
+      );
+      expect(() => loadServerCertificate(path.join(dir, 'nope.pem'), undefined, serverPair)).to.throw(
+        /--cert file .* does not exist/,
+      );
+      expect(() => loadServerCertificate(path.join(dir, 'san.ext'), undefined, serverPair)).to.throw(
+        /holds no PEM certificate/,
+      );
       expect(() => readCaFile(path.join(dir, 'san.ext'))).to.throw(/--ca file .* holds no PEM certificate/);
       expect(() => readCaFile(path.join(dir, 'nope.pem'))).to.throw(/--ca file .* does not exist/);
     });
 
     it('a renewed certificate (SIGHUP) is presented to new connections; sessions keep going', async function () {
       const s = await caServer(rogueCertForKey);
-      const pinned = rigs.client({ port: s.port, name: 'node-b', keyPair: pairB, routes: B_ROUTES, serverKey: serverPair.publicKey });
+      const pinned = rigs.client({
+        port: s.port,
+        name: 'node-b',
+        keyPair: pairB,
+        routes: B_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('node-b to authenticate', () => pinned.client.isAuthenticated);
       const since = s.peer('node-b').connectedSince;
       s.server.setCertificate(loadServerCertificate(certForKey, undefined, serverPair));
@@ -227,7 +339,10 @@ describe('security (issue 3)', function () {
       // still TLS 1.3 only after the swap
       const old = tlsConnect({ host: '127.0.0.1', port: s.port, rejectUnauthorized: false, maxVersion: 'TLSv1.2' });
       rigs.adopt(old);
-      const refused = await new Promise<boolean>((resolve) => { old.once('error', () => resolve(true)); old.once('secureConnect', () => resolve(false)); });
+      const refused = await new Promise<boolean>((resolve) => {
+        old.once('error', () => resolve(true));
+        old.once('secureConnect', () => resolve(false));
+      });
       expect(refused).to.equal(true);
     });
   });
@@ -235,7 +350,10 @@ describe('security (issue 3)', function () {
   describe('handshake limits', function () {
     describe('Admission (pure)', function () {
       it('caps connections pending authentication, and frees a slot when one settles', function () {
-        const admission = new Admission({ maxUnauthenticated: 2, maxNewPerSourcePerSecond: 100, maxQueued: 0 }, () => 0);
+        const admission = new Admission(
+          { maxUnauthenticated: 2, maxNewPerSourcePerSecond: 100, maxQueued: 0 },
+          () => 0,
+        );
         expect(admission.admit('10.0.0.1:1', '10.0.0.1')).to.equal('admitted');
         expect(admission.admit('10.0.0.2:1', '10.0.0.2')).to.equal('admitted');
         expect(admission.admit('10.0.0.3:1', '10.0.0.3')).to.equal('unauthenticated_limit');
@@ -247,7 +365,10 @@ describe('security (issue 3)', function () {
 
       it('limits new connections per source per second; the next second starts afresh', function () {
         let now = 1000;
-        const admission = new Admission({ maxUnauthenticated: 1000, maxNewPerSourcePerSecond: 3, maxQueued: 0 }, () => now);
+        const admission = new Admission(
+          { maxUnauthenticated: 1000, maxNewPerSourcePerSecond: 3, maxQueued: 0 },
+          () => now,
+        );
         const results = Array.from({ length: 5 }, (_, i) => admission.admit(`198.18.0.1:${i}`, '198.18.0.1'));
         expect(results).to.deep.equal(['admitted', 'admitted', 'admitted', 'rate_limited', 'rate_limited']);
         expect(admission.admit('198.18.0.2:1', '198.18.0.2'), 'another source is not affected').to.equal('admitted');
@@ -261,7 +382,10 @@ describe('security (issue 3)', function () {
         expect(sourceKey('fd00:19::1')).to.equal(sourceKey('fd00:19::ffff:1'));
         expect(sourceKey('fd00:19::1')).to.not.equal(sourceKey('fd00:19:0:1::1'));
         expect(sourceKey('::ffff:198.18.0.1')).to.equal('198.18.0.1');
-        const admission = new Admission({ maxUnauthenticated: 1000, maxNewPerSourcePerSecond: 2, maxQueued: 0 }, () => 0);
+        const admission = new Admission(
+          { maxUnauthenticated: 1000, maxNewPerSourcePerSecond: 2, maxQueued: 0 },
+          () => 0,
+        );
         expect(admission.admit('[fd00::1]:1', 'fd00::1')).to.equal('admitted');
         expect(admission.admit('[fd00::2]:1', 'fd00::2')).to.equal('admitted');
         expect(admission.admit('[fd00::3]:1', 'fd00::3')).to.equal('rate_limited');
@@ -274,7 +398,10 @@ describe('security (issue 3)', function () {
       });
 
       it('holds connections beyond the slots in line, up to maxQueued, and hands freed slots on in order', function () {
-        const admission = new Admission<string>({ maxUnauthenticated: 1, maxNewPerSourcePerSecond: 100, maxQueued: 2 }, () => 0);
+        const admission = new Admission<string>(
+          { maxUnauthenticated: 1, maxNewPerSourcePerSecond: 100, maxQueued: 2 },
+          () => 0,
+        );
         expect(admission.admit('a:1', '10.0.0.1', 'a')).to.equal('admitted');
         expect(admission.admit('b:1', '10.0.0.2', 'b')).to.equal('queued');
         expect(admission.admit('c:1', '10.0.0.3', 'c')).to.equal('queued');
@@ -291,7 +418,11 @@ describe('security (issue 3)', function () {
 
       it('a held connection whose turn comes after maxQueueWaitMs is expired, not started; its deadline counts from accept', function () {
         let now = 0;
-        const admission = new Admission<string>({ maxUnauthenticated: 1, maxNewPerSourcePerSecond: 100, maxQueued: 10 }, () => now, 500);
+        const admission = new Admission<string>(
+          { maxUnauthenticated: 1, maxNewPerSourcePerSecond: 100, maxQueued: 10 },
+          () => now,
+          500,
+        );
         admission.admit('a:1', '10.0.0.1', 'a');
         admission.admit('old:1', '10.0.0.2', 'old');
         now = 400;
@@ -318,7 +449,10 @@ describe('security (issue 3)', function () {
 
     it('closes connections beyond --max-unauthenticated at once; the held ones expire; nodes then get in', async function () {
       const s = await rigs.server({
-        registry: registryAB, keyPair: serverPair, handshakeTimeoutMs: 700, limits: { maxUnauthenticated: 3, maxNewPerSourcePerSecond: 100, maxQueued: 0 },
+        registry: registryAB,
+        keyPair: serverPair,
+        handshakeTimeoutMs: 700,
+        limits: { maxUnauthenticated: 3, maxNewPerSourcePerSecond: 100, maxQueued: 0 },
       });
       const sockets = await Promise.all(Array.from({ length: 6 }, () => tcp(s.port)));
       for (const socket of sockets) socket.on('error', () => undefined);
@@ -329,18 +463,33 @@ describe('security (issue 3)', function () {
       expect(late.every(Boolean), 'held half-open connections expire at the deadline').to.equal(true);
       expect(s.status().refusedConnections?.['handshake_timeout']).to.equal(3);
       expect(s.status().refusedConnections?.['tls_handshake_failed'], 'each refusal counted once').to.equal(undefined);
-      const a = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey });
+      const a = rigs.client({
+        port: s.port,
+        name: 'node-a',
+        keyPair: pairA,
+        routes: A_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('node-a to authenticate', () => a.client.isAuthenticated);
     });
 
     it('holds connections beyond --max-unauthenticated in line, unread; a node in line gets in once a slot frees; beyond the line, refused at once', async function () {
       const s = await rigs.server({
-        registry: registryAB, keyPair: serverPair, handshakeTimeoutMs: 3000, limits: { maxUnauthenticated: 2, maxNewPerSourcePerSecond: 100, maxQueued: 1 },
+        registry: registryAB,
+        keyPair: serverPair,
+        handshakeTimeoutMs: 3000,
+        limits: { maxUnauthenticated: 2, maxNewPerSourcePerSecond: 100, maxQueued: 1 },
       });
       const holders = await Promise.all([tcp(s.port), tcp(s.port)]); // silent: they keep both slots
       for (const socket of holders) socket.on('error', () => undefined);
       await sleep(100); // accepted: both slots taken
-      const a = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey });
+      const a = rigs.client({
+        port: s.port,
+        name: 'node-a',
+        keyPair: pairA,
+        routes: A_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('node-a in line', () => s.server.connectionCounts().queued === 1);
       const extra = await tcp(s.port);
       extra.on('error', () => undefined);
@@ -357,7 +506,11 @@ describe('security (issue 3)', function () {
     });
 
     it('refuses new connections from one source beyond --max-new-conns-per-source per second', async function () {
-      const s = await rigs.server({ registry: registryAB, keyPair: serverPair, limits: { maxUnauthenticated: 100, maxNewPerSourcePerSecond: 4, maxQueued: 0 } });
+      const s = await rigs.server({
+        registry: registryAB,
+        keyPair: serverPair,
+        limits: { maxUnauthenticated: 100, maxNewPerSourcePerSecond: 4, maxQueued: 0 },
+      });
       const sockets = await Promise.all(Array.from({ length: 10 }, () => tcp(s.port)));
       for (const socket of sockets) socket.on('error', () => undefined);
       const closed = await Promise.all(sockets.map((socket) => closedWithin(socket, 300)));
@@ -421,7 +574,9 @@ describe('security (issue 3)', function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
       const first = await rigs.raw(s.port);
       const second = await rigs.raw(s.port);
-      second.socket.write(encodeFrame(FrameType.Hello, encodeHello(pairA, first.exporter, { name: 'node-a', routes: A_ROUTES })));
+      second.socket.write(
+        encodeFrame(FrameType.Hello, encodeHello(pairA, first.exporter, { name: 'node-a', routes: A_ROUTES })),
+      );
       await second.closedPromise;
       const { code, reason } = decodeCodePayload(second.frame(FrameType.Reject)!.payload);
       expect(code).to.equal(CloseCode.AuthFailed);
@@ -433,7 +588,13 @@ describe('security (issue 3)', function () {
   describe('sessions: a second connection with the same key', function () {
     it('replaces the first with a close reason; no packet meets a missing route; kernel routes untouched', async function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
-      const a = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey });
+      const a = rigs.client({
+        port: s.port,
+        name: 'node-a',
+        keyPair: pairA,
+        routes: A_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('node-a to authenticate', () => a.client.isAuthenticated);
       let injected = 0;
       let pumping = true;
@@ -446,7 +607,9 @@ describe('security (issue 3)', function () {
       })();
       await sleep(30);
       const second = await rigs.raw(s.port);
-      second.socket.write(encodeFrame(FrameType.Hello, encodeHello(pairA, second.exporter, { name: 'node-a', routes: A_ROUTES })));
+      second.socket.write(
+        encodeFrame(FrameType.Hello, encodeHello(pairA, second.exporter, { name: 'node-a', routes: A_ROUTES })),
+      );
       // the LinkClient is replaced, redials after its backoff and replaces the hand-made one
       await second.closedPromise;
       await waitFor('node-a back', () => a.client.isAuthenticated && s.peer('node-a').connected);
@@ -456,7 +619,10 @@ describe('security (issue 3)', function () {
       const { code, reason } = decodeCodePayload(second.frame(FrameType.Close)!.payload);
       expect(code).to.equal(CloseCode.Replaced);
       expect(reason).to.match(/replaced by a new connection from 127\.0\.0\.1:\d+/);
-      expect(second.frames.filter((f) => f.type === FrameType.Data).length, 'the second session carried traffic').to.be.greaterThan(0);
+      expect(
+        second.frames.filter((f) => f.type === FrameType.Data).length,
+        'the second session carried traffic',
+      ).to.be.greaterThan(0);
       const drops = s.peer('node-a').dropsByReason;
       expect(drops['peer_offline'] ?? 0, `of ${injected} packets`).to.equal(0);
       expect(drops['no_route'] ?? 0).to.equal(0);
@@ -469,30 +635,66 @@ describe('security (issue 3)', function () {
   describe('live changes: peers-file reload (SIGHUP)', function () {
     it('connects new peers, cuts off removed ones and their routes, leaves the others alone', async function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
-      const a = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey });
-      const b = rigs.client({ port: s.port, name: 'node-b', keyPair: pairB, routes: B_ROUTES, serverKey: serverPair.publicKey });
+      const a = rigs.client({
+        port: s.port,
+        name: 'node-a',
+        keyPair: pairA,
+        routes: A_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
+      const b = rigs.client({
+        port: s.port,
+        name: 'node-b',
+        keyPair: pairB,
+        routes: B_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('a and b', () => a.client.isAuthenticated && b.client.isAuthenticated);
       const before = s.peer('node-a');
-      const c0 = rigs.client({ port: s.port, name: 'node-c', keyPair: pairC, routes: C_ROUTES, serverKey: serverPair.publicKey });
+      const c0 = rigs.client({
+        port: s.port,
+        name: 'node-c',
+        keyPair: pairC,
+        routes: C_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('node-c to be rejected', () => c0.rejected.length === 1);
       expect(c0.rejected[0]).to.match(/not in the server's peers file/);
 
-      const summary = await s.server.reload(registryOf([
-        { name: 'node-a', pair: pairA, allowedIPs: A_ROUTES },
-        { name: 'node-c', pair: pairC, allowedIPs: C_ROUTES },
-      ]));
-      expect(summary).to.deep.include({ added: ['node-c'], removed: ['node-b'], changed: [], disconnected: ['node-b'] });
+      const summary = await s.server.reload(
+        registryOf([
+          { name: 'node-a', pair: pairA, allowedIPs: A_ROUTES },
+          { name: 'node-c', pair: pairC, allowedIPs: C_ROUTES },
+        ]),
+      );
+      expect(summary).to.deep.include({
+        added: ['node-c'],
+        removed: ['node-b'],
+        changed: [],
+        disconnected: ['node-b'],
+      });
       expect(s.installed.at(-1)).to.include.members(C_ROUTES);
       expect(s.removed).to.deep.equal([B_ROUTES]);
 
       await waitFor('node-b to be told', () => b.rejected.length === 1);
       expect(b.rejected[0]).to.match(/node-b.*removed from the server's peers file/);
-      expect(s.status().peers.map((p) => p.name).sort()).to.deep.equal(['node-a', 'node-c']);
+      expect(
+        s
+          .status()
+          .peers.map((p) => p.name)
+          .sort(),
+      ).to.deep.equal(['node-a', 'node-c']);
       // node-a's session is the same one
       const after = s.peer('node-a');
       expect(after).to.include({ connected: true, connectedSince: before.connectedSince, endpoint: before.endpoint });
 
-      const c = rigs.client({ port: s.port, name: 'node-c', keyPair: pairC, routes: C_ROUTES, serverKey: serverPair.publicKey });
+      const c = rigs.client({
+        port: s.port,
+        name: 'node-c',
+        keyPair: pairC,
+        routes: C_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('node-c to authenticate', () => c.client.isAuthenticated);
       s.tun.written.length = 0;
       const toC = ipv4(APISERVER, '198.19.3.9');
@@ -507,14 +709,28 @@ describe('security (issue 3)', function () {
 
     it('disconnects a peer whose new allowedIPs no longer hold its routes; keeps one whose allowedIPs grew', async function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
-      const a = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey });
-      const b = rigs.client({ port: s.port, name: 'node-b', keyPair: pairB, routes: B_ROUTES, serverKey: serverPair.publicKey });
+      const a = rigs.client({
+        port: s.port,
+        name: 'node-a',
+        keyPair: pairA,
+        routes: A_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
+      const b = rigs.client({
+        port: s.port,
+        name: 'node-b',
+        keyPair: pairB,
+        routes: B_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('a and b', () => a.client.isAuthenticated && b.client.isAuthenticated);
       const sinceB = s.peer('node-b').connectedSince;
-      const summary = await s.server.reload(registryOf([
-        { name: 'node-a', pair: pairA, allowedIPs: ['198.19.0.11/32'] },
-        { name: 'node-b', pair: pairB, allowedIPs: [...B_ROUTES, '198.19.20.0/24'] },
-      ]));
+      const summary = await s.server.reload(
+        registryOf([
+          { name: 'node-a', pair: pairA, allowedIPs: ['198.19.0.11/32'] },
+          { name: 'node-b', pair: pairB, allowedIPs: [...B_ROUTES, '198.19.20.0/24'] },
+        ]),
+      );
       expect(summary.changed.sort()).to.deep.equal(['node-a', 'node-b']);
       expect(summary.disconnected).to.deep.equal(['node-a']);
       expect(s.removed).to.deep.equal([['198.19.1.0/24', 'fd00:19:1::/64']]);
@@ -528,7 +744,13 @@ describe('security (issue 3)', function () {
   describe('anti-spoofing and malformed packets', function () {
     it('drops malformed packets from the server TUN, from a node, from the node TUN and from the server, each counted', async function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
-      const a = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey });
+      const a = rigs.client({
+        port: s.port,
+        name: 'node-a',
+        keyPair: pairA,
+        routes: A_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('node-a to authenticate', () => a.client.isAuthenticated);
       const bad = malformedPackets('198.19.1.5', APISERVER);
 
@@ -542,7 +764,9 @@ describe('security (issue 3)', function () {
       await a.client.stop();
       await waitFor('node-a gone', () => !s.peer('node-a').connected);
       const evil = await rigs.raw(s.port);
-      evil.socket.write(encodeFrame(FrameType.Hello, encodeHello(pairA, evil.exporter, { name: 'node-a', routes: A_ROUTES })));
+      evil.socket.write(
+        encodeFrame(FrameType.Hello, encodeHello(pairA, evil.exporter, { name: 'node-a', routes: A_ROUTES })),
+      );
       await waitFor('welcome', () => evil.frame(FrameType.Welcome) !== undefined);
       for (const [, packet] of bad) evil.socket.write(encodeFrame(FrameType.Data, packet));
       await waitFor('node malformed', () => s.peer('node-a').dropsByReason['malformed'] === bad.length);
@@ -557,17 +781,28 @@ describe('security (issue 3)', function () {
       hostile.on('secureConnection', (socket) => {
         socket.on('error', () => undefined);
         socket.once('data', () => {
-          socket.write(encodeFrame(FrameType.Welcome, Buffer.from(JSON.stringify({ tunnelCidrs: [], serverAddresses: [] }))));
-          for (const [, packet] of malformedPackets(APISERVER, '198.19.1.5')) socket.write(encodeFrame(FrameType.Data, packet));
+          socket.write(
+            encodeFrame(FrameType.Welcome, Buffer.from(JSON.stringify({ tunnelCidrs: [], serverAddresses: [] }))),
+          );
+          for (const [, packet] of malformedPackets(APISERVER, '198.19.1.5'))
+            socket.write(encodeFrame(FrameType.Data, packet));
           socket.write(encodeFrame(FrameType.Data, good));
         });
       });
       await new Promise<void>((resolve) => hostile.listen(0, '127.0.0.1', resolve));
       try {
         const port = (hostile.address() as { port: number }).port;
-        const a = rigs.client({ port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey });
+        const a = rigs.client({
+          port,
+          name: 'node-a',
+          keyPair: pairA,
+          routes: A_ROUTES,
+          serverKey: serverPair.publicKey,
+        });
         expect(await a.tun.waitForWritten(1)).to.deep.equal([good]);
-        expect(a.client.status().peers[0]!.dropsByReason['malformed']).to.equal(malformedPackets(APISERVER, '198.19.1.5').length);
+        expect(a.client.status().peers[0]!.dropsByReason['malformed']).to.equal(
+          malformedPackets(APISERVER, '198.19.1.5').length,
+        );
       } finally {
         await rigs.stopAll();
         hostile.close();
@@ -576,8 +811,20 @@ describe('security (issue 3)', function () {
 
     it("a node sending from another node's pod IP is dropped as spoofed_source; the server never sends a node what is not its", async function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
-      const a = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey });
-      const b = rigs.client({ port: s.port, name: 'node-b', keyPair: pairB, routes: B_ROUTES, serverKey: serverPair.publicKey });
+      const a = rigs.client({
+        port: s.port,
+        name: 'node-a',
+        keyPair: pairA,
+        routes: A_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
+      const b = rigs.client({
+        port: s.port,
+        name: 'node-b',
+        keyPair: pairB,
+        routes: B_ROUTES,
+        serverKey: serverPair.publicKey,
+      });
       await waitFor('a and b', () => a.client.isAuthenticated && b.client.isAuthenticated);
       // node-a's own client refuses to send it (unannounced_source) ...
       a.tun.inject(ipv4('198.19.2.7', APISERVER));
@@ -586,9 +833,16 @@ describe('security (issue 3)', function () {
       await a.client.stop();
       await waitFor('node-a gone', () => !s.peer('node-a').connected);
       const evil = await rigs.raw(s.port);
-      evil.socket.write(encodeFrame(FrameType.Hello, encodeHello(pairA, evil.exporter, { name: 'node-a', routes: A_ROUTES })));
+      evil.socket.write(
+        encodeFrame(FrameType.Hello, encodeHello(pairA, evil.exporter, { name: 'node-a', routes: A_ROUTES })),
+      );
       await waitFor('welcome', () => evil.frame(FrameType.Welcome) !== undefined);
-      const spoofed = [ipv4('198.19.2.7', APISERVER), ipv4('198.19.0.12', APISERVER), ipv4('10.1.2.3', APISERVER), ipv4('198.18.255.1', APISERVER)];
+      const spoofed = [
+        ipv4('198.19.2.7', APISERVER),
+        ipv4('198.19.0.12', APISERVER),
+        ipv4('10.1.2.3', APISERVER),
+        ipv4('198.18.255.1', APISERVER),
+      ];
       for (const packet of spoofed) evil.socket.write(encodeFrame(FrameType.Data, packet));
       const own = ipv4('198.19.1.7', APISERVER);
       evil.socket.write(encodeFrame(FrameType.Data, own));
@@ -607,10 +861,31 @@ describe('security (issue 3)', function () {
     it('no private key in logs, errors or status, through connects, rejects and failures', async function () {
       const { log, lines } = recordingLogger();
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair, log });
-      const a = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, serverKey: serverPair.publicKey, log });
+      const a = rigs.client({
+        port: s.port,
+        name: 'node-a',
+        keyPair: pairA,
+        routes: A_ROUTES,
+        serverKey: serverPair.publicKey,
+        log,
+      });
       const stranger = newPair();
-      const x = rigs.client({ port: s.port, name: 'node-x', keyPair: stranger, routes: A_ROUTES, serverKey: serverPair.publicKey, log });
-      const wrongPin = rigs.client({ port: s.port, name: 'node-b', keyPair: pairB, routes: B_ROUTES, serverKey: newPair().publicKey, log });
+      const x = rigs.client({
+        port: s.port,
+        name: 'node-x',
+        keyPair: stranger,
+        routes: A_ROUTES,
+        serverKey: serverPair.publicKey,
+        log,
+      });
+      const wrongPin = rigs.client({
+        port: s.port,
+        name: 'node-b',
+        keyPair: pairB,
+        routes: B_ROUTES,
+        serverKey: newPair().publicKey,
+        log,
+      });
       await waitFor('a in, x rejected', () => a.client.isAuthenticated && x.rejected.length === 1);
       await waitFor('the pin mismatch logged', () => lines.some((l) => l.includes('does not match --server-key')));
       a.tun.inject(ipv4('198.19.2.1', APISERVER));
@@ -623,19 +898,32 @@ describe('security (issue 3)', function () {
         const garbled = path.join(dir, 'garbled.key');
         writeFileSync(garbled, `${encodeKey(pairB.seed)}xyz\n`, { mode: 0o600 });
         for (const file of [open, garbled]) {
-          try { readKeyFile(file); } catch (err) { errors.push((err as Error).message); }
+          try {
+            readKeyFile(file);
+          } catch (err) {
+            errors.push((err as Error).message);
+          }
         }
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
       expect(errors).to.have.length(2);
       const texts = [
-        ...lines, ...x.rejected, ...errors,
-        JSON.stringify(s.server.status()), JSON.stringify(a.client.status()), JSON.stringify(wrongPin.client.status()),
+        ...lines,
+        ...x.rejected,
+        ...errors,
+        JSON.stringify(s.server.status()),
+        JSON.stringify(a.client.status()),
+        JSON.stringify(wrongPin.client.status()),
       ].join('\n');
       expect(lines.length).to.be.greaterThan(5);
       for (const pair of [serverPair, pairA, pairB, stranger]) {
-        for (const form of [encodeKey(pair.seed), Buffer.from(pair.seed).toString('hex'), encodeKey(pair.secretKey), Buffer.from(pair.seed).toString('base64url')]) {
+        for (const form of [
+          encodeKey(pair.seed),
+          Buffer.from(pair.seed).toString('hex'),
+          encodeKey(pair.secretKey),
+          Buffer.from(pair.seed).toString('base64url'),
+        ]) {
           expect(texts.includes(form), `a private key (${form.slice(0, 6)}…) leaked`).to.equal(false);
         }
       }
