@@ -4,6 +4,7 @@
 
 import { Harness } from './harness.js';
 import { NodelinkCluster, runCli } from './cluster.js';
+import { DEMO_TOOLS, findMissingTools, missingToolsMessage } from './preflight.js';
 
 const say = (line: string): void => {
   process.stdout.write(`${line}\n`);
@@ -31,6 +32,12 @@ async function reachAll(h: Harness): Promise<boolean> {
 async function main(): Promise<number> {
   if (process.getuid?.() !== 0) {
     say('nodelink demo: needs root (it creates network namespaces): run it as root, e.g. sudo npm run demo');
+    return 1;
+  }
+  // Before anything is built: a missing tool would otherwise fail deep inside the harness.
+  const missing = missingToolsMessage('nodelink demo', findMissingTools(DEMO_TOOLS));
+  if (missing) {
+    say(missing);
     return 1;
   }
   say('== building the topology: control plane, NAT router, 2 nodes with a kubelet and a pod each');

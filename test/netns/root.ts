@@ -3,13 +3,19 @@
 import { expect } from 'chai';
 import { Harness, type HarnessOptions } from '../../scripts/harness.js';
 import { NodelinkCluster, type ClusterOptions } from '../../scripts/cluster.js';
+import { TEST_TOOLS, preflight } from '../../scripts/preflight.js';
 
-/** Namespace tests need root; without it they say so loudly and skip, never pass silently. */
+/**
+ * Namespace tests need root; without it they say so loudly and skip, never pass silently. As
+ * root they need the harness's tools: a missing one fails the suite with one line naming every
+ * missing tool and the command that installs them.
+ */
 export function skipUnlessRoot(ctx: Mocha.Context): void {
   if (process.getuid?.() !== 0) {
     console.log('\n    *** SKIPPED: namespace tests need root (run npm test as root) ***\n');
     ctx.skip();
   }
+  preflight('namespace tests', TEST_TOOLS);
 }
 
 /** A suite's harness and nodelink on it. */
