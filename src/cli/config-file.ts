@@ -1,11 +1,19 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
-import { ConfigError, type RawOptions } from './config.js';
+import {
+  ConfigError,
+  resolveSettings,
+  unknownFileKeys,
+  type CommandLine,
+  type Environment,
+  type Settings,
+  type SettingsSpec,
+} from './settings.js';
 
 /**
  * `--config FILE` (or NODELINK_CONFIG): the same settings as the flags, in JSON or YAML, keyed
- * by flag name (`tunnel-cidr`, or camelCase `tunnelCidr`). Precedence, highest first: command
- * line, environment (NODELINK_<FLAG>), config file, built-in default. Lists are YAML/JSON
+ * by flag name (`tunnel-cidr`, or camelCase `tunnelCidr`). The file is one source of
+ * settings.ts's resolver, below the command line and the environment. Lists are YAML/JSON
  * arrays or comma/space-separated strings.
  *
  *   # /etc/nodelink/client.yaml
@@ -14,7 +22,7 @@ import { ConfigError, type RawOptions } from './config.js';
  *   key: /etc/nodelink/node.key
  *   name: node-a
  *   route: [10.240.0.4/32, 10.244.1.0/24]
- *   metrics: 0.0.0.0:9472
+ *   metrics: 127.0.0.1:9476
  */
 
 export type FileValues = Record<string, unknown>;
@@ -59,104 +67,33 @@ export function loadConfigFile(path: string): FileValues {
   return values;
 }
 
-/** The config file named on the command line (`--config F`, `--config=F`) or by NODELINK_CONFIG. */
-function configPathFrom(argv: readonly string[], env: NodeJS.ProcessEnv): string | undefined {
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === '--config' && i + 1 < argv.length) return argv[i + 1];
-    if (arg.startsWith('--config=')) return arg.slice('--config='.length);
-  }
-  return env['NODELINK_CONFIG'] || undefined;
-}
-
-/** Whether a flag was given on the command line (so neither env nor file may change it). */
-export function givenOnCommandLine(flag: string, argv: readonly string[]): boolean {
-  return argv.some((arg) => arg === `--${flag}` || arg.startsWith(`--${flag}=`) || arg === `--no-${flag}`);
-}
-
-export function envName(flag: string): string {
-  return `NODELINK_${flag.toUpperCase().replace(/-/g, '_')}`;
-}
-
-// ---- used by main.ts while it declares the commands --------------------------------------------
-
-let loaded: { path: string; values: FileValues } | { path: string; error: ConfigError } | undefined;
-
-function current(): typeof loaded {
-  if (loaded) return loaded;
-  const path = configPathFrom(process.argv.slice(2), process.env);
-  if (!path) return undefined;
-  try {
-    loaded = { path, values: loadConfigFile(path) };
-  } catch (err) {
-    loaded = { path, error: err instanceof ConfigError ? err : new ConfigError(String(err)) };
-  }
-  return loaded;
-}
-
-export interface Spec {
-  type: 'string' | 'number' | 'boolean';
-  array?: boolean;
-  default?: unknown;
-  describe: string;
+/** What a command's settings are read from; kept so that SIGHUP can read them again. */
+export interface SettingsRequest {
+  readonly command: string;
+  readonly spec: SettingsSpec;
+  readonly argv: CommandLine;
+  readonly env: Environment;
+  /** diagnose reads the client's or the server's file and uses the keys it knows. */
+  readonly ignoreUnknownFileKeys?: boolean;
 }
 
 /**
- * Adds `--config` to a command's options and makes the file's values the defaults of its flags,
- * below the environment (main.ts's withEnv, applied after this) and the command line. A file
- * that cannot be read, or names a flag this command does not have, fails when the command runs,
- * as one line (`ignoreUnknown`: diagnose reads the client's or server's file and uses what it knows).
+ * The command's settings from its command line, environment and config file (`--config`, or
+ * NODELINK_CONFIG). A file that cannot be read, or names a key that is not a setting of the
+ * command (a typo would otherwise be silently ignored), is refused with one line.
  */
-export function withConfigFile<T extends Record<string, Spec>>(
-  command: string,
-  options: T,
-  opts: { ignoreUnknown?: boolean } = {},
-): T {
-  const file = current();
-  const out: Record<string, Spec> = {};
-  for (const [flag, spec] of Object.entries(options)) {
-    const value = file && 'values' in file ? file.values[flag] : undefined;
-    if (value === undefined || value === null) {
-      out[flag] = spec;
-    } else if (spec.array) {
-      const items = Array.isArray(value)
-        ? value.map(String)
-        : String(value)
-            .split(/[\s,]+/)
-            .filter((item) => item.length > 0);
-      out[flag] = { ...spec, default: items };
-    } else if (spec.type === 'boolean') {
-      out[flag] = { ...spec, default: value === true || /^(1|true|yes|on)$/i.test(String(value)) };
-    } else {
-      out[flag] = { ...spec, default: Array.isArray(value) ? value.map(String).join(',') : String(value) };
-    }
-  }
-  out['config'] = {
-    type: 'string',
-    describe: 'config file (JSON or YAML) with any of these flags as keys; flags and NODELINK_* env win over it',
-  };
-  known.set(command, { flags: new Set(Object.keys(options)), ignoreUnknown: opts.ignoreUnknown === true });
-  return out as unknown as T;
-}
-
-const known = new Map<string, { flags: Set<string>; ignoreUnknown: boolean }>();
-
-/**
- * Throws the config file's problem for this command, if it has one: unreadable, not YAML/JSON,
- * or a key that is not one of the command's flags (a typo would otherwise be silently ignored).
- */
-export function assertConfigFile(command: string): void {
-  const state = current();
-  if (!state) return;
-  if ('error' in state) throw state.error;
-  const spec = known.get(command);
-  if (!spec || spec.ignoreUnknown) return;
-  const unknown = Object.keys(state.values).filter((key) => key !== 'config' && !spec.flags.has(key));
+export function readSettings(request: SettingsRequest): Settings {
+  const { spec, argv, env } = request;
+  const path = spec['config'] ? resolveSettings({ config: spec['config'] }, { argv, env })['config']!.value : undefined;
+  const file = typeof path === 'string' && path !== '' ? { path, values: loadConfigFile(path) } : undefined;
+  const unknown = file && !request.ignoreUnknownFileKeys ? unknownFileKeys(spec, file) : [];
   if (unknown.length > 0) {
+    const names = unknown.map((key) => `"${key}"`).join(', ');
     throw new ConfigError(
-      `--config ${state.path}: ${unknown.map((key) => `"${key}"`).join(', ')} ${unknown.length === 1 ? 'is not a setting' : 'are not settings'} of nodelink ${command} (see nodelink ${command} --help)`,
+      `--config ${file!.path}: ${names} ${unknown.length === 1 ? 'is not a setting' : 'are not settings'} of nodelink ${request.command} (see nodelink ${request.command} --help)`,
     );
   }
+  return resolveSettings(spec, { argv, env, file });
 }
 
 // ---- printing the effective config ------------------------------------------------------------
@@ -198,23 +135,17 @@ export function redact(value: unknown, key = ''): unknown {
   return value;
 }
 
-/** For --print-config: the effective config, one JSON document, with where it came from. */
-export function formatEffectiveConfig(command: string, config: object): string {
-  return `${JSON.stringify({ command, ...effectiveConfig(config) }, null, 2)}\n`;
-}
-
-/** `--print-config`: print the effective config (after flags, env, file and defaults) instead of running. */
-export async function printOrRun<C extends object>(
-  raw: RawOptions,
-  command: string,
-  parse: () => C,
-  run: (config: C) => Promise<void>,
-): Promise<void> {
-  assertConfigFile(command);
-  const config = parse();
-  if (raw['print-config'] === true) {
-    process.stdout.write(formatEffectiveConfig(command, config));
-    return;
-  }
-  await run(config);
+/**
+ * For --print-config, one JSON document: every setting with its value and source (`flag`,
+ * `env`, `file` or `default`, and `from` naming the variable or file), then the effective
+ * config the daemon would run with. Secrets are redacted in both.
+ */
+export function formatPrintConfig(command: string, settings: Settings, config: object): string {
+  // One line per setting, so the list reads as a table; still one JSON document.
+  const lines = Object.entries(settings).map(([flag, { value, source, from }]) => {
+    const shown = { value: redact(value ?? null, flag), source, ...(from !== undefined ? { from } : {}) };
+    return `    ${JSON.stringify(flag)}: ${JSON.stringify(shown)}`;
+  });
+  const effective = JSON.stringify(effectiveConfig(config), null, 2).replace(/\n/g, '\n  ');
+  return `{\n  "command": ${JSON.stringify(command)},\n  "settings": {\n${lines.join(',\n')}\n  },\n  "config": ${effective}\n}\n`;
 }

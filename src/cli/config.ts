@@ -1,14 +1,9 @@
-import { NodelinkError } from '../errors.js';
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log.js';
 import { Prefix } from '../routing/index.js';
 import { DEFAULT_ADMISSION_LIMITS } from '../link-server/admission.js';
+import { ConfigError, numberOrNaN, toBoolean, toList, toText, type SettingsSpec } from './settings.js';
 
-/** A bad flag or env value. The message names the flag and says what a good one looks like. */
-export class ConfigError extends NodelinkError {
-  constructor(message: string) {
-    super('config', message);
-  }
-}
+export { ConfigError };
 
 export interface Endpoint {
   readonly host: string;
@@ -100,35 +95,203 @@ export const DEFAULTS = {
   pathCheckTimeoutMs: 3000,
   pathCheckPort: 10250,
   nodePollMs: 30_000,
+  statusIntervalS: 2,
   maxUnauthenticated: DEFAULT_ADMISSION_LIMITS.maxUnauthenticated,
   maxNewConnsPerSource: DEFAULT_ADMISSION_LIMITS.maxNewPerSourcePerSecond,
   maxQueuedHandshakes: DEFAULT_ADMISSION_LIMITS.maxQueued,
 } as const;
 
+// ---- the settings of each daemon: type, default and --help text, stated once -------------------
+
+/** --config: the file itself comes from the command line or NODELINK_CONFIG only. */
+export const CONFIG_SETTING: SettingsSpec = {
+  config: {
+    type: 'string',
+    inFile: false,
+    describe: 'config file (JSON or YAML) with any of these flags as keys; flags and NODELINK_* env win over it',
+  },
+};
+
+/** Settings both daemons share; `adminSocket` is the role's default socket. */
+function linkSettings(adminSocket: string): SettingsSpec {
+  return {
+    tun: { type: 'string', default: DEFAULTS.tun, describe: 'TUN interface name' },
+    mtu: { type: 'number', default: DEFAULTS.mtu, describe: 'TUN MTU' },
+    'admin-socket': { type: 'string', default: adminSocket, describe: 'unix socket for `nodelink status`' },
+    'log-level': { type: 'string', default: DEFAULTS.logLevel, describe: LOG_LEVELS.join('|') },
+    'keepalive-ms': { type: 'number', default: DEFAULTS.keepaliveIntervalMs, describe: 'ping interval' },
+    'dead-after-ms': {
+      type: 'number',
+      default: DEFAULTS.deadAfterMs,
+      describe: 'drop a silent peer after this long',
+    },
+    'handshake-timeout-ms': {
+      type: 'number',
+      default: DEFAULTS.handshakeTimeoutMs,
+      describe: 'TLS + hello deadline',
+    },
+    'max-queue-bytes': {
+      type: 'number',
+      default: DEFAULTS.maxQueueBytes,
+      describe: 'per-peer send queue before drops',
+    },
+    metrics: {
+      type: 'string',
+      defaultText: 'off',
+      describe: 'HOST:PORT serving /metrics (Prometheus), /healthz and /readyz',
+    },
+    'log-format': {
+      type: 'string',
+      default: DEFAULTS.logFormat,
+      describe: `${LOG_FORMATS.join('|')}; auto is readable on a terminal, JSON lines otherwise`,
+    },
+    'print-config': {
+      type: 'boolean',
+      default: false,
+      describe: 'print every setting with its source, and the effective config (secrets redacted), and exit',
+    },
+    ...CONFIG_SETTING,
+  };
+}
+
+const KUBECONFIG_DEFAULT = 'in-cluster, then $KUBECONFIG, ~/.kube/config';
+
+export const SERVER_SETTINGS: SettingsSpec = {
+  listen: { type: 'string', describe: 'HOST:PORT to accept nodes on' },
+  key: { type: 'string', describe: 'private key file (mode 0600)' },
+  peers: { type: 'string', describe: 'peers JSON file: authorized nodes and their allowedIPs' },
+  'tunnel-cidr': {
+    type: 'list',
+    describe: 'tunnel CIDR; a second one of the other family makes it dual-stack',
+  },
+  'authorize-from-nodes': {
+    type: 'boolean',
+    default: false,
+    describe: "also require a node's routes to be its Node object's InternalIPs and pod CIDRs",
+  },
+  kubeconfig: { type: 'string', defaultText: KUBECONFIG_DEFAULT, describe: 'kubeconfig for --authorize-from-nodes' },
+  cert: {
+    type: 'string',
+    defaultText: 'self-signed for --key',
+    describe: 'PEM certificate chain signed by your CA, for clients using --ca',
+  },
+  'cert-key': {
+    type: 'string',
+    defaultText: '--key, which the certificate must then certify',
+    describe: 'PEM private key of --cert, mode 0600',
+  },
+  'max-unauthenticated': {
+    type: 'number',
+    default: DEFAULTS.maxUnauthenticated,
+    describe: 'connections allowed at once between TCP accept and a verified hello',
+  },
+  'max-queued-handshakes': {
+    type: 'number',
+    default: DEFAULTS.maxQueuedHandshakes,
+    describe:
+      'connections held unread, first come first served, while all --max-unauthenticated slots are busy; 0 = refuse at once',
+  },
+  'max-new-conns-per-source': {
+    type: 'number',
+    default: DEFAULTS.maxNewConnsPerSource,
+    describe: 'new connections per second from one source IP (IPv6: per /64) before refusing',
+  },
+  'path-check-interval-ms': {
+    type: 'number',
+    default: DEFAULTS.pathCheckIntervalMs,
+    describe: "check each node's data path through the TUN this often; 0 = off",
+  },
+  'path-check-port': {
+    type: 'number',
+    default: DEFAULTS.pathCheckPort,
+    describe: "TCP port on the node IP the path check connects to (the kubelet's)",
+  },
+  'path-check-timeout-ms': {
+    type: 'number',
+    default: DEFAULTS.pathCheckTimeoutMs,
+    describe: 'a path check without an answer this long fails',
+  },
+  ...linkSettings(DEFAULTS.serverAdminSocket),
+};
+
+export const CLIENT_SETTINGS: SettingsSpec = {
+  server: {
+    type: 'list',
+    describe:
+      'HOST:PORT of the nodelink server; repeat it (or use a DNS name with several addresses) to keep a session to each of several servers',
+  },
+  'server-key': { type: 'string', describe: "the server's public key (nodelink pubkey < server.key)" },
+  ca: {
+    type: 'string',
+    describe:
+      "PEM CA certificate(s): verify the server's certificate chain and name against them (with or instead of --server-key)",
+  },
+  'server-name': {
+    type: 'string',
+    defaultText: 'the --server host',
+    describe: "with --ca: the DNS name the server's certificate must carry",
+  },
+  key: { type: 'string', describe: 'private key file (mode 0600)' },
+  name: {
+    type: 'string',
+    fallbackEnv: 'NODE_NAME',
+    defaultText: '$NODE_NAME',
+    describe: "this node's name, as in the server's peers file",
+  },
+  route: { type: 'list', describe: 'CIDR to announce: node IP /32 and pod CIDRs' },
+  forwarding: { type: 'boolean', default: true, describe: 'enable ip_forward for the announced families' },
+  'backoff-base-ms': {
+    type: 'number',
+    default: DEFAULTS.backoffBaseMs,
+    describe: 'first redial wait ceiling; waits are uniform in [0, min(cap, base*2^n)]',
+  },
+  'backoff-cap-ms': { type: 'number', default: DEFAULTS.backoffCapMs, describe: 'largest redial wait ceiling' },
+  'routes-from-node': {
+    type: 'boolean',
+    default: false,
+    describe:
+      "announce this Node object's InternalIPs and pod CIDRs (name from --name or NODE_NAME), and re-announce when they change",
+  },
+  'node-poll-ms': {
+    type: 'number',
+    default: DEFAULTS.nodePollMs,
+    describe: 'with --routes-from-node, re-read the Node this often',
+  },
+  kubeconfig: { type: 'string', defaultText: KUBECONFIG_DEFAULT, describe: 'kubeconfig for --routes-from-node' },
+  ...linkSettings(DEFAULTS.clientAdminSocket),
+};
+
+// ---- parseConfig: the one validating step -------------------------------------------------------
+
 export type RawOptions = Record<string, unknown>;
+
+function isUnset(value: unknown): boolean {
+  return value === undefined || value === null || value === '';
+}
 
 function str(raw: RawOptions, flag: string, required = true): string {
   const value = raw[flag];
-  if (Array.isArray(value)) return str({ [flag]: value[value.length - 1] }, flag, required);
-  if (value === undefined || value === null || value === '') {
+  if (isUnset(value)) {
     if (required) throw new ConfigError(`--${flag} is required`);
     return '';
   }
-  return String(value);
+  return toText(value, `--${flag}`);
+}
+
+function bool(raw: RawOptions, flag: string, fallback: boolean): boolean {
+  const value = raw[flag];
+  return isUnset(value) ? fallback : toBoolean(value, `--${flag}`);
 }
 
 export function list(raw: RawOptions, flag: string): string[] {
   const value = raw[flag];
-  if (value === undefined || value === null || value === '') return [];
-  const items = Array.isArray(value) ? value.map(String) : [String(value)];
-  // Env vars carry lists as "a,b" or "a b".
-  return items.flatMap((item) => item.split(/[\s,]+/)).filter((item) => item.length > 0);
+  return isUnset(value) ? [] : toList(value, `--${flag}`);
 }
 
 export function int(raw: RawOptions, flag: string, fallback: number, min: number, max: number): number {
   const value = raw[flag];
-  if (value === undefined || value === null || value === '') return fallback;
-  const n = Number(value);
+  if (isUnset(value)) return fallback;
+  const n = numberOrNaN(value);
   if (!Number.isInteger(n) || n < min || n > max)
     throw new ConfigError(`--${flag} must be a whole number from ${min} to ${max}, got "${String(value)}"`);
   return n;
@@ -238,7 +401,7 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
     tunnelCidrs,
     tunnelAddresses,
     ...pathCheckSettings(raw),
-    authorizeFromNodes: raw['authorize-from-nodes'] === true,
+    authorizeFromNodes: bool(raw, 'authorize-from-nodes', false),
     kubeconfig: str(raw, 'kubeconfig', false),
     ...serverSecurity(raw),
   });
@@ -277,8 +440,8 @@ function serverTrust(raw: RawOptions): Pick<ClientConfig, 'serverKey' | 'caFile'
 }
 
 /** `env` supplies NODE_NAME (the downward API's spec.nodeName), the default of --name. */
-export function parseClientConfig(raw: RawOptions, env: NodeJS.ProcessEnv = process.env): ClientConfig {
-  const routesFromNode = raw['routes-from-node'] === true;
+export function parseClientConfig(raw: RawOptions, env: Readonly<Record<string, string | undefined>>): ClientConfig {
+  const routesFromNode = bool(raw, 'routes-from-node', false);
   const routes = list(raw, 'route').map((text) => cidr(text, 'route'));
   if (routes.length === 0 && !routesFromNode)
     throw new ConfigError(
@@ -304,7 +467,7 @@ export function parseClientConfig(raw: RawOptions, env: NodeJS.ProcessEnv = proc
     routes,
     backoffBaseMs,
     backoffCapMs,
-    enableForwarding: raw['forwarding'] !== false,
+    enableForwarding: bool(raw, 'forwarding', true),
     routesFromNode,
     nodePollMs: int(raw, 'node-poll-ms', DEFAULTS.nodePollMs, 1000, 3_600_000),
     kubeconfig: str(raw, 'kubeconfig', false),

@@ -10,7 +10,6 @@ import { Prefix } from '../routing/index.js';
 import { ip, routeReplaceCommand } from '../tun/index.js';
 import { ConfigError, DEFAULTS, cidr, int, list, parseEndpoint, type Endpoint, type RawOptions } from './config.js';
 import { deviceUp, nodeIp } from './observe.js';
-import { assertConfigFile } from './config-file.js';
 
 /**
  * `nodelink diagnose`: the checklist an operator runs when `kubectl logs` says "error dialing
@@ -724,7 +723,6 @@ function chooseSide(raw: RawOptions): 'node' | 'control-plane' {
 
 /** Runs the checklist, prints it (text or --json), and returns the exit code. */
 export async function diagnoseCommand(raw: RawOptions): Promise<number> {
-  assertConfigFile('diagnose');
   const side = chooseSide(raw);
   const timeoutMs = int(raw, 'timeout-ms', 3000, 100, 60_000);
   const kubeletPort = int(raw, 'kubelet-port', 10250, 1, 65535);

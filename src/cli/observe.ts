@@ -16,13 +16,12 @@ import { ip } from '../tun/index.js';
 import type { Logger } from '../log.js';
 import { tunnelSource, type ClientConfig, type LinkTunables, type ServerConfig } from './config.js';
 import { effectiveConfig } from './config-file.js';
-import { onReload, settingsReloader, type LiveSettings } from './reload.js';
 
 /**
  * The daemon's observability, wired once per process: metrics (also the link's observer),
  * the /metrics /healthz /readyz endpoint, the server's path checks, status enrichment (route
- * states from the kernel, pongs, reconnects, path health) and the SIGHUP settings reload.
- * run-server.ts and run-client.ts call this; nothing here is on the data path.
+ * states from the kernel, pongs, reconnects, path health). run-server.ts and run-client.ts call
+ * this; nothing here is on the data path.
  */
 
 export const VERSION = readVersion();
@@ -98,7 +97,7 @@ function cached<T>(ms: number, read: () => Promise<T>): () => Promise<T> {
 
 interface Common {
   readonly metrics: LinkMetrics;
-  /** Starts the HTTP endpoint (if --metrics) and the SIGHUP settings reload. */
+  /** Starts the HTTP endpoint (if --metrics) and logs the effective config. */
   start(): Promise<void>;
   close(): void;
   /** Wraps the daemon's status provider with events, path health and route states. */
@@ -174,24 +173,6 @@ export function serverObservability(
       http = await startEndpoint(config, metrics, ready, log);
       pathChecker.start();
       logEffectiveConfig('server', config, log);
-      onReload(
-        'settings',
-        settingsReloader({
-          role: 'server',
-          configFile: config.configFile,
-          log,
-          initial: liveOf(config),
-          apply: (next) => {
-            log.level = next.logLevel;
-            pathChecker.reconfigure({
-              intervalMs: next.pathCheckIntervalMs!,
-              timeoutMs: next.pathCheckTimeoutMs!,
-              port: next.pathCheckPort!,
-            });
-          },
-        }),
-        log,
-      );
     },
     close() {
       listening = undefined;
@@ -239,16 +220,6 @@ export function pathTargets(status: DaemonStatus): PathTarget[] {
     if (host) targets.push({ peer: peer.name, address: host.toString().split('/')[0]!, family: host.family });
   }
   return targets;
-}
-
-function liveOf(config: ServerConfig | ClientConfig): LiveSettings {
-  const live: LiveSettings = { logLevel: config.logLevel };
-  if ('pathCheckIntervalMs' in config) {
-    live.pathCheckIntervalMs = config.pathCheckIntervalMs;
-    live.pathCheckTimeoutMs = config.pathCheckTimeoutMs;
-    live.pathCheckPort = config.pathCheckPort;
-  }
-  return live;
 }
 
 // ---- client ------------------------------------------------------------------------------------
@@ -305,19 +276,6 @@ export function clientObservability(
     async start() {
       http = await startEndpoint(config, metrics, ready, log);
       logEffectiveConfig('client', config, log);
-      onReload(
-        'settings',
-        settingsReloader({
-          role: 'client',
-          configFile: config.configFile,
-          log,
-          initial: liveOf(config),
-          apply: (next) => {
-            log.level = next.logLevel;
-          },
-        }),
-        log,
-      );
     },
     close() {
       http?.close();

@@ -1,14 +1,14 @@
 import type { Logger, LogLevel } from '../log.js';
 import { userMessage } from '../errors.js';
-import { logLevelSetting, pathCheckSettings, type RawOptions } from './config.js';
-import { envName, givenOnCommandLine, loadConfigFile, type FileValues } from './config-file.js';
+import { logLevelSetting, pathCheckSettings } from './config.js';
+import { settingValues, type Settings } from './settings.js';
 
 /**
  * SIGHUP, the one handler for the whole process. Each part that can change live registers a
  * reload step here (`onReload`), instead of adding its own process.on('SIGHUP'): the steps run
  * in order, one after the other, and a failing step is logged and does not stop the others.
  *
- *   onReload('settings', …)   this file: log level, path checks (re-read from --config)
+ *   onReload('settings', …)   settingsReloader below: log level, path checks (--config re-read)
  *   onReload('peers', …)      the peers file (server), when that is reloadable
  */
 type ReloadStep = () => Promise<void> | void;
@@ -44,79 +44,65 @@ export interface LiveSettings {
   pathCheckPort?: number;
 }
 
-const LIVE_FLAGS: Record<string, keyof LiveSettings> = {
-  'log-level': 'logLevel',
-  'path-check-interval-ms': 'pathCheckIntervalMs',
-  'path-check-timeout-ms': 'pathCheckTimeoutMs',
-  'path-check-port': 'pathCheckPort',
-};
+const LIVE_FLAGS = new Set(['log-level', 'path-check-interval-ms', 'path-check-timeout-ms', 'path-check-port']);
 
-/**
- * What the live settings are after the config file changed: a flag on the command line or in
- * the environment still wins (it was given explicitly); otherwise the file's value, otherwise
- * the default. Throws a ConfigError naming the field when the file's value is bad.
- */
-export function liveSettingsFrom(
-  role: 'server' | 'client',
-  file: FileValues,
-  current: LiveSettings,
-  argv: readonly string[] = process.argv.slice(2),
-  env: NodeJS.ProcessEnv = process.env,
-): LiveSettings {
-  const explicit = (flag: string): boolean => givenOnCommandLine(flag, argv) || (env[envName(flag)] ?? '') !== '';
-  const pick = (flag: string): unknown => (explicit(flag) ? undefined : file[flag]);
-  const next: LiveSettings = {
-    logLevel: logLevelSetting({ 'log-level': explicit('log-level') ? current.logLevel : pick('log-level') }),
-  };
-  if (role === 'server') {
-    const raw: RawOptions = {};
-    for (const flag of ['path-check-interval-ms', 'path-check-timeout-ms', 'path-check-port']) {
-      const key = LIVE_FLAGS[flag]!;
-      raw[flag] = explicit(flag) ? current[key] : pick(flag);
-    }
-    Object.assign(next, pathCheckSettings(raw));
-  }
-  return next;
+/** The live settings among a daemon's resolved settings, checked as at start. */
+export function liveSettings(role: 'server' | 'client', settings: Settings): LiveSettings {
+  const raw = settingValues(settings);
+  const live: LiveSettings = { logLevel: logLevelSetting(raw) };
+  return role === 'server' ? { ...live, ...pathCheckSettings(raw) } : live;
 }
 
-/** Flags in the file that differ from those the daemon started with and cannot change live. */
-export function restartNeeded(before: FileValues, after: FileValues): string[] {
-  const keys = new Set([...Object.keys(before), ...Object.keys(after)]);
-  return [...keys]
-    .filter((key) => !(key in LIVE_FLAGS) && JSON.stringify(before[key]) !== JSON.stringify(after[key]))
+/** Settings whose value changed and that take effect only after a restart. */
+export function restartNeeded(before: Settings, after: Settings): string[] {
+  return Object.keys(after)
+    .filter(
+      (flag) => !LIVE_FLAGS.has(flag) && JSON.stringify(before[flag]?.value) !== JSON.stringify(after[flag]?.value),
+    )
     .sort();
+}
+
+/** The settings a daemon started with, and how to read them again from the same sources. */
+export interface StartSettings {
+  readonly settings: Settings;
+  /**
+   * The start's command line and environment with the config file as it is now: a flag or a
+   * NODELINK_* variable still wins over the file, as it did at start.
+   */
+  readonly reread: () => Settings;
 }
 
 export interface SettingsReloadOptions {
   readonly role: 'server' | 'client';
   readonly configFile: string | null;
+  readonly start: StartSettings;
   readonly log: Logger;
-  readonly initial: LiveSettings;
   readonly apply: (next: LiveSettings) => void;
 }
 
 /**
- * The reload step of this issue: re-reads --config and applies the live settings. Logs one
- * line saying what changed, and one naming settings that need a restart.
+ * The settings reload step: resolves the settings again and applies the live ones. Logs one
+ * line saying what changed, and one naming settings that need a restart. A bad value in the
+ * file throws, naming the setting, and the old settings stay.
  */
 export function settingsReloader(options: SettingsReloadOptions): ReloadStep {
-  let settings = options.initial;
-  let fileValues: FileValues = options.configFile ? safeLoad(options.configFile) : {};
+  let settings = options.start.settings;
+  let live = liveSettings(options.role, settings);
   return () => {
     const { log } = options;
     if (!options.configFile) {
       log.info('no --config file: nothing to reload (flags and env are read only at start)');
       return;
     }
-    const file = loadConfigFile(options.configFile);
-    const next = liveSettingsFrom(options.role, file, settings);
+    const nextSettings = options.start.reread();
+    const next = liveSettings(options.role, nextSettings);
     const changed = Object.fromEntries(
-      Object.entries(next).filter(([key, value]) => settings[key as keyof LiveSettings] !== value),
+      Object.entries(next).filter(([key, value]) => live[key as keyof LiveSettings] !== value),
     );
-    const stale = restartNeeded(fileValues, file);
+    const stale = restartNeeded(settings, nextSettings);
     options.apply(next);
-    settings = next;
-    fileValues = file;
+    settings = nextSettings;
+    live = next;
     log.info(
       { configFile: options.configFile, changed },
       Object.keys(changed).length > 0 ? 'settings reloaded' : 'settings reloaded: nothing changed',
@@ -124,12 +110,4 @@ export function settingsReloader(options: SettingsReloadOptions): ReloadStep {
     if (stale.length > 0)
       log.warn({ settings: stale }, 'these settings changed in the config file but take effect only after a restart');
   };
-}
-
-function safeLoad(path: string): FileValues {
-  try {
-    return loadConfigFile(path);
-  } catch {
-    return {};
-  }
 }

@@ -14,6 +14,7 @@ import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { clientObservability } from './observe.js';
 import { routesFromKubernetes } from './kubernetes.js';
 import type { Prefix } from '../routing/index.js';
+import { onReload, settingsReloader, type StartSettings } from './reload.js';
 
 /**
  * Pods answer the control plane through this node, so the node must forward. Only the
@@ -39,7 +40,7 @@ function enableForwarding(routes: readonly Prefix[], log: Logger): void {
   }
 }
 
-export async function runClient(config: ClientConfig): Promise<void> {
+export async function runClient(config: ClientConfig, start: StartSettings): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'client', node: config.name }, config.logFormat);
   const keyPair = readKeyFile(config.keyFile);
   const serverKey = config.serverKey ? decodeKey(config.serverKey, '--server-key') : undefined;
@@ -106,6 +107,19 @@ export async function runClient(config: ClientConfig): Promise<void> {
     await tun.close();
     throw err instanceof NodelinkError ? err : new NodelinkError('admin_socket', String(err));
   }
+  onReload(
+    'settings',
+    settingsReloader({
+      role: 'client',
+      configFile: config.configFile,
+      start,
+      log,
+      apply: (next) => {
+        log.level = next.logLevel;
+      },
+    }),
+    log,
+  );
   for (const client of clients) client.start();
   const stopFollowing = fromNode?.follow((changed) => {
     for (const client of clients) client.setRoutes(changed);

@@ -8,9 +8,9 @@ import { tunnelSource, type ServerConfig } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { serverObservability } from './observe.js';
 import { nodeRouteCheck } from './kubernetes.js';
-import { onReload } from './reload.js';
+import { onReload, settingsReloader, type StartSettings } from './reload.js';
 
-export async function runServer(config: ServerConfig): Promise<void> {
+export async function runServer(config: ServerConfig, start: StartSettings): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'server' }, config.logFormat);
   // Everything that can be wrong with the input is checked before any device is created.
   const keyPair = readKeyFile(config.keyFile);
@@ -70,7 +70,26 @@ export async function runServer(config: ServerConfig): Promise<void> {
     await tun.close();
     throw err;
   }
-  // SIGHUP: a bad peers file or certificate is refused with one line and the old one stays.
+  // SIGHUP: bad settings, a bad peers file or a bad certificate are refused with one line and the
+  // old ones stay.
+  onReload(
+    'settings',
+    settingsReloader({
+      role: 'server',
+      configFile: config.configFile,
+      start,
+      log,
+      apply: (next) => {
+        log.level = next.logLevel;
+        observe.pathChecker.reconfigure({
+          intervalMs: next.pathCheckIntervalMs!,
+          timeoutMs: next.pathCheckTimeoutMs!,
+          port: next.pathCheckPort!,
+        });
+      },
+    }),
+    log,
+  );
   onReload(
     'peers',
     () => server.reload(readPeersFile(config.peersFile, config.tunnelCidrs)).then(() => undefined),

@@ -24,7 +24,7 @@ export async function statusCommand(raw: RawOptions): Promise<void> {
     process.stdout.write(json ? `${JSON.stringify(status, null, 2)}\n` : formatStatus(status));
     return;
   }
-  const intervalS = Number(raw['interval'] ?? 2);
+  const intervalS = Number(raw['interval'] ?? DEFAULTS.statusIntervalS);
   if (!Number.isFinite(intervalS) || intervalS < 0.1 || intervalS > 3600)
     throw new ConfigError(`--interval must be 0.1 to 3600 seconds, got "${String(raw['interval'])}"`);
   const count = raw['count'] === undefined ? Infinity : Number(raw['count']);

@@ -1,11 +1,8 @@
 // Observability without root: metrics and the health endpoint, the link's observer hooks over
-// loopback TLS, the diagnose handshake probe, status text, config files and the SIGHUP settings.
+// loopback TLS, the diagnose handshake probe and status text (settings: settings.test.ts).
 
 import { expect } from 'chai';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { encodeKey, generateSeed, keyPairFromSeed, parsePeers, type KeyPair } from '../../src/auth/index.js';
 import {
   LinkMetrics,
@@ -25,9 +22,6 @@ import type { ConnectionOptions } from '../../src/link/connection.js';
 import { Prefix } from '../../src/routing/index.js';
 import { FakeTun } from '../../src/tun/fake.js';
 import { silentLogger } from '../../src/log.js';
-import { effectiveConfig, loadConfigFile, redact } from '../../src/cli/config-file.js';
-import { parseServerConfig } from '../../src/cli/config.js';
-import { liveSettingsFrom, restartNeeded } from '../../src/cli/reload.js';
 import { pathTargets } from '../../src/cli/observe.js';
 import { newPair, portOf, sleep, waitFor } from './security-rig.js';
 
@@ -437,89 +431,6 @@ describe('observability', function () {
       expect(text).to.contain('  drops: 2 queue_full, 1 spoofed_source');
       expect(text).to.contain('  last error: disconnected: timeout');
       expect(text).to.contain('  drops: 4 no_route');
-    });
-  });
-
-  describe('config file, effective config and live settings', function () {
-    let dir = '';
-    before(() => {
-      dir = mkdtempSync(path.join(os.tmpdir(), 'nodelink-config-'));
-    });
-    after(() => rmSync(dir, { recursive: true, force: true }));
-
-    it('reads YAML and JSON with flag or camelCase keys; names the file and the problem otherwise', function () {
-      const yaml = path.join(dir, 'server.yaml');
-      writeFileSync(
-        yaml,
-        'listen: 198.18.0.2:8443\ntunnelCidr: [198.18.255.0/24, "fd00:18:ff::/64"]\nlog-level: debug\n',
-      );
-      expect(loadConfigFile(yaml)).to.deep.equal({
-        listen: '198.18.0.2:8443',
-        'tunnel-cidr': ['198.18.255.0/24', 'fd00:18:ff::/64'],
-        'log-level': 'debug',
-      });
-      const json = path.join(dir, 'client.json');
-      writeFileSync(json, '{"server": "cp:8443", "keepaliveMs": 500}');
-      expect(loadConfigFile(json)).to.deep.equal({ server: 'cp:8443', 'keepalive-ms': 500 });
-      writeFileSync(json, '{"server": ');
-      expect(() => loadConfigFile(json)).to.throw(/client\.json is not valid JSON/);
-      writeFileSync(yaml, '- a\n- b\n');
-      expect(() => loadConfigFile(yaml)).to.throw(/must hold a mapping of flag names/);
-      expect(() => loadConfigFile(path.join(dir, 'missing.yaml'))).to.throw(/cannot be read \(ENOENT\)/);
-    });
-
-    it('prints the effective config as plain JSON with secrets redacted', function () {
-      const config = parseServerConfig({
-        listen: '198.18.0.2:8443',
-        key: '/etc/nodelink/server.key',
-        peers: '/p.json',
-        'tunnel-cidr': ['198.18.255.0/24'],
-        metrics: '0.0.0.0:9472',
-      });
-      const shown = effectiveConfig(config);
-      expect(shown).to.include({
-        listen: '198.18.0.2:8443',
-        keyFile: '/etc/nodelink/server.key',
-        metrics: '0.0.0.0:9472',
-        pathCheckIntervalMs: 10_000,
-      });
-      expect(shown['tunnelCidrs']).to.deep.equal(['198.18.255.0/24']);
-      expect(shown['tunnelAddresses']).to.deep.equal(['198.18.255.1/32']);
-      expect(redact({ token: 'abc', nested: { privateKey: 'x', name: 'n' }, password: '' })).to.deep.equal({
-        token: '<redacted>',
-        nested: { privateKey: '<redacted>', name: 'n' },
-        password: '',
-      });
-    });
-
-    it('SIGHUP settings: the file changes what flags and env did not set; other changes need a restart', function () {
-      const current = {
-        logLevel: 'info' as const,
-        pathCheckIntervalMs: 10_000,
-        pathCheckTimeoutMs: 3000,
-        pathCheckPort: 10250,
-      };
-      const file = { 'log-level': 'debug', 'path-check-interval-ms': 2000, mtu: 1400 };
-      expect(liveSettingsFrom('server', file, current, [], {})).to.deep.equal({
-        logLevel: 'debug',
-        pathCheckIntervalMs: 2000,
-        pathCheckTimeoutMs: 3000,
-        pathCheckPort: 10250,
-      });
-      expect(liveSettingsFrom('server', file, current, ['--log-level', 'warn'], {}).logLevel).to.equal('info');
-      expect(
-        liveSettingsFrom('server', file, current, [], { NODELINK_PATH_CHECK_INTERVAL_MS: '5000' }).pathCheckIntervalMs,
-      ).to.equal(10_000);
-      expect(liveSettingsFrom('client', {}, { logLevel: 'debug' }, [], {})).to.deep.equal({ logLevel: 'info' });
-      expect(() => liveSettingsFrom('client', { 'log-level': 'loud' }, current, [], {})).to.throw(
-        /log-level must be one of/,
-      );
-      expect(() => liveSettingsFrom('server', { 'path-check-interval-ms': 5 }, current, [], {})).to.throw(
-        /path-check-interval-ms/,
-      );
-      expect(restartNeeded({ mtu: 1420, 'log-level': 'info' }, { mtu: 1400, 'log-level': 'debug' })).to.deep.equal([
-        'mtu',
-      ]);
     });
   });
 
