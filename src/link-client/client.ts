@@ -1,4 +1,4 @@
-import { connect as tlsConnect, createSecureContext, type SecureContext, type TLSSocket } from 'node:tls';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, type KeyPair } from '../auth/index.js';
 import { CloseCode, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName } from '../protocol/index.js';
 import { Prefix, PrefixTable, checkPacket } from '../routing/index.js';
@@ -10,7 +10,7 @@ import { classifyDialFailure, type LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
 import { Backoff } from './backoff.js';
-import { checkServer, serverIdentity, sniFor } from './trust.js';
+import { checkServer, clientTlsOptions, serverIdentity } from './trust.js';
 
 export interface LinkClientOptions {
   readonly host: string;
@@ -128,16 +128,7 @@ export class LinkClient {
       );
       socket.destroy(new Error(`no welcome within ${options.handshakeTimeoutMs} ms`));
     }, options.handshakeTimeoutMs);
-    socket = tlsConnect({
-      host: options.host,
-      port: options.port,
-      servername: sniFor(options.host, options.serverName),
-      // TLS 1.3 only, and `ca`: trust is decided in secureConnect by checkServer (pinned key
-      // and/or --ca chain), which can say why it refuses; Node still verifies the chain and
-      // name against `ca` for it.
-      secureContext: secureContextFor(options.ca),
-      rejectUnauthorized: false,
-    });
+    socket = tlsConnect(clientTlsOptions(options.host, options.port, options));
     socket.setNoDelay(true);
     socket.once('secureConnect', () => {
       const untrusted = checkServer(socket, options);
@@ -297,18 +288,4 @@ export class LinkClient {
   get serverTunnelAddresses(): readonly string[] {
     return this.serverAddresses;
   }
-}
-
-/**
- * Without a secureContext every tls.connect builds its own (an SSL_CTX with its certificate
- * store): a quarter of the load generator's CPU in a 5,000-peer reconnect storm. Dials share
- * one per trust setting; one entry is enough, as every dial of a process uses the same --ca.
- */
-let sharedContext: { ca: string | undefined; context: SecureContext } | undefined;
-
-function secureContextFor(ca: string | undefined): SecureContext {
-  if (!sharedContext || sharedContext.ca !== ca) {
-    sharedContext = { ca, context: createSecureContext({ minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', ca }) };
-  }
-  return sharedContext.context;
 }

@@ -1,5 +1,5 @@
 import { X509Certificate } from 'node:crypto';
-import type { TLSSocket } from 'node:tls';
+import { createSecureContext, type ConnectionOptions, type SecureContext, type TLSSocket } from 'node:tls';
 import { encodeKey, keysEqual, pemCertificates, readNamedFile } from '../auth/index.js';
 import { NodelinkError } from '../errors.js';
 
@@ -18,6 +18,8 @@ export interface ServerTrust {
   readonly serverKey?: Uint8Array;
   /** PEM CA certificates; when set, the TLS stack verifies the chain and the name against them. */
   readonly ca?: string;
+  /** Name to send as SNI and to find in the server's certificate, instead of the host (--server-name). */
+  readonly serverName?: string;
 }
 
 /** A --ca file that cannot be used. */
@@ -53,6 +55,40 @@ export function sniFor(host: string, serverName?: string): string | undefined {
   return serverName ?? (/^[0-9.]+$/.test(host) || host.includes(':') ? undefined : host);
 }
 
+/**
+ * Without a secureContext every tls.connect builds its own (an SSL_CTX with its certificate
+ * store): a quarter of the load generator's CPU in a 5,000-peer reconnect storm. Dials share
+ * one per trust setting; one entry is enough, as every dial of a process uses the same --ca.
+ */
+let sharedContext: { ca: string | undefined; context: SecureContext } | undefined;
+
+/** The TLS context of every dial to a server: TLS 1.3 only, and the --ca certificates if any. */
+export function clientTlsContext(trust: ServerTrust): SecureContext {
+  if (!sharedContext || sharedContext.ca !== trust.ca) {
+    sharedContext = {
+      ca: trust.ca,
+      context: createSecureContext({ minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', ca: trust.ca }),
+    };
+  }
+  return sharedContext.context;
+}
+
+/**
+ * How to dial a server: the client and `nodelink diagnose` open the same TLS session. Trust is
+ * decided once the session is up, by checkServer (pinned key and/or --ca chain), which can say
+ * why it refuses; Node still verifies the chain and the name against `ca` for it, so the socket
+ * is opened with rejectUnauthorized false.
+ */
+export function clientTlsOptions(host: string, port: number, trust: ServerTrust): ConnectionOptions {
+  return {
+    host,
+    port,
+    servername: sniFor(host, trust.serverName),
+    secureContext: clientTlsContext(trust),
+    rejectUnauthorized: false,
+  };
+}
+
 /** The raw Ed25519 key of a certificate, if it has one. */
 function ed25519Key(certificate: X509Certificate | undefined): Uint8Array | undefined {
   if (!certificate || certificate.publicKey.asymmetricKeyType !== 'ed25519') return undefined;
@@ -60,20 +96,28 @@ function ed25519Key(certificate: X509Certificate | undefined): Uint8Array | unde
   return jwk.x ? new Uint8Array(Buffer.from(jwk.x, 'base64url')) : undefined;
 }
 
+/**
+ * On Node 20 a second getPeerX509Certificate() of the same socket comes back empty (no key, no
+ * fingerprint), so each socket's certificate is read once and kept here.
+ */
+const peerCertificates = new WeakMap<TLSSocket, X509Certificate | undefined>();
+
+function peerCertificate(socket: TLSSocket): X509Certificate | undefined {
+  if (!peerCertificates.has(socket)) peerCertificates.set(socket, socket.getPeerX509Certificate());
+  return peerCertificates.get(socket);
+}
+
 /** The raw Ed25519 key of the server's certificate, if it has one. */
 export function serverPublicKey(socket: TLSSocket): Uint8Array | undefined {
-  return ed25519Key(socket.getPeerX509Certificate());
+  return ed25519Key(peerCertificate(socket));
 }
 
 /** How `status` names the server: its Ed25519 key, or else its certificate's SHA-256 fingerprint. */
 export function serverIdentity(socket: TLSSocket): string | undefined {
-  // One object for both: on Node 20 a second getPeerX509Certificate() of the same socket can
-  // come back without its fingerprint.
-  const certificate = socket.getPeerX509Certificate();
-  const fingerprint = certificate?.fingerprint256;
+  const certificate = peerCertificate(socket);
   const key = ed25519Key(certificate);
   if (key) return encodeKey(key);
-  return fingerprint ? `sha256:${fingerprint}` : undefined;
+  return certificate?.fingerprint256 ? `sha256:${certificate.fingerprint256}` : undefined;
 }
 
 /** Why a server is not trusted: the handshake-failure name for metrics, and one line for people. */
@@ -84,9 +128,9 @@ export interface Untrusted {
 
 /**
  * Checks a TLS session that has just connected. Returns undefined when the server is trusted,
- * else why not and what to check. The socket must have been opened with
- * `ca: trust.ca` and rejectUnauthorized false, so that Node computed `authorized` (chain and
- * name) without tearing the socket down before we could say why.
+ * else why not and what to check. The socket must have been opened with clientTlsOptions, so
+ * that Node computed `authorized` (chain and name) without tearing the socket down before we
+ * could say why.
  */
 export function checkServer(socket: TLSSocket, trust: ServerTrust): Untrusted | undefined {
   if (trust.ca !== undefined && !socket.authorized) {
