@@ -87,13 +87,16 @@ const STATUS_SETTINGS: SettingsSpec = {
 const DIAGNOSE_SETTINGS: SettingsSpec = {
   side: {
     type: 'string',
-    describe: 'node or control-plane (default: node when --server is given or only a client socket exists)',
+    describe:
+      'node or control-plane (default: node when a node-side flag is given, else the role of the daemon on --admin-socket)',
   },
   server: { type: 'string', describe: 'node side: HOST:PORT of the server (default: ask the running client)' },
   'server-key': {
     type: 'string',
     describe: "node side: the server's public key (default: ask the running client)",
   },
+  ca: { type: 'string', describe: "node side: the client's --ca, to trust the server by its CA" },
+  'server-name': { type: 'string', describe: "node side: the client's --server-name, with --ca" },
   key: { type: 'string', describe: "node side: this node's private key file" },
   name: {
     type: 'string',
@@ -101,7 +104,7 @@ const DIAGNOSE_SETTINGS: SettingsSpec = {
   },
   route: { type: 'list', describe: 'node side: the CIDRs this node announces' },
   tun: { type: 'string', default: DEFAULTS.tun, describe: 'TUN interface name' },
-  'admin-socket': { type: 'string', describe: 'admin socket of the local daemon' },
+  'admin-socket': { type: 'string', defaultText: 'server, else client', describe: 'admin socket of the local daemon' },
   'kubelet-port': { type: 'number', default: DEFAULTS.pathCheckPort, describe: 'kubelet port checked on the node' },
   'timeout-ms': { type: 'number', default: DEFAULTS.pathCheckTimeoutMs, describe: 'per-check network timeout' },
   json: { type: 'boolean', default: false, describe: 'print JSON' },

@@ -14,7 +14,7 @@ import { PathChecker, type PathTarget } from '../link-server/path-check.js';
 import { Prefix } from '../routing/index.js';
 import { ip } from '../tun/index.js';
 import type { Logger } from '../log.js';
-import { tunnelSource, type ClientConfig, type LinkTunables, type ServerConfig } from './config.js';
+import { formatEndpoint, tunnelSource, type ClientConfig, type LinkTunables, type ServerConfig } from './config.js';
 import { effectiveConfig } from './config-file.js';
 
 /**
@@ -285,7 +285,7 @@ export function clientObservability(
         const status = base();
         const kernel = await kernelRoutes(config.tun);
         status.publicKey = encodeKey(publicKey);
-        status.server = `${config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host}:${config.server.port}`;
+        status.server = formatEndpoint(config.server);
         status.serverTunnelAddresses = [...side.serverTunnelAddresses()];
         status.announcedRoutes = side.announcedRoutes().map(String);
         for (const peer of status.peers) {

@@ -9,12 +9,18 @@ import { readCaFile } from '../link-client/trust.js';
 import { LinuxTun, routeReplace } from '../tun/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
-import type { ClientConfig, Endpoint } from './config.js';
+import { formatEndpoint, type ClientConfig, type Endpoint } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { clientObservability } from './observe.js';
 import { routesFromKubernetes } from './kubernetes.js';
 import type { Prefix } from '../routing/index.js';
 import { onReload, settingsReloader, type StartSettings } from './reload.js';
+
+/** The kernel's forwarding switch for each family (diagnose reads the same ones). */
+export const FORWARDING_SYSCTL: Readonly<Record<4 | 6, string>> = {
+  4: '/proc/sys/net/ipv4/ip_forward',
+  6: '/proc/sys/net/ipv6/conf/all/forwarding',
+};
 
 /**
  * Pods answer the control plane through this node, so the node must forward. Only the
@@ -23,12 +29,8 @@ import { onReload, settingsReloader, type StartSettings } from './reload.js';
  */
 function enableForwarding(routes: readonly Prefix[], log: Logger): void {
   const families = new Set(routes.map((route) => route.family));
-  const knobs: Array<[4 | 6, string]> = [
-    [4, '/proc/sys/net/ipv4/ip_forward'],
-    [6, '/proc/sys/net/ipv6/conf/all/forwarding'],
-  ];
-  for (const [family, path] of knobs) {
-    if (!families.has(family)) continue;
+  for (const family of families) {
+    const path = FORWARDING_SYSCTL[family];
     try {
       writeFileSync(path, '1');
     } catch (err) {
@@ -160,15 +162,15 @@ async function serverTargets(servers: readonly Endpoint[], log: Logger): Promise
           return [];
         });
     if (addresses.length <= 1) {
-      targets.push({ host, port, serverName: undefined, label: `${host.includes(':') ? `[${host}]` : host}:${port}` });
+      targets.push({ host, port, serverName: undefined, label: formatEndpoint({ host, port }) });
       continue;
     }
-    for (const { address, family } of addresses) {
+    for (const { address } of addresses) {
       targets.push({
         host: address,
         port,
         serverName: host,
-        label: `${family === 6 ? `[${address}]` : address}:${port}`,
+        label: formatEndpoint({ host: address, port }),
       });
     }
   }

@@ -1,12 +1,21 @@
 // `nodelink diagnose` through the real CLI in the namespace harness: all green on a healthy link,
 // and for each fault an operator meets — server down, wrong server key, unauthorized key,
-// ip_forward off, a missing route — the failing check names that cause and its fix.
+// ip_forward off, a missing route — the failing check names that cause and its fix. The side
+// comes from the daemon on the admin socket; a server whose CA-signed certificate has a key
+// that is not Ed25519 passes with the client's --ca and --server-name.
 
 import { expect } from 'chai';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { Harness } from '../../scripts/harness.js';
 import { NodelinkCluster, runCli } from '../../scripts/cluster.js';
 import type { Check, DiagnoseReport } from '../../src/cli/diagnose.js';
+import { caSignedEcdsaCertificate } from '../unit/certificates.js';
 import { clusterRig } from './root.js';
+
+const failed = (report: DiagnoseReport): Check[] => report.checks.filter((check) => check.status === 'fail');
+const check = (report: DiagnoseReport, id: string): Check => report.checks.find((c) => c.id === id)!;
 
 describe('nodelink diagnose in namespaces (real CLI)', function () {
   this.timeout(60_000);
@@ -55,8 +64,6 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
     expect(result.stdout, `exit ${result.code}: ${result.stderr}`).to.match(/^\{/);
     return { code: result.code, report: JSON.parse(result.stdout) as DiagnoseReport };
   }
-
-  const failed = (report: DiagnoseReport): Check[] => report.checks.filter((check) => check.status === 'fail');
 
   it('passes every check on a healthy node and control plane', async function () {
     const node = await onNode();
@@ -165,6 +172,27 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
     }
   });
 
+  it("without --side, asks the daemon on --admin-socket for its role: the server's gets the control-plane checks", async function () {
+    const result = await runCli(['diagnose', '--admin-socket', C().serverSocket, '--timeout-ms', '1500', '--json'], {
+      ns: H().ns.cp,
+      timeoutMs: 30_000,
+    });
+    expect(result.stdout, `exit ${result.code}: ${result.stderr}`).to.match(/^\{/);
+    const report = JSON.parse(result.stdout) as DiagnoseReport;
+    expect(report.side).to.equal('control-plane');
+    expect(failed(report), JSON.stringify(failed(report))).to.deep.equal([]);
+    expect(report.checks.map((c) => c.id)).to.include.members(['server', 'listening', 'peer:node-1:connected']);
+    expect(result.code).to.equal(0);
+
+    const nobody = path.join(H().dir, 'nobody.sock');
+    const none = await runCli(['diagnose', '--admin-socket', nobody], { ns: H().ns.cp, timeoutMs: 30_000 });
+    expect(none.code).to.equal(1);
+    expect(none.stdout).to.equal('');
+    expect(none.stderr.trim().split('\n')).to.have.length(1);
+    expect(none.stderr).to.contain(`no nodelink daemon answers on ${nobody}`);
+    expect(none.stderr).to.match(/--side node .*--side control-plane/);
+  });
+
   it('server down: the first failure is the server port, refused', async function () {
     await C().server!.stop();
     const { code, report } = await onNode();
@@ -179,5 +207,76 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
     });
     expect(cp.code).to.equal(1);
     expect(cp.stdout, cp.stderr).to.match(/✗ nodelink server running/);
+  });
+});
+
+describe('nodelink diagnose against a CA-signed server certificate whose key is ECDSA', function () {
+  this.timeout(60_000);
+  const SERVER_NAME = 'nodelink.test';
+  let pkiDir = '';
+  const file = (name: string): string => path.join(pkiDir, name);
+  before(async function () {
+    pkiDir = mkdtempSync(path.join(tmpdir(), 'nodelink-diagnose-ca-'));
+    const pki = await caSignedEcdsaCertificate({ dns: [SERVER_NAME] });
+    writeFileSync(file('ca.pem'), pki.caPem);
+    writeFileSync(file('server.pem'), pki.certPem);
+    writeFileSync(file('server-key.pem'), pki.keyPem, { mode: 0o600 });
+  });
+  after(function () {
+    if (pkiDir) rmSync(pkiDir, { recursive: true, force: true });
+  });
+  const rig = clusterRig(
+    { nodes: 1 },
+    { cluster: () => ({ extraServerArgs: ['--cert', file('server.pem'), '--cert-key', file('server-key.pem')] }) },
+  );
+  const caFlags = (): string[] => ['--ca', file('ca.pem'), '--server-name', SERVER_NAME];
+
+  before(async function () {
+    const { h, cluster } = rig;
+    await cluster.startServer();
+    const args = cluster.clientArgs(1);
+    args.splice(args.indexOf('--server-key'), 2, ...caFlags());
+    cluster.clients.set(1, h.spawn(h.ns.node(1), args, { name: 'nodelink-client-1-ca' }));
+    await cluster.waitConnected([1]);
+  });
+
+  async function diagnose(args: string[]): Promise<{ code: number; report: DiagnoseReport }> {
+    const { h, cluster } = rig;
+    const result = await runCli(
+      ['diagnose', '--admin-socket', cluster.clientSocket(1), '--timeout-ms', '1500', '--json', ...args],
+      { ns: h.ns.node(1), timeoutMs: 30_000 },
+    );
+    expect(result.stdout, `exit ${result.code}: ${result.stderr}`).to.match(/^\{/);
+    return { code: result.code, report: JSON.parse(result.stdout) as DiagnoseReport };
+  }
+
+  it("with the client's --ca and --server-name, the TLS and trust checks pass", async function () {
+    const { code, report } = await diagnose([...caFlags(), '--key', rig.cluster.nodeKeys.get(1)!.keyFile]);
+    expect(report.side).to.equal('node');
+    expect(failed(report), JSON.stringify(failed(report))).to.deep.equal([]);
+    expect(code).to.equal(0);
+    expect(check(report, 'tls').status).to.equal('pass');
+    expect(check(report, 'server_key')).to.deep.include({ status: 'pass' });
+    expect(check(report, 'server_key').detail).to.match(
+      /presents sha256:.* trusted by the CA in .*ca\.pem for the name nodelink\.test/,
+    );
+    expect(check(report, 'authorized').status).to.equal('pass');
+  });
+
+  it('without --ca, says the client trusts by a CA, and skips the network checks for that reason', async function () {
+    const { code, report } = await diagnose([]);
+    expect(code).to.equal(1);
+    expect(failed(report).map((c) => c.id)).to.deep.equal(['config']);
+    expect(check(report, 'config').detail).to.match(/trusts its server by a CA/);
+    expect(check(report, 'config').fix).to.match(/--ca/);
+    expect(check(report, 'tls').detail).to.equal('skipped: server and trust settings failed');
+  });
+
+  it('with the wrong --server-name, the trust check fails naming --server-name', async function () {
+    const { code, report } = await diagnose(['--ca', file('ca.pem'), '--server-name', 'elsewhere.test']);
+    expect(code).to.equal(1);
+    expect(failed(report).map((c) => c.id)).to.deep.equal(['server_key']);
+    expect(check(report, 'server_key').detail).to.match(/does not verify against --ca/);
+    expect(check(report, 'server_key').fix).to.match(/--server-name/);
   });
 });

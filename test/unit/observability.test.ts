@@ -1,8 +1,8 @@
 // Observability without root: metrics and the health endpoint, the link's observer hooks over
-// loopback TLS, the diagnose handshake probe and status text (settings: settings.test.ts).
+// loopback TLS and status text (settings: settings.test.ts; the diagnose probe: diagnose.test.ts).
 
 import { expect } from 'chai';
-import { createServer as createNetServer, type Server as NetServer } from 'node:net';
+import { createServer as createNetServer } from 'node:net';
 import { encodeKey, generateSeed, keyPairFromSeed, parsePeers, type KeyPair } from '../../src/auth/index.js';
 import {
   LinkMetrics,
@@ -16,7 +16,6 @@ import {
 import { LinkServer } from '../../src/link-server/index.js';
 import { PathChecker } from '../../src/link-server/path-check.js';
 import { LinkClient } from '../../src/link-client/index.js';
-import { probeHandshake } from '../../src/link-client/probe.js';
 import { classifyDialFailure } from '../../src/link/observer.js';
 import type { ConnectionOptions } from '../../src/link/connection.js';
 import { Prefix } from '../../src/routing/index.js';
@@ -307,33 +306,6 @@ describe('observability', function () {
       expect(await pinnedWrong.text()).to.match(
         /nodelink_handshake_failures_total\{reason="server_key_mismatch"\} [1-9]/,
       );
-    });
-
-    it('probeHandshake tells welcome, rejection, key mismatch and TLS failure apart', async function () {
-      const base = { host: '127.0.0.1', port, timeoutMs: 2000, name: 'node-a', routes: ['198.19.0.11/32'] };
-      const welcome = await probeHandshake({
-        ...base,
-        serverKey: serverPair.publicKey,
-        keyPair: keyPairFromSeed(generateSeed()),
-        name: 'x',
-      });
-      expect(welcome).to.deep.include({ stage: 'rejected', code: 'auth_failed' });
-      const probePair = keyPairFromSeed(generateSeed());
-      const wrongKey = await probeHandshake({ ...base, serverKey: probePair.publicKey, keyPair: nodePair });
-      expect(wrongKey.stage).to.equal('server_key');
-      const keyOnly = await probeHandshake({ ...base, serverKey: serverPair.publicKey, skipHello: true });
-      expect(keyOnly.stage).to.equal('key_ok');
-      const plain: NetServer = createNetServer((socket) => socket.end('HTTP/1.0 400 nope\r\n\r\n'));
-      await new Promise<void>((resolve) => plain.listen(0, '127.0.0.1', resolve));
-      const plainPort = (plain.address() as { port: number }).port;
-      const tls = await probeHandshake({
-        ...base,
-        port: plainPort,
-        serverKey: serverPair.publicKey,
-        keyPair: nodePair,
-      });
-      plain.close();
-      expect(tls.stage).to.equal('tls');
     });
   });
 
