@@ -13,5 +13,6 @@ export {
   packetFamily,
 } from './packet.js';
 export { Prefix, type ParsedAddress, parseAddress } from './prefix.js';
+export { formatEndpoint } from './endpoint.js';
 export { PrefixTable } from './table.js';
 export { buildUnreachable, internetChecksum } from './icmp.js';

@@ -136,9 +136,14 @@ export class Prefix {
     return formatAddress(this.family, host);
   }
 
+  /** The network address without its length: the address itself for a host route. */
+  get address(): string {
+    return formatAddress(this.family, this.bytes);
+  }
+
   /** Canonical form: dotted quad, or lowercase compressed IPv6 (RFC 5952). */
   toString(): string {
-    this.text ??= `${formatAddress(this.family, this.bytes)}/${this.length}`;
+    this.text ??= `${this.address}/${this.length}`;
     return this.text;
   }
 }
