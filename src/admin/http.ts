@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { formatEndpoint } from '../routing/index.js';
 import { AdminError } from './errors.js';
 
 /** One named check of a health report, with what it found. */
@@ -109,7 +110,7 @@ export class ObservabilityServer {
   get address(): string {
     const address = this.server.address();
     if (address && typeof address === 'object') {
-      return address.family === 'IPv6' ? `[${address.address}]:${address.port}` : `${address.address}:${address.port}`;
+      return formatEndpoint(address.address, address.port);
     }
     return String(address);
   }

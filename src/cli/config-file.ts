@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { formatEndpoint } from '../routing/index.js';
 import {
   ConfigError,
   resolveSettings,
@@ -111,7 +112,7 @@ function plain(value: unknown): unknown {
     const keys = Object.keys(record);
     if (keys.length === 2 && 'host' in record && 'port' in record) {
       const host = String(record['host']);
-      return `${host.includes(':') ? `[${host}]` : host}:${String(record['port'])}`;
+      return formatEndpoint(host, String(record['port']));
     }
     // Prefix and friends: anything with its own toString is shown as text.
     if (

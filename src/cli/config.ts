@@ -307,10 +307,7 @@ export function cidr(text: string, flag: string): Prefix {
 
 /** The server's own address of that family inside the tunnel: the source of what it sends into it. */
 export function tunnelSource(addresses: readonly Prefix[], family: 4 | 6): string | undefined {
-  return addresses
-    .find((address) => address.family === family)
-    ?.toString()
-    .split('/')[0];
+  return addresses.find((address) => address.family === family)?.address;
 }
 
 /** HOST:PORT, [IPV6]:PORT. */

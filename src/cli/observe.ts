@@ -217,7 +217,7 @@ export function pathTargets(status: DaemonStatus): PathTarget[] {
   for (const peer of status.peers) {
     if (!peer.connected) continue;
     const host = nodeIp(peer.routes.map((route) => Prefix.parse(route)));
-    if (host) targets.push({ peer: peer.name, address: host.toString().split('/')[0]!, family: host.family });
+    if (host) targets.push({ peer: peer.name, address: host.address, family: host.family });
   }
   return targets;
 }

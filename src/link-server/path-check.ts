@@ -1,6 +1,7 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import type { PathHealth } from '../admin/index.js';
+import { formatEndpoint } from '../routing/index.js';
 import type { Logger } from '../log.js';
 
 /** A connected node and the address its path is checked at (its announced node IP). */
@@ -111,7 +112,7 @@ export class PathChecker {
   private async check(target: PathTarget): Promise<void> {
     const { port, timeoutMs, log } = this.options;
     this.inFlight.add(target.peer);
-    const where = target.family === 6 ? `[${target.address}]:${port}` : `${target.address}:${port}`;
+    const where = formatEndpoint(target.address, port);
     const started = performance.now();
     const outcome = await probe(target.address, port, this.options.sourceAddress(target.family), timeoutMs);
     this.inFlight.delete(target.peer);
