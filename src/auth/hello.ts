@@ -1,12 +1,11 @@
 import { sign, verify } from 'node:crypto';
 import { AuthError } from './errors.js';
-import { KEY_BYTES, keysEqual, privateKeyObject, publicKeyObject, type KeyPair } from './keys.js';
+import { KEY_BYTES, privateKeyObject, publicKeyObject, type KeyPair } from './keys.js';
 
 /*
  * Signing and verifying use node:crypto (OpenSSL), not tweetnacl: the signatures are the same
- * Ed25519 bytes (a unit test checks both ways), but tweetnacl's pure-JS verify costs ~19 ms on
- * our 2-vCPU test machine against ~0.2 ms here, and a server must verify a hello for every node
- * of a reconnect storm. tweetnacl still generates and derives the keys.
+ * Ed25519 bytes (a unit test checks both ways), and a pure-JS verify is far too slow for a
+ * server that must verify a hello for every node of a reconnect storm.
  */
 function ed25519Verify(message: Uint8Array, signature: Uint8Array, publicKey: Uint8Array): boolean {
   try {
@@ -84,5 +83,3 @@ export function verifyHello(payload: Uint8Array, exporter: Uint8Array): Hello {
   }
   return { publicKey: new Uint8Array(publicKey), name: body.name, routes: body.routes };
 }
-
-export { keysEqual };
