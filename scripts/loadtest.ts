@@ -77,7 +77,6 @@ async function child(): Promise<void> {
         maxQueueBytes: 1 << 20,
         keepaliveIntervalMs: KEEPALIVE_MS,
         deadAfterMs: KEEPALIVE_MS * 4,
-        maxInitialPayload: 65_599,
       },
       handshakeTimeoutMs: 10_000,
       backoffBaseMs: 500,

@@ -1,18 +1,14 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import {
+  CLOSE_REASONS,
+  DROP_REASONS,
+  HANDSHAKE_FAILURES,
+  type CloseReason,
+  type HandshakeFailure,
+} from '../reasons.js';
 import type { DaemonStatus, PathHealth } from './status.js';
 
-/**
- * Prometheus metrics of one daemon (prom-client), all named `nodelink_…`.
- *
- * Two kinds of sources, and nothing on the data path:
- * - traffic (bytes, packets, drops, queue depth, peers) is read from the daemon's status at
- *   scrape time, in collect() callbacks — the counters the link keeps anyway;
- * - events (handshakes, failures, disconnects, pongs, path checks) arrive through the
- *   LinkObserver methods below, a few per peer per keepalive interval at most.
- *
- * The same object keeps, per peer, what status shows and metrics cannot derive from the link's
- * counters: handshakes, reconnects, the last error and the last pong.
- */
+/** What status shows of a peer and the link's counters cannot tell: kept by LinkMetrics. */
 export interface PeerEvents {
   handshakes: number;
   reconnects: number;
@@ -38,6 +34,19 @@ export interface LinkMetricsOptions {
   readonly processMetrics?: boolean;
 }
 
+/**
+ * Prometheus metrics of one daemon (prom-client), all named `nodelink_…`.
+ *
+ * Two kinds of sources, and nothing on the data path:
+ * - traffic (bytes, packets, drops, queue depth, peers) is read from the daemon's status at
+ *   scrape time, in collect() callbacks — the counters the link keeps anyway;
+ * - events (handshakes, failures, disconnects, pongs, path checks) arrive through the
+ *   LinkObserver methods below, a few per peer per keepalive interval at most. Their reason
+ *   labels come from src/reasons.ts.
+ *
+ * The same object keeps, per peer, what status shows and metrics cannot derive from the link's
+ * counters: handshakes, reconnects, the last error and the last pong.
+ */
 export class LinkMetrics {
   readonly registry = new Registry();
   private readonly events = new Map<string, PeerEvents>();
@@ -131,7 +140,7 @@ export class LinkMetrics {
     }
     new Counter({
       name: 'nodelink_dropped_packets_total',
-      help: 'Packets dropped, by reason (queue_full, no_route, peer_offline, spoofed_source, malformed, disconnected, unannounced_source, tun_error); peer is empty when no peer is to blame.',
+      help: `Packets dropped, by reason (${DROP_REASONS.join(', ')}); peer is empty when no peer is to blame.`,
       labelNames: ['peer', 'reason'],
       registers,
       collect() {
@@ -197,7 +206,7 @@ export class LinkMetrics {
     });
     this.handshakeFailures = new Counter({
       name: 'nodelink_handshake_failures_total',
-      help: 'Handshakes that did not end in a session, by reason (tls, timeout, unknown_key, name_mismatch, route_not_allowed, bad_signature, server_key_mismatch, connection_refused, dns, auth_failed, …).',
+      help: `Handshakes that did not end in a session, by reason (${HANDSHAKE_FAILURES.join(', ')}).`,
       labelNames: ['reason'],
       registers,
     });
@@ -209,7 +218,7 @@ export class LinkMetrics {
     });
     this.disconnects = new Counter({
       name: 'nodelink_disconnects_total',
-      help: 'Established sessions that ended, by close reason.',
+      help: `Established sessions that ended, by close reason (${[...CLOSE_REASONS, 'unknown'].join(', ')}).`,
       labelNames: ['peer', 'reason'],
       registers,
     });
@@ -275,12 +284,12 @@ export class LinkMetrics {
     this.handshakes.inc({ peer });
   }
 
-  handshakeFailed(reason: string, peer?: string, detail?: string): void {
+  handshakeFailed(reason: HandshakeFailure, peer?: string, detail?: string): void {
     this.handshakeFailures.inc({ reason });
     if (peer) this.record(peer).lastError = detail ? `${reason}: ${detail}` : reason;
   }
 
-  disconnected(peer: string, reason: string): void {
+  disconnected(peer: string, reason: CloseReason): void {
     this.disconnects.inc({ peer, reason });
     this.record(peer).lastError = `disconnected: ${reason}`;
   }

@@ -1,6 +1,7 @@
+import type { DropReason, Refusal } from '../reasons.js';
 import type { DebugStatus } from './debug.js';
 
-/** The status document of SPEC.md, served by each daemon and printed by `nodelink status`. */
+/** The status document, served by each daemon on its admin socket and printed by `nodelink status`. */
 export interface PeerStatus {
   name: string;
   publicKey: string;
@@ -16,7 +17,7 @@ export interface PeerStatus {
   rxPackets: number;
   txPackets: number;
   drops: number;
-  dropsByReason: Record<string, number>;
+  dropsByReason: Partial<Record<DropReason, number>>;
   queuedBytes: number;
   // ---- filled in by the daemon's observability wiring (src/cli/observe.ts) ----
   /** When the last keepalive pong arrived (ISO-8601); null before the first. */
@@ -68,12 +69,9 @@ export interface DaemonStatus {
   name?: string;
   startedAt: string;
   /** Drops not attributable to one peer (unknown destination, malformed from the TUN). */
-  dropsByReason: Record<string, number>;
-  /**
-   * Server: connections that never became a session, by reason (rate_limited,
-   * unauthenticated_limit, tls_handshake_failed, handshake_timeout, …; see docs/security.md).
-   */
-  refusedConnections?: Record<string, number>;
+  dropsByReason: Partial<Record<DropReason, number>>;
+  /** Server: connections it gave up on before their hello, by reason (REFUSALS in src/reasons.ts). */
+  refusedConnections?: Partial<Record<Refusal, number>>;
   peers: PeerStatus[];
   /** Client: its own public key, the server it dials and the server's tunnel addresses. */
   publicKey?: string;

@@ -1,6 +1,5 @@
 import type { Logger } from '../log.js';
 import type { ConnectionOptions } from '../link/connection.js';
-import { DEFAULT_MAX_HELLO_PAYLOAD } from '../protocol/index.js';
 import type { LinkTunables } from './config.js';
 
 export function connectionOptions(config: LinkTunables): ConnectionOptions {
@@ -8,7 +7,6 @@ export function connectionOptions(config: LinkTunables): ConnectionOptions {
     maxQueueBytes: config.maxQueueBytes,
     keepaliveIntervalMs: config.keepaliveIntervalMs,
     deadAfterMs: config.deadAfterMs,
-    maxInitialPayload: DEFAULT_MAX_HELLO_PAYLOAD,
   };
 }
 

@@ -1,15 +1,17 @@
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, encodeKey, type KeyPair } from '../auth/index.js';
-import { CloseCode, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName } from '../protocol/index.js';
-import { Prefix, PrefixTable, checkPacket } from '../routing/index.js';
+import { CloseCode, FrameType, closeCodeName, decodeWelcome } from '../protocol/index.js';
+import { Prefix, PrefixTable, checkPacket, formatEndpoint } from '../routing/index.js';
+import type { DialFailure } from '../reasons.js';
 import type { TunDevice } from '../tun/index.js';
 import type { DaemonStatus } from '../admin/index.js';
 import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
 import { TrafficCounters, trafficStatus } from '../link/counters.js';
-import { classifyDialFailure, type LinkObserver } from '../link/observer.js';
+import type { LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
-import { NodelinkError } from '../errors.js';
+import { userMessage } from '../errors.js';
 import { Backoff } from './backoff.js';
+import { DialError, dialFailureOf } from './dial-error.js';
 import { checkServer, clientTlsOptions, serverIdentity } from './trust.js';
 
 export interface LinkClientOptions {
@@ -41,32 +43,30 @@ export interface LinkClientOptions {
   readonly peerName?: string;
 }
 
-interface Welcome {
-  tunnelCidrs: string[];
-  serverAddresses: string[];
-}
-
 /**
  * The node side: dials out to the server (the control plane never dials in), authenticates,
  * and pumps packets between the TUN and the one TLS stream. When the stream dies it redials
  * with backoff; packets read from the TUN meanwhile are dropped and counted (disconnected).
  */
 export class LinkClient {
-  private connection: FramedConnection | undefined;
-  private authenticated = false;
-  private stopped = false;
-  private reconnectTimer: NodeJS.Timeout | undefined;
+  // Static after construction.
   private readonly backoff: Backoff;
-  private readonly counters = new TrafficCounters();
+  private readonly counters = new TrafficCounters(); // this node's traffic, across reconnects
   private readonly startedAt = new Date();
-  private endpoint: string | null = null;
-  /** The server's key or certificate fingerprint as last presented (for status in --ca mode). */
-  private presentedIdentity: string | undefined;
-  private tunnelCidrs: string[] = [];
-  private serverAddresses: string[] = [];
-  private installedCidrs = '';
-  private ownRoutes!: PrefixTable<true>;
-  private routes!: readonly Prefix[];
+  // Replaced together by setRoutes; ownRoutes is read per packet.
+  private routes!: readonly Prefix[]; // what the hello announces
+  private ownRoutes!: PrefixTable<true>; // the same, to check each packet's source against
+  // Owned by the dial loop: one connection at a time, redialed with backoff until stop().
+  private connection: FramedConnection | undefined; // the current one, handshaking or in session
+  private authenticated = false; // a Welcome arrived on `connection`
+  private stopped = false; // stop() was called, or the server rejected this node
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  // What the last session learned, for status and the routes into the TUN.
+  private endpoint: string | null = null; // the server's address as connected
+  private presentedIdentity: string | undefined; // the server's key or certificate fingerprint (--ca mode)
+  private tunnelCidrs: readonly string[] = [];
+  private serverAddresses: readonly string[] = [];
+  private installedCidrs = ''; // the tunnel CIDRs last routed into the TUN, joined
 
   constructor(private readonly options: LinkClientOptions) {
     this.backoff = new Backoff(options.backoffBaseMs, options.backoffCapMs);
@@ -116,34 +116,32 @@ export class LinkClient {
 
   private dial(): void {
     const { options } = this;
+    const server = formatEndpoint(options.host, options.port);
     let socket: TLSSocket;
-    // A failure this client raised itself, named where it knows the cause; others (errno codes
-    // in the socket's error) are classified from the reason.
-    let failure: string | undefined;
+    // Why this dial failed, from the first error the socket reports: a DialError raised here,
+    // or the socket's own errno.
+    let failure: DialFailure | undefined;
     const deadline = setTimeout(() => {
-      failure = 'timeout';
-      options.log.warn(
-        { server: `${options.host}:${options.port}` },
-        `no welcome within ${options.handshakeTimeoutMs} ms`,
-      );
-      socket.destroy(new Error(`no welcome within ${options.handshakeTimeoutMs} ms`));
+      const message = `no welcome within ${options.handshakeTimeoutMs} ms`;
+      options.log.warn({ server }, message);
+      socket.destroy(new DialError('handshake_timeout', message));
     }, options.handshakeTimeoutMs);
     socket = tlsConnect(clientTlsOptions(options.host, options.port, options));
     socket.setNoDelay(true);
+    // Registered before the connection's own listener, so the cause is known when it closes.
+    socket.on('error', (err) => {
+      failure ??= dialFailureOf(err);
+    });
     socket.once('secureConnect', () => {
       const untrusted = checkServer(socket, options);
       if (untrusted) {
-        failure = untrusted.failure;
-        options.log.error(
-          { server: `${options.host}:${options.port}`, presented: serverIdentity(socket) ?? null },
-          untrusted.message,
-        );
-        socket.destroy(new Error(untrusted.message));
+        options.log.error({ server, presented: serverIdentity(socket) ?? null }, untrusted.message);
+        socket.destroy(new DialError(untrusted.failure, untrusted.message));
         return;
       }
       // Status shows the pinned key when there is one; only --ca mode needs what was presented.
       if (!options.serverKey) this.presentedIdentity = serverIdentity(socket);
-      this.endpoint = `${socket.remoteAddress}:${socket.remotePort}`;
+      this.endpoint = formatEndpoint(socket.remoteAddress ?? options.host, socket.remotePort ?? options.port);
       const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
       connection.sendControl(
         FrameType.Hello,
@@ -174,52 +172,51 @@ export class LinkClient {
         onClose: (code, reason, byPeer) => {
           clearTimeout(deadline);
           if (this.authenticated) options.observer?.disconnected?.(this.peerName, closeCodeName(code));
-          else if (!this.stopped)
-            options.observer?.handshakeFailed?.(
-              byPeer ? closeCodeName(code) : (failure ?? classifyDialFailure(reason)),
-              this.peerName,
-              reason,
-            );
+          else if (!this.stopped) {
+            // A code the server sent, or one this end closed with, names the cause; a stream
+            // that merely ended does not, and the socket's error does.
+            const cause = byPeer || code !== CloseCode.Normal ? closeCodeName(code) : (failure ?? 'connection_error');
+            options.observer?.handshakeFailed?.(cause, this.peerName, reason);
+          }
           this.onClosed(code, reason, byPeer);
         },
         onPong: (rttMs) => options.observer?.pong?.(this.peerName, rttMs),
       },
-      { ...options.connection, maxInitialPayload: DEFAULT_MAX_PAYLOAD },
-      this.counters,
+      options.connection,
+      { counters: this.counters },
     );
     this.connection = connection;
   }
 
   private async onWelcome(connection: FramedConnection, payload: Buffer): Promise<void> {
-    let welcome: Welcome;
+    let tunnelCidrs: Prefix[];
+    let serverAddresses: readonly string[];
     try {
-      welcome = JSON.parse(payload.toString('utf8')) as Welcome;
-      if (!Array.isArray(welcome.tunnelCidrs)) throw new Error('no tunnelCidrs');
-    } catch {
-      connection.close(CloseCode.ProtocolError, 'malformed welcome');
+      const welcome = decodeWelcome(payload);
+      tunnelCidrs = welcome.tunnelCidrs.map((cidr) => Prefix.parse(cidr));
+      serverAddresses = welcome.serverAddresses;
+    } catch (err) {
+      connection.close(CloseCode.ProtocolError, `malformed welcome: ${userMessage(err)}`);
       return;
     }
     this.authenticated = true;
     this.backoff.reset();
-    this.tunnelCidrs = welcome.tunnelCidrs;
-    this.serverAddresses = welcome.serverAddresses ?? [];
+    this.tunnelCidrs = tunnelCidrs.map(String);
+    this.serverAddresses = serverAddresses;
     connection.startKeepalive();
-    this.options.log.info({ server: this.endpoint, tunnelCidrs: welcome.tunnelCidrs }, 'connected to server');
+    this.options.log.info({ server: this.endpoint, tunnelCidrs: this.tunnelCidrs }, 'connected to server');
     this.options.observer?.connected?.(this.peerName);
-    const key = welcome.tunnelCidrs.join(',');
+    const key = this.tunnelCidrs.join(',');
     if (key !== this.installedCidrs) {
       try {
-        await this.options.installRoutes(welcome.tunnelCidrs.map((cidr) => Prefix.parse(cidr)));
+        await this.options.installRoutes(tunnelCidrs);
         this.installedCidrs = key;
         this.options.log.info(
-          { routes: welcome.tunnelCidrs, dev: this.options.tun.name },
+          { routes: this.tunnelCidrs, dev: this.options.tun.name },
           'routes to the control plane installed',
         );
       } catch (err) {
-        this.options.log.error(
-          { err: err instanceof NodelinkError ? err.message : String(err) },
-          'cannot install routes to the control plane',
-        );
+        this.options.log.error({ err: userMessage(err) }, 'cannot install routes to the control plane');
         connection.close(CloseCode.Internal, 'node could not install its routes');
       }
     }
@@ -276,8 +273,8 @@ export class LinkClient {
           name: this.peerName,
           publicKey: this.options.serverKey ? encodeKey(this.options.serverKey) : (this.presentedIdentity ?? ''),
           connected: connection !== undefined,
-          endpoint: connection ? this.endpoint : `${this.options.host}:${this.options.port}`,
-          routes: this.tunnelCidrs,
+          endpoint: connection ? this.endpoint : formatEndpoint(this.options.host, this.options.port),
+          routes: [...this.tunnelCidrs],
           ...trafficStatus(counters, connection),
         },
       ],

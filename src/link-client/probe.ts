@@ -1,7 +1,7 @@
 import { connect as tlsConnect } from 'node:tls';
 import { EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, type KeyPair } from '../auth/index.js';
 import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
-import { CloseCode, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName } from '../protocol/index.js';
+import { CloseCode, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName, decodeWelcome } from '../protocol/index.js';
 import { checkServer, clientTlsOptions, serverIdentity, type ServerTrust, type Untrusted } from './trust.js';
 
 /**
@@ -41,7 +41,6 @@ const PROBE_CONNECTION: ConnectionOptions = {
   maxQueueBytes: DEFAULT_MAX_PAYLOAD,
   keepaliveIntervalMs: 60_000,
   deadAfterMs: 120_000,
-  maxInitialPayload: DEFAULT_MAX_PAYLOAD,
 };
 
 export function probeHandshake(options: ProbeOptions): Promise<ProbeResult> {
@@ -122,9 +121,8 @@ export function probeHandshake(options: ProbeOptions): Promise<ProbeResult> {
 
 function parseWelcome(payload: Buffer): ProbeWelcome | undefined {
   try {
-    const welcome = JSON.parse(payload.toString('utf8')) as Partial<ProbeWelcome>;
-    if (!Array.isArray(welcome.tunnelCidrs)) return undefined;
-    return { tunnelCidrs: welcome.tunnelCidrs, serverAddresses: welcome.serverAddresses ?? [] };
+    const welcome = decodeWelcome(payload);
+    return { tunnelCidrs: [...welcome.tunnelCidrs], serverAddresses: [...welcome.serverAddresses] };
   } catch {
     return undefined;
   }

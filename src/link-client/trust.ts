@@ -2,6 +2,7 @@ import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type ConnectionOptions, type SecureContext, type TLSSocket } from 'node:tls';
 import { encodeKey, keysEqual, pemCertificates, readNamedFile } from '../auth/index.js';
 import { NodelinkError } from '../errors.js';
+import type { DialFailure } from '../reasons.js';
 
 /**
  * How the client decides that it talks to the real server, before it sends its hello:
@@ -122,7 +123,7 @@ export function serverIdentity(socket: TLSSocket): string | undefined {
 
 /** Why a server is not trusted: the handshake-failure name for metrics, and one line for people. */
 export interface Untrusted {
-  readonly failure: 'tls' | 'server_key_mismatch' | 'no_trust';
+  readonly failure: Extract<DialFailure, 'untrusted_certificate' | 'server_key_mismatch' | 'no_trust'>;
   readonly message: string;
 }
 
@@ -136,7 +137,7 @@ export function checkServer(socket: TLSSocket, trust: ServerTrust): Untrusted | 
   if (trust.ca !== undefined && !socket.authorized) {
     const why = String(socket.authorizationError ?? 'unverified');
     return {
-      failure: 'tls',
+      failure: 'untrusted_certificate',
       message: `server certificate does not verify against --ca (${why}): wrong server, a certificate from another CA, or a name that is not in it (see --server-name)`,
     };
   }

@@ -15,10 +15,16 @@ export interface ConnectionOptions {
   /** Bytes the TLS stream may hold unsent before data packets are dropped (queue_full). */
   readonly maxQueueBytes: number;
   readonly keepaliveIntervalMs: number;
-  /** No frame at all from the peer for this long means it is dead. */
+  /** No frame at all from the peer for this long means it is dead: closed as `timeout`. */
   readonly deadAfterMs: number;
-  /** Largest frame payload accepted before the hello is done. */
-  readonly maxInitialPayload: number;
+}
+
+/** How one connection starts, which differs by side. */
+export interface ConnectionStart {
+  /** Largest frame payload accepted until setMaxPayload (default: a full packet). */
+  readonly maxPayload?: number;
+  /** Counters to add to (default: fresh ones). */
+  readonly counters?: TrafficCounters;
 }
 
 export interface ConnectionEvents {
@@ -58,12 +64,10 @@ export class FramedConnection {
     private readonly stream: Duplex,
     private readonly events: ConnectionEvents,
     private readonly options: ConnectionOptions,
-    counters?: TrafficCounters,
+    start: ConnectionStart = {},
   ) {
-    this.counters = counters ?? new TrafficCounters();
-    this.decoder = new FrameDecoder((type, payload) => this.onFrame(type, payload), {
-      maxPayload: options.maxInitialPayload,
-    });
+    this.counters = start.counters ?? new TrafficCounters();
+    this.decoder = new FrameDecoder((type, payload) => this.onFrame(type, payload), { maxPayload: start.maxPayload });
     stream.on('data', (chunk: Buffer) => this.onChunk(chunk));
     stream.on('error', (err: Error) => this.finish(CloseCode.Normal, `connection error: ${err.message}`, false));
     stream.on('close', () => this.finish(CloseCode.Normal, 'connection closed', false));
@@ -103,7 +107,7 @@ export class FramedConnection {
     }
     this.cork();
     // A few bytes from Node's shared pool: no new memory block per packet, only a small view
-    // object (~100 B, see bench:micro); the payload itself is written as is, never copied here.
+    // object; the payload itself is written as is, never copied here.
     const header = Buffer.allocUnsafe(HEADER_SIZE);
     writeHeader(header, 0, FrameType.Data, packet.length);
     this.stream.write(header);
@@ -125,9 +129,9 @@ export class FramedConnection {
   }
 
   /** Drops the connection without a goodbye (used when the peer is already gone). */
-  destroy(reason: string): void {
+  destroy(reason: string, code = CloseCode.Normal): void {
     this.stream.destroy();
-    this.finish(CloseCode.Normal, reason, false);
+    this.finish(code, reason, false);
   }
 
   private cork(): void {
@@ -177,7 +181,8 @@ export class FramedConnection {
 
   private keepaliveTick(): void {
     if (Date.now() - this.lastRxAt > this.options.deadAfterMs) {
-      this.destroy(`peer silent for ${this.options.deadAfterMs} ms`);
+      // A silent peer would not read a goodbye; its close reason is what happened: timeout.
+      this.destroy(`peer silent for ${this.options.deadAfterMs} ms`, CloseCode.Timeout);
       return;
     }
     this.sendPing();

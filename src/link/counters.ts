@@ -1,19 +1,10 @@
 import type { PeerStatus } from '../admin/status.js';
+import type { DropReason } from '../reasons.js';
 
 /**
- * Why a packet was dropped. Every drop is counted under one of these names, shown by
- * `status` and (later) metrics, so "traffic vanished" always has an answer.
+ * One peer's traffic, and every packet dropped under its reason (src/reasons.ts). Plain numbers
+ * bumped on the data path; status and metrics read them when asked.
  */
-export type DropReason =
-  | 'queue_full' // the peer's TLS stream is not keeping up; bounded queue is full
-  | 'no_route' // destination matches no authorized peer
-  | 'peer_offline' // destination belongs to a peer that is not connected
-  | 'spoofed_source' // a node sent a packet whose source is outside its announced routes
-  | 'malformed' // truncated header, wrong IP version, length mismatch
-  | 'disconnected' // the client has no session to the server right now
-  | 'unannounced_source' // the node's kernel sent a packet from an address the node does not announce
-  | 'tun_error'; // the TUN device refused a write
-
 export class TrafficCounters {
   rxBytes = 0;
   txBytes = 0;
@@ -31,7 +22,7 @@ export class TrafficCounters {
     return total;
   }
 
-  dropsByReason(): Record<string, number> {
+  dropsByReason(): Partial<Record<DropReason, number>> {
     return Object.fromEntries(this.drops);
   }
 }

@@ -1,10 +1,13 @@
+import { CLOSE_REASONS, UNKNOWN_CLOSE_REASON, type CloseReason } from '../reasons.js';
+
 /**
  * The nodelink wire protocol, version 1. This file is the specification: everything a second
  * implementation needs to talk to this one is written here. It holds constants and pure helpers
  * only (no sockets, timers or logging), so both ends and the tests share one definition.
  *
  * Transport: one TCP + TLS 1.3 stream per node, always dialed by the node (client). The client
- * checks the server's pinned Ed25519 key before sending anything.
+ * checks the server's certificate (its pinned Ed25519 key, or its chain against a CA) before
+ * sending anything.
  *
  * Framing: every frame is a 6-byte header followed by the payload.
  *
@@ -21,6 +24,15 @@
  *   2. server → client  Welcome (session accepted) or Reject (then the server closes).
  *   3. both ways        Data, Ping/Pong. No Data frame is accepted before Welcome.
  *   4. either side      Close, then closes the TLS stream.
+ *
+ * Welcome payload (encoded and checked by welcome.ts), a UTF-8 JSON object:
+ *
+ *   tunnelCidrs      string[]  the server's tunnel CIDRs, one per family; the node routes them
+ *                              into its TUN
+ *   serverAddresses  string[]  the server's own address inside each tunnel CIDR: the source of
+ *                              what the server sends to the node
+ *
+ * A receiver ignores fields it does not know, so a later version may add some.
  */
 
 /** Bumped on any incompatible change; a peer speaking another version is refused. */
@@ -30,7 +42,7 @@ export const HEADER_SIZE = 6;
 
 export enum FrameType {
   Hello = 1, //   opaque auth payload built by src/auth (client→server, first frame only)
-  Welcome = 2, // UTF-8 JSON object (server→client, after a successful Hello)
+  Welcome = 2, // UTF-8 JSON { tunnelCidrs: CIDR[], serverAddresses: IP[] } (server→client; welcome.ts)
   Reject = 3, //  u16 CloseCode + UTF-8 reason (server→client, then the server closes)
   Data = 4, //    one raw IPv4 or IPv6 packet, nothing else (either way)
   Ping = 5, //    PING_PAYLOAD_SIZE opaque bytes (either way)
@@ -44,7 +56,7 @@ export function isKnownFrameType(n: number): n is FrameType {
   return Number.isInteger(n) && n >= FrameType.Hello && n <= MAX_FRAME_TYPE;
 }
 
-/** Why a session ended, carried as the u16 in Reject and Close payloads. */
+/** Why a session ended, carried as the u16 in Reject and Close payloads; named in CLOSE_REASONS. */
 export enum CloseCode {
   Normal = 0,
   ProtocolError = 1,
@@ -56,21 +68,9 @@ export enum CloseCode {
   Internal = 7,
 }
 
-// Stable names for logs, metrics and `status`; never renumber or rename.
-const CLOSE_CODE_NAMES: readonly string[] = [
-  'normal',
-  'protocol_error',
-  'auth_failed',
-  'route_not_allowed',
-  'replaced',
-  'server_shutdown',
-  'timeout',
-  'internal',
-];
-
-/** A stable lowercase snake_case name; codes from a newer peer map to 'unknown'. */
-export function closeCodeName(code: number): string {
-  return CLOSE_CODE_NAMES[code] ?? 'unknown';
+/** The code's name in logs, metrics and `status` (src/reasons.ts); a newer peer's code is 'unknown'. */
+export function closeCodeName(code: number): CloseReason {
+  return CLOSE_REASONS[code] ?? UNKNOWN_CLOSE_REASON;
 }
 
 export const PING_PAYLOAD_SIZE = 8;

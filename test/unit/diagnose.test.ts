@@ -348,7 +348,7 @@ describe('diagnose', function () {
         expect(pinned.stage === 'untrusted' && pinned.untrusted.failure).to.equal('server_key_mismatch');
         expect(pinned.stage === 'untrusted' && pinned.presented).to.match(/^sha256:/);
         const foreign = await probe({ ca: otherCa.caPem });
-        expect(foreign.stage === 'untrusted' && foreign.untrusted.failure).to.equal('tls');
+        expect(foreign.stage === 'untrusted' && foreign.untrusted.failure).to.equal('untrusted_certificate');
         const wrongName = await probe({ ca: pki.caPem, serverName: 'elsewhere.test' });
         expect(wrongName.stage === 'untrusted' && wrongName.untrusted.message).to.match(/does not verify against --ca/);
       });

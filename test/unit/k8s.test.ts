@@ -360,7 +360,6 @@ describe('k8s: LinkServer checkRoutes and LinkClient.setRoutes over loopback TLS
     maxQueueBytes: 1 << 20,
     keepaliveIntervalMs: 200,
     deadAfterMs: 1000,
-    maxInitialPayload: 4096,
   };
   const TUNNEL = [Prefix.parse('198.18.255.0/24')];
   const serverPair = newPair();

@@ -11,6 +11,7 @@ import {
   FrameType,
   HEADER_SIZE,
   decodeCodePayload,
+  decodeWelcome,
   encodeFrame,
   writeHeader,
 } from '../../src/protocol/index.js';
@@ -463,8 +464,8 @@ describe('link over FakeTun and loopback TLS', function () {
       encodeFrame(FrameType.Hello, encodeHello(pairA, second.exporter, { name: 'node-a', routes: NODE_A_ROUTES })),
     );
     await waitFor('a Welcome on the second connection', () => second.frame(FrameType.Welcome) !== undefined);
-    const welcome = JSON.parse(second.frame(FrameType.Welcome)!.payload.toString('utf8')) as { routes: string[] };
-    expect(welcome.routes).to.deep.equal(NODE_A_ROUTES);
+    const welcome = decodeWelcome(second.frame(FrameType.Welcome)!.payload);
+    expect(welcome.tunnelCidrs).to.deep.equal(TUNNEL_CIDRS.map(String));
 
     // The first (the LinkClient's) was closed with 'replaced'; the client then redials (backoff
     // 50 ms) and, being the newest, replaces the hand-made connection in turn.
@@ -563,7 +564,6 @@ const MEMORY: ConnectionOptions = {
   maxQueueBytes: 1 << 24,
   keepaliveIntervalMs: 20,
   deadAfterMs: 5000,
-  maxInitialPayload: 65_599,
 };
 
 describe('FramedConnection over in-memory streams', function () {

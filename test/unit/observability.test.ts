@@ -16,7 +16,6 @@ import {
 import { LinkServer } from '../../src/link-server/index.js';
 import { PathChecker } from '../../src/link-server/path-check.js';
 import { LinkClient } from '../../src/link-client/index.js';
-import { classifyDialFailure } from '../../src/link/observer.js';
 import type { ConnectionOptions } from '../../src/link/connection.js';
 import { Prefix } from '../../src/routing/index.js';
 import { FakeTun } from '../../src/tun/fake.js';
@@ -195,7 +194,6 @@ describe('observability', function () {
       maxQueueBytes: 1 << 20,
       keepaliveIntervalMs: 100,
       deadAfterMs: 1000,
-      maxInitialPayload: 4096,
     };
     const serverPair = newPair();
     const nodePair = newPair();
@@ -404,17 +402,5 @@ describe('observability', function () {
       expect(text).to.contain('  last error: disconnected: timeout');
       expect(text).to.contain('  drops: 4 no_route');
     });
-  });
-
-  it('classifies dial failures by cause', function () {
-    expect(classifyDialFailure('connection error: connect ECONNREFUSED 198.18.0.2:8443')).to.equal(
-      'connection_refused',
-    );
-    expect(classifyDialFailure('connection error: getaddrinfo ENOTFOUND cp.example')).to.equal('dns');
-    expect(classifyDialFailure('connection error: no welcome within 5000 ms')).to.equal('timeout');
-    expect(classifyDialFailure('connection error: server key does not match --server-key')).to.equal(
-      'server_key_mismatch',
-    );
-    expect(classifyDialFailure('connection closed')).to.equal('connection_error');
   });
 });

@@ -115,7 +115,6 @@ export const CONNECTION: ConnectionOptions = {
   maxQueueBytes: 1 << 20,
   keepaliveIntervalMs: 200,
   deadAfterMs: 1500,
-  maxInitialPayload: 4096,
 };
 export const APISERVER = '198.18.0.10';
 

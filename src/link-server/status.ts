@@ -1,0 +1,46 @@
+/**
+ * The server's side of `nodelink status`: the status document built on demand from the peers
+ * table, the packet path's unattributed drops and the listener's refusals, plus the live
+ * connection counts that leak checks read. Never on the data path.
+ */
+import type { DaemonStatus, PeerStatus } from '../admin/index.js';
+import { trafficStatus, type TrafficCounters } from '../link/counters.js';
+import type { Refusal } from '../reasons.js';
+import type { Peers } from './peers.js';
+
+export interface ServerView {
+  readonly peers: Peers;
+  readonly tun: string;
+  /** The server's own tunnel addresses, without their prefix length. */
+  readonly tunnelAddresses: readonly string[];
+  readonly listen: string;
+  readonly startedAt: Date;
+  readonly unattributed: TrafficCounters;
+  readonly refused: ReadonlyMap<Refusal, number>;
+}
+
+export function serverStatus(view: ServerView): DaemonStatus {
+  const peers: PeerStatus[] = [];
+  for (const { session, counters, config } of view.peers.byKey.values()) {
+    peers.push({
+      name: config.name,
+      publicKey: config.publicKeyText,
+      connected: session !== undefined,
+      endpoint: session?.endpoint ?? null,
+      routes: session ? session.routes.map(String) : [],
+      allowedIPs: config.allowedIPs.map(String),
+      ...trafficStatus(counters, session?.connection),
+    });
+  }
+  return {
+    role: 'server',
+    tun: view.tun,
+    tunnelAddress: view.tunnelAddresses[0] ?? null,
+    tunnelAddresses: [...view.tunnelAddresses],
+    listen: view.listen,
+    startedAt: view.startedAt.toISOString(),
+    dropsByReason: view.unattributed.dropsByReason(),
+    refusedConnections: Object.fromEntries(view.refused),
+    peers,
+  };
+}
