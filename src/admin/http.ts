@@ -110,7 +110,7 @@ export class ObservabilityServer {
   get address(): string {
     const address = this.server.address();
     if (address && typeof address === 'object') {
-      return formatEndpoint(address.address, address.port);
+      return formatEndpoint({ host: address.address, port: address.port });
     }
     return String(address);
   }

@@ -112,7 +112,7 @@ function plain(value: unknown): unknown {
     const keys = Object.keys(record);
     if (keys.length === 2 && 'host' in record && 'port' in record) {
       const host = String(record['host']);
-      return formatEndpoint(host, String(record['port']));
+      return formatEndpoint({ host, port: String(record['port']) });
     }
     // Prefix and friends: anything with its own toString is shown as text.
     if (

@@ -320,11 +320,6 @@ export function parseEndpoint(text: string, flag: string): Endpoint {
   return { host: match[1]!, port };
 }
 
-/** The other way: HOST:PORT, with an IPv6 host in brackets. */
-export function formatEndpoint(endpoint: Endpoint): string {
-  return endpoint.host.includes(':') ? `[${endpoint.host}]:${endpoint.port}` : `${endpoint.host}:${endpoint.port}`;
-}
-
 function interfaceName(raw: RawOptions): string {
   const name = str(raw, 'tun', false) || DEFAULTS.tun;
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name))

@@ -1,6 +1,7 @@
 import { fetchStatus } from '../admin/index.js';
 import { userMessage } from '../errors.js';
-import { ConfigError, DEFAULTS, cidr, formatEndpoint, int, list, parseEndpoint, type RawOptions } from './config.js';
+import { formatEndpoint } from '../routing/index.js';
+import { ConfigError, DEFAULTS, cidr, int, list, parseEndpoint, type RawOptions } from './config.js';
 import { formatReport, runChecks, type DiagnoseReport, type LocalDaemon, type Side } from './diagnose/checks.js';
 import { controlPlaneChecks } from './diagnose/control-plane.js';
 import { NODE_CHECKS, nodeContext } from './diagnose/node.js';

@@ -11,10 +11,10 @@ import {
 } from '../admin/index.js';
 import { encodeKey } from '../auth/index.js';
 import { PathChecker, type PathTarget } from '../link-server/path-check.js';
-import { Prefix } from '../routing/index.js';
+import { Prefix, formatEndpoint } from '../routing/index.js';
 import { ip } from '../tun/index.js';
 import type { Logger } from '../log.js';
-import { formatEndpoint, tunnelSource, type ClientConfig, type LinkTunables, type ServerConfig } from './config.js';
+import { tunnelSource, type ClientConfig, type LinkTunables, type ServerConfig } from './config.js';
 import { effectiveConfig } from './config-file.js';
 
 /**

@@ -9,11 +9,11 @@ import { readCaFile } from '../link-client/trust.js';
 import { LinuxTun, routeReplace } from '../tun/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
-import { formatEndpoint, type ClientConfig, type Endpoint } from './config.js';
+import type { ClientConfig, Endpoint } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { clientObservability } from './observe.js';
 import { routesFromKubernetes } from './kubernetes.js';
-import type { Prefix } from '../routing/index.js';
+import { formatEndpoint, type Prefix } from '../routing/index.js';
 import { onReload, settingsReloader, type StartSettings } from './reload.js';
 
 /** The kernel's forwarding switch for each family (diagnose reads the same ones). */

@@ -116,7 +116,7 @@ export class LinkClient {
 
   private dial(): void {
     const { options } = this;
-    const server = formatEndpoint(options.host, options.port);
+    const server = formatEndpoint(options);
     let socket: TLSSocket;
     // Why this dial failed, from the first error the socket reports: a DialError raised here,
     // or the socket's own errno.
@@ -141,7 +141,10 @@ export class LinkClient {
       }
       // Status shows the pinned key when there is one; only --ca mode needs what was presented.
       if (!options.serverKey) this.presentedIdentity = serverIdentity(socket);
-      this.endpoint = formatEndpoint(socket.remoteAddress ?? options.host, socket.remotePort ?? options.port);
+      this.endpoint = formatEndpoint({
+        host: socket.remoteAddress ?? options.host,
+        port: socket.remotePort ?? options.port,
+      });
       const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
       connection.sendControl(
         FrameType.Hello,
@@ -273,7 +276,7 @@ export class LinkClient {
           name: this.peerName,
           publicKey: this.options.serverKey ? encodeKey(this.options.serverKey) : (this.presentedIdentity ?? ''),
           connected: connection !== undefined,
-          endpoint: connection ? this.endpoint : formatEndpoint(this.options.host, this.options.port),
+          endpoint: connection ? this.endpoint : formatEndpoint(this.options),
           routes: [...this.tunnelCidrs],
           ...trafficStatus(counters, connection),
         },

@@ -60,7 +60,7 @@ export class NodeConnection {
     private readonly socket: TLSSocket,
     private readonly ctx: HandshakeContext,
   ) {
-    this.endpoint = formatEndpoint(socket.remoteAddress ?? '?', socket.remotePort ?? 0);
+    this.endpoint = formatEndpoint({ host: socket.remoteAddress ?? '?', port: socket.remotePort ?? 0 });
     this.connection = new FramedConnection(
       socket,
       {

@@ -112,7 +112,7 @@ export class PathChecker {
   private async check(target: PathTarget): Promise<void> {
     const { port, timeoutMs, log } = this.options;
     this.inFlight.add(target.peer);
-    const where = formatEndpoint(target.address, port);
+    const where = formatEndpoint({ host: target.address, port });
     const started = performance.now();
     const outcome = await probe(target.address, port, this.options.sourceAddress(target.family), timeoutMs);
     this.inFlight.delete(target.peer);

@@ -153,8 +153,8 @@ export class LinkServer {
 
   get listenAddress(): string {
     const address = this.listener?.address();
-    if (address && typeof address === 'object') return formatEndpoint(address.address, address.port);
-    return formatEndpoint(this.options.host, this.options.port);
+    if (address && typeof address === 'object') return formatEndpoint({ host: address.address, port: address.port });
+    return formatEndpoint(this.options);
   }
 
   /** Says goodbye to every node, then stops listening. */
@@ -204,7 +204,7 @@ export class LinkServer {
       this.refuse('aborted', '(gone)');
       return;
     }
-    const endpoint = formatEndpoint(raw.remoteAddress, raw.remotePort ?? 0);
+    const endpoint = formatEndpoint({ host: raw.remoteAddress, port: raw.remotePort ?? 0 });
     const decision = this.admission.admit(endpoint, raw.remoteAddress, raw);
     if (decision === 'admitted' || decision === 'queued') {
       raw.once('close', () => this.settle(endpoint));
@@ -250,7 +250,7 @@ export class LinkServer {
     // OpenSSL messages span lines; the code alone says what happened (ERR_SSL_HTTP_REQUEST, …).
     this.options.log.debug(
       {
-        endpoint: formatEndpoint(socket.remoteAddress ?? '?', socket.remotePort ?? 0),
+        endpoint: formatEndpoint({ host: socket.remoteAddress ?? '?', port: socket.remotePort ?? 0 }),
         reason,
         err: err.code ?? err.message.split('\n')[0],
       },

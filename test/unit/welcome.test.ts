@@ -70,8 +70,8 @@ describe('address text', function () {
   });
 
   it('formatEndpoint brackets an IPv6 host and nothing else', function () {
-    expect(formatEndpoint('198.18.0.2', 8443)).to.equal('198.18.0.2:8443');
-    expect(formatEndpoint('fd00::2', 8443)).to.equal('[fd00::2]:8443');
-    expect(formatEndpoint('cp.example', '9476')).to.equal('cp.example:9476');
+    expect(formatEndpoint({ host: '198.18.0.2', port: 8443 })).to.equal('198.18.0.2:8443');
+    expect(formatEndpoint({ host: 'fd00::2', port: 8443 })).to.equal('[fd00::2]:8443');
+    expect(formatEndpoint({ host: 'cp.example', port: '9476' })).to.equal('cp.example:9476');
   });
 });

@@ -1,10 +1,10 @@
 import type { DaemonStatus, PeerStatus } from '../../admin/index.js';
-import { Prefix } from '../../routing/index.js';
+import { Prefix, formatEndpoint } from '../../routing/index.js';
 import { routeReplaceCommand } from '../../tun/index.js';
-import { formatEndpoint, parseEndpoint } from '../config.js';
+import { parseEndpoint } from '../config.js';
 import { deviceUp, nodeIp } from '../observe.js';
 import { fail, pass, skip, type CheckDefinition, type LocalDaemon, type Outcome } from './checks.js';
-import { describeConnectError, hostOf, ping, routeDevice, sampleAddress, tcpConnect, wrongWay } from './probes.js';
+import { describeConnectError, ping, routeDevice, sampleAddress, tcpConnect, wrongWay } from './probes.js';
 
 /**
  * The control-plane side of `nodelink diagnose`: the server runs, its port answers, its TUN is
@@ -110,8 +110,8 @@ function peerChecks(peer: PeerStatus, tun: string, listen: string | undefined): 
       async run(ctx) {
         const node = nodeIp(announced);
         if (!node) return skip('the node announced no /32 or /128');
-        const target = formatEndpoint({ host: hostOf(node), port: ctx.kubeletPort });
-        const tcp = await tcpConnect(hostOf(node), ctx.kubeletPort, ctx.timeoutMs);
+        const target = formatEndpoint({ host: node.address, port: ctx.kubeletPort });
+        const tcp = await tcpConnect(node.address, ctx.kubeletPort, ctx.timeoutMs);
         // A refusal is an answer from the node's kernel: the path works, kubelet is not there.
         if (tcp.ok) return pass(`${target} answered in ${tcp.ms.toFixed(1)} ms`);
         if (tcp.code === 'ECONNREFUSED') return pass(`${target} refused (the node answered; kubelet is not listening)`);

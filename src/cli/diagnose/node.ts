@@ -5,22 +5,13 @@ import { decodeKey, encodeKey, readKeyFile, type KeyPair } from '../../auth/inde
 import { userMessage } from '../../errors.js';
 import { probeHandshake, type ProbeResult } from '../../link-client/probe.js';
 import { readCaFile, type ServerTrust } from '../../link-client/trust.js';
-import { Prefix } from '../../routing/index.js';
+import { Prefix, formatEndpoint } from '../../routing/index.js';
 import { routeReplaceCommand } from '../../tun/index.js';
-import { formatEndpoint, parseEndpoint, type Endpoint } from '../config.js';
+import { parseEndpoint, type Endpoint } from '../config.js';
 import { deviceUp, nodeIp } from '../observe.js';
 import { FORWARDING_SYSCTL } from '../run-client.js';
 import { fail, pass, skip, type CheckDefinition, type LocalDaemon, type Outcome } from './checks.js';
-import {
-  describeConnectError,
-  hostOf,
-  ping,
-  readSysctl,
-  routeDevice,
-  sampleAddress,
-  tcpConnect,
-  wrongWay,
-} from './probes.js';
+import { describeConnectError, ping, readSysctl, routeDevice, sampleAddress, tcpConnect, wrongWay } from './probes.js';
 
 /**
  * The node side of `nodelink diagnose`: from this node's own settings through the server's
@@ -335,7 +326,7 @@ async function tunnelPingCheck(ctx: NodeContext): Promise<Outcome> {
   const serverAddress = serverAddresses(ctx)[0];
   if (!serverAddress) return skip("the server's tunnel address is unknown");
   const node = nodeIp(ctx.routes);
-  const source = node && (node.family === 4) === !serverAddress.includes(':') ? hostOf(node) : undefined;
+  const source = node && (node.family === 4) === !serverAddress.includes(':') ? node.address : undefined;
   const echo = await ping(serverAddress, ctx.input.timeoutMs, source);
   const what = `ping ${serverAddress}${source ? ` from ${source}` : ''}`;
   if (echo.missing) return skip('ping is not installed');
@@ -348,7 +339,7 @@ async function tunnelPingCheck(ctx: NodeContext): Promise<Outcome> {
 
 async function kubeletCheck(ctx: NodeContext): Promise<Outcome> {
   const node = nodeIp(ctx.routes);
-  const host = node ? hostOf(node) : '127.0.0.1';
+  const host = node ? node.address : '127.0.0.1';
   const { kubeletPort: port, timeoutMs } = ctx.input;
   const kubelet = await tcpConnect(host, port, timeoutMs);
   if (kubelet.ok) return pass(`${formatEndpoint({ host, port })} accepts connections`);

@@ -93,12 +93,7 @@ export function readSysctl(path: string): string | undefined {
   }
 }
 
-/** The address of a prefix without its length. */
-export function hostOf(route: Prefix): string {
-  return route.toString().split('/')[0]!;
-}
-
 /** An address inside the CIDR to ask the kernel about: its first host (or itself for /32, /128). */
 export function sampleAddress(cidr: Prefix): string {
-  return cidr.length >= cidr.bits - 1 ? hostOf(cidr) : cidr.firstHost();
+  return cidr.length >= cidr.bits - 1 ? cidr.address : cidr.firstHost();
 }
