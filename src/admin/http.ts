@@ -21,11 +21,60 @@ export function report(checks: Record<string, HealthCheck>): HealthReport {
 export interface ObservabilityServerOptions {
   readonly host: string;
   readonly port: number;
-  /** Prometheus exposition text and its content type. */
+  /** Renders the Prometheus exposition text; called at most once per `limits.metricsCacheMs`. */
   readonly metrics: () => Promise<string>;
   readonly contentType: string;
   /** /readyz: may this daemon take traffic (server: listening, TUN up; client: authenticated, recent pong). */
   readonly ready: () => Promise<HealthReport>;
+  /** Defaults: ENDPOINT_LIMITS. */
+  readonly limits?: Partial<EndpointLimits>;
+}
+
+/**
+ * What a scrape may cost the daemon. The endpoint shares its thread with the data path, and
+ * anyone who can reach the port (every local user, for 127.0.0.1) can flood it.
+ */
+export interface EndpointLimits {
+  /** One rendering of /metrics answers every scrape for this long; Prometheus scrapes every 10 s or more. */
+  readonly metricsCacheMs: number;
+  /** Connections open at once; more are closed at accept and counted. */
+  readonly maxConnections: number;
+  /** From accept (or the end of the previous request) to the last request header. */
+  readonly headersTimeoutMs: number;
+  /** From accept to the whole request read. */
+  readonly requestTimeoutMs: number;
+  /** An idle keep-alive connection is closed after this. */
+  readonly keepAliveTimeoutMs: number;
+  /** Requests served on one connection before it is closed, so no client holds a slot for good. */
+  readonly maxRequestsPerSocket: number;
+}
+
+export const ENDPOINT_LIMITS: EndpointLimits = Object.freeze({
+  metricsCacheMs: 1000,
+  maxConnections: 64,
+  headersTimeoutMs: 5000,
+  requestTimeoutMs: 10_000,
+  keepAliveTimeoutMs: 5000,
+  maxRequestsPerSocket: 1000,
+});
+
+/**
+ * Serves one rendering to every caller for `ms` after it started; callers that arrive while it
+ * renders wait for the same one. A failed rendering is not kept.
+ */
+export function renderedFor(ms: number, render: () => Promise<string>): () => Promise<string> {
+  let last: { at: number; text: Promise<string> } | undefined;
+  return () => {
+    const now = Date.now();
+    if (!last || now - last.at >= ms) {
+      const current = { at: now, text: render() };
+      last = current;
+      current.text.catch(() => {
+        if (last === current) last = undefined;
+      });
+    }
+    return last.text;
+  };
 }
 
 /** Largest event-loop stall /healthz tolerates. */
@@ -67,12 +116,18 @@ class EventLoopWatch {
  * Health bodies are JSON: {"status":"ok"|"fail","checks":{name:{ok,detail}}}.
  */
 export class ObservabilityServer {
+  private refused = 0;
+
   private constructor(
     private readonly server: Server,
     private readonly loop: EventLoopWatch,
-  ) {}
+  ) {
+    server.on('drop', () => this.refused++);
+  }
 
   static async start(options: ObservabilityServerOptions): Promise<ObservabilityServer> {
+    const limits = { ...ENDPOINT_LIMITS, ...options.limits };
+    const metrics = renderedFor(limits.metricsCacheMs, options.metrics);
     const loop = new EventLoopWatch(10_000);
     const maxDelayMs = MAX_EVENT_LOOP_DELAY_MS;
     const live = (): HealthReport =>
@@ -82,14 +137,24 @@ export class ObservabilityServer {
           detail: `worst event-loop delay ${loop.maxDelayMs.toFixed(1)} ms over the last 10-20 s (limit ${maxDelayMs} ms)`,
         },
       });
-    const server = createServer((req, res) => {
-      void handle(req, res, options, live).catch((err: unknown) => {
-        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
-        res.end(`internal error: ${err instanceof Error ? err.message : String(err)}\n`);
-      });
-    });
-    server.keepAliveTimeout = 5000;
-    server.requestTimeout = 10_000;
+    const server = createServer(
+      {
+        headersTimeout: limits.headersTimeoutMs,
+        requestTimeout: limits.requestTimeoutMs,
+        keepAliveTimeout: limits.keepAliveTimeoutMs,
+        // Node enforces the two timeouts above only when it walks its connections, every 30 s
+        // by default: a slow client would hold its connection that long.
+        connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs),
+      },
+      (req, res) => {
+        void handle(req, res, { ...options, metrics }, live).catch((err: unknown) => {
+          if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
+          res.end(`internal error: ${err instanceof Error ? err.message : String(err)}\n`);
+        });
+      },
+    );
+    server.maxConnections = limits.maxConnections;
+    server.maxRequestsPerSocket = limits.maxRequestsPerSocket;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) => {
         loop.close();
@@ -113,6 +178,11 @@ export class ObservabilityServer {
       return formatEndpoint({ host: address.address, port: address.port });
     }
     return String(address);
+  }
+
+  /** Connections closed at accept because `maxConnections` were open. */
+  get refusedConnections(): number {
+    return this.refused;
   }
 
   close(): void {
