@@ -1,6 +1,6 @@
 import { createServer, request, type Server } from 'node:http';
-import { mkdirSync, unlinkSync, chmodSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { chmodSync, lstatSync, mkdirSync, mkdtempSync, renameSync, rmSync, unlinkSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { AdminError } from './errors.js';
 import type { DaemonStatus } from './status.js';
 
@@ -16,17 +16,15 @@ export class AdminServer {
   ) {}
 
   static async start(path: string, provider: () => DaemonStatus | Promise<DaemonStatus>): Promise<AdminServer> {
-    mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
-    if (await isAlive(path)) {
+    const dir = dirname(path);
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    // A live socket of this user is another nodelink. One of another user is no daemon of ours
+    // (someone who can write to the directory put it there): it is replaced below.
+    if (ownedByUs(path) && (await isAlive(path))) {
       throw new AdminError(
         'admin_in_use',
         `admin socket ${path} is in use by another running nodelink: stop it or pass --admin-socket`,
       );
-    }
-    try {
-      unlinkSync(path); // left behind by a daemon that was killed
-    } catch {
-      // No stale socket.
     }
     const server = createServer((req, res) => {
       if (req.method === 'GET' && req.url === '/status') {
@@ -47,18 +45,37 @@ export class AdminServer {
         res.writeHead(404).end();
       }
     });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (err: NodeJS.ErrnoException) =>
-        reject(
-          new AdminError(
-            'admin_socket',
-            `cannot listen on admin socket ${path} (${err.code ?? err.message}): pass a writable --admin-socket`,
-          ),
-        ),
+    const fail = (err: NodeJS.ErrnoException): AdminError =>
+      new AdminError(
+        'admin_socket',
+        `cannot listen on admin socket ${path} (${err.code ?? err.message}): pass a writable --admin-socket`,
       );
-      server.listen(path, () => resolve());
-    });
-    chmodSync(path, 0o600);
+    // bind() creates the socket file with the umask's mode, and nothing can set it before. So it
+    // is bound in a fresh directory only this user may enter (mkdtemp: 0700), made 0600 there,
+    // and renamed into place (atomic, replacing a stale socket): at its final path it never has
+    // another mode, whatever the umask.
+    let staging: string;
+    try {
+      staging = mkdtempSync(join(dir, '.nl'));
+    } catch (err) {
+      throw fail(err as NodeJS.ErrnoException);
+    }
+    const staged = join(staging, 's');
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', (err: NodeJS.ErrnoException) => reject(fail(err)));
+        server.listen(staged, () => resolve());
+      });
+      try {
+        chmodSync(staged, 0o600);
+        renameSync(staged, path);
+      } catch (err) {
+        server.close();
+        throw fail(err as NodeJS.ErrnoException);
+      }
+    } finally {
+      rmSync(staging, { recursive: true, force: true });
+    }
     return new AdminServer(server, path);
   }
 
@@ -69,6 +86,14 @@ export class AdminServer {
     } catch {
       // Already gone.
     }
+  }
+}
+
+function ownedByUs(path: string): boolean {
+  try {
+    return lstatSync(path).uid === process.getuid?.();
+  } catch {
+    return false;
   }
 }
 
