@@ -107,6 +107,8 @@ export function formatSummary(status: DaemonStatus): string {
     0,
   );
   if (missing > 0) parts.push(`${missing} route${missing === 1 ? '' : 's'} MISSING`);
+  for (const endpoint of status.endpoints ?? [])
+    if (endpoint.state === 'failed') parts.push(`${endpoint.name} endpoint FAILED`);
   const rx = status.peers.reduce((sum, peer) => sum + peer.rxBytes, 0);
   const tx = status.peers.reduce((sum, peer) => sum + peer.txBytes, 0);
   parts.push(`${formatBytes(rx)} received, ${formatBytes(tx)} sent`);
@@ -134,6 +136,12 @@ export function formatStatus(status: DaemonStatus, now = Date.now()): string {
     );
   if (status.listen) lines.push(`  listening on: ${status.listen}`);
   if (status.metrics) lines.push(`  metrics: http://${status.metrics}/metrics`);
+  for (const endpoint of status.endpoints ?? []) {
+    if (endpoint.state === 'failed')
+      lines.push(
+        `  ${endpoint.name}: FAILED since ${endpoint.since} (${formatAge(endpoint.since, now)}), retrying: ${endpoint.error}`,
+      );
+  }
   lines.push(`  up since: ${status.startedAt} (${formatAge(status.startedAt, now)})`);
   lines.push(`  peers: ${connected} of ${status.peers.length} connected`);
   lines.push(`  drops: ${formatDrops(status.dropsByReason)}`);

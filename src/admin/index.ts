@@ -5,3 +5,4 @@ export * from './format.js';
 export * from './debug.js';
 export * from './metrics.js';
 export * from './http.js';
+export * from './endpoint.js';

@@ -1,5 +1,6 @@
 import type { DropReason, Refusal } from '../reasons.js';
 import type { DebugStatus } from './debug.js';
+import type { EndpointStatus } from './endpoint.js';
 
 /** The status document, served by each daemon on its admin socket and printed by `nodelink status`. */
 export interface PeerStatus {
@@ -81,6 +82,8 @@ export interface DaemonStatus {
   announcedRoutes?: string[];
   /** HOST:PORT of the Prometheus / health endpoint, when --metrics is set. */
   metrics?: string;
+  /** The metrics endpoint and the admin socket: serving, or failed and retried (the link runs either way). */
+  endpoints?: EndpointStatus[];
   /** Process counts for leak checks: fds, timers, sessions (see debug.ts). */
   debug?: DebugStatus;
 }

@@ -1,8 +1,12 @@
 import { readFileSync } from 'node:fs';
+import { Gauge } from 'prom-client';
 import {
+  AdminServer,
   ObservabilityServer,
   LinkMetrics,
+  RetryingEndpoint,
   report,
+  type EndpointStatus,
   type DaemonStatus,
   type HealthCheck,
   type HealthReport,
@@ -99,27 +103,86 @@ interface Common {
   readonly metrics: LinkMetrics;
   /** Starts the HTTP endpoint (if --metrics) and logs the effective config. */
   start(): Promise<void>;
+  /** Serves status on --admin-socket; throws only if another nodelink answers there. */
+  serveAdmin(provider: () => Promise<DaemonStatus>): Promise<void>;
   close(): void;
   /** Wraps the daemon's status provider with events, path health and route states. */
   enrich(base: () => DaemonStatus): () => Promise<DaemonStatus>;
 }
 
-async function startEndpoint(
-  config: LinkTunables,
-  metrics: LinkMetrics,
-  ready: () => Promise<HealthReport>,
-  log: Logger,
-): Promise<ObservabilityServer | undefined> {
-  if (!config.metrics) return undefined;
-  const http = await ObservabilityServer.start({
-    host: config.metrics.host,
-    port: config.metrics.port,
-    metrics: () => metrics.text(),
-    contentType: metrics.contentType,
-    ready,
-  });
-  log.info({ metrics: http.address }, 'serving /metrics, /healthz and /readyz');
-  return http;
+/**
+ * The daemon's two local endpoints, --metrics and --admin-socket. Neither keeps the link from
+ * starting: one that cannot be served is retried (RetryingEndpoint) and shows as failed in the
+ * log, in status (`endpoints`) and in `nodelink_endpoint_up`. Readiness does not depend on them:
+ * it says whether the daemon carries traffic, which a taken port does not change, and /readyz is
+ * served by the metrics endpoint itself.
+ */
+class Endpoints {
+  private http: RetryingEndpoint<ObservabilityServer> | undefined;
+  private admin: RetryingEndpoint<AdminServer> | undefined;
+
+  constructor(
+    private readonly config: LinkTunables,
+    private readonly metrics: LinkMetrics,
+    private readonly log: Logger,
+  ) {
+    const list = (): EndpointStatus[] => this.list();
+    new Gauge({
+      name: 'nodelink_endpoint_up',
+      help: 'Whether a local endpoint is serving (1) or failed and being retried (0): metrics, admin.',
+      labelNames: ['endpoint'],
+      registers: [metrics.registry],
+      collect() {
+        this.reset();
+        for (const endpoint of list()) this.set({ endpoint: endpoint.name }, endpoint.state === 'serving' ? 1 : 0);
+      },
+    });
+  }
+
+  async startHttp(ready: () => Promise<HealthReport>): Promise<void> {
+    const { config, metrics, log } = this;
+    if (!config.metrics) return;
+    const { host, port } = config.metrics;
+    const address = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+    this.http = await RetryingEndpoint.start(
+      'metrics',
+      address,
+      async () => {
+        const http = await ObservabilityServer.start({
+          host,
+          port,
+          metrics: () => metrics.text(),
+          contentType: metrics.contentType,
+          ready,
+        });
+        log.info({ metrics: http.address }, 'serving /metrics, /healthz and /readyz');
+        return http;
+      },
+      log,
+    );
+  }
+
+  async startAdmin(provider: () => Promise<DaemonStatus>): Promise<void> {
+    const path = this.config.adminSocket;
+    this.admin = await RetryingEndpoint.start('admin', path, () => AdminServer.start(path, provider), this.log);
+  }
+
+  /** HOST:PORT the metrics endpoint serves on, while it does. */
+  get httpAddress(): string | undefined {
+    return this.http?.value?.address;
+  }
+
+  list(): EndpointStatus[] {
+    const list: EndpointStatus[] = [];
+    if (this.http) list.push(this.http.status({ refusedConnections: this.http.value?.refusedConnections ?? 0 }));
+    if (this.admin) list.push(this.admin.status());
+    return list;
+  }
+
+  close(): void {
+    this.http?.close();
+    this.admin?.close();
+  }
 }
 
 function logEffectiveConfig(command: string, config: object, log: Logger): void {
@@ -164,20 +227,21 @@ export function serverObservability(
     status: () => side.status(),
     ready: async () => (await ready()).ok,
   });
-  let http: ObservabilityServer | undefined;
+  const endpoints = new Endpoints(config, metrics, log);
   return {
     metrics,
     pathChecker,
     async start() {
       listening = side.status().listen ?? '?';
-      http = await startEndpoint(config, metrics, ready, log);
+      await endpoints.startHttp(ready);
       pathChecker.start();
       logEffectiveConfig('server', config, log);
     },
+    serveAdmin: (provider) => endpoints.startAdmin(provider),
     close() {
       listening = undefined;
       pathChecker.stop();
-      http?.close();
+      endpoints.close();
     },
     enrich(base) {
       return async () => {
@@ -198,7 +262,7 @@ export function serverObservability(
             return { route, state, kernel: inKernel };
           });
         }
-        if (http) status.metrics = http.address;
+        addEndpoints(status, endpoints);
         return status;
       };
     },
@@ -270,15 +334,16 @@ export function clientObservability(
     };
     return report(checks);
   };
-  let http: ObservabilityServer | undefined;
+  const endpoints = new Endpoints(config, metrics, log);
   return {
     metrics,
     async start() {
-      http = await startEndpoint(config, metrics, ready, log);
+      await endpoints.startHttp(ready);
       logEffectiveConfig('client', config, log);
     },
+    serveAdmin: (provider) => endpoints.startAdmin(provider),
     close() {
-      http?.close();
+      endpoints.close();
     },
     enrich(base) {
       return async () => {
@@ -296,11 +361,17 @@ export function clientObservability(
             return { route, state: inKernel === false ? 'missing' : 'installed', kernel: inKernel };
           });
         }
-        if (http) status.metrics = http.address;
+        addEndpoints(status, endpoints);
         return status;
       };
     },
   };
+}
+
+function addEndpoints(status: DaemonStatus, endpoints: Endpoints): void {
+  const address = endpoints.httpAddress;
+  if (address) status.metrics = address;
+  status.endpoints = endpoints.list();
 }
 
 /** The per-event facts metrics keep about a peer (pongs, handshakes, last error), onto its status entry. */

@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { decodeKey, readKeyFile } from '../auth/index.js';
-import { AdminServer, processDebug } from '../admin/index.js';
+import { processDebug } from '../admin/index.js';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import { LinkClient, TunFanout } from '../link-client/index.js';
@@ -51,7 +51,6 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
   const routes = fromNode?.routes ?? config.routes;
   if (config.enableForwarding) enableForwarding(routes, log);
   const tun = await LinuxTun.open({ name: config.tun, mtu: config.mtu, addresses: [] });
-  let admin: AdminServer | undefined;
   const targets = await serverTargets(config.servers, log);
   // One server: the session owns the TUN. Several: a fanout hands each session the replies for
   // its own server's tunnel CIDRs.
@@ -90,7 +89,7 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
       },
       onRejected: (reason) => {
         process.stderr.write(`nodelink: the server ${target.label} rejected this node: ${reason}\n`);
-        admin?.close();
+        observe.close();
         void tun.close().finally(() => process.exit(2));
       },
       log: targets.length > 1 ? log.child({ server: target.label }) : log,
@@ -100,12 +99,10 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
     clients.push(client);
   }
   try {
-    admin = await AdminServer.start(
-      config.adminSocket,
-      observe.enrich(() => ({ ...combinedStatus(clients), debug: processDebug() })),
-    );
+    await observe.serveAdmin(observe.enrich(() => ({ ...combinedStatus(clients), debug: processDebug() })));
     await observe.start();
   } catch (err) {
+    observe.close();
     await tun.close();
     throw err instanceof NodelinkError ? err : new NodelinkError('admin_socket', String(err));
   }
@@ -134,7 +131,6 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
     stopFollowing?.();
     observe.close();
     await Promise.all(clients.map((client) => client.stop()));
-    admin?.close();
     await tun.close();
   });
 }

@@ -1,5 +1,5 @@
 import { readKeyFile, readPeersFile } from '../auth/index.js';
-import { AdminServer, processDebug } from '../admin/index.js';
+import { processDebug } from '../admin/index.js';
 import { LinkServer, loadServerCertificate } from '../link-server/index.js';
 import { LinuxTun, ipBatch, routeDeleteCommand, routeReplaceCommand } from '../tun/index.js';
 import { createLogger } from '../log.js';
@@ -57,15 +57,14 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     removeRoutes: (cidrs) =>
       ipBatch(cidrs.map((cidr) => routeDeleteCommand(cidr.toString(), config.tun))).catch(() => undefined),
   });
-  let admin: AdminServer | undefined;
   try {
     await server.start();
-    admin = await AdminServer.start(
-      config.adminSocket,
+    await observe.serveAdmin(
       observe.enrich(() => ({ ...server.status(), debug: { ...processDebug(), ...server.connectionCounts() } })),
     );
     await observe.start();
   } catch (err) {
+    observe.close();
     await server.stop();
     await tun.close();
     throw err;
@@ -112,7 +111,6 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   onShutdownSignal(log, 2000, async () => {
     observe.close();
     await Promise.race([server.stop(), new Promise((resolve) => setTimeout(resolve, 1000))]);
-    admin?.close();
     await tun.close();
   });
 }
