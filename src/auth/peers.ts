@@ -3,6 +3,7 @@ import { Prefix, PrefixTable } from '../routing/index.js';
 import { NodelinkError } from '../errors.js';
 import { AuthError } from './errors.js';
 import { decodeKey, encodeKey, keysEqual } from './keys.js';
+import { whereJsonFails } from './file-errors.js';
 import type { Hello } from './hello.js';
 
 /** One authorized node, as the peers file states it (like a WireGuard [Peer] with AllowedIPs). */
@@ -71,8 +72,11 @@ export function parsePeers(text: string, source: string, tunnelCidrs: readonly P
   let doc: unknown;
   try {
     doc = JSON.parse(text);
-  } catch (err) {
-    fail(`not valid JSON (${(err as Error).message})`);
+  } catch {
+    // Never the parser's message: it quotes the file, which may be a key passed by mistake.
+    fail(
+      `not valid JSON (${whereJsonFails(text)}; content not shown): --peers takes a JSON file {"peers": [ { "name", "publicKey", "allowedIPs" } ]}`,
+    );
   }
   const list = (doc as { peers?: unknown })?.peers;
   if (!Array.isArray(list)) fail('expected {"peers": [ { "name", "publicKey", "allowedIPs" } ]}');

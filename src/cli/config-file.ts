@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { parse as parseYaml } from 'yaml';
+import { parse as parseYaml, YAMLError } from 'yaml';
+import { whereJsonFails } from '../auth/index.js';
 import { formatEndpoint } from '../routing/index.js';
 import {
   ConfigError,
@@ -46,13 +47,21 @@ export function loadConfigFile(path: string): FileValues {
     );
   }
   let data: unknown;
+  const json = /\.json$/i.test(path);
   try {
     // YAML 1.2 is a superset of JSON, so one parser reads both; a .json file gets JSON.parse's
-    // stricter errors.
-    data = /\.json$/i.test(path) ? JSON.parse(text) : parseYaml(text);
+    // stricter rules. YAML warnings are off: they print the offending line to stderr.
+    data = json ? JSON.parse(text) : parseYaml(text, { logLevel: 'error' });
   } catch (err) {
-    const first = ((err as Error).message.split('\n')[0] ?? '').trim();
-    throw new ConfigError(`--config ${path} is not valid ${/\.json$/i.test(path) ? 'JSON' : 'YAML or JSON'}: ${first}`);
+    // Never the parser's message: both quote the file, which may be a secret passed by mistake.
+    const where = json
+      ? whereJsonFails(text)
+      : err instanceof YAMLError && err.linePos
+        ? `line ${err.linePos[0].line}, column ${err.linePos[0].col}`
+        : 'no position given';
+    throw new ConfigError(
+      `--config ${path} is not valid ${json ? 'JSON' : 'YAML or JSON'} (${where}; content not shown): fix the file`,
+    );
   }
   if (data === null || data === undefined) return {};
   if (typeof data !== 'object' || Array.isArray(data))
