@@ -10,5 +10,5 @@ export {
   sameRoutes,
 } from './node-routes.js';
 export { NodeRoutesWatcher, type NodeRoutesWatcherOptions } from './watch.js';
-export { nodeRouteChecker } from './authorize.js';
+export { CachedNodeReader, NODE_CHECK_LIMITS, nodeRouteChecker, type NodeCheckLimits } from './authorize.js';
 export type { NodeSource } from './api.js';

@@ -414,7 +414,8 @@ describe('k8s: LinkServer checkRoutes and LinkClient.setRoutes over loopback TLS
       handshakeTimeoutMs: 2000,
       installRoutes: async () => {},
       log: silentLogger(),
-      checkRoutes: nodeRouteChecker(source),
+      // Uncached: these tests change the Node between handshakes (the cache has its own tests).
+      checkRoutes: nodeRouteChecker(source, { cacheMs: 0 }),
     });
     await server.start();
     port = portOf(server.listenAddress);
