@@ -99,6 +99,13 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
       5000,
       'path_up 1',
     );
+    // One rendering is served for up to a second: wait for one made after the transfer.
+    const received = (m: Map<string, number>): number => m.get(`nodelink_peer_receive_bytes_total${peer}`) ?? 0;
+    await t.waitFor(
+      async () => received(await scrape(t.ns.cp, SERVER_METRICS)) - received(before) > size,
+      5000,
+      'the transfer to show in /metrics',
+    );
     const after = await scrape(t.ns.cp, SERVER_METRICS);
     const delta = (name: string): number => (after.get(name) ?? 0) - (before.get(name) ?? 0);
     expect(delta(`nodelink_peer_receive_bytes_total${peer}`)).to.be.greaterThan(size);
