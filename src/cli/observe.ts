@@ -143,10 +143,9 @@ class Endpoints {
     const { config, metrics, log } = this;
     if (!config.metrics) return;
     const { host, port } = config.metrics;
-    const address = `${host.includes(':') ? `[${host}]` : host}:${port}`;
     this.http = await RetryingEndpoint.start(
       'metrics',
-      address,
+      formatEndpoint(config.metrics),
       async () => {
         const http = await ObservabilityServer.start({
           host,
