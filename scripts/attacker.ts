@@ -15,11 +15,13 @@
 
 import { randomBytes } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { EXPORTER_BYTES, EXPORTER_LABEL, decodeKey, encodeHello, keysEqual, readKeyFile } from '../src/auth/index.js';
 import { FrameDecoder, FrameType, encodeFrame } from '../src/protocol/index.js';
-import { internetChecksum, parseAddress } from '../src/routing/index.js';
+import { parseAddress } from '../src/routing/index.js';
 import { serverPublicKey } from '../src/link-client/trust.js';
+import { icmpEchoRequest } from '../test/support/packets.js';
 
 const MAX_COUNT = 1000;
 const MAX_WAIT_MS = 20_000;
@@ -40,8 +42,6 @@ function target(): { host: string; port: number } {
   const at = text.lastIndexOf(':');
   return { host: text.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(text.slice(at + 1)) };
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 function tcp(): Promise<Socket> {
   const { host, port } = target();
@@ -72,21 +72,7 @@ function closedAfter(socket: Socket, started: number, maxMs: number): Promise<nu
 
 /** An ICMP echo request from src to dst, IPv4. */
 function echoRequest(src: string, dst: string, seq: number): Buffer {
-  const payload = Buffer.from('nodelink-attack');
-  const p = Buffer.alloc(20 + 8 + payload.length);
-  p[0] = 0x45;
-  p.writeUInt16BE(p.length, 2);
-  p[8] = 64;
-  p[9] = 1;
-  p.set(parseAddress(src).bytes, 12);
-  p.set(parseAddress(dst).bytes, 16);
-  p.writeUInt16BE(internetChecksum(p, 0, 20), 10);
-  p[20] = 8; // echo request
-  p.writeUInt16BE(0x4e4c, 24);
-  p.writeUInt16BE(seq, 26);
-  p.set(payload, 28);
-  p.writeUInt16BE(internetChecksum(p, 20, p.length), 22);
-  return p;
+  return icmpEchoRequest(src, dst, seq, Buffer.from('nodelink-attack'));
 }
 
 async function random(): Promise<object> {

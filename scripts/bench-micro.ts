@@ -16,6 +16,7 @@
 // Environment: SAMPLES=7, SAMPLE_MS=200, ROUTES=10000 (half IPv4, half IPv6), SEED=1.
 import { PerformanceObserver, performance } from 'node:perf_hooks';
 import os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   DEFAULT_MAX_PAYLOAD,
   FrameDecoder,
@@ -110,7 +111,6 @@ const allocated = (): number => {
   const m = process.memoryUsage();
   return m.heapUsed + m.arrayBuffers;
 };
-const nextMacrotask = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 5));
 
 async function measureAllocation(
   c: Case,
@@ -121,13 +121,13 @@ async function measureAllocation(
   for (let attempt = 0; attempt < 8; attempt++) {
     gc();
     gc();
-    await nextMacrotask(); // let the forced collections' entries arrive before the window opens
+    await sleep(5); // let the forced collections' entries arrive before the window opens
     const start = performance.now();
     const before = allocated();
     const done = c.run(ops);
     const after = allocated();
     const end = performance.now();
-    await nextMacrotask();
+    await sleep(5);
     const collected = gcTimes.some((t) => t >= start && t <= end);
     if (!collected) return { bytesPerOp: Math.max(0, after - before) / done, allocOps: done, allocNote: '' };
     if (ops <= 1000) break;
@@ -437,8 +437,8 @@ async function main(): Promise<void> {
   );
   say(
     misses.length === 0
-      ? 'targets (issue 7): frame decode and route lookup each under 100 ns (CPU time) — met'
-      : `targets (issue 7: decode and lookup under 100 ns, CPU time): NOT met by ${misses.length} case(s), marked above`,
+      ? 'targets: frame decode and route lookup each under 100 ns (CPU time) — met'
+      : `targets (decode and lookup under 100 ns, CPU time): NOT met by ${misses.length} case(s), marked above`,
   );
   gcObserver.disconnect();
 }

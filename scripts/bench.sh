@@ -17,7 +17,7 @@
 # Per round and system: ping RTT (idle), then iperf3 single TCP stream cp → node and node → cp
 # (-R), with the CPU ticks (utime+stime, /proc/PID/stat) of the tunnel processes at BOTH ends and
 # of the whole host (/proc/stat) read around each run. Reported: medians over ROUNDS rounds,
-# CPU seconds per GB received, and the ratios the targets of issue 7 are stated in.
+# CPU seconds per GB received, and the ratios the throughput and CPU targets are stated in.
 #
 # Usage (root):  npm run bench          (builds, then runs this script)
 #                bash scripts/bench.sh  (uses dist/ as it is)
@@ -468,7 +468,7 @@ jq -r '
     (.value.node_to_cp_host_cpu_s_per_gb | fix(2))] | row),
   (.skipped | to_entries[] | "# \(.key): \(.value)")' "$WORK/result.json"
 say ""
-say "Ratios (issue 7 targets):"
+say "Ratios against the targets:"
 jq -r '.ratios[] | "  \(.name | . + " " * (48 - length)) \(if .value == null then "–   (a system is missing)" else (.value | tostring) end)\(if .target == null or .value == null then "" else "   target \(.target): \(if .met then "met" else "NOT met" end)" end)"' "$WORK/result.json"
 say ""
 say "JSON: $BENCH_JSON"

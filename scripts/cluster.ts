@@ -7,7 +7,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { encodeKey, generateSeed, keyPairFromSeed } from '../src/auth/index.js';
 import type { DaemonStatus } from '../src/admin/index.js';
-import type { Harness, ManagedProcess } from './harness.js';
+import type { Harness, ManagedProcess } from './harness/index.js';
+import { waitFor } from '../test/support/wait.js';
 
 export const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
 
@@ -102,7 +103,7 @@ export class NodelinkCluster {
       ...(this.options.extraServerArgs ?? []),
     ];
     this.server = h.spawn(h.ns.cp, args, { name: 'nodelink-server' });
-    await h.waitForOutput(this.server, 'server ready', 15_000);
+    await this.server.waitForOutput('server ready', 15_000);
     return this.server;
   }
 
@@ -147,13 +148,13 @@ export class NodelinkCluster {
   /** Waits until the server shows every given node connected. */
   async waitConnected(nodes: number[], timeoutMs = 15_000): Promise<void> {
     const names = nodes.map((n) => this.h.nodeName(n));
-    await this.h.waitFor(
+    await waitFor(
+      `nodes ${names.join(', ')} connected to the server`,
       async () => {
         const status = await this.status().catch(() => undefined);
         return names.every((name) => status?.peers.some((peer) => peer.name === name && peer.connected));
       },
       timeoutMs,
-      `nodes ${names.join(', ')} connected to the server`,
     );
   }
 

@@ -2,7 +2,7 @@
 // control plane reaching kubelets and pods through the link, prints `nodelink status`, and
 // removes everything again (also on Ctrl-C or failure).
 
-import { Harness } from './harness.js';
+import { Harness } from './harness/index.js';
 import { NodelinkCluster, runCli } from './cluster.js';
 import { DEMO_TOOLS, findMissingTools, missingToolsMessage } from './preflight.js';
 

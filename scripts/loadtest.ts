@@ -5,25 +5,27 @@
 // the server restarts.
 //
 //   npm run loadtest                 # N=1000
-//   N=5000 npm run loadtest          # the issue's target size
+//   N=5000 npm run loadtest          # the full-size run
 //   SERVER_ARGS='--max-unauthenticated 1024' N=5000 npm run loadtest   # extra server flags
 //   PROFILE_SERVER=/tmp/prof npm run loadtest                          # CPU profile of the server
 //   PROFILE_LOADGEN=/tmp/prof npm run loadtest                         # ... and of the generator
 //
-// Runs as root, inside namespaces it creates and deletes (see scripts/harness.ts).
+// Runs as root, inside namespaces it creates and deletes (see scripts/harness/).
 
 import { spawn as spawnChild, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { encodeKey, generateSeed, keyPairFromSeed } from '../src/auth/index.js';
 import { LinkClient } from '../src/link-client/index.js';
 import { Prefix } from '../src/routing/index.js';
-import { FakeTun } from '../src/tun/index.js';
 import { silentLogger } from '../src/log.js';
-import { Harness, type ManagedProcess } from './harness.js';
+import { Harness, type ManagedProcess } from './harness/index.js';
 import { CLI, runCli } from './cluster.js';
 import { cpuSeconds, rssBytes } from './proc.js';
+import { FakeTun } from '../test/support/fake-tun.js';
+import { waitFor } from '../test/support/wait.js';
 
 const N = Number(process.env['N'] ?? 1000);
 const KEEPALIVE_MS = 5000;
@@ -36,17 +38,6 @@ function peerRoute(i: number): string {
 
 function procStat(pid: number): { rssKiB: number; cpuSeconds: number } {
   return { rssKiB: rssBytes(pid) / 1024, cpuSeconds: cpuSeconds(pid) };
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitUntil(check: () => boolean, timeoutMs: number): Promise<number> {
-  const started = Date.now();
-  while (!check()) {
-    if (Date.now() - started > timeoutMs) return -1;
-    await sleep(50);
-  }
-  return Date.now() - started;
 }
 
 /**
@@ -92,7 +83,9 @@ async function child(): Promise<void> {
   const connected = (): number => clients.reduce((count, client) => count + (client.isAuthenticated ? 1 : 0), 0);
   const started = Date.now();
   for (const client of clients) client.start();
-  const settleMs = await waitUntil(() => connected() === clients.length, settleTimeoutMs);
+  const allConnected = (): Promise<number> =>
+    waitFor('every session to authenticate', () => connected() === clients.length, settleTimeoutMs).catch(() => -1);
+  const settleMs = await allConnected();
   process.stdout.write(`AUTH ${settleMs} ${Date.now() - started}\n`);
   for await (const line of lines(process.stdin)) {
     if (line === 'STORM') {
@@ -107,7 +100,7 @@ async function child(): Promise<void> {
         }
       }, 250);
       await sleep(1000); // every session notices the shutdown first
-      const backMs = await waitUntil(() => connected() === clients.length, settleTimeoutMs);
+      const backMs = await allConnected();
       clearInterval(rttTimer);
       process.stdout.write(`BACK ${backMs < 0 ? -1 : Date.now() - stormStart} ${worstRtt.toFixed(1)}\n`);
     } else if (line === 'QUIT') {
@@ -203,10 +196,10 @@ async function parent(): Promise<void> {
         profile ? [serverArgs[0]!, '--cpu-prof', `--cpu-prof-dir=${profile}`, ...serverArgs.slice(1)] : serverArgs,
         { name: 'server' },
       );
-      await h.waitFor(
+      await waitFor(
+        'server admin socket',
         async () => (await runCli(['status', '--json', '--admin-socket', socket])).code === 0,
         60_000,
-        'server admin socket',
       );
       say(`server up in ${Date.now() - started} ms with ${N} peers`);
       return proc;

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Stub servers for the namespace test harness (scripts/harness.ts). Plain JS, no dependencies.
+// Stub servers for the namespace test harness (scripts/harness/). Plain JS, no dependencies.
 //
 //   node scripts/stub-server.mjs kubelet --name node-1 --port 10250 --cert C --key K [--host ::]
 //   node scripts/stub-server.mjs pod --name node-1/pod-1 --port 8080 [--host ::]
@@ -18,8 +18,8 @@
 // Every response carries `x-stub-name` and `x-remote-address` headers.
 //
 // Deterministic bytes: AES-128-CTR keystream, key = first 16 bytes of
-// sha256("nodelink stub bytes v1"), IV = 16 zero bytes. scripts/harness.ts reproduces it
-// (Harness.expectedBytes / Harness.expectedSha256); keep the two in sync.
+// sha256("nodelink stub bytes v1"), IV = 16 zero bytes. scripts/harness/payload.ts reproduces it
+// (expectedBytes / expectedSha256); keep the two in sync.
 //
 // Logs one line to stderr when listening; exits 0 on SIGTERM or SIGINT.
 

@@ -16,7 +16,7 @@ import {
 import { encodeKey } from '../auth/index.js';
 import { PathChecker, type PathTarget } from '../link-server/path-check.js';
 import { Prefix, formatEndpoint } from '../routing/index.js';
-import { ip } from '../tun/index.js';
+import { ip, routeDestinations } from '../tun/index.js';
 import type { Logger } from '../log.js';
 import { tunnelSource, type ClientConfig, type LinkTunables, type ServerConfig } from './config.js';
 import { effectiveConfig } from './config-file.js';
@@ -54,9 +54,7 @@ export async function kernelRoutes(dev: string): Promise<Set<string> | undefined
     ]);
     const routes = new Set<string>();
     for (const text of [v4, v6]) {
-      for (const entry of JSON.parse(text || '[]') as Array<{ dst?: string }>) {
-        if (!entry.dst || entry.dst === 'default') continue;
-        const dst = entry.dst.includes('/') ? entry.dst : `${entry.dst}/${entry.dst.includes(':') ? 128 : 32}`;
+      for (const dst of routeDestinations(text)) {
         try {
           routes.add(Prefix.parse(dst).toString());
         } catch {

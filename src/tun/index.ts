@@ -2,4 +2,3 @@ export * from './device.js';
 export * from './errors.js';
 export * from './iproute2.js';
 export * from './linux-tun.js';
-export * from './fake.js';

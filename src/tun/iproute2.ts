@@ -19,6 +19,19 @@ export function ip(args: readonly string[]): Promise<string> {
   });
 }
 
+/**
+ * The destinations in `ip -j route show` output, as CIDR text. iproute2 prints a host route
+ * without its length, so /32 or /128 is added; the default route is left out.
+ */
+export function routeDestinations(json: string): string[] {
+  const destinations: string[] = [];
+  for (const entry of JSON.parse(json || '[]') as Array<{ dst?: string }>) {
+    if (!entry.dst || entry.dst === 'default') continue;
+    destinations.push(entry.dst.includes('/') ? entry.dst : `${entry.dst}/${entry.dst.includes(':') ? 128 : 32}`);
+  }
+  return destinations;
+}
+
 /** For exit paths, where the event loop may not run again. */
 export function ipSync(args: readonly string[]): void {
   try {

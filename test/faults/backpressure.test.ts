@@ -7,11 +7,12 @@
 import { expect } from 'chai';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Harness } from '../../scripts/harness.js';
-import { NodelinkCluster } from '../../scripts/cluster.js';
+import { expectedSha256 } from '../../scripts/harness/index.js';
 import { DEFAULTS } from '../../src/cli/config.js';
-import { leavesNothingBehind } from '../netns/root.js';
-import { MiB, faultRig, mbit, peer, quickStatus, report, rssBytes, sleep, timeUntil } from './util.js';
+import { leavesNothingBehind } from '../support/cluster-rig.js';
+import { MiB, faultRig, mbit, peer, quickStatus, report, rssBytes } from './util.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { waitFor } from '../support/wait.js';
 
 const FLOOD_SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'udp-flood.js');
 const FLOOD_S = 30;
@@ -31,16 +32,13 @@ describe('faults: backpressure (flood a throttled node)', function () {
   let baselineMbit = 0;
   let baselineRss = 0;
 
-  const H = (): Harness => rig.h;
-  const C = (): NodelinkCluster => rig.cluster;
-
   async function node2Transfer(): Promise<number> {
-    const t = H();
+    const { h } = rig;
     const started = Date.now();
-    const result = await t.curl(t.ns.cp, t.podURL(2, 1, `/bytes/${TRANSFER}`), { timeoutS: 60 });
+    const result = await h.curl(h.ns.cp, h.podURL(2, 1, `/bytes/${TRANSFER}`), { timeoutS: 60 });
     const ms = Date.now() - started;
     expect(result.ok, result.error).to.equal(true);
-    expect(result.sha256).to.equal(Harness.expectedSha256(TRANSFER));
+    expect(result.sha256).to.equal(expectedSha256(TRANSFER));
     return mbit(TRANSFER, ms);
   }
 
@@ -63,8 +61,8 @@ describe('faults: backpressure (flood a throttled node)', function () {
         maxRss = Math.max(maxRss, rssBytes(pid));
         const status =
           n1 === 'server'
-            ? await peer(C(), 1).catch(() => undefined)
-            : (await quickStatus(C(), socket).catch(() => undefined))?.peers[0];
+            ? await peer(rig.cluster, 1).catch(() => undefined)
+            : (await quickStatus(rig.cluster, socket).catch(() => undefined))?.peers[0];
         maxQueued = Math.max(maxQueued, status?.queuedBytes ?? 0);
         maxRttMs = Math.max(maxRttMs, status?.lastPongMs ?? 0);
         await sleep(250);
@@ -81,8 +79,8 @@ describe('faults: backpressure (flood a throttled node)', function () {
   it('baseline: node 2 transfer speed with no flood', async function () {
     const rates = [await node2Transfer(), await node2Transfer()];
     baselineMbit = Math.max(...rates);
-    const pid = C().server!.pid;
-    const status = await quickStatus(C());
+    const pid = rig.cluster.server!.pid;
+    const status = await quickStatus(rig.cluster);
     expect(status.debug?.pid, 'the spawned PID is the server process').to.equal(pid);
     baselineRss = rssBytes(pid);
     report(
@@ -91,21 +89,21 @@ describe('faults: backpressure (flood a throttled node)', function () {
   });
 
   it(`server → node: ${FLOOD_S} s flood at ${FLOOD_MBIT} Mbit/s into a ${THROTTLE_MBIT} Mbit/s node; bounded RSS, node 2 stays fast`, async function () {
-    const t = H();
-    const pid = C().server!.pid;
-    const before = (await peer(C(), 1))!;
+    const { h } = rig;
+    const pid = rig.cluster.server!.pid;
+    const before = (await peer(rig.cluster, 1))!;
     await rig.underlay.limit('n1', THROTTLE_MBIT); // router → node 1: the server's stream to node 1 backs up
     // To the node itself: a pod behind its 1500-byte cbr0 would answer "fragmentation needed"
     // and turn every 8 KiB datagram into six fragments, testing CPU more than the queue.
-    const flood = t.spawn(
-      t.ns.cp,
-      [process.execPath, FLOOD_SCRIPT, t.nodeIP(1), '9', String(FLOOD_MBIT), String(FLOOD_S)],
+    const flood = h.spawn(
+      h.ns.cp,
+      [process.execPath, FLOOD_SCRIPT, h.nodeIP(1), '9', String(FLOOD_MBIT), String(FLOOD_S)],
       { name: 'udp-flood-cp' },
     );
     const { maxRss, maxQueued, maxRttMs, rates } = await duringFlood(pid, undefined, flood.exited, 'server');
     const exit = await flood.exited;
     expect(exit.code, flood.output()).to.equal(0);
-    const after = (await peer(C(), 1))!;
+    const after = (await peer(rig.cluster, 1))!;
     const queueFull = (after.dropsByReason['queue_full'] ?? 0) - (before.dropsByReason['queue_full'] ?? 0);
     report(`${flood.output().trim()}`);
     report(
@@ -126,10 +124,10 @@ describe('faults: backpressure (flood a throttled node)', function () {
     expect(median).to.be.at.least(baselineMbit / 3);
     await rig.underlay.unlimit('n1');
     // Node 1 works again once the flood is over.
-    const backMs = await timeUntil(
-      () => t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 1 }),
-      30_000,
+    const backMs = await waitFor(
       'node 1 to answer after the flood',
+      () => h.ping(h.ns.cp, h.nodeIP(1), { timeoutS: 1 }),
+      30_000,
     );
     report(
       `node 1 answers ${backMs} ms after the flood ended; its keepalive RTT during the flood up to ${maxRttMs.toFixed(0)} ms ` +
@@ -138,20 +136,20 @@ describe('faults: backpressure (flood a throttled node)', function () {
   });
 
   it('node → server: a flood on a throttled node uplink is dropped at the client (queue_full), bounded RSS', async function () {
-    const t = H();
-    const clientPid = C().clients.get(1)!.pid;
-    const socket = C().clientSocket(1);
-    const before = (await quickStatus(C(), socket)).peers[0]!;
-    await rig.underlay.limit('eth0', THROTTLE_MBIT, t.ns.node(1)); // node 1 → router: its uplink
+    const { h } = rig;
+    const clientPid = rig.cluster.clients.get(1)!.pid;
+    const socket = rig.cluster.clientSocket(1);
+    const before = (await quickStatus(rig.cluster, socket)).peers[0]!;
+    await rig.underlay.limit('eth0', THROTTLE_MBIT, h.ns.node(1)); // node 1 → router: its uplink
     const seconds = 15;
-    const flood = t.spawn(
-      t.ns.node(1),
+    const flood = h.spawn(
+      h.ns.node(1),
       [process.execPath, FLOOD_SCRIPT, '198.18.255.1', '9', String(FLOOD_MBIT), String(seconds)],
       { name: 'udp-flood-node1' },
     );
     const { maxRss, maxQueued, rates } = await duringFlood(clientPid, socket, flood.exited, 'client');
     expect((await flood.exited).code, flood.output()).to.equal(0);
-    const after = (await quickStatus(C(), socket)).peers[0]!;
+    const after = (await quickStatus(rig.cluster, socket)).peers[0]!;
     const queueFull = (after.dropsByReason['queue_full'] ?? 0) - (before.dropsByReason['queue_full'] ?? 0);
     report(`${flood.output().trim()}`);
     report(
@@ -161,11 +159,11 @@ describe('faults: backpressure (flood a throttled node)', function () {
     expect(queueFull).to.be.greaterThan(0);
     expect(maxQueued).to.be.at.most(DEFAULTS.maxQueueBytes + 256 * 1024);
     expect(maxRss).to.be.below(CLIENT_RSS_BOUND);
-    await rig.underlay.unlimit('eth0', t.ns.node(1));
-    await timeUntil(
-      () => t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 1 }),
-      30_000,
+    await rig.underlay.unlimit('eth0', h.ns.node(1));
+    await waitFor(
       'node 1 to answer after the uplink flood',
+      () => h.ping(h.ns.cp, h.nodeIP(1), { timeoutS: 1 }),
+      30_000,
     );
   });
 

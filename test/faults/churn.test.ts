@@ -5,11 +5,11 @@
 // Long (about 2 min): runs under npm run test:faults only.
 
 import { expect } from 'chai';
-import { Harness } from '../../scripts/harness.js';
-import { NodelinkCluster } from '../../scripts/cluster.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
-import { fdCount, quickStatus, report, sleep, faultRig } from './util.js';
-import { leavesNothingBehind } from '../netns/root.js';
+import { routeDestinations } from '../../src/tun/index.js';
+import { fdCount, quickStatus, report, faultRig } from './util.js';
+import { leavesNothingBehind } from '../support/cluster-rig.js';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 const NODES = 20;
 const CHURN_MS = 60_000;
@@ -19,9 +19,6 @@ describe('faults: churn of 20 nodes for 60 s', function () {
   this.timeout(600_000);
   const rig = faultRig({ nodes: NODES, stubs: false }, false);
   const all = Array.from({ length: NODES }, (_, i) => i + 1);
-
-  const H = (): Harness => rig.h;
-  const C = (): NodelinkCluster => rig.cluster;
 
   interface Counts {
     sessions: number;
@@ -33,14 +30,14 @@ describe('faults: churn of 20 nodes for 60 s', function () {
   }
 
   async function counts(): Promise<Counts> {
-    const status: DaemonStatus = await quickStatus(C());
+    const status: DaemonStatus = await quickStatus(rig.cluster);
     const debug = status.debug!;
     return {
       sessions: debug.sessions!,
       handshaking: debug.handshaking!,
       fds: debug.fds,
       timers: debug.timers,
-      procFds: fdCount(C().server!.pid),
+      procFds: fdCount(rig.cluster.server!.pid),
       connected: status.peers.filter((p) => p.connected).length,
     };
   }
@@ -56,16 +53,16 @@ describe('faults: churn of 20 nodes for 60 s', function () {
     return last;
   }
 
-  const running = (): number[] => all.filter((n) => C().clients.get(n)?.running);
+  const running = (): number[] => all.filter((n) => rig.cluster.clients.get(n)?.running);
 
   let idle: Counts;
   let full: Counts;
 
   it('baseline: counts with no node, then with all 20 connected', async function () {
-    await C().startServer();
+    await rig.cluster.startServer();
     idle = await counts();
-    for (const n of all) C().startClient(n);
-    await C().waitConnected(all, 120_000);
+    for (const n of all) rig.cluster.startClient(n);
+    await rig.cluster.waitConnected(all, 120_000);
     full = await settle((c) => c.sessions === NODES && c.handshaking === 0, 10_000);
     report(
       `server with 0 nodes: fds ${idle.fds}, timers ${idle.timers}; with 20 nodes: fds ${full.fds}, timers ${full.timers}, sessions ${full.sessions}`,
@@ -75,7 +72,7 @@ describe('faults: churn of 20 nodes for 60 s', function () {
   });
 
   it('60 s of random connects, SIGTERMs and SIGKILLs leave exactly what the running nodes need', async function () {
-    const t = H();
+    const { h } = rig;
     const started = Date.now();
     let steps = 0;
     let starts = 0;
@@ -84,7 +81,7 @@ describe('faults: churn of 20 nodes for 60 s', function () {
     while (Date.now() - started < CHURN_MS && steps < MAX_STEPS) {
       steps++;
       const n = all[Math.floor(Math.random() * NODES)]!;
-      const proc = C().clients.get(n);
+      const proc = rig.cluster.clients.get(n);
       if (proc?.running) {
         if (Math.random() < 0.5) {
           terms++;
@@ -96,7 +93,7 @@ describe('faults: churn of 20 nodes for 60 s', function () {
         }
       } else {
         starts++;
-        C().startClient(n);
+        rig.cluster.startClient(n);
       }
       await sleep(50 + Math.random() * 350);
     }
@@ -128,26 +125,24 @@ describe('faults: churn of 20 nodes for 60 s', function () {
     expect(after.timers).to.equal(expected(idle.timers, timersPerNode));
     // Kernel routes: every authorized peer's allowedIPs on nl0, whether connected or not, and
     // nothing else but the tunnel's own prefix.
-    const wanted = new Set([t.tunnelCIDR, t.tunnelCIDR6, ...all.flatMap((n) => t.nodeRoutes(n))]);
+    const wanted = new Set([h.tunnelCIDR, h.tunnelCIDR6, ...all.flatMap((n) => h.nodeRoutes(n))]);
     const routes = new Set<string>();
     for (const family of ['-4', '-6']) {
-      const out = await t.exec(t.ns.cp, ['ip', '-j', family, 'route', 'show', 'dev', 'nl0']);
-      for (const route of JSON.parse(out.stdout) as Array<{ dst: string }>)
-        routes.add(route.dst.includes('/') ? route.dst : `${route.dst}/${route.dst.includes(':') ? 128 : 32}`);
+      const out = await h.exec(h.ns.cp, ['ip', '-j', family, 'route', 'show', 'dev', 'nl0']);
+      for (const destination of routeDestinations(out.stdout)) routes.add(destination);
     }
     expect([...routes].sort()).to.deep.equal([...wanted].sort());
     // Each running node routes the tunnel into its nl0; a stopped node has no nl0 at all.
     for (const n of all) {
-      const out = await t.exec(t.ns.node(n), ['ip', '-j', 'route', 'show', 'dev', 'nl0'], { allowFail: true });
-      if (up.includes(n))
-        expect((JSON.parse(out.stdout) as Array<{ dst: string }>).map((r) => r.dst)).to.deep.equal([t.tunnelCIDR]);
+      const out = await h.exec(h.ns.node(n), ['ip', '-j', 'route', 'show', 'dev', 'nl0'], { allowFail: true });
+      if (up.includes(n)) expect(routeDestinations(out.stdout)).to.deep.equal([h.tunnelCIDR]);
       else expect(out.code, `node ${n} is stopped: no nl0`).to.not.equal(0);
     }
   });
 
   it('all 20 back: the counts equal those before the churn', async function () {
-    for (const n of all) if (!C().clients.get(n)?.running) C().startClient(n);
-    await C().waitConnected(all, 120_000);
+    for (const n of all) if (!rig.cluster.clients.get(n)?.running) rig.cluster.startClient(n);
+    await rig.cluster.waitConnected(all, 120_000);
     const back = await settle(
       (c) => c.sessions === NODES && c.handshaking === 0 && c.fds === full.fds && c.timers === full.timers,
       30_000,
@@ -158,7 +153,7 @@ describe('faults: churn of 20 nodes for 60 s', function () {
     expect(back.fds).to.equal(full.fds);
     expect(back.timers).to.equal(full.timers);
     expect(back.sessions).to.equal(NODES);
-    const pings = await Promise.all(all.map((n) => H().ping(H().ns.cp, H().nodeIP(n), { timeoutS: 3 })));
+    const pings = await Promise.all(all.map((n) => rig.h.ping(rig.h.ns.cp, rig.h.nodeIP(n), { timeoutS: 3 })));
     expect(pings).to.deep.equal(all.map(() => true));
   });
 

@@ -4,32 +4,27 @@
 // returns.
 
 import { expect } from 'chai';
-import { Harness } from '../../scripts/harness.js';
-import { NodelinkCluster } from '../../scripts/cluster.js';
-import { connected, peer, quickStatus, report, timeUntil, faultRig } from './util.js';
-import { leavesNothingBehind } from '../netns/root.js';
+import { connected, peer, quickStatus, report, faultRig } from './util.js';
+import { leavesNothingBehind } from '../support/cluster-rig.js';
+import { waitFor } from '../support/wait.js';
 
 describe('faults: dead peer detection', function () {
   this.timeout(90_000);
   const rig = faultRig({ nodes: 2, stubs: false });
 
-  const H = (): Harness => rig.h;
-  const C = (): NodelinkCluster => rig.cluster;
-
   it('a silent node is noticed by the server and by the node in about 10 s', async function () {
-    const t = H();
-    const before = (await peer(C(), 1))!;
+    const { h } = rig;
+    const before = (await peer(rig.cluster, 1))!;
     expect(before.lastPongMs, 'RTT is measured').to.be.a('number');
     await rig.underlay.blackhole(1);
     const cutAt = Date.now();
-    const clientSocket = C().clientSocket(1);
+    const clientSocket = rig.cluster.clientSocket(1);
     const [serverMs, clientMs] = await Promise.all([
-      timeUntil(async () => !(await connected(C(), 1)), 20_000, 'the server to drop node-1', 50),
-      timeUntil(
-        async () => !(await quickStatus(C(), clientSocket)).peers[0]!.connected,
-        20_000,
+      waitFor('the server to drop node-1', async () => !(await connected(rig.cluster, 1)), 20_000),
+      waitFor(
         'node-1 to drop the server',
-        50,
+        async () => !(await quickStatus(rig.cluster, clientSocket)).peers[0]!.connected,
+        20_000,
       ),
     ]);
     report(
@@ -37,22 +32,22 @@ describe('faults: dead peer detection', function () {
     );
     for (const ms of [serverMs, clientMs]) expect(ms).to.be.within(8000, 13_000);
     // Node 2 never noticed anything.
-    expect(await t.ping(t.ns.cp, t.nodeIP(2), { timeoutS: 3 })).to.equal(true);
-    const node2 = (await peer(C(), 2))!;
+    expect(await h.ping(h.ns.cp, h.nodeIP(2), { timeoutS: 3 })).to.equal(true);
+    const node2 = (await peer(rig.cluster, 2))!;
     expect(Date.parse(node2.connectedSince!)).to.be.below(cutAt);
     // Traffic for the dead node is refused at once (ICMP unreachable), not black-holed.
-    const ping = await t.exec(t.ns.cp, ['ping', '-c', '1', '-W', '2', t.nodeIP(1)], { allowFail: true });
+    const ping = await h.exec(h.ns.cp, ['ping', '-c', '1', '-W', '2', h.nodeIP(1)], { allowFail: true });
     expect(ping.stdout + ping.stderr).to.match(/Unreachable/i);
   });
 
   it('when the network returns the node is back on its own', async function () {
-    const t = H();
+    const { h } = rig;
     await rig.underlay.clear();
-    const backMs = await timeUntil(() => connected(C(), 1), 30_000, 'node-1 to reconnect', 50);
+    const backMs = await waitFor('node-1 to reconnect', () => connected(rig.cluster, 1), 30_000);
     report(
       `node back ${backMs} ms after the network returned (a dial in flight may first wait out its 5 s handshake timeout)`,
     );
-    expect(await t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 3 })).to.equal(true);
+    expect(await h.ping(h.ns.cp, h.nodeIP(1), { timeoutS: 3 })).to.equal(true);
   });
 
   leavesNothingBehind(rig);

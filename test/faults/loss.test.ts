@@ -4,9 +4,9 @@
 // inner TCP does not back off; the outer one does. Long: runs under npm run test:faults only.
 
 import { expect } from 'chai';
-import { Harness } from '../../scripts/harness.js';
+import { expectedSha256 } from '../../scripts/harness/index.js';
 import { MiB, mbit, peer, report, faultRig } from './util.js';
-import { leavesNothingBehind } from '../netns/root.js';
+import { leavesNothingBehind } from '../support/cluster-rig.js';
 
 describe('faults: random loss in the underlay', function () {
   this.timeout(600_000);
@@ -20,16 +20,16 @@ describe('faults: random loss in the underlay', function () {
 
   for (const { percent, size, timeoutS } of cases) {
     it(`${percent}% loss: ${size / MiB} MiB from a pod arrive intact`, async function () {
-      const t = rig.h;
+      const { h } = rig;
       if (percent > 0) await rig.underlay.loss(percent);
       try {
         const before = await peer(rig.cluster, 1);
         const started = Date.now();
-        const result = await t.curl(t.ns.cp, t.podURL(1, 1, `/bytes/${size}`), { timeoutS });
+        const result = await h.curl(h.ns.cp, h.podURL(1, 1, `/bytes/${size}`), { timeoutS });
         const ms = Date.now() - started;
         expect(result.ok, result.error).to.equal(true);
         expect(result.bytes).to.equal(size);
-        expect(result.sha256).to.equal(Harness.expectedSha256(size));
+        expect(result.sha256).to.equal(expectedSha256(size));
         const after = await peer(rig.cluster, 1);
         const reconnected = after?.connectedSince !== before?.connectedSince;
         report(

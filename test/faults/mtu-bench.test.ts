@@ -5,9 +5,9 @@
 // the one assertion is that every transfer arrives intact. Runs under npm run test:faults.
 
 import { expect } from 'chai';
-import { Harness } from '../../scripts/harness.js';
+import { expectedSha256 } from '../../scripts/harness/index.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
-import { skipUnlessRoot } from '../netns/root.js';
+import { expectNothingLeft, harnessRig } from '../support/cluster-rig.js';
 import { MiB, cpuSeconds, mbit, report } from './util.js';
 
 const SIZE = 128 * MiB;
@@ -15,18 +15,7 @@ const ROUNDS = 3;
 
 describe('faults: TUN MTU and kubelet transfer speed (figures)', function () {
   this.timeout(600_000);
-  let h: Harness | undefined;
-  let prefix = '';
-
-  before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create({ nodes: 1 });
-    prefix = h.prefix;
-  });
-
-  after(async function () {
-    await h?.destroy();
-  });
+  const rig = harnessRig({ nodes: 1 });
 
   interface Figures {
     rates: number[];
@@ -35,15 +24,15 @@ describe('faults: TUN MTU and kubelet transfer speed (figures)', function () {
 
   /** Transfer rates, and the CPU the nodelink processes (pids) spent per GB moved. */
   async function measure(ns: string, url: string, pids: number[] = []): Promise<Figures> {
-    const t = h!;
+    const { h } = rig;
     const rates: number[] = [];
     const cpuBefore = pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0);
     for (let round = 0; round < ROUNDS; round++) {
       const started = Date.now();
-      const result = await t.curl(ns, url, { timeoutS: 120 });
+      const result = await h.curl(ns, url, { timeoutS: 120 });
       const ms = Date.now() - started;
       expect(result.ok, result.error).to.equal(true);
-      expect(result.sha256).to.equal(Harness.expectedSha256(SIZE));
+      expect(result.sha256).to.equal(expectedSha256(SIZE));
       rates.push(mbit(SIZE, ms));
     }
     const cpu = pids.reduce((sum, pid) => sum + cpuSeconds(pid), 0) - cpuBefore;
@@ -58,21 +47,21 @@ describe('faults: TUN MTU and kubelet transfer speed (figures)', function () {
     `(${rates.map((r) => r.toFixed(0)).join('/')})${cpuPerGB === undefined ? '' : `, nodelink CPU ${cpuPerGB.toFixed(1)} s/GB`}`;
 
   it('underlay reference: the router fetches straight from kubelet and pod', async function () {
-    const t = h!;
-    const kubelet = await measure(t.ns.rt, t.kubeletURL(1, `/bytes/${SIZE}`));
-    const pod = await measure(t.ns.rt, t.podURL(1, 1, `/bytes/${SIZE}`));
+    const { h } = rig;
+    const kubelet = await measure(h.ns.rt, h.kubeletURL(1, `/bytes/${SIZE}`));
+    const pod = await measure(h.ns.rt, h.podURL(1, 1, `/bytes/${SIZE}`));
     report(`underlay (no tunnel): kubelet HTTPS ${summary(kubelet)}; pod HTTP ${summary(pod)}`);
   });
 
   for (const mtu of [1420, 9000, 65000]) {
     it(`--mtu ${mtu}: 128 MiB from the kubelet (HTTPS) and from a pod (HTTP)`, async function () {
-      const t = h!;
-      const cluster = new NodelinkCluster(t, { mtu });
+      const { h } = rig;
+      const cluster = new NodelinkCluster(h, { mtu });
       try {
         await cluster.up();
         const pids = [cluster.server!.pid, cluster.clients.get(1)!.pid];
-        const kubelet = await measure(t.ns.cp, t.kubeletURL(1, `/bytes/${SIZE}`), pids);
-        const pod = await measure(t.ns.cp, t.podURL(1, 1, `/bytes/${SIZE}`), pids);
+        const kubelet = await measure(h.ns.cp, h.kubeletURL(1, `/bytes/${SIZE}`), pids);
+        const pod = await measure(h.ns.cp, h.podURL(1, 1, `/bytes/${SIZE}`), pids);
         report(`--mtu ${mtu}: kubelet HTTPS ${summary(kubelet)}; pod HTTP ${summary(pod)}`);
       } finally {
         await cluster.stop();
@@ -81,8 +70,7 @@ describe('faults: TUN MTU and kubelet transfer speed (figures)', function () {
   }
 
   it('leaves nothing behind', async function () {
-    await h!.destroy();
-    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
-    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
+    await rig.h.destroy();
+    await expectNothingLeft(rig.prefix);
   });
 });

@@ -3,10 +3,9 @@
 // SIGKILL of either side the next start cleans up and works.
 
 import { expect } from 'chai';
-import { Harness } from '../../scripts/harness.js';
-import { NodelinkCluster } from '../../scripts/cluster.js';
-import { connected, logLines, quickStatus, report, timeUntil, faultRig } from './util.js';
-import { leavesNothingBehind } from '../netns/root.js';
+import { connected, logLines, quickStatus, report, faultRig } from './util.js';
+import { leavesNothingBehind } from '../support/cluster-rig.js';
+import { waitFor } from '../support/wait.js';
 
 const NODES = 6;
 
@@ -15,36 +14,34 @@ describe('faults: server restart and crash recovery', function () {
   const rig = faultRig({ nodes: NODES, stubs: false });
   const all = Array.from({ length: NODES }, (_, i) => i + 1);
 
-  const H = (): Harness => rig.h;
-  const C = (): NodelinkCluster => rig.cluster;
-
   async function allReachable(): Promise<void> {
-    const t = H();
-    const results = await Promise.all(all.map((n) => t.ping(t.ns.cp, t.nodeIP(n), { timeoutS: 3 })));
+    const { h } = rig;
+    const results = await Promise.all(all.map((n) => h.ping(h.ns.cp, h.nodeIP(n), { timeoutS: 3 })));
     expect(results, 'ping every node from the control plane').to.deep.equal(all.map(() => true));
   }
 
   it('SIGTERM: every node is told, TUN and routes are gone, exit 0 within 2 s', async function () {
-    const t = H();
+    const { h } = rig;
     await allReachable();
-    const server = C().server!;
+    const server = rig.cluster.server!;
     const started = Date.now();
     const exit = await server.stop('SIGTERM', 5000);
     const exitMs = Date.now() - started;
     report(`server exit after SIGTERM: ${exitMs} ms (code ${exit.code})`);
     expect(exit.code).to.equal(0);
     expect(exitMs).to.be.below(2000);
-    const link = await t.exec(t.ns.cp, ['ip', 'link', 'show', 'dev', 'nl0'], { allowFail: true });
+    const link = await h.exec(h.ns.cp, ['ip', 'link', 'show', 'dev', 'nl0'], { allowFail: true });
     expect(link.code, 'nl0 is gone').to.not.equal(0);
-    const routes = await t.exec(t.ns.cp, ['ip', '-4', 'route', 'show']);
+    const routes = await h.exec(h.ns.cp, ['ip', '-4', 'route', 'show']);
     expect(routes.stdout).to.not.match(/198\.19\./);
     // Every client heard server_shutdown and redials at once, with jitter below the base (500 ms).
     const retries: number[] = [];
-    await t.waitFor(
+    await waitFor(
+      'every client to log server_shutdown',
       async () => {
         retries.length = 0;
         for (const n of all) {
-          const line = logLines(C().clients.get(n)!).find(
+          const line = logLines(rig.cluster.clients.get(n)!).find(
             (l) => l['msg'] === 'disconnected from server' && l['code'] === 'server_shutdown',
           );
           if (line) retries.push(line['retryInMs'] as number);
@@ -52,7 +49,6 @@ describe('faults: server restart and crash recovery', function () {
         return retries.length === NODES;
       },
       5000,
-      'every client to log server_shutdown',
     );
     report(`first redial after server_shutdown, per node: ${retries.join(', ')} ms`);
     for (const retry of retries) expect(retry).to.be.within(0, 500);
@@ -60,19 +56,18 @@ describe('faults: server restart and crash recovery', function () {
 
   it('restart: every node is back within seconds and traffic resumes', async function () {
     const downAt = Date.now();
-    await C().startServer();
+    await rig.cluster.startServer();
     const readyMs = Date.now() - downAt;
-    const allBackMs = await timeUntil(
+    const allBackMs = await waitFor(
+      'every node to reconnect',
       async () => {
-        const status = await quickStatus(C());
+        const status = await quickStatus(rig.cluster);
         return status.peers.filter((p) => p.connected).length === NODES;
       },
       30_000,
-      'every node to reconnect',
-      50,
     );
     // When did each node arrive? The server logs one line per connection.
-    const times = logLines(C().server!)
+    const times = logLines(rig.cluster.server!)
       .filter((l) => l['msg'] === 'peer connected')
       .map((l) => Date.parse(l['time'] as string));
     const spread = Math.max(...times) - Math.min(...times);
@@ -88,13 +83,12 @@ describe('faults: server restart and crash recovery', function () {
 
   it('SIGTERM → start → all back, end to end (the figure for the README)', async function () {
     const outage = Date.now();
-    await C().server!.stop('SIGTERM', 5000);
-    await C().startServer();
-    await timeUntil(
-      async () => (await quickStatus(C())).peers.every((p) => p.connected),
-      30_000,
+    await rig.cluster.server!.stop('SIGTERM', 5000);
+    await rig.cluster.startServer();
+    await waitFor(
       'every node to reconnect',
-      50,
+      async () => (await quickStatus(rig.cluster)).peers.every((p) => p.connected),
+      30_000,
     );
     const ms = Date.now() - outage;
     report(`server restart (SIGTERM to all ${NODES} nodes connected): ${ms} ms`);
@@ -102,58 +96,58 @@ describe('faults: server restart and crash recovery', function () {
   });
 
   it('SIGKILL of the server: TUN and routes vanish with it; the next start works', async function () {
-    const t = H();
-    const server = C().server!;
+    const { h } = rig;
+    const server = rig.cluster.server!;
     server.kill('SIGKILL');
     await server.exited;
-    const link = await t.exec(t.ns.cp, ['ip', 'link', 'show', 'dev', 'nl0'], { allowFail: true });
+    const link = await h.exec(h.ns.cp, ['ip', 'link', 'show', 'dev', 'nl0'], { allowFail: true });
     expect(link.code, 'nl0 vanished with the killed server').to.not.equal(0);
     const killedAt = Date.now();
-    await C().startServer(); // over the stale admin socket the killed server left
-    await C().waitConnected(all, 30_000);
+    await rig.cluster.startServer(); // over the stale admin socket the killed server left
+    await rig.cluster.waitConnected(all, 30_000);
     report(`SIGKILL of the server, restart, all nodes back: ${Date.now() - killedAt} ms`);
     await allReachable();
   });
 
   it('a leftover persistent TUN named nl0 and stale routes are replaced at start', async function () {
-    const t = H();
-    await C().server!.stop('SIGTERM', 5000);
+    const { h } = rig;
+    await rig.cluster.server!.stop('SIGTERM', 5000);
     // What a crashed older version or an operator could leave: a persistent nl0, and a route
     // for node 2's pods that points elsewhere.
-    await t.exec(t.ns.cp, ['ip', 'tuntap', 'add', 'dev', 'nl0', 'mode', 'tun']);
-    await t.exec(t.ns.cp, ['ip', 'link', 'set', 'dev', 'nl0', 'up']);
-    await t.exec(t.ns.cp, ['ip', 'route', 'add', t.podCIDR(1), 'dev', 'nl0']);
-    await t.exec(t.ns.cp, ['ip', 'route', 'add', t.podCIDR(2), 'dev', 'lo']);
-    await C().startServer();
-    await C().waitConnected(all, 30_000);
-    const route = await t.exec(t.ns.cp, ['ip', 'route', 'get', t.podIP(2, 1)]);
+    await h.exec(h.ns.cp, ['ip', 'tuntap', 'add', 'dev', 'nl0', 'mode', 'tun']);
+    await h.exec(h.ns.cp, ['ip', 'link', 'set', 'dev', 'nl0', 'up']);
+    await h.exec(h.ns.cp, ['ip', 'route', 'add', h.podCIDR(1), 'dev', 'nl0']);
+    await h.exec(h.ns.cp, ['ip', 'route', 'add', h.podCIDR(2), 'dev', 'lo']);
+    await rig.cluster.startServer();
+    await rig.cluster.waitConnected(all, 30_000);
+    const route = await h.exec(h.ns.cp, ['ip', 'route', 'get', h.podIP(2, 1)]);
     expect(route.stdout).to.contain('dev nl0');
-    const details = await t.exec(t.ns.cp, ['ip', '-d', 'link', 'show', 'dev', 'nl0']);
+    const details = await h.exec(h.ns.cp, ['ip', '-d', 'link', 'show', 'dev', 'nl0']);
     expect(details.stdout, 'the new nl0 is not the persistent leftover').to.not.match(/persist on/);
-    expect(await t.ping(t.ns.cp, t.podIP(2, 1), { timeoutS: 3 })).to.equal(true);
+    expect(await h.ping(h.ns.cp, h.podIP(2, 1), { timeoutS: 3 })).to.equal(true);
     await allReachable();
   });
 
   it('SIGKILL of a client: its TUN vanishes, the server notices at once, the restarted client is back', async function () {
-    const t = H();
-    const client = C().clients.get(1)!;
+    const { h } = rig;
+    const client = rig.cluster.clients.get(1)!;
     const killedAt = Date.now();
     client.kill('SIGKILL');
     await client.exited;
-    const link = await t.exec(t.ns.node(1), ['ip', 'link', 'show', 'dev', 'nl0'], { allowFail: true });
+    const link = await h.exec(h.ns.node(1), ['ip', 'link', 'show', 'dev', 'nl0'], { allowFail: true });
     expect(link.code, "the node's nl0 vanished").to.not.equal(0);
-    const noticedMs = await timeUntil(
-      async () => !(await connected(C(), 1)),
-      15_000,
+    const noticedMs = await waitFor(
       'server to notice the killed client',
+      async () => !(await connected(rig.cluster, 1)),
+      15_000,
     );
-    C().startClient(1);
-    const backMs = await timeUntil(() => connected(C(), 1), 15_000, 'the restarted client to connect', 50);
+    rig.cluster.startClient(1);
+    const backMs = await waitFor('the restarted client to connect', () => connected(rig.cluster, 1), 15_000);
     report(
       `SIGKILL of a client: server noticed in ${noticedMs} ms (the kernel closed its socket); restarted client connected ${backMs} ms after its start (${Date.now() - killedAt} ms after the kill)`,
     );
     expect(noticedMs).to.be.below(3000);
-    expect(await t.ping(t.ns.cp, t.podIP(1, 1), { timeoutS: 3 })).to.equal(true);
+    expect(await h.ping(h.ns.cp, h.podIP(1, 1), { timeoutS: 3 })).to.equal(true);
   });
 
   leavesNothingBehind(rig, 'leaves no namespace, device, route or process behind');

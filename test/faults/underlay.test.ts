@@ -3,10 +3,11 @@
 // or recovers on its own, and every byte of the transfer arrives intact (sha256).
 
 import { expect } from 'chai';
-import { Harness, type CurlResult } from '../../scripts/harness.js';
-import { NodelinkCluster } from '../../scripts/cluster.js';
-import { MiB, mbit, peer, report, sleep, timeUntil, faultRig } from './util.js';
-import { leavesNothingBehind } from '../netns/root.js';
+import { type CurlResult, expectedSha256 } from '../../scripts/harness/index.js';
+import { MiB, mbit, peer, report, faultRig } from './util.js';
+import { leavesNothingBehind } from '../support/cluster-rig.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { waitFor } from '../support/wait.js';
 
 /** curl's --limit-rate: keeps the transfer in flight across the fault however fast the link is. */
 const RATE = '2M';
@@ -15,55 +16,52 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
   this.timeout(120_000);
   const rig = faultRig({ nodes: 2 });
 
-  const H = (): Harness => rig.h;
-  const C = (): NodelinkCluster => rig.cluster;
-
   function download(size: number, timeoutS: number, rate?: string): Promise<CurlResult> {
-    const t = H();
-    return t.curl(t.ns.cp, t.podURL(1, 1, `/bytes/${size}`), { timeoutS, args: rate ? ['--limit-rate', rate] : [] });
+    const { h } = rig;
+    return h.curl(h.ns.cp, h.podURL(1, 1, `/bytes/${size}`), { timeoutS, args: rate ? ['--limit-rate', rate] : [] });
   }
 
   function expectIntact(result: CurlResult, size: number): void {
     expect(result.ok, `transfer: ${result.error}`).to.equal(true);
     expect(result.bytes).to.equal(size);
-    expect(result.sha256).to.equal(Harness.expectedSha256(size));
+    expect(result.sha256).to.equal(expectedSha256(size));
   }
 
   async function pingable(n: number): Promise<boolean> {
-    return H().ping(H().ns.cp, H().nodeIP(n), { timeoutS: 1 });
+    return rig.h.ping(rig.h.ns.cp, rig.h.nodeIP(n), { timeoutS: 1 });
   }
 
   it('a 10 s link flap: the link recovers and a transfer across it arrives intact', async function () {
-    const t = H();
+    const { h } = rig;
     const size = 16 * MiB;
-    const before = await peer(C(), 1);
+    const before = await peer(rig.cluster, 1);
     const transfer = download(size, 90, RATE);
     await sleep(1000);
     await rig.underlay.link(1, false);
     await sleep(10_000);
     await rig.underlay.link(1, true);
-    const pingMs = await timeUntil(() => pingable(1), 30_000, 'node-1 to answer again');
+    const pingMs = await waitFor('node-1 to answer again', () => pingable(1), 30_000);
     const result = await transfer;
     expectIntact(result, size);
-    const after = await peer(C(), 1);
+    const after = await peer(rig.cluster, 1);
     const survived = after!.connectedSince === before!.connectedSince;
     report(
       `10 s flap: node answers ${pingMs} ms after the link is back; session ${survived ? 'survived' : 'was re-established'}; ` +
         `16 MiB transfer across it intact`,
     );
-    expect(await t.ping(t.ns.cp, t.podIP(1, 1), { timeoutS: 3 })).to.equal(true);
+    expect(await h.ping(h.ns.cp, h.podIP(1, 1), { timeoutS: 3 })).to.equal(true);
   });
 
   it("a flush of the router's NAT state: the link recovers and a transfer across it arrives intact", async function () {
     const size = 16 * MiB;
-    const before = await peer(C(), 1);
+    const before = await peer(rig.cluster, 1);
     const transfer = download(size, 90, RATE);
     await sleep(2000);
     await rig.underlay.flushConntrack();
-    const pingMs = await timeUntil(() => pingable(1), 30_000, 'node-1 to answer after the flush');
+    const pingMs = await waitFor('node-1 to answer after the flush', () => pingable(1), 30_000);
     const result = await transfer;
     expectIntact(result, size);
-    const after = await peer(C(), 1);
+    const after = await peer(rig.cluster, 1);
     const survived = after!.connectedSince === before!.connectedSince;
     report(
       `conntrack -F in the router: node answers ${pingMs} ms later; session ${survived ? 'survived' : 'was re-established'}; ` +
@@ -74,20 +72,20 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
   });
 
   it('a 10 Mbit/s bandwidth limit: the link stays up and a transfer runs at the limit, intact', async function () {
-    const t = H();
+    const { h } = rig;
     const size = 8 * MiB;
-    const before = await peer(C(), 1);
+    const before = await peer(rig.cluster, 1);
     await rig.underlay.limit('cp0', 10); // router → control plane: everything the nodes send
     try {
       const started = Date.now();
       const transfer = download(size, 60);
       await sleep(3000);
-      const during = await peer(C(), 1);
+      const during = await peer(rig.cluster, 1);
       const result = await transfer;
       const ms = Date.now() - started;
       expectIntact(result, size);
       const rate = mbit(size, ms);
-      const after = await peer(C(), 1);
+      const after = await peer(rig.cluster, 1);
       report(
         `tbf 10 Mbit/s: 8 MiB in ${(ms / 1000).toFixed(1)} s = ${rate.toFixed(1)} Mbit/s, intact; ` +
           `RTT under load ${during!.lastPongMs?.toFixed(1)} ms`,
@@ -97,7 +95,7 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
     } finally {
       await rig.underlay.unlimit('cp0');
     }
-    expect(await t.ping(t.ns.cp, t.nodeIP(1), { timeoutS: 3 })).to.equal(true);
+    expect(await h.ping(h.ns.cp, h.nodeIP(1), { timeoutS: 3 })).to.equal(true);
   });
 
   leavesNothingBehind(rig);

@@ -1,13 +1,11 @@
 // Helpers for the fault suite: underlay faults made with nftables and tc in the harness's router
-// namespace (never anywhere else), process probes read from /proc, and small timing helpers.
+// namespace (never anywhere else), process probes read from /proc, and status reads.
 
 import { readdirSync } from 'node:fs';
-import { Harness, type HarnessOptions, type ManagedProcess } from '../../scripts/harness.js';
+import { Harness, type HarnessOptions, type ManagedProcess } from '../../scripts/harness/index.js';
 import { NodelinkCluster } from '../../scripts/cluster.js';
-import { clusterRig, type ClusterRig } from '../netns/root.js';
+import { clusterRig, type ClusterRig } from '../support/cluster-rig.js';
 import { fetchStatus, type DaemonStatus } from '../../src/admin/index.js';
-
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The fault table lives beside the harness's own table, so removing it restores the harness. */
 const TABLE = 'nodelink_faults';
@@ -103,21 +101,6 @@ export const MiB = 1024 * 1024;
 
 export function mbit(bytes: number, ms: number): number {
   return (bytes * 8) / (ms / 1000) / 1e6;
-}
-
-/** Polls until check() is true; resolves with the elapsed ms, or rejects after timeoutMs. */
-export async function timeUntil(
-  check: () => Promise<boolean>,
-  timeoutMs: number,
-  what: string,
-  pollMs = 100,
-): Promise<number> {
-  const started = Date.now();
-  for (;;) {
-    if (await check().catch(() => false)) return Date.now() - started;
-    if (Date.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(pollMs);
-  }
 }
 
 /**

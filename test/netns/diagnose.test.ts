@@ -8,11 +8,11 @@ import { expect } from 'chai';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Harness } from '../../scripts/harness.js';
+import { Harness } from '../../scripts/harness/index.js';
 import { NodelinkCluster, runCli } from '../../scripts/cluster.js';
 import type { Check, DiagnoseReport } from '../../src/cli/diagnose.js';
 import { caSignedEcdsaCertificate } from '../unit/certificates.js';
-import { clusterRig } from './root.js';
+import { clusterRig } from '../support/cluster-rig.js';
 
 const failed = (report: DiagnoseReport): Check[] => report.checks.filter((check) => check.status === 'fail');
 const check = (report: DiagnoseReport, id: string): Check => report.checks.find((c) => c.id === id)!;

@@ -1,55 +1,47 @@
-// The namespace harness itself: it must build the SPEC's baseline (nodes behind NAT, control plane
+// The namespace harness itself: it must build the baseline topology (nodes behind NAT, control plane
 // without a path to them) and leave nothing behind. Runs only as root.
 
 import { expect } from 'chai';
-import { Harness } from '../../scripts/harness.js';
-import { skipUnlessRoot } from './root.js';
+import {
+  Harness,
+  expectedSha256,
+  expectedBytes,
+  leftovers,
+  rootNamespaceViolations,
+  listNamespaces,
+  url,
+} from '../../scripts/harness/index.js';
+import { harnessRig, skipUnlessRoot } from '../support/cluster-rig.js';
 
 describe('netns harness', function () {
   this.timeout(60_000);
 
   describe('a 2-node topology', function () {
-    let h: Harness | undefined;
-    let prefix = '';
-
-    before(async function () {
-      skipUnlessRoot(this);
-      h = await Harness.create({ nodes: 2 });
-      prefix = h.prefix;
-    });
-
-    after(async function () {
-      await h?.destroy();
-    });
-
-    const harness = (): Harness => {
-      if (!h) throw new Error('harness not created');
-      return h;
-    };
+    const rig = harnessRig({ nodes: 2 });
 
     it('names namespaces and addresses as documented', function () {
-      const t = harness();
-      expect(t.prefix).to.match(/^nl[0-9a-f]{5}$/);
-      expect(t.ns.cp).to.equal(`${t.prefix}-cp`);
-      expect(t.ns.rt).to.equal(`${t.prefix}-rt`);
-      expect(t.ns.node(2)).to.equal(`${t.prefix}-n2`);
-      expect(t.ns.pod(1, 1)).to.equal(`${t.prefix}-n1p1`);
-      expect(t.serverEndpoint).to.equal('198.18.0.2:8443');
-      expect(t.nodeIP(1)).to.equal('198.19.0.11');
-      expect(t.nodeIP6(1)).to.equal('fd00:19::b');
-      expect(t.podIP(2, 1)).to.equal('198.19.2.2');
-      expect(t.podIP6(2, 1)).to.equal('fd00:19:2::2');
-      expect(t.podCIDR(2)).to.equal('198.19.2.0/24');
-      expect(t.podCIDR6(2)).to.equal('fd00:19:2::/64');
-      expect(() => t.nodeIP(3)).to.throw(/out of range/);
+      const { h } = rig;
+      expect(h.prefix).to.match(/^nl[0-9a-f]{5}$/);
+      expect(h.ns.cp).to.equal(`${h.prefix}-cp`);
+      expect(h.ns.rt).to.equal(`${h.prefix}-rt`);
+      expect(h.ns.node(2)).to.equal(`${h.prefix}-n2`);
+      expect(h.ns.pod(1, 1)).to.equal(`${h.prefix}-n1p1`);
+      expect(h.serverEndpoint).to.equal('198.18.0.2:8443');
+      expect(h.nodeIP(1)).to.equal('198.19.0.11');
+      expect(h.nodeIP6(1)).to.equal('fd00:19::b');
+      expect(h.podIP(2, 1)).to.equal('198.19.2.2');
+      expect(h.podIP6(2, 1)).to.equal('fd00:19:2::2');
+      expect(h.podCIDR(2)).to.equal('198.19.2.0/24');
+      expect(h.podCIDR6(2)).to.equal('fd00:19:2::/64');
+      expect(() => h.nodeIP(3)).to.throw(/out of range/);
     });
 
     it('each node reaches its own kubelet stub over IPv4 and IPv6', async function () {
-      const t = harness();
+      const { h } = rig;
       const checks = await Promise.all(
         [1, 2].flatMap((n) => [
-          t.curl(t.ns.node(n), t.kubeletURL(n, '/healthz')),
-          t.curl(t.ns.node(n), t.kubeletURL(n, '/containerLogs/default/x/y', true)),
+          h.curl(h.ns.node(n), h.kubeletURL(n, '/healthz')),
+          h.curl(h.ns.node(n), h.kubeletURL(n, '/containerLogs/default/x/y', true)),
         ]),
       );
       expect(checks.map((c) => c.body)).to.deep.equal([
@@ -61,74 +53,74 @@ describe('netns harness', function () {
     });
 
     it('each node reaches its pods, and pod bytes are deterministic', async function () {
-      const t = harness();
+      const { h } = rig;
       for (const n of [1, 2]) {
-        const v4 = await t.curl(t.ns.node(n), t.podURL(n, 1));
-        const v6 = await t.curl(t.ns.node(n), t.podURL(n, 1, '/', true));
+        const v4 = await h.curl(h.ns.node(n), h.podURL(n, 1));
+        const v6 = await h.curl(h.ns.node(n), h.podURL(n, 1, '/', true));
         expect(v4.body).to.equal(`pod node-${n}/pod-1`);
         expect(v6.body).to.equal(`pod node-${n}/pod-1`);
       }
       const size = 1_000_003;
-      const bytes = await t.curl(t.ns.node(1), t.podURL(1, 1, `/bytes/${size}`));
+      const bytes = await h.curl(h.ns.node(1), h.podURL(1, 1, `/bytes/${size}`));
       expect(bytes.ok).to.equal(true);
       expect(bytes.bytes).to.equal(size);
-      expect(bytes.sha256).to.equal(Harness.expectedSha256(size));
-      const remote = await t.curl(t.ns.node(1), t.podURL(1, 1, `/sha256/${size}`));
-      expect(remote.body).to.equal(Harness.expectedSha256(size));
-      expect(Harness.expectedBytes(100).subarray(0, 100).length).to.equal(100);
+      expect(bytes.sha256).to.equal(expectedSha256(size));
+      const remote = await h.curl(h.ns.node(1), h.podURL(1, 1, `/sha256/${size}`));
+      expect(remote.body).to.equal(expectedSha256(size));
+      expect(expectedBytes(100).subarray(0, 100).length).to.equal(100);
     });
 
     it('the control plane cannot reach node IPs, node IPv6 or pod IPs', async function () {
-      const t = harness();
-      const cp = t.ns.cp;
+      const { h } = rig;
+      const cp = h.ns.cp;
       const targets = [
-        t.kubeletURL(1),
-        t.kubeletURL(2),
-        t.kubeletURL(1, '/healthz', true),
-        t.kubeletURL(2, '/healthz', true),
-        t.podURL(1, 1),
-        t.podURL(2, 1),
-        t.podURL(1, 1, '/', true),
+        h.kubeletURL(1),
+        h.kubeletURL(2),
+        h.kubeletURL(1, '/healthz', true),
+        h.kubeletURL(2, '/healthz', true),
+        h.podURL(1, 1),
+        h.podURL(2, 1),
+        h.podURL(1, 1, '/', true),
       ];
-      const results = await Promise.all(targets.map((url) => t.curl(cp, url, { timeoutS: 2 })));
+      const results = await Promise.all(targets.map((url) => h.curl(cp, url, { timeoutS: 2 })));
       results.forEach((r, i) => expect(r.ok, `cp reached ${targets[i]}`).to.equal(false));
       const pings = await Promise.all(
-        [t.nodeIP(1), t.nodeIP6(1), t.podIP(1, 1)].map((a) => t.ping(cp, a, { timeoutS: 1 })),
+        [h.nodeIP(1), h.nodeIP6(1), h.podIP(1, 1)].map((a) => h.ping(cp, a, { timeoutS: 1 })),
       );
       expect(pings).to.deep.equal([false, false, false]);
-      const routes = await t.exec(cp, ['ip', 'route', 'show', 'table', 'all']);
+      const routes = await h.exec(cp, ['ip', 'route', 'show', 'table', 'all']);
       expect(routes.stdout).not.to.match(/198\.19\./);
     });
 
     it('the router drops new connections from the control plane even when it has a route', async function () {
-      const t = harness();
-      const cp = t.ns.cp;
-      await t.exec(cp, ['ip', 'route', 'add', '198.19.0.0/16', 'via', t.natAddress]);
-      await t.exec(cp, ['ip', '-6', 'route', 'add', 'fd00:19::/48', 'via', t.natAddress6]);
+      const { h } = rig;
+      const cp = h.ns.cp;
+      await h.exec(cp, ['ip', 'route', 'add', '198.19.0.0/16', 'via', h.natAddress]);
+      await h.exec(cp, ['ip', '-6', 'route', 'add', 'fd00:19::/48', 'via', h.natAddress6]);
       try {
         const [v4, v6] = await Promise.all([
-          t.curl(cp, t.kubeletURL(1), { timeoutS: 2 }),
-          t.curl(cp, t.podURL(2, 1, '/', true), { timeoutS: 2 }),
+          h.curl(cp, h.kubeletURL(1), { timeoutS: 2 }),
+          h.curl(cp, h.podURL(2, 1, '/', true), { timeoutS: 2 }),
         ]);
         expect(v4.ok).to.equal(false);
         expect(v6.ok).to.equal(false);
       } finally {
-        await t.exec(cp, ['ip', 'route', 'del', '198.19.0.0/16'], { allowFail: true });
-        await t.exec(cp, ['ip', '-6', 'route', 'del', 'fd00:19::/48'], { allowFail: true });
+        await h.exec(cp, ['ip', 'route', 'del', '198.19.0.0/16'], { allowFail: true });
+        await h.exec(cp, ['ip', '-6', 'route', 'del', 'fd00:19::/48'], { allowFail: true });
       }
     });
 
     it('nodes and pods reach the control plane through the masquerading router', async function () {
-      const t = harness();
-      const server = await t.startStub(t.ns.cp, 'pod', 'cp-probe', t.serverPort);
+      const { h } = rig;
+      const server = await h.startStub(h.ns.cp, 'pod', 'cp-probe', h.serverPort);
       try {
-        const fromNode = await t.curl(t.ns.node(1), Harness.url('http', t.cpAddress, t.serverPort, '/whoami'));
-        const fromNode6 = await t.curl(t.ns.node(2), Harness.url('http', t.cpAddress6, t.serverPort, '/whoami'));
-        const fromPod = await t.curl(t.ns.pod(2, 1), Harness.url('http', t.cpAddress, t.serverPort, '/whoami'));
-        expect(fromNode.body).to.equal(t.natAddress);
-        expect(fromNode6.body).to.equal(t.natAddress6);
-        expect(fromPod.body).to.equal(t.natAddress);
-        expect(await t.ping(t.ns.node(1), t.cpAddress)).to.equal(true);
+        const fromNode = await h.curl(h.ns.node(1), url('http', h.cpAddress, h.serverPort, '/whoami'));
+        const fromNode6 = await h.curl(h.ns.node(2), url('http', h.cpAddress6, h.serverPort, '/whoami'));
+        const fromPod = await h.curl(h.ns.pod(2, 1), url('http', h.cpAddress, h.serverPort, '/whoami'));
+        expect(fromNode.body).to.equal(h.natAddress);
+        expect(fromNode6.body).to.equal(h.natAddress6);
+        expect(fromPod.body).to.equal(h.natAddress);
+        expect(await h.ping(h.ns.node(1), h.cpAddress)).to.equal(true);
       } finally {
         await server.stop();
       }
@@ -136,9 +128,9 @@ describe('netns harness', function () {
     });
 
     it('stop() escalates to SIGKILL for a process that ignores SIGTERM', async function () {
-      const t = harness();
-      const stubborn = t.spawn(
-        t.ns.node(1),
+      const { h } = rig;
+      const stubborn = h.spawn(
+        h.ns.node(1),
         [
           process.execPath,
           '-e',
@@ -146,24 +138,24 @@ describe('netns harness', function () {
         ],
         { name: 'stubborn' },
       );
-      await t.waitForOutput(stubborn, 'ready', 5000);
+      await stubborn.waitForOutput('ready', 5000);
       const exit = await stubborn.stop('SIGTERM', 300);
       expect(exit.signal).to.equal('SIGKILL');
       expect(stubborn.output()).to.include('ignored');
     });
 
     it('destroy() leaves no namespace, process or root-namespace route behind', async function () {
-      const t = harness();
-      const pids = t.processes.map((p) => p.pid);
+      const { h } = rig;
+      const pids = h.processes.map((p) => p.pid);
       expect(pids.length).to.be.greaterThan(0);
-      await t.destroy();
-      await t.destroy(); // idempotent
-      expect(await Harness.leftovers(prefix)).to.deep.equal([]);
-      const names = await Harness.listNamespaces();
-      expect(names.filter((n) => n.startsWith(prefix))).to.deep.equal([]);
-      expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
+      await h.destroy();
+      await h.destroy(); // idempotent
+      expect(await leftovers(rig.prefix)).to.deep.equal([]);
+      const names = await listNamespaces();
+      expect(names.filter((n) => n.startsWith(rig.prefix))).to.deep.equal([]);
+      expect(await rootNamespaceViolations()).to.deep.equal([]);
       for (const pid of pids) expect(() => process.kill(pid, 0), `pid ${pid} still alive`).to.throw();
-      expect(() => t.spawn(t.ns.cp, ['true'])).to.throw(/destroyed/);
+      expect(() => h.spawn(h.ns.cp, ['true'])).to.throw(/destroyed/);
     });
   });
 
@@ -182,11 +174,11 @@ describe('netns harness', function () {
           error = e;
         }
         expect(String(error)).to.match(/netns add/);
-        expect(await Harness.leftovers(prefix)).to.deep.equal([`netns ${foreign}`]);
+        expect(await leftovers(prefix)).to.deep.equal([`netns ${foreign}`]);
       } finally {
         execFileSync('ip', ['netns', 'del', foreign]);
       }
-      expect(await Harness.leftovers(prefix)).to.deep.equal([]);
+      expect(await leftovers(prefix)).to.deep.equal([]);
     });
   });
 });

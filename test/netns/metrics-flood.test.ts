@@ -7,10 +7,11 @@
 import { expect } from 'chai';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Harness, type ManagedProcess } from '../../scripts/harness.js';
-import { NodelinkCluster, runCli } from '../../scripts/cluster.js';
+import type { ManagedProcess } from '../../scripts/harness/index.js';
+import { runCli } from '../../scripts/cluster.js';
 import { cpuSeconds, rssBytes } from '../../scripts/proc.js';
-import { clusterRig, leavesNothingBehind } from './root.js';
+import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
+import { waitFor } from '../support/wait.js';
 
 const FLOOD_SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'http-flood.js');
 const METRICS_PORT = 9464;
@@ -56,13 +57,11 @@ describe('metrics endpoint under attack (real CLI in namespaces)', function () {
       },
     },
   );
-  const H = (): Harness => rig.h;
-  const C = (): NodelinkCluster => rig.cluster;
 
   /** `count` pings from the control plane to node 2's pod, through the link, 20 ms apart. */
   async function pingPod(count: number): Promise<PingResult> {
-    const t = H();
-    const r = await t.exec(t.ns.cp, ['ping', '-n', '-q', '-c', String(count), '-i', '0.02', '-W', '2', t.podIP(2, 1)], {
+    const { h } = rig;
+    const r = await h.exec(h.ns.cp, ['ping', '-n', '-q', '-c', String(count), '-i', '0.02', '-W', '2', h.podIP(2, 1)], {
       allowFail: true,
       timeoutMs: count * 20 + 15_000,
     });
@@ -91,8 +90,8 @@ describe('metrics endpoint under attack (real CLI in namespaces)', function () {
   }
 
   it(`a scrape flood (${FLOOD_RATE}/s for ${FLOOD_S} s) is served from one rendering per second; the link keeps working`, async function () {
-    const t = H();
-    const server = C().server!;
+    const { h } = rig;
+    const server = rig.cluster.server!;
     const pid = server.pid;
     const idle = await pingPod(100);
     const idleRss = rssBytes(pid);
@@ -100,8 +99,8 @@ describe('metrics endpoint under attack (real CLI in namespaces)', function () {
       `idle: pod round trip avg ${idle.avgMs.toFixed(2)} ms, max ${idle.maxMs.toFixed(2)} ms (${idle.received}/${idle.sent}); server RSS ${(idleRss / MiB).toFixed(0)} MiB`,
     );
     const cpuBefore = cpuSeconds(pid);
-    const flooder: ManagedProcess = t.spawn(
-      t.ns.cp,
+    const flooder: ManagedProcess = h.spawn(
+      h.ns.cp,
       [
         process.execPath,
         FLOOD_SCRIPT,
@@ -127,28 +126,28 @@ describe('metrics endpoint under attack (real CLI in namespaces)', function () {
     // (plus the period the flood started in).
     expect(flood.distinctBodies).to.be.at.most(Math.ceil((flood.seconds * 1000) / CACHE_MS) + 1);
     expect(underFlood.received).to.be.greaterThan(0);
-    const after = await t.curl(t.ns.cp, `http://${metricsAddress}/metrics`, { timeoutS: 3 });
+    const after = await h.curl(h.ns.cp, `http://${metricsAddress}/metrics`, { timeoutS: 3 });
     expect(after.status).to.equal(200);
     expect(server.running).to.equal(true);
   });
 
   it('a metrics port taken when the server starts: the link starts anyway, status and the log name the failure; the endpoint comes back once the port is free', async function () {
-    const t = H();
-    await C().server!.stop();
+    const { h } = rig;
+    await rig.cluster.server!.stop();
     // Any local user can bind a port on the control plane's address before the server does.
-    const squatter = await t.startStub(t.ns.cp, 'pod', 'squatter', METRICS_PORT, t.cpAddress);
+    const squatter = await h.startStub(h.ns.cp, 'pod', 'squatter', METRICS_PORT, h.cpAddress);
     try {
-      const server = await C().startServer();
-      await C().waitConnected([1, 2]);
-      const pod = await t.curl(t.ns.cp, t.podURL(2, 1), { timeoutS: 5 });
+      const server = await rig.cluster.startServer();
+      await rig.cluster.waitConnected([1, 2]);
+      const pod = await h.curl(h.ns.cp, h.podURL(2, 1), { timeoutS: 5 });
       expect(pod.ok, pod.error).to.equal(true);
-      const status = await C().status();
+      const status = await rig.cluster.status();
       const metrics = status.endpoints?.find((endpoint) => endpoint.name === 'metrics');
       expect(metrics?.state).to.equal('failed');
       expect(metrics?.address).to.equal(metricsAddress);
       expect(metrics?.error).to.match(/is already in use: stop the other process or pick another port/);
       expect(status.endpoints?.find((endpoint) => endpoint.name === 'admin')?.state).to.equal('serving');
-      const text = await runCli(['status', '--admin-socket', C().serverSocket]);
+      const text = await runCli(['status', '--admin-socket', rig.cluster.serverSocket]);
       expect(text.stdout.split('\n')[0]).to.contain('metrics endpoint FAILED');
       expect(text.stdout).to.match(/ {2}metrics: FAILED since .*, retrying: --metrics .* is already in use/);
       const logged = server
@@ -161,15 +160,16 @@ describe('metrics endpoint under attack (real CLI in namespaces)', function () {
     } finally {
       await squatter.stop();
     }
-    await t.waitFor(
-      async () => (await C().status()).endpoints?.find((endpoint) => endpoint.name === 'metrics')?.state === 'serving',
-      40_000,
+    await waitFor(
       'the metrics endpoint serving again',
+      async () =>
+        (await rig.cluster.status()).endpoints?.find((endpoint) => endpoint.name === 'metrics')?.state === 'serving',
+      40_000,
     );
-    const scrape = await t.curl(t.ns.cp, `http://${metricsAddress}/metrics`, { timeoutS: 3 });
+    const scrape = await h.curl(h.ns.cp, `http://${metricsAddress}/metrics`, { timeoutS: 3 });
     expect(scrape.status).to.equal(200);
     expect(scrape.body).to.contain('nodelink_endpoint_up{endpoint="metrics"} 1');
-    expect(C().server!.output()).to.contain('metrics endpoint serving again');
+    expect(rig.cluster.server!.output()).to.contain('metrics endpoint serving again');
   });
 
   leavesNothingBehind(rig);

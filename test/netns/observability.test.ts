@@ -6,10 +6,10 @@
 import { expect } from 'chai';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Harness } from '../../scripts/harness.js';
-import { NodelinkCluster, runCli } from '../../scripts/cluster.js';
+import { runCli } from '../../scripts/cluster.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
-import { clusterRig } from './root.js';
+import { clusterRig } from '../support/cluster-rig.js';
+import { waitFor } from '../support/wait.js';
 
 const SERVER_METRICS = '127.0.0.1:9472';
 const CLIENT_METRICS = '127.0.0.1:9473';
@@ -42,24 +42,22 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
       },
     },
   );
-  const H = (): Harness => rig.h;
-  const C = (): NodelinkCluster => rig.cluster;
-  const node = (): string => H().ns.node(1);
-  const get = (ns: string, address: string, path: string) => H().curl(ns, `http://${address}${path}`, { timeoutS: 3 });
+  const node = (): string => rig.h.ns.node(1);
+  const get = (ns: string, address: string, path: string) =>
+    rig.h.curl(ns, `http://${address}${path}`, { timeoutS: 3 });
   const scrape = async (ns: string, address: string): Promise<Map<string, number>> => {
     const result = await get(ns, address, '/metrics');
     expect(result.status, result.error).to.equal(200);
     return parseMetrics(result.body);
   };
-  const status = (): Promise<DaemonStatus> => C().status();
+  const status = (): Promise<DaemonStatus> => rig.cluster.status();
 
   it('a starting node is alive but not ready: /healthz 200, /readyz 503 naming why', async function () {
-    const t = H();
-    C().startClient(1, ['--metrics', CLIENT_METRICS, '--keepalive-ms', '500', '--dead-after-ms', '3000']);
-    await t.waitFor(
+    rig.cluster.startClient(1, ['--metrics', CLIENT_METRICS, '--keepalive-ms', '500', '--dead-after-ms', '3000']);
+    await waitFor(
+      'client /healthz',
       async () => (await get(node(), CLIENT_METRICS, '/healthz')).status === 200,
       10_000,
-      'client /healthz',
     );
     const ready = await get(node(), CLIENT_METRICS, '/readyz');
     expect(ready.status).to.equal(503);
@@ -71,42 +69,42 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
   });
 
   it('once the server is up, both sides are ready', async function () {
-    const t = H();
-    await C().startServer();
-    await C().waitConnected([1]);
-    await t.waitFor(
+    const { h } = rig;
+    await rig.cluster.startServer();
+    await rig.cluster.waitConnected([1]);
+    await waitFor(
+      'client /readyz 200',
       async () => (await get(node(), CLIENT_METRICS, '/readyz')).status === 200,
       10_000,
-      'client /readyz 200',
     );
-    const server = await get(t.ns.cp, SERVER_METRICS, '/readyz');
+    const server = await get(h.ns.cp, SERVER_METRICS, '/readyz');
     expect(server.status).to.equal(200);
     expect(server.body).to.contain('listening').and.contain('nl0 is up');
-    expect((await get(t.ns.cp, SERVER_METRICS, '/healthz')).status).to.equal(200);
-    expect((await get(t.ns.cp, SERVER_METRICS, '/nope')).status).to.equal(404);
+    expect((await get(h.ns.cp, SERVER_METRICS, '/healthz')).status).to.equal(200);
+    expect((await get(h.ns.cp, SERVER_METRICS, '/nope')).status).to.equal(404);
   });
 
   it('/metrics counters move with traffic; drops, handshakes, RTT, path and process metrics are there', async function () {
-    const t = H();
-    const before = await scrape(t.ns.cp, SERVER_METRICS);
+    const { h } = rig;
+    const before = await scrape(h.ns.cp, SERVER_METRICS);
     const peer = '{peer="node-1"}';
     const size = 2 * 1024 * 1024;
-    const bulk = await t.curl(t.ns.cp, t.podURL(1, 1, `/bytes/${size}`), { timeoutS: 20 });
+    const bulk = await h.curl(h.ns.cp, h.podURL(1, 1, `/bytes/${size}`), { timeoutS: 20 });
     expect(bulk.ok, bulk.error).to.equal(true);
-    expect(await t.ping(t.ns.cp, '198.18.255.77', { timeoutS: 1 })).to.equal(false); // nobody owns it: no_route
-    await t.waitFor(
-      async () => ((await scrape(t.ns.cp, SERVER_METRICS)).get('nodelink_path_up{peer="node-1"}') ?? 0) === 1,
-      5000,
+    expect(await h.ping(h.ns.cp, '198.18.255.77', { timeoutS: 1 })).to.equal(false); // nobody owns it: no_route
+    await waitFor(
       'path_up 1',
+      async () => ((await scrape(h.ns.cp, SERVER_METRICS)).get('nodelink_path_up{peer="node-1"}') ?? 0) === 1,
+      5000,
     );
     // One rendering is served for up to a second: wait for one made after the transfer.
     const received = (m: Map<string, number>): number => m.get(`nodelink_peer_receive_bytes_total${peer}`) ?? 0;
-    await t.waitFor(
-      async () => received(await scrape(t.ns.cp, SERVER_METRICS)) - received(before) > size,
-      5000,
+    await waitFor(
       'the transfer to show in /metrics',
+      async () => received(await scrape(h.ns.cp, SERVER_METRICS)) - received(before) > size,
+      5000,
     );
-    const after = await scrape(t.ns.cp, SERVER_METRICS);
+    const after = await scrape(h.ns.cp, SERVER_METRICS);
     const delta = (name: string): number => (after.get(name) ?? 0) - (before.get(name) ?? 0);
     expect(delta(`nodelink_peer_receive_bytes_total${peer}`)).to.be.greaterThan(size);
     expect(delta(`nodelink_peer_receive_packets_total${peer}`)).to.be.greaterThan(size / 65536);
@@ -138,19 +136,19 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
     expect(peer.routeStates?.map((r) => r.state)).to.deep.equal(['active', 'active', 'active', 'active']);
     expect(Date.parse(peer.lastPongAt!)).to.be.greaterThan(0);
     expect(s.metrics).to.equal(SERVER_METRICS);
-    const text = await runCli(['status', '--admin-socket', C().serverSocket]);
+    const text = await runCli(['status', '--admin-socket', rig.cluster.serverSocket]);
     expect(text.stdout.split('\n')[0]).to.match(
       /^nodelink server on nl0: 1\/1 peers connected, 1\/1 paths ok, .* received, .* sent, \d+ dropped$/,
     );
     expect(text.stdout).to.match(/path: ok, 198\.19\.0\.11:10250 answered through the tunnel/);
     expect(text.stdout).to.match(/routes: 198\.19\.0\.11\/32 \(active\)/);
-    const client = await C().status(C().clientSocket(1));
+    const client = await rig.cluster.status(rig.cluster.clientSocket(1));
     expect(client.peers[0]!.routeStates?.every((r) => r.state === 'installed')).to.equal(true);
-    expect(client.publicKey).to.equal(C().nodeKeys.get(1)!.publicKey);
+    expect(client.publicKey).to.equal(rig.cluster.nodeKeys.get(1)!.publicKey);
     const watch = await runCli([
       'status',
       '--admin-socket',
-      C().clientSocket(1),
+      rig.cluster.clientSocket(1),
       '--watch',
       '--interval',
       '0.2',
@@ -161,56 +159,55 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
   });
 
   it('a broken data path shows in status and metrics while the session stays up', async function () {
-    const t = H();
+    const { h } = rig;
     // The node loses its route back into the tunnel: pings on the TLS stream still flow, packets do not.
-    await t.exec(node(), ['ip', 'route', 'del', t.tunnelCIDR, 'dev', 'nl0']);
+    await h.exec(node(), ['ip', 'route', 'del', h.tunnelCIDR, 'dev', 'nl0']);
     try {
-      await t.waitFor(async () => (await status()).peers[0]!.path?.state === 'failing', 8000, 'path failing');
+      await waitFor('path failing', async () => (await status()).peers[0]!.path?.state === 'failing', 8000);
       const s = await status();
       expect(s.peers[0]!.connected).to.equal(true);
       expect(s.peers[0]!.path!.error).to.match(/no answer/);
-      const metrics = await scrape(t.ns.cp, SERVER_METRICS);
+      const metrics = await scrape(h.ns.cp, SERVER_METRICS);
       expect(metrics.get('nodelink_path_up{peer="node-1"}')).to.equal(0);
       expect(metrics.get('nodelink_path_checks_total{peer="node-1",result="failed"}')).to.be.greaterThan(0);
-      const text = await runCli(['status', '--admin-socket', C().serverSocket]);
+      const text = await runCli(['status', '--admin-socket', rig.cluster.serverSocket]);
       expect(text.stdout)
         .to.match(/0\/1 paths ok/)
         .and.match(/path: FAILING/);
-      const client = await C().status(C().clientSocket(1));
-      expect(client.peers[0]!.routeStates?.find((r) => r.route === t.tunnelCIDR)?.state).to.equal('missing');
+      const client = await rig.cluster.status(rig.cluster.clientSocket(1));
+      expect(client.peers[0]!.routeStates?.find((r) => r.route === h.tunnelCIDR)?.state).to.equal('missing');
     } finally {
-      await t.exec(node(), ['ip', 'route', 'replace', t.tunnelCIDR, 'dev', 'nl0']);
+      await h.exec(node(), ['ip', 'route', 'replace', h.tunnelCIDR, 'dev', 'nl0']);
     }
-    await t.waitFor(async () => (await status()).peers[0]!.path?.state === 'ok', 8000, 'path recovered');
-    expect(C().server!.output()).to.contain('path check failed').and.contain('path check recovered');
+    await waitFor('path recovered', async () => (await status()).peers[0]!.path?.state === 'ok', 8000);
+    expect(rig.cluster.server!.output()).to.contain('path check failed').and.contain('path check recovered');
   });
 
   it('SIGHUP re-reads the config file: the log level changes live, other changes are named as needing a restart', async function () {
-    const t = H();
-    const server = C().server!;
+    const { h } = rig;
+    const server = rig.cluster.server!;
     writeFileSync(
       configFile,
       `metrics: ${SERVER_METRICS}\npath-check-interval-ms: 300\npath-check-timeout-ms: 1000\nlog-level: debug\nmtu: 1400\n`,
     );
     server.kill('SIGHUP');
-    await t.waitForOutput(server, 'settings reloaded', 5000);
-    await t.waitForOutput(server, 'take effect only after a restart', 5000);
+    await server.waitForOutput('settings reloaded', 5000);
+    await server.waitForOutput('take effect only after a restart', 5000);
     const reload = server
       .output()
       .split('\n')
       .find((line) => line.includes('settings reloaded'))!;
     expect(JSON.parse(reload)).to.deep.include({ changed: { logLevel: 'debug' } });
     expect(server.running).to.equal(true);
-    expect((await get(t.ns.cp, SERVER_METRICS, '/readyz')).status).to.equal(200);
+    expect((await get(h.ns.cp, SERVER_METRICS, '/readyz')).status).to.equal(200);
   });
 
   it('when the server goes away the node stays alive but is no longer ready', async function () {
-    const t = H();
-    await C().server!.stop();
-    await t.waitFor(
+    await rig.cluster.server!.stop();
+    await waitFor(
+      'client /readyz 503',
       async () => (await get(node(), CLIENT_METRICS, '/readyz')).status === 503,
       8000,
-      'client /readyz 503',
     );
     expect((await get(node(), CLIENT_METRICS, '/healthz')).status).to.equal(200);
     const metrics = await scrape(node(), CLIENT_METRICS);
@@ -218,8 +215,8 @@ describe('observability in namespaces (real CLI): metrics, health, path checks',
     expect(metrics.get('nodelink_disconnects_total{peer="server",reason="server_shutdown"}')).to.equal(1);
     expect(metrics.get('nodelink_ready')).to.equal(0);
     // One log line per event, never per packet: the 2 MiB transfer left no trace in the logs.
-    const lines = C()
-      .clients.get(1)!
+    const lines = rig.cluster.clients
+      .get(1)!
       .output()
       .split('\n')
       .filter((line) => line.trim() !== '');

@@ -1,4 +1,4 @@
-// Issue 3: the attacks of docs/security.md against the real CLI in the namespace harness. Node 3
+// The attacks of docs/security.md against the real CLI in the namespace harness. Node 3
 // starts outside the peers file and plays the attacker on the network path (behind the same NAT
 // as the real nodes); node 1 plays a compromised node. While the TLS port is attacked, nodes 1
 // and 2 keep being served. nftables counters in the control plane count every packet that
@@ -9,10 +9,12 @@ import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { Harness, type ManagedProcess } from '../../scripts/harness.js';
-import { NodelinkCluster, runCli } from '../../scripts/cluster.js';
-import { skipUnlessRoot } from './root.js';
+import type { ManagedProcess } from '../../scripts/harness/index.js';
+import { runCli } from '../../scripts/cluster.js';
+import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
+import { waitFor } from '../support/wait.js';
 
 const ATTACKER = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'attacker.js');
 const HANDSHAKE_TIMEOUT_MS = 1500;
@@ -21,17 +23,32 @@ const MAX_QUEUED = 4;
 
 describe('security in namespaces: attacks on the TLS port and from nodes (real CLI)', function () {
   this.timeout(60_000);
-  let h: Harness | undefined;
-  let cluster: NodelinkCluster | undefined;
-  let prefix = '';
+  const rig = clusterRig(
+    { nodes: 3 },
+    {
+      cluster: (h) => ({
+        peers: [1, 2],
+        extraServerArgs: [
+          '--handshake-timeout-ms',
+          String(HANDSHAKE_TIMEOUT_MS),
+          '--max-unauthenticated',
+          String(MAX_UNAUTHENTICATED),
+          '--max-queued-handshakes',
+          String(MAX_QUEUED),
+          '--path-check-interval-ms',
+          '0',
+          '--cert',
+          path.join(h.dir, 'server-cert.pem'),
+        ],
+      }),
+    },
+  );
   let monitor: ManagedProcess | undefined;
   let caFile = '';
   const attacks: string[] = [];
-  const H = (): Harness => h!;
-  const C = (): NodelinkCluster => cluster!;
 
   async function attack(ns: string, mode: string, ...args: string[]): Promise<Record<string, unknown>> {
-    const r = await H().exec(ns, [process.execPath, ATTACKER, mode, '--target', H().serverEndpoint, ...args], {
+    const r = await rig.h.exec(ns, [process.execPath, ATTACKER, mode, '--target', rig.h.serverEndpoint, ...args], {
       timeoutMs: 40_000,
       allowFail: true,
     });
@@ -42,7 +59,7 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
 
   /** Packets that reached the control plane's kernel through nl0, by source class. */
   async function arrived(): Promise<Record<string, number>> {
-    const r = await H().exec(H().ns.cp, ['nft', '-j', 'list', 'counters', 'table', 'inet', 'nlsec']);
+    const r = await rig.h.exec(rig.h.ns.cp, ['nft', '-j', 'list', 'counters', 'table', 'inet', 'nlsec']);
     const out: Record<string, number> = {};
     for (const item of (JSON.parse(r.stdout) as { nftables: Array<{ counter?: { name: string; packets: number } }> })
       .nftables) {
@@ -52,31 +69,13 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
   }
 
   async function serverStatus() {
-    return C().status();
+    return rig.cluster.status();
   }
 
   before(async function () {
-    skipUnlessRoot(this);
-    h = await Harness.create({ nodes: 3 });
-    prefix = h.prefix;
-    const t = h;
+    const { h, cluster } = rig;
     // A throwaway CA and a certificate for the server's own key (IP SAN of --listen), for --ca.
-    const serverKeyPlaceholder = path.join(t.dir, 'server.key');
-    cluster = new NodelinkCluster(t, {
-      peers: [1, 2],
-      extraServerArgs: [
-        '--handshake-timeout-ms',
-        String(HANDSHAKE_TIMEOUT_MS),
-        '--max-unauthenticated',
-        String(MAX_UNAUTHENTICATED),
-        '--max-queued-handshakes',
-        String(MAX_QUEUED),
-        '--path-check-interval-ms',
-        '0',
-        '--cert',
-        path.join(t.dir, 'server-cert.pem'),
-      ],
-    });
+    const serverKeyPlaceholder = path.join(h.dir, 'server.key');
     expect(cluster.serverKey.keyFile).to.equal(serverKeyPlaceholder);
     execFileSync(
       'bash',
@@ -87,18 +86,18 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
       openssl req -x509 -newkey ed25519 -nodes -keyout ca.key -out ca.pem -subj "/CN=nodelink test CA" -days 1 2>/dev/null
       (printf '\\x30\\x2e\\x02\\x01\\x00\\x30\\x05\\x06\\x03\\x2b\\x65\\x70\\x04\\x22\\x04\\x20'; base64 -d < server.key) | openssl pkey -inform DER -out server-key.pem
       openssl req -new -key server-key.pem -subj /CN=nodelink-server -out server.csr
-      printf 'subjectAltName=IP:${t.cpAddress}\\n' > san.ext
+      printf 'subjectAltName=IP:${h.cpAddress}\\n' > san.ext
       openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out server-cert.pem 2>/dev/null
       rm -f server-key.pem ca.key`,
         'ca',
-        t.dir,
+        h.dir,
       ],
       { stdio: 'pipe' },
     );
-    caFile = path.join(t.dir, 'ca.pem');
+    caFile = path.join(h.dir, 'ca.pem');
 
     // Count, in the control plane, what arrives from nl0 by source.
-    await t.exec(t.ns.cp, ['nft', '-f', '-'], {
+    await h.exec(h.ns.cp, ['nft', '-f', '-'], {
       input: `table inet nlsec {
         counter node1_pods {}
         counter node2_pods {}
@@ -106,10 +105,10 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
         counter node3_pods {}
         chain input {
           type filter hook input priority -10; policy accept;
-          iifname "nl0" ip saddr ${t.podCIDR(1)} counter name node1_pods
-          iifname "nl0" ip saddr ${t.podCIDR(2)} counter name node2_pods
-          iifname "nl0" ip saddr ${t.nodeIP(2)} counter name node2_ip
-          iifname "nl0" ip saddr ${t.podCIDR(3)} counter name node3_pods
+          iifname "nl0" ip saddr ${h.podCIDR(1)} counter name node1_pods
+          iifname "nl0" ip saddr ${h.podCIDR(2)} counter name node2_pods
+          iifname "nl0" ip saddr ${h.nodeIP(2)} counter name node2_ip
+          iifname "nl0" ip saddr ${h.podCIDR(3)} counter name node3_pods
         }
       }\n`,
     });
@@ -119,18 +118,12 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     cluster.startClient(2);
     await cluster.waitConnected([1, 2]);
     // Any kernel route change in the control plane from here on is a route flap.
-    monitor = t.spawn(t.ns.cp, ['ip', '-o', 'monitor', 'route'], { name: 'ip-monitor-route' });
-  });
-
-  after(async function () {
-    await monitor?.stop().catch(() => undefined);
-    await cluster?.stop();
-    await h?.destroy();
+    monitor = h.spawn(h.ns.cp, ['ip', '-o', 'monitor', 'route'], { name: 'ip-monitor-route' });
   });
 
   it('random bytes, plain HTTP, TLS 1.2, half-open handshakes and a connection flood on the TLS port; nodes 1 and 2 keep being served', async function () {
-    const t = H();
-    const attacker = t.ns.node(3);
+    const { h } = rig;
+    const attacker = h.ns.node(3);
     const before = await serverStatus();
     const since = (name: string, s = before) => s.peers.find((p) => p.name === name)!.connectedSince;
 
@@ -141,12 +134,12 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     const traffic = (async () => {
       for (let i = 0; serving && i < 400; i++) {
         const [kubelet, pod] = await Promise.all([
-          t.curl(t.ns.cp, t.kubeletURL(1), { timeoutS: 3 }),
-          t.curl(t.ns.cp, t.podURL(2, 1), { timeoutS: 3 }),
+          h.curl(h.ns.cp, h.kubeletURL(1), { timeoutS: 3 }),
+          h.curl(h.ns.cp, h.podURL(2, 1), { timeoutS: 3 }),
         ]);
         if (kubelet.ok && pod.ok) served++;
         else failed++;
-        await new Promise((resolve) => setTimeout(resolve, 100));
+        await sleep(100);
       }
     })();
 
@@ -164,14 +157,14 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
       expect(http.bytesReceived, 'and gets no HTTP answer').to.equal(0);
       const tls12 = await attack(attacker, 'tls12');
       expect(tls12.outcome).to.match(/PROTOCOL_VERSION|UNSUPPORTED_PROTOCOL/);
-      const openssl = await t.exec(attacker, ['openssl', 's_client', '-connect', t.serverEndpoint, '-tls1_2'], {
+      const openssl = await h.exec(attacker, ['openssl', 's_client', '-connect', h.serverEndpoint, '-tls1_2'], {
         allowFail: true,
         timeoutMs: 10_000,
       });
       expect(openssl.code, 'openssl s_client -tls1_2 fails').to.not.equal(0);
       attacks.push('openssl-tls1.2');
 
-      await new Promise((resolve) => setTimeout(resolve, 1100)); // a fresh rate-limit window
+      await sleep(1100); // a fresh rate-limit window
       const slow = await attack(
         attacker,
         'slow',
@@ -187,7 +180,7 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
       // the held ones expire when the slots free at the deadline, having waited over half of it
       expect(slow.maxCloseMs, 'the rest at the handshake deadline').to.be.below(HANDSHAKE_TIMEOUT_MS + 1500);
 
-      await new Promise((resolve) => setTimeout(resolve, 1100)); // a fresh rate-limit window
+      await sleep(1100); // a fresh rate-limit window
       const flood = await attack(attacker, 'flood', '--count', '150');
       expect(flood.closedWithin300ms, 'connections over the limits are refused at once').to.be.at.least(90);
     } finally {
@@ -215,48 +208,48 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     expect(refused['handshake_timeout'] ?? 0).to.be.at.least(MAX_UNAUTHENTICATED + MAX_QUEUED);
     expect(refused['rate_limited'] ?? 0, 'over 50 new connections per second from one source').to.be.at.least(50);
     // and a node can still (re)connect once the flood is over
-    await new Promise((resolve) => setTimeout(resolve, 1100));
-    await C().clients.get(2)!.stop();
-    C().startClient(2);
-    await C().waitConnected([2]);
+    await sleep(1100);
+    await rig.cluster.clients.get(2)!.stop();
+    rig.cluster.startClient(2);
+    await rig.cluster.waitConnected([2]);
   });
 
   it('Data frames before the hello are never forwarded', async function () {
-    const t = H();
+    const { h } = rig;
     const before = await arrived();
     const result = await attack(
-      t.ns.node(3),
+      h.ns.node(3),
       'prehello',
       '--src',
-      t.podIP(1, 1),
+      h.podIP(1, 1),
       '--dst',
       '198.18.255.1',
       '--count',
       '30',
     );
     expect(result.framesSent).to.equal(30);
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await sleep(300);
     expect((await arrived())['node1_pods']).to.equal(before['node1_pods']);
   });
 
   it("a node sending from another node's pod IP (address added, curl --interface, ping -I) is dropped by its client", async function () {
-    const t = H();
-    const n1 = t.ns.node(1);
-    const spoofed = t.podIP(2, 1);
-    const clientBefore = await C().status(C().clientSocket(1));
+    const { h } = rig;
+    const n1 = h.ns.node(1);
+    const spoofed = h.podIP(2, 1);
+    const clientBefore = await rig.cluster.status(rig.cluster.clientSocket(1));
     const arrivedBefore = await arrived();
-    await t.exec(n1, ['ip', 'addr', 'add', `${spoofed}/32`, 'dev', 'lo']);
+    await h.exec(n1, ['ip', 'addr', 'add', `${spoofed}/32`, 'dev', 'lo']);
     try {
-      const curl = await t.curl(n1, 'http://198.18.255.1:9/', { interface: spoofed, timeoutS: 2 });
+      const curl = await h.curl(n1, 'http://198.18.255.1:9/', { interface: spoofed, timeoutS: 2 });
       expect(curl.ok).to.equal(false);
-      const ping = await t.exec(n1, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '1', '-I', spoofed, '198.18.255.1'], {
+      const ping = await h.exec(n1, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '1', '-I', spoofed, '198.18.255.1'], {
         allowFail: true,
       });
       expect(ping.code).to.not.equal(0);
     } finally {
-      await t.exec(n1, ['ip', 'addr', 'del', `${spoofed}/32`, 'dev', 'lo']);
+      await h.exec(n1, ['ip', 'addr', 'del', `${spoofed}/32`, 'dev', 'lo']);
     }
-    const clientAfter = await C().status(C().clientSocket(1));
+    const clientAfter = await rig.cluster.status(rig.cluster.clientSocket(1));
     const drops = (s: typeof clientAfter) => s.peers[0]!.dropsByReason['unannounced_source'] ?? 0;
     expect(drops(clientAfter) - drops(clientBefore), 'SYNs and echo requests from the spoofed source').to.be.at.least(
       4,
@@ -267,26 +260,26 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
   });
 
   it('a compromised node sending spoofed sources itself is cut at the server (spoofed_source); its own source passes', async function () {
-    const t = H();
-    await C().clients.get(1)!.stop(); // the attacker takes node-1's key and place
+    const { h } = rig;
+    await rig.cluster.clients.get(1)!.stop(); // the attacker takes node-1's key and place
     try {
       const before = await arrived();
       const statusBefore = (await serverStatus()).peers.find((p) => p.name === 'node-1')!;
       const result = await attack(
-        t.ns.node(1),
+        h.ns.node(1),
         'node',
         '--server-key',
-        C().serverKey.publicKey,
+        rig.cluster.serverKey.publicKey,
         '--key',
-        C().nodeKeys.get(1)!.keyFile,
+        rig.cluster.nodeKeys.get(1)!.keyFile,
         '--name',
         'node-1',
         '--routes',
-        t.nodeRoutes(1).join(','),
+        h.nodeRoutes(1).join(','),
         '--spoof',
-        `${t.podIP(2, 1)},${t.nodeIP(2)},${t.podIP(3, 1)}`,
+        `${h.podIP(2, 1)},${h.nodeIP(2)},${h.podIP(3, 1)}`,
         '--own',
-        t.podIP(1, 1),
+        h.podIP(1, 1),
         '--dst',
         '198.18.255.1',
         '--count',
@@ -306,81 +299,76 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
       expect(result.repliesToOwn).to.equal(20);
     } finally {
       // the real node-1 comes back whatever happened above: the tests below need it
-      C().startClient(1);
-      await C().waitConnected([1]);
+      rig.cluster.startClient(1);
+      await rig.cluster.waitConnected([1]);
     }
-    expect((await t.curl(t.ns.cp, t.podURL(1, 1), { timeoutS: 5 })).ok).to.equal(true);
+    expect((await h.curl(h.ns.cp, h.podURL(1, 1), { timeoutS: 5 })).ok).to.equal(true);
   });
 
   it("route hijack (node-1's key announcing node-2's kubelet IP) and an unknown key are rejected; node-2 stays reachable", async function () {
-    const t = H();
+    const { h } = rig;
     const sinceBefore = (await serverStatus()).peers.map((p) => p.connectedSince);
-    const hijack = C()
-      .clientArgs(1, { routes: [`${t.nodeIP(2)}/32`] })
-      .slice(2);
-    const r1 = await runCli([...hijack, '--admin-socket', `${t.dir}/hijack.sock`, '--tun', 'nlx'], {
-      ns: t.ns.node(3),
+    const hijack = rig.cluster.clientArgs(1, { routes: [`${h.nodeIP(2)}/32`] }).slice(2);
+    const r1 = await runCli([...hijack, '--admin-socket', `${h.dir}/hijack.sock`, '--tun', 'nlx'], {
+      ns: h.ns.node(3),
     });
     expect(r1.code).to.equal(2);
     expect(r1.stderr).to.match(/rejected.*198\.19\.0\.12\/32 is outside allowedIPs of peer "node-1"/);
-    const stranger = C().clientArgs(3).slice(2);
-    const r2 = await runCli([...stranger, '--admin-socket', `${t.dir}/stranger.sock`, '--tun', 'nlx'], {
-      ns: t.ns.node(3),
+    const stranger = rig.cluster.clientArgs(3).slice(2);
+    const r2 = await runCli([...stranger, '--admin-socket', `${h.dir}/stranger.sock`, '--tun', 'nlx'], {
+      ns: h.ns.node(3),
     });
     expect(r2.code).to.equal(2);
     expect(r2.stderr).to.match(/rejected.*not in the server's peers file/);
     attacks.push('route-hijack', 'unknown-key');
     expect((await serverStatus()).peers.map((p) => p.connectedSince)).to.deep.equal(sinceBefore);
-    expect((await t.curl(t.ns.cp, t.kubeletURL(2), { timeoutS: 5 })).ok).to.equal(true);
+    expect((await h.curl(h.ns.cp, h.kubeletURL(2), { timeoutS: 5 })).ok).to.equal(true);
   });
 
   it('no kernel route changed in the control plane through all the reconnects and replacements above', async function () {
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await sleep(200);
     expect(monitor!.output().trim()).to.equal('');
   });
 
   it('SIGHUP reloads the peers file: node-3 joins (with --ca), node-2 is cut off and loses its routes, node-1 is untouched; a bad file is refused', async function () {
-    const t = H();
-    const server = C().server!;
+    const { h } = rig;
+    const server = rig.cluster.server!;
     const node1Before = (await serverStatus()).peers.find((p) => p.name === 'node-1')!;
     const peersOf = (nodes: number[]) =>
       nodes.map((n) => ({
-        name: t.nodeName(n),
-        publicKey: C().nodeKeys.get(n)!.publicKey,
-        allowedIPs: t.nodeRoutes(n),
+        name: h.nodeName(n),
+        publicKey: rig.cluster.nodeKeys.get(n)!.publicKey,
+        allowedIPs: h.nodeRoutes(n),
       }));
-    writeFileSync(C().peersFile, JSON.stringify({ peers: peersOf([1, 3]) }, null, 2));
+    writeFileSync(rig.cluster.peersFile, JSON.stringify({ peers: peersOf([1, 3]) }, null, 2));
     server.kill('SIGHUP');
 
-    const exit2 = await Promise.race([
-      C().clients.get(2)!.exited,
-      new Promise<null>((resolve) => setTimeout(() => resolve(null), 10_000)),
-    ]);
+    const exit2 = await Promise.race([rig.cluster.clients.get(2)!.exited, sleep(10_000, null)]);
     expect(exit2?.code, 'node-2 client exits as rejected').to.equal(2);
-    expect(C().clients.get(2)!.output()).to.match(/removed from the server's peers file/);
-    await t.waitFor(
-      async () => !(await t.exec(t.ns.cp, ['ip', 'route', 'show', 'dev', 'nl0'])).stdout.includes(t.podCIDR(2)),
-      5000,
+    expect(rig.cluster.clients.get(2)!.output()).to.match(/removed from the server's peers file/);
+    await waitFor(
       "node-2's routes removed",
+      async () => !(await h.exec(h.ns.cp, ['ip', 'route', 'show', 'dev', 'nl0'])).stdout.includes(h.podCIDR(2)),
+      5000,
     );
     const routes =
-      (await t.exec(t.ns.cp, ['ip', 'route', 'show', 'dev', 'nl0'])).stdout +
-      (await t.exec(t.ns.cp, ['ip', '-6', 'route', 'show', 'dev', 'nl0'])).stdout;
-    for (const cidr of t.nodeRoutes(2)) expect(routes).to.not.include(cidr.replace(/\/(32|128)$/, ' '));
-    for (const cidr of [...t.nodeRoutes(1), ...t.nodeRoutes(3)])
+      (await h.exec(h.ns.cp, ['ip', 'route', 'show', 'dev', 'nl0'])).stdout +
+      (await h.exec(h.ns.cp, ['ip', '-6', 'route', 'show', 'dev', 'nl0'])).stdout;
+    for (const cidr of h.nodeRoutes(2)) expect(routes).to.not.include(cidr.replace(/\/(32|128)$/, ' '));
+    for (const cidr of [...h.nodeRoutes(1), ...h.nodeRoutes(3)])
       expect(routes).to.include(cidr.replace(/\/(32|128)$/, ''));
-    expect(await t.ping(t.ns.cp, t.podIP(2, 1)), 'node-2 unreachable').to.equal(false);
+    expect(await h.ping(h.ns.cp, h.podIP(2, 1)), 'node-2 unreachable').to.equal(false);
     expect(monitor!.output(), 'the route monitor sees the deletions (so its silence above meant something)').to.include(
-      `Deleted ${t.podCIDR(2)}`,
+      `Deleted ${h.podCIDR(2)}`,
     );
 
     // node-3 joins, trusting the server by CA instead of a pinned key
-    const args = C().clientArgs(3);
+    const args = rig.cluster.clientArgs(3);
     const at = args.indexOf('--server-key');
     args.splice(at, 2, '--ca', caFile);
-    C().clients.set(3, t.spawn(t.ns.node(3), args, { name: 'nodelink-client-3-ca' }));
-    await C().waitConnected([3]);
-    expect((await t.curl(t.ns.cp, t.podURL(3, 1), { timeoutS: 5 })).ok).to.equal(true);
+    rig.cluster.clients.set(3, h.spawn(h.ns.node(3), args, { name: 'nodelink-client-3-ca' }));
+    await rig.cluster.waitConnected([3]);
+    expect((await h.curl(h.ns.cp, h.podURL(3, 1), { timeoutS: 5 })).ok).to.equal(true);
     const node1After = (await serverStatus()).peers.find((p) => p.name === 'node-1')!;
     if (!node1After.connected)
       console.log(
@@ -396,15 +384,15 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
       connectedSince: node1Before.connectedSince,
       endpoint: node1Before.endpoint,
     });
-    expect((await t.curl(t.ns.cp, t.podURL(1, 1), { timeoutS: 5 })).ok).to.equal(true);
+    expect((await h.curl(h.ns.cp, h.podURL(1, 1), { timeoutS: 5 })).ok).to.equal(true);
 
     // a bad file: node-3 also claims node-1's pod CIDR
     const bad = peersOf([1, 3]);
-    bad[1]!.allowedIPs = [...bad[1]!.allowedIPs, t.podCIDR(1)];
-    writeFileSync(C().peersFile, JSON.stringify({ peers: bad }));
+    bad[1]!.allowedIPs = [...bad[1]!.allowedIPs, h.podCIDR(1)];
+    writeFileSync(rig.cluster.peersFile, JSON.stringify({ peers: bad }));
     const linesBefore = server.output().split('\n').length;
     server.kill('SIGHUP');
-    await t.waitFor(async () => server.output().includes('reload step failed'), 5000, 'the reload to fail');
+    await waitFor('the reload to fail', async () => server.output().includes('reload step failed'), 5000);
     const newLines = server
       .output()
       .split('\n')
@@ -419,23 +407,23 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
       ['node-1', true],
       ['node-3', true],
     ]);
-    expect((await t.curl(t.ns.cp, t.podURL(3, 1), { timeoutS: 5 })).ok).to.equal(true);
+    expect((await h.curl(h.ns.cp, h.podURL(3, 1), { timeoutS: 5 })).ok).to.equal(true);
     attacks.push('removed-peer');
   });
 
   it('no private key in any log or status output', async function () {
-    const t = H();
+    const { h } = rig;
     const outputs = [
-      ...readdirSync(t.dir)
+      ...readdirSync(h.dir)
         .filter((f) => f.endsWith('.log'))
-        .map((f) => readFileSync(path.join(t.dir, f), 'utf8')),
+        .map((f) => readFileSync(path.join(h.dir, f), 'utf8')),
       JSON.stringify(await serverStatus()),
-      (await runCli(['status', '--admin-socket', C().serverSocket])).stdout,
-      (await runCli(['status', '--admin-socket', C().clientSocket(1)])).stdout,
-      JSON.stringify(await C().status(C().clientSocket(3))),
+      (await runCli(['status', '--admin-socket', rig.cluster.serverSocket])).stdout,
+      (await runCli(['status', '--admin-socket', rig.cluster.clientSocket(1)])).stdout,
+      JSON.stringify(await rig.cluster.status(rig.cluster.clientSocket(3))),
     ].join('\n');
     expect(outputs.length).to.be.greaterThan(1000);
-    const keyFiles = [C().serverKey.keyFile, ...[1, 2, 3].map((n) => C().nodeKeys.get(n)!.keyFile)];
+    const keyFiles = [rig.cluster.serverKey.keyFile, ...[1, 2, 3].map((n) => rig.cluster.nodeKeys.get(n)!.keyFile)];
     for (const file of keyFiles) {
       const seed = readFileSync(file, 'utf8').trim();
       for (const form of [seed, Buffer.from(seed, 'base64').toString('hex')]) {
@@ -445,12 +433,5 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     console.log(`      attacks tried: ${attacks.length} (${attacks.join(', ')})`);
   });
 
-  it('leaves no namespace, device, route or process behind', async function () {
-    const t = H();
-    await monitor?.stop();
-    await cluster!.stop();
-    await t.destroy();
-    expect(await Harness.leftovers(prefix)).to.deep.equal([]);
-    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
-  });
+  leavesNothingBehind(rig, 'leaves no namespace, device, route or process behind');
 });

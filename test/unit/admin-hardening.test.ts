@@ -28,7 +28,9 @@ import { loadConfigFile } from '../../src/cli/config-file.js';
 import { KubernetesError, nodeRouteChecker, type NodeLike, type NodeSource } from '../../src/k8s/index.js';
 import { Prefix } from '../../src/routing/index.js';
 import { runCli } from '../../scripts/cluster.js';
-import { portOf, recordingLogger, sleep, waitFor } from './security-rig.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { portOf, recordingLogger } from '../support/link-rig.js';
+import { waitFor } from '../support/wait.js';
 
 function endpointOptions(overrides: Partial<ObservabilityServerOptions> = {}): ObservabilityServerOptions {
   return {

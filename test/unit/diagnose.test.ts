@@ -20,7 +20,8 @@ import {
 } from '../../src/cli/diagnose/checks.js';
 import { NODE_CHECKS, nodeContext, type NodeInput } from '../../src/cli/diagnose/node.js';
 import { controlPlaneChecks } from '../../src/cli/diagnose/control-plane.js';
-import { Rigs, TUNNEL_CIDRS, newPair, waitFor } from './security-rig.js';
+import { Rigs, TUNNEL_CIDRS, newPair } from '../support/link-rig.js';
+import { waitFor } from '../support/wait.js';
 import { caSignedEcdsaCertificate, type CaSignedCertificate } from './certificates.js';
 
 /** A table of fake checks: each returns its scripted outcome and records that it ran. */

@@ -11,9 +11,10 @@ import { DialError, dialFailureOf } from '../../src/link-client/dial-error.js';
 import { FrameDecoder, FrameType, encodeFrame } from '../../src/protocol/index.js';
 import type { HandshakeFailure } from '../../src/reasons.js';
 import { Prefix } from '../../src/routing/index.js';
-import { FakeTun } from '../../src/tun/fake.js';
+import { FakeTun } from '../support/fake-tun.js';
 import { silentLogger } from '../../src/log.js';
-import { CONNECTION, TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf, waitFor } from './security-rig.js';
+import { CONNECTION, TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf } from '../support/link-rig.js';
+import { waitFor } from '../support/wait.js';
 
 interface Failure {
   readonly reason: HandshakeFailure;

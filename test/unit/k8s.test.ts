@@ -23,13 +23,15 @@ import {
 } from '../../src/k8s/index.js';
 import { LinkServer } from '../../src/link-server/index.js';
 import { LinkClient } from '../../src/link-client/index.js';
-import { FakeTun } from '../../src/tun/fake.js';
+import { FakeTun } from '../support/fake-tun.js';
 import type { ConnectionOptions } from '../../src/link/connection.js';
 import { silentLogger } from '../../src/log.js';
 import { parseClientConfig, parseServerConfig } from '../../src/cli/config.js';
 import { routesFromKubernetes } from '../../src/cli/kubernetes.js';
 import { RECORDING, startRecordedApiServer, type RecordedApiServer } from './recorded-apiserver.js';
-import { newPair, portOf, sleep, waitFor } from './security-rig.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { newPair, portOf } from '../support/link-rig.js';
+import { waitFor } from '../support/wait.js';
 
 const recorded = (key: string): NodeLike => RECORDING[key] as NodeLike;
 const strings = (routes: readonly Prefix[]): string[] => routes.map(String);

@@ -18,10 +18,12 @@ import { PathChecker } from '../../src/link-server/path-check.js';
 import { LinkClient } from '../../src/link-client/index.js';
 import type { ConnectionOptions } from '../../src/link/connection.js';
 import { Prefix } from '../../src/routing/index.js';
-import { FakeTun } from '../../src/tun/fake.js';
+import { FakeTun } from '../support/fake-tun.js';
 import { silentLogger } from '../../src/log.js';
 import { pathTargets } from '../../src/cli/observe.js';
-import { newPair, portOf, sleep, waitFor } from './security-rig.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { newPair, portOf } from '../support/link-rig.js';
+import { waitFor } from '../support/wait.js';
 
 function peerStatus(overrides: Partial<PeerStatus> = {}): PeerStatus {
   return {

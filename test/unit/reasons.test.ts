@@ -24,9 +24,12 @@ import {
   UNKNOWN_CLOSE_REASON,
 } from '../../src/reasons.js';
 import { Prefix } from '../../src/routing/index.js';
-import { FakeTun } from '../../src/tun/fake.js';
+import { FakeTun } from '../support/fake-tun.js';
 import { silentLogger } from '../../src/log.js';
-import { TUNNEL_ADDRESSES, TUNNEL_CIDRS, ipv4, newPair, portOf, sleep, waitFor } from './security-rig.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf } from '../support/link-rig.js';
+import { ipv4 } from '../support/packets.js';
+import { waitFor } from '../support/wait.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const DISCONNECT_REASONS: readonly string[] = [...CLOSE_REASONS, UNKNOWN_CLOSE_REASON];

@@ -10,6 +10,7 @@ import {
   parseAddress,
   packetFamily,
 } from '../../src/routing/index.js';
+import { ipv4, ipv6 } from '../support/packets.js';
 
 /** mulberry32: small, seeded, so a failing random case reproduces from the printed seed. */
 function prng(seed: number): () => number {
@@ -35,33 +36,6 @@ function expectRoutingError(fn: () => unknown, code: string, message: RegExp | s
     return;
   }
   expect.fail('expected a RoutingError');
-}
-
-/** An IPv4 packet with a correct header checksum; `payload` follows a 20-byte header. */
-function ipv4Packet(src: string, dst: string, proto: number, payload: Uint8Array): Buffer {
-  const p = Buffer.alloc(20 + payload.length);
-  p[0] = 0x45;
-  p.writeUInt16BE(p.length, 2);
-  p.writeUInt16BE(0x1234, 4);
-  p[8] = 63;
-  p[9] = proto;
-  p.set(parseAddress(src).bytes, 12);
-  p.set(parseAddress(dst).bytes, 16);
-  p.writeUInt16BE(internetChecksum(p, 0, 20), 10);
-  p.set(payload, 20);
-  return p;
-}
-
-function ipv6Packet(src: string, dst: string, nextHeader: number, payload: Uint8Array): Buffer {
-  const p = Buffer.alloc(40 + payload.length);
-  p[0] = 0x60;
-  p.writeUInt16BE(payload.length, 4);
-  p[6] = nextHeader;
-  p[7] = 63;
-  p.set(parseAddress(src).bytes, 8);
-  p.set(parseAddress(dst).bytes, 24);
-  p.set(payload, 40);
-  return p;
 }
 
 function bytesOf(...values: number[]): Uint8Array {
@@ -323,12 +297,12 @@ describe('routing', () => {
       table.insert(Prefix.parse('fd00:1::/64'), 'node1-v6');
       table.insert(Prefix.parse('fd00:ff::/64'), 'tunnel-v6');
 
-      const v4 = ipv4Packet('198.18.255.1', '198.19.1.7', 17, new Uint8Array(8));
+      const v4 = ipv4('198.18.255.1', '198.19.1.7', new Uint8Array(8), 17);
       expect(checkPacket(v4)).to.equal(null);
       expect(table.lookupDestination(v4)).to.equal('node1');
       expect(table.lookupSource(v4)).to.equal('tunnel');
 
-      const v6 = ipv6Packet('fd00:ff::1', 'fd00:1::7', 17, new Uint8Array(8));
+      const v6 = ipv6('fd00:ff::1', 'fd00:1::7', new Uint8Array(8), 17);
       expect(checkPacket(v6)).to.equal(null);
       expect(packetFamily(v6)).to.equal(6);
       expect(table.lookupDestination(v6)).to.equal('node1-v6');
@@ -340,8 +314,8 @@ describe('routing', () => {
   });
 
   describe('checkPacket', () => {
-    const udp4 = () => ipv4Packet('198.18.255.1', '198.19.1.7', 17, new Uint8Array(12));
-    const udp6 = () => ipv6Packet('fd00:ff::1', 'fd00:1::7', 17, new Uint8Array(12));
+    const udp4 = () => ipv4('198.18.255.1', '198.19.1.7', new Uint8Array(12), 17);
+    const udp6 = () => ipv6('fd00:ff::1', 'fd00:1::7', new Uint8Array(12), 17);
 
     it('accepts well-formed packets', () => {
       expect(checkPacket(udp4())).to.equal(null);
@@ -396,7 +370,7 @@ describe('routing', () => {
     });
 
     it('answers an IPv4 packet with host unreachable quoting its header and 8 bytes', () => {
-      const original = ipv4Packet('198.18.0.5', '198.19.9.9', 6, payload(40));
+      const original = ipv4('198.18.0.5', '198.19.9.9', payload(40), 6);
       const reply = buildUnreachable(original, server4);
       expect(reply).to.not.equal(null);
       const r = reply!;
@@ -415,7 +389,7 @@ describe('routing', () => {
     });
 
     it('quotes the whole of a short IPv4 packet and options in the header', () => {
-      const original = ipv4Packet('198.18.0.5', '198.19.9.9', 17, payload(3));
+      const original = ipv4('198.18.0.5', '198.19.9.9', payload(3), 17);
       const r = buildUnreachable(original, server4)!;
       expect(r.subarray(28).equals(original)).to.equal(true);
       expect(internetChecksum(r, 20, r.length)).to.equal(0);
@@ -434,45 +408,40 @@ describe('routing', () => {
     });
 
     it('answers an ICMP echo request but never an ICMP error', () => {
-      const echo = ipv4Packet('198.18.0.5', '198.19.9.9', 1, bytesOf(8, 0, 0, 0, 0, 1, 0, 1));
+      const echo = ipv4('198.18.0.5', '198.19.9.9', bytesOf(8, 0, 0, 0, 0, 1, 0, 1), 1);
       expect(buildUnreachable(echo, server4)).to.not.equal(null);
       for (const type of [3, 4, 5, 11, 12]) {
-        const error = ipv4Packet('198.18.0.5', '198.19.9.9', 1, bytesOf(type, 0, 0, 0, 0, 0, 0, 0));
+        const error = ipv4('198.18.0.5', '198.19.9.9', bytesOf(type, 0, 0, 0, 0, 0, 0, 0), 1);
         expect(buildUnreachable(error, server4), `type ${type}`).to.equal(null);
       }
-      const echo6 = ipv6Packet('fd00::5', 'fd00:9::9', 58, bytesOf(128, 0, 0, 0, 0, 1, 0, 1));
+      const echo6 = ipv6('fd00::5', 'fd00:9::9', bytesOf(128, 0, 0, 0, 0, 1, 0, 1), 58);
       expect(buildUnreachable(echo6, server6)).to.not.equal(null);
       for (const type of [1, 2, 3, 4, 127]) {
-        const error6 = ipv6Packet('fd00::5', 'fd00:9::9', 58, bytesOf(type, 0, 0, 0, 0, 0, 0, 0));
+        const error6 = ipv6('fd00::5', 'fd00:9::9', bytesOf(type, 0, 0, 0, 0, 0, 0, 0), 58);
         expect(buildUnreachable(error6, server6), `type ${type}`).to.equal(null);
       }
       // An ICMPv6 error behind a destination-options header is still an error.
-      const behindOptions = ipv6Packet(
-        'fd00::5',
-        'fd00:9::9',
-        60,
-        bytesOf(58, 0, 1, 4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0),
-      );
+      const behindOptions = ipv6('fd00::5', 'fd00:9::9', bytesOf(58, 0, 1, 4, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0), 60);
       expect(buildUnreachable(behindOptions, server6)).to.equal(null);
     });
 
     it('never answers an unspecified or multicast source, nor a malformed packet', () => {
-      expect(buildUnreachable(ipv4Packet('0.0.0.0', '198.19.9.9', 17, payload(8)), server4)).to.equal(null);
-      expect(buildUnreachable(ipv4Packet('224.0.0.1', '198.19.9.9', 17, payload(8)), server4)).to.equal(null);
-      expect(buildUnreachable(ipv4Packet('198.18.0.5', '255.255.255.255', 17, payload(8)), server4)).to.equal(null);
-      expect(buildUnreachable(ipv6Packet('::', 'fd00:9::9', 17, payload(8)), server6)).to.equal(null);
-      expect(buildUnreachable(ipv6Packet('ff02::1', 'fd00:9::9', 17, payload(8)), server6)).to.equal(null);
-      expect(buildUnreachable(ipv6Packet('fd00::5', 'ff02::1', 17, payload(8)), server6)).to.equal(null);
-      const good = ipv4Packet('198.18.0.5', '198.19.9.9', 17, payload(8));
+      expect(buildUnreachable(ipv4('0.0.0.0', '198.19.9.9', payload(8), 17), server4)).to.equal(null);
+      expect(buildUnreachable(ipv4('224.0.0.1', '198.19.9.9', payload(8), 17), server4)).to.equal(null);
+      expect(buildUnreachable(ipv4('198.18.0.5', '255.255.255.255', payload(8), 17), server4)).to.equal(null);
+      expect(buildUnreachable(ipv6('::', 'fd00:9::9', payload(8), 17), server6)).to.equal(null);
+      expect(buildUnreachable(ipv6('ff02::1', 'fd00:9::9', payload(8), 17), server6)).to.equal(null);
+      expect(buildUnreachable(ipv6('fd00::5', 'ff02::1', payload(8), 17), server6)).to.equal(null);
+      const good = ipv4('198.18.0.5', '198.19.9.9', payload(8), 17);
       expect(buildUnreachable(good.subarray(0, 27), server4)).to.equal(null);
       expect(buildUnreachable(good, server6), 'family mismatch').to.equal(null);
-      const fragment = ipv4Packet('198.18.0.5', '198.19.9.9', 17, payload(8));
+      const fragment = ipv4('198.18.0.5', '198.19.9.9', payload(8), 17);
       fragment.writeUInt16BE(0x0001, 6);
       expect(buildUnreachable(fragment, server4), 'non-first fragment').to.equal(null);
     });
 
     it('answers IPv6 with address unreachable and a correct pseudo-header checksum', () => {
-      const original = ipv6Packet('fd00::5', 'fd00:9::9', 17, payload(100));
+      const original = ipv6('fd00::5', 'fd00:9::9', payload(100), 17);
       const r = buildUnreachable(original, server6)!;
       expect(checkPacket(r)).to.equal(null);
       expect(r.length).to.equal(40 + 8 + original.length);
@@ -492,7 +461,7 @@ describe('routing', () => {
     it('produces an ICMPv6 checksum that verifies independently of our helper', () => {
       // Independent of internetChecksum: lay out the RFC 8200 pseudo-header in front of the
       // message and sum it the way a receiver does; a correct message sums to 0xffff.
-      const original = ipv6Packet('fd00::5', 'fd00:9::9', 6, payload(20));
+      const original = ipv6('fd00::5', 'fd00:9::9', payload(20), 6);
       const r = buildUnreachable(original, server6)!;
       const icmp = Buffer.from(r.subarray(40));
       const pseudo = Buffer.alloc(40);
@@ -507,7 +476,7 @@ describe('routing', () => {
     });
 
     it('truncates an IPv6 quote to fit in 1280 bytes', () => {
-      const original = ipv6Packet('fd00::5', 'fd00:9::9', 17, payload(1400));
+      const original = ipv6('fd00::5', 'fd00:9::9', payload(1400), 17);
       const r = buildUnreachable(original, server6)!;
       expect(r.length).to.equal(1280);
       expect(checkPacket(r)).to.equal(null);

@@ -1,4 +1,4 @@
-// Issue 3: the attacks of docs/security.md, tried against the real LinkServer and LinkClient over
+// The attacks of docs/security.md, tried against the real LinkServer and LinkClient over
 // loopback TLS with in-memory TUNs. Each `describe` names the threat it covers.
 
 import { expect } from 'chai';
@@ -29,18 +29,10 @@ import {
 import { createServerCertificate, loadServerCertificate } from '../../src/link-server/index.js';
 import { Admission, MAX_TRACKED_SOURCES, sourceKey } from '../../src/link-server/admission.js';
 import { readCaFile } from '../../src/link-client/trust.js';
-import {
-  APISERVER,
-  RawSession,
-  Rigs,
-  TUNNEL_CIDRS,
-  ipv4,
-  malformedPackets,
-  newPair,
-  recordingLogger,
-  sleep,
-  waitFor,
-} from './security-rig.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { APISERVER, RawSession, Rigs, TUNNEL_CIDRS, newPair, recordingLogger } from '../support/link-rig.js';
+import { ipv4, malformedPackets } from '../support/packets.js';
+import { waitFor } from '../support/wait.js';
 
 const A_ROUTES = ['198.19.0.11/32', '198.19.1.0/24', 'fd00:19:1::/64'];
 const B_ROUTES = ['198.19.0.12/32', '198.19.2.0/24'];
@@ -76,7 +68,7 @@ function closedWithin(socket: Socket, ms: number): Promise<boolean> {
   });
 }
 
-describe('security (issue 3)', function () {
+describe('security: the attacks of docs/security.md against server and client', function () {
   this.timeout(10_000);
   const rigs = new Rigs();
   const serverPair = newPair();

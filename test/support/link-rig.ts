@@ -1,6 +1,6 @@
-// Shared by the security tests: packet builders, a LinkServer and LinkClients over FakeTuns and
-// loopback TLS, and a hand-driven TLS connection that speaks the wire protocol itself (the
-// attacker's view). No root, no TUN device.
+// The unit rig for the link: a LinkServer and LinkClients over FakeTuns and loopback TLS, and a
+// hand-driven TLS connection that speaks the wire protocol itself (the attacker's view). No root,
+// no TUN device.
 
 import { once } from 'node:events';
 import { Writable } from 'node:stream';
@@ -15,74 +15,14 @@ import {
   type PeerRegistry,
 } from '../../src/auth/index.js';
 import { FrameDecoder, FrameType } from '../../src/protocol/index.js';
-import { Prefix, internetChecksum, parseAddress } from '../../src/routing/index.js';
-import { FakeTun } from '../../src/tun/fake.js';
+import { Prefix } from '../../src/routing/index.js';
 import { LinkServer, type ServerCertificate } from '../../src/link-server/index.js';
 import type { AdmissionLimits } from '../../src/link-server/admission.js';
 import { LinkClient } from '../../src/link-client/index.js';
 import type { ConnectionOptions } from '../../src/link/connection.js';
 import { silentLogger, type Logger } from '../../src/log.js';
 import type { DaemonStatus, PeerStatus } from '../../src/admin/index.js';
-
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `cond` every 10 ms; fails naming `what` after `timeoutMs`. */
-export async function waitFor(what: string, cond: () => boolean, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
-
-/** An IPv4 packet: 20-byte header + payload. */
-export function ipv4(src: string, dst: string, payload: Uint8Array = Buffer.from('hello'), proto = 17): Buffer {
-  const p = Buffer.alloc(20 + payload.length);
-  p[0] = 0x45;
-  p.writeUInt16BE(p.length, 2);
-  p[8] = 64;
-  p[9] = proto;
-  p.set(parseAddress(src).bytes, 12);
-  p.set(parseAddress(dst).bytes, 16);
-  p.writeUInt16BE(internetChecksum(p, 0, 20), 10);
-  p.set(payload, 20);
-  return p;
-}
-
-/** An IPv6 packet: 40-byte fixed header + payload. */
-export function ipv6(src: string, dst: string, payload: Uint8Array = Buffer.from('hello6'), nextHeader = 17): Buffer {
-  const p = Buffer.alloc(40 + payload.length);
-  p[0] = 0x60;
-  p.writeUInt16BE(payload.length, 4);
-  p[6] = nextHeader;
-  p[7] = 64;
-  p.set(parseAddress(src).bytes, 8);
-  p.set(parseAddress(dst).bytes, 24);
-  p.set(payload, 40);
-  return p;
-}
-
-/** One of each kind of malformed packet: truncated, wrong version, length mismatch (v4 and v6). */
-export function malformedPackets(src: string, dst: string): Array<[string, Buffer]> {
-  const good4 = ipv4(src, dst);
-  const wrongVersion = Buffer.from(good4);
-  wrongVersion[0] = 0x55;
-  const longer = Buffer.concat([good4, Buffer.alloc(3)]);
-  const shortIhl = Buffer.from(good4);
-  shortIhl[0] = 0x44;
-  const v6 = ipv6('fd00:19:1::5', 'fd00:18:ff::1');
-  const v6Mismatch = Buffer.from(v6);
-  v6Mismatch.writeUInt16BE(500, 4);
-  return [
-    ['empty', Buffer.alloc(0)],
-    ['truncated IPv4 header', good4.subarray(0, 12)],
-    ['truncated IPv6 header', v6.subarray(0, 30)],
-    ['IP version 5', wrongVersion],
-    ['IPv4 total length shorter than the packet', longer],
-    ['IPv4 header length below 20', shortIhl],
-    ['IPv6 payload length beyond the packet', v6Mismatch],
-  ];
-}
+import { FakeTun } from './fake-tun.js';
 
 export function newPair(): KeyPair {
   return keyPairFromSeed(generateSeed());
@@ -148,6 +88,7 @@ export class Rigs {
     certificate?: ServerCertificate;
     limits?: AdmissionLimits;
     handshakeTimeoutMs?: number;
+    connection?: ConnectionOptions;
     log?: Logger;
   }): Promise<ServerRig> {
     const tun = new FakeTun('srv0');
@@ -161,7 +102,7 @@ export class Rigs {
       tun,
       tunnelCidrs: TUNNEL_CIDRS,
       tunnelAddresses: TUNNEL_ADDRESSES,
-      connection: CONNECTION,
+      connection: opts.connection ?? CONNECTION,
       handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 2000,
       installRoutes: async (cidrs) => {
         installed.push(cidrs.map(String));

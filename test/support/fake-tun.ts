@@ -1,9 +1,9 @@
-import type { TunDevice } from './device.js';
+import type { TunDevice } from '../../src/tun/index.js';
 
 /**
- * An in-memory TUN device for unit tests. `inject` plays the kernel handing us a packet;
- * `written` collects what the link wrote toward the kernel. Delivery is asynchronous, as
- * from a real device.
+ * An in-memory TUN device for tests and the load generator. `inject` plays the kernel handing
+ * us a packet; `written` collects what the link wrote toward the kernel. Delivery is
+ * asynchronous, as from a real device.
  */
 export class FakeTun implements TunDevice {
   readonly written: Buffer[] = [];

@@ -1,7 +1,7 @@
 // What every namespace suite (netns and faults) shares: the root check, the harness with
 // nodelink on it, and the final leak check.
 import { expect } from 'chai';
-import { Harness, type HarnessOptions } from '../../scripts/harness.js';
+import { Harness, leftovers, rootNamespaceViolations, type HarnessOptions } from '../../scripts/harness/index.js';
 import { NodelinkCluster, type ClusterOptions } from '../../scripts/cluster.js';
 import { TEST_TOOLS, preflight } from '../../scripts/preflight.js';
 
@@ -16,6 +16,32 @@ export function skipUnlessRoot(ctx: Mocha.Context): void {
     ctx.skip();
   }
   preflight('namespace tests', TEST_TOOLS);
+}
+
+/** A suite's harness, without nodelink: for suites that start nodelink themselves, per test. */
+export interface HarnessRig {
+  readonly h: Harness;
+  readonly prefix: string;
+}
+
+/** Registers the hooks (call it inside `describe`): before, a harness; after, everything removed. */
+export function harnessRig(options: HarnessOptions): HarnessRig {
+  let h: Harness | undefined;
+  before(async function () {
+    skipUnlessRoot(this);
+    h = await Harness.create(options);
+  });
+  after(async function () {
+    await h?.destroy();
+  });
+  return {
+    get h() {
+      return h!;
+    },
+    get prefix() {
+      return h!.prefix;
+    },
+  };
 }
 
 /** A suite's harness and nodelink on it. */
@@ -59,12 +85,17 @@ export function clusterRig(
   };
 }
 
+/** Nothing of the harness with this prefix is left, and the root namespace has no test address. */
+export async function expectNothingLeft(prefix: string): Promise<void> {
+  expect(await leftovers(prefix)).to.deep.equal([]);
+  expect(await rootNamespaceViolations()).to.deep.equal([]);
+}
+
 /** The suite's last test: stop nodelink, remove the harness, and find nothing left anywhere. */
 export function leavesNothingBehind(rig: ClusterRig, title = 'leaves nothing behind'): void {
   it(title, async function () {
     await rig.cluster.stop();
     await rig.h.destroy();
-    expect(await Harness.leftovers(rig.prefix)).to.deep.equal([]);
-    expect(await Harness.rootNamespaceViolations()).to.deep.equal([]);
+    await expectNothingLeft(rig.prefix);
   });
 }
