@@ -30,7 +30,15 @@ import { createServerCertificate, loadServerCertificate } from '../../src/link-s
 import { Admission, MAX_TRACKED_SOURCES, sourceKey } from '../../src/link-server/admission.js';
 import { readCaFile } from '../../src/link-client/trust.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { APISERVER, RawSession, Rigs, TUNNEL_CIDRS, newPair, recordingLogger } from '../support/link-rig.js';
+import {
+  APISERVER,
+  RawSession,
+  Rigs,
+  TUNNEL_CIDRS,
+  newPair,
+  recordingLogger,
+  type ClientRig,
+} from '../support/link-rig.js';
 import { ipv4, malformedPackets } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
 
@@ -80,6 +88,17 @@ describe('security: the attacks of docs/security.md against server and client', 
     { name: 'node-b', pair: pairB, allowedIPs: B_ROUTES },
   ]);
 
+  const NODES = {
+    'node-a': { pair: pairA, routes: A_ROUTES },
+    'node-b': { pair: pairB, routes: B_ROUTES },
+    'node-c': { pair: pairC, routes: C_ROUTES },
+  };
+  /** node-a, node-b or node-c dialing `port`, pinning the server's key unless `extra` says otherwise. */
+  function node(port: number, name: keyof typeof NODES, extra: Partial<Parameters<Rigs['client']>[0]> = {}): ClientRig {
+    const { pair, routes } = NODES[name];
+    return rigs.client({ port, name, keyPair: pair, routes, serverKey: serverPair.publicKey, ...extra });
+  }
+
   afterEach(async function () {
     await rigs.stopAll();
   });
@@ -111,13 +130,7 @@ describe('security: the attacks of docs/security.md against server and client', 
       await new Promise<void>((resolve) => old.listen(0, '127.0.0.1', resolve));
       try {
         const port = (old.address() as { port: number }).port;
-        const c = rigs.client({
-          port,
-          name: 'node-a',
-          keyPair: pairA,
-          routes: A_ROUTES,
-          serverKey: serverPair.publicKey,
-        });
+        const c = node(port, 'node-a');
         await sleep(400);
         expect(handshakes).to.equal(0);
         expect(c.client.isAuthenticated).to.equal(false);
@@ -185,32 +198,17 @@ describe('security: the attacks of docs/security.md against server and client', 
 
     it('a client with only --ca accepts a server whose chain and IP verify, and authenticates', async function () {
       const s = await caServer(certForKey);
-      const c = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, ca: caPem });
+      const c = node(s.port, 'node-a', { serverKey: undefined, ca: caPem });
       await waitFor('node-a to authenticate', () => c.client.isAuthenticated);
       expect(c.client.status().peers[0]!.publicKey).to.equal(encodeKey(serverPair.publicKey));
     });
 
     it('with --ca and --server-key both must hold', async function () {
       const s = await caServer(certForKey);
-      const both = rigs.client({
-        port: s.port,
-        name: 'node-a',
-        keyPair: pairA,
-        routes: A_ROUTES,
-        ca: caPem,
-        serverKey: serverPair.publicKey,
-      });
+      const both = node(s.port, 'node-a', { ca: caPem });
       await waitFor('node-a to authenticate', () => both.client.isAuthenticated);
       const { log, lines } = recordingLogger();
-      const wrongPin = rigs.client({
-        port: s.port,
-        name: 'node-b',
-        keyPair: pairB,
-        routes: B_ROUTES,
-        ca: caPem,
-        serverKey: newPair().publicKey,
-        log,
-      });
+      const wrongPin = node(s.port, 'node-b', { ca: caPem, serverKey: newPair().publicKey, log });
       await waitFor('the pin mismatch to be logged', () =>
         lines.some((l) => l.includes('does not match --server-key')),
       );
@@ -221,44 +219,23 @@ describe('security: the attacks of docs/security.md against server and client', 
     it('refuses a certificate from another CA, even for the right key; a pinning client still accepts it', async function () {
       const s = await caServer(rogueCertForKey);
       const { log, lines } = recordingLogger();
-      const viaCa = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, ca: caPem, log });
+      const viaCa = node(s.port, 'node-a', { serverKey: undefined, ca: caPem, log });
       await waitFor('the refusal to be logged', () => lines.some((l) => l.includes('does not verify against --ca')));
       expect(viaCa.client.isAuthenticated).to.equal(false);
       expect(s.peer('node-a').connected, 'no hello was sent to an unverified server').to.equal(false);
-      const pinned = rigs.client({
-        port: s.port,
-        name: 'node-b',
-        keyPair: pairB,
-        routes: B_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
+      const pinned = node(s.port, 'node-b');
       await waitFor('node-b to authenticate by pin', () => pinned.client.isAuthenticated);
       // and a client trusting the rogue CA accepts it: the CA is what decides
-      const viaRogue = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, ca: roguePem });
+      const viaRogue = node(s.port, 'node-a', { serverKey: undefined, ca: roguePem });
       await waitFor('node-a to authenticate via the rogue CA', () => viaRogue.client.isAuthenticated);
     });
 
     it('checks the name: --server-name must be in the certificate', async function () {
       const s = await caServer(certForKey);
-      const good = rigs.client({
-        port: s.port,
-        name: 'node-a',
-        keyPair: pairA,
-        routes: A_ROUTES,
-        ca: caPem,
-        serverName: 'nodelink.test',
-      });
+      const good = node(s.port, 'node-a', { serverKey: undefined, ca: caPem, serverName: 'nodelink.test' });
       await waitFor('node-a to authenticate by name', () => good.client.isAuthenticated);
       const { log, lines } = recordingLogger();
-      const bad = rigs.client({
-        port: s.port,
-        name: 'node-b',
-        keyPair: pairB,
-        routes: B_ROUTES,
-        ca: caPem,
-        serverName: 'other.test',
-        log,
-      });
+      const bad = node(s.port, 'node-b', { serverKey: undefined, ca: caPem, serverName: 'other.test', log });
       await waitFor('the name mismatch to be logged', () =>
         lines.some((l) => l.includes('ERR_TLS_CERT_ALTNAME_INVALID')),
       );
@@ -267,18 +244,11 @@ describe('security: the attacks of docs/security.md against server and client', 
 
     it('serves a PKI certificate with its own key (--cert-key): --ca clients accept it, pinning clients cannot', async function () {
       const s = await caServer(pkiCert, pkiKey);
-      const viaCa = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, ca: caPem });
+      const viaCa = node(s.port, 'node-a', { serverKey: undefined, ca: caPem });
       await waitFor('node-a to authenticate', () => viaCa.client.isAuthenticated);
       expect(viaCa.client.status().peers[0]!.publicKey).to.match(/^sha256:/);
       const { log, lines } = recordingLogger();
-      const pinned = rigs.client({
-        port: s.port,
-        name: 'node-b',
-        keyPair: pairB,
-        routes: B_ROUTES,
-        serverKey: serverPair.publicKey,
-        log,
-      });
+      const pinned = node(s.port, 'node-b', { log });
       await waitFor('the refusal to be logged', () =>
         lines.some((l) => l.includes('(not Ed25519) does not match --server-key')),
       );
@@ -315,17 +285,11 @@ describe('security: the attacks of docs/security.md against server and client', 
 
     it('a renewed certificate (SIGHUP) is presented to new connections; sessions keep going', async function () {
       const s = await caServer(rogueCertForKey);
-      const pinned = rigs.client({
-        port: s.port,
-        name: 'node-b',
-        keyPair: pairB,
-        routes: B_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
+      const pinned = node(s.port, 'node-b');
       await waitFor('node-b to authenticate', () => pinned.client.isAuthenticated);
       const since = s.peer('node-b').connectedSince;
       s.server.setCertificate(loadServerCertificate(certForKey, undefined, serverPair));
-      const viaCa = rigs.client({ port: s.port, name: 'node-a', keyPair: pairA, routes: A_ROUTES, ca: caPem });
+      const viaCa = node(s.port, 'node-a', { serverKey: undefined, ca: caPem });
       await waitFor('node-a to authenticate against the new certificate', () => viaCa.client.isAuthenticated);
       expect(s.peer('node-b').connectedSince).to.equal(since);
       // still TLS 1.3 only after the swap
@@ -455,13 +419,7 @@ describe('security: the attacks of docs/security.md against server and client', 
       expect(late.every(Boolean), 'held half-open connections expire at the deadline').to.equal(true);
       expect(s.status().refusedConnections?.['handshake_timeout']).to.equal(3);
       expect(s.status().refusedConnections?.['tls_handshake_failed'], 'each refusal counted once').to.equal(undefined);
-      const a = rigs.client({
-        port: s.port,
-        name: 'node-a',
-        keyPair: pairA,
-        routes: A_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
+      const a = node(s.port, 'node-a');
       await waitFor('node-a to authenticate', () => a.client.isAuthenticated);
     });
 
@@ -475,13 +433,7 @@ describe('security: the attacks of docs/security.md against server and client', 
       const holders = await Promise.all([tcp(s.port), tcp(s.port)]); // silent: they keep both slots
       for (const socket of holders) socket.on('error', () => undefined);
       await sleep(100); // accepted: both slots taken
-      const a = rigs.client({
-        port: s.port,
-        name: 'node-a',
-        keyPair: pairA,
-        routes: A_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
+      const a = node(s.port, 'node-a');
       await waitFor('node-a in line', () => s.server.connectionCounts().queued === 1);
       const extra = await tcp(s.port);
       extra.on('error', () => undefined);
@@ -580,13 +532,7 @@ describe('security: the attacks of docs/security.md against server and client', 
   describe('sessions: a second connection with the same key', function () {
     it('replaces the first with a close reason; no packet meets a missing route; kernel routes untouched', async function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
-      const a = rigs.client({
-        port: s.port,
-        name: 'node-a',
-        keyPair: pairA,
-        routes: A_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
+      const a = node(s.port, 'node-a');
       await waitFor('node-a to authenticate', () => a.client.isAuthenticated);
       let injected = 0;
       let pumping = true;
@@ -627,29 +573,11 @@ describe('security: the attacks of docs/security.md against server and client', 
   describe('live changes: peers-file reload (SIGHUP)', function () {
     it('connects new peers, cuts off removed ones and their routes, leaves the others alone', async function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
-      const a = rigs.client({
-        port: s.port,
-        name: 'node-a',
-        keyPair: pairA,
-        routes: A_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
-      const b = rigs.client({
-        port: s.port,
-        name: 'node-b',
-        keyPair: pairB,
-        routes: B_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
+      const a = node(s.port, 'node-a');
+      const b = node(s.port, 'node-b');
       await waitFor('a and b', () => a.client.isAuthenticated && b.client.isAuthenticated);
       const before = s.peer('node-a');
-      const c0 = rigs.client({
-        port: s.port,
-        name: 'node-c',
-        keyPair: pairC,
-        routes: C_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
+      const c0 = node(s.port, 'node-c');
       await waitFor('node-c to be rejected', () => c0.rejected.length === 1);
       expect(c0.rejected[0]).to.match(/not in the server's peers file/);
 
@@ -680,13 +608,7 @@ describe('security: the attacks of docs/security.md against server and client', 
       const after = s.peer('node-a');
       expect(after).to.include({ connected: true, connectedSince: before.connectedSince, endpoint: before.endpoint });
 
-      const c = rigs.client({
-        port: s.port,
-        name: 'node-c',
-        keyPair: pairC,
-        routes: C_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
+      const c = node(s.port, 'node-c');
       await waitFor('node-c to authenticate', () => c.client.isAuthenticated);
       s.tun.written.length = 0;
       const toC = ipv4(APISERVER, '198.19.3.9');
@@ -701,20 +623,8 @@ describe('security: the attacks of docs/security.md against server and client', 
 
     it('disconnects a peer whose new allowedIPs no longer hold its routes; keeps one whose allowedIPs grew', async function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
-      const a = rigs.client({
-        port: s.port,
-        name: 'node-a',
-        keyPair: pairA,
-        routes: A_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
-      const b = rigs.client({
-        port: s.port,
-        name: 'node-b',
-        keyPair: pairB,
-        routes: B_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
+      const a = node(s.port, 'node-a');
+      const b = node(s.port, 'node-b');
       await waitFor('a and b', () => a.client.isAuthenticated && b.client.isAuthenticated);
       const sinceB = s.peer('node-b').connectedSince;
       const summary = await s.server.reload(
@@ -736,13 +646,7 @@ describe('security: the attacks of docs/security.md against server and client', 
   describe('anti-spoofing and malformed packets', function () {
     it('drops malformed packets from the server TUN, from a node, from the node TUN and from the server, each counted', async function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
-      const a = rigs.client({
-        port: s.port,
-        name: 'node-a',
-        keyPair: pairA,
-        routes: A_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
+      const a = node(s.port, 'node-a');
       await waitFor('node-a to authenticate', () => a.client.isAuthenticated);
       const bad = malformedPackets('198.19.1.5', APISERVER);
 
@@ -784,13 +688,7 @@ describe('security: the attacks of docs/security.md against server and client', 
       await new Promise<void>((resolve) => hostile.listen(0, '127.0.0.1', resolve));
       try {
         const port = (hostile.address() as { port: number }).port;
-        const a = rigs.client({
-          port,
-          name: 'node-a',
-          keyPair: pairA,
-          routes: A_ROUTES,
-          serverKey: serverPair.publicKey,
-        });
+        const a = node(port, 'node-a');
         expect(await a.tun.waitForWritten(1)).to.deep.equal([good]);
         expect(a.client.status().peers[0]!.dropsByReason['malformed']).to.equal(
           malformedPackets(APISERVER, '198.19.1.5').length,
@@ -803,20 +701,8 @@ describe('security: the attacks of docs/security.md against server and client', 
 
     it("a node sending from another node's pod IP is dropped as spoofed_source; the server never sends a node what is not its", async function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
-      const a = rigs.client({
-        port: s.port,
-        name: 'node-a',
-        keyPair: pairA,
-        routes: A_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
-      const b = rigs.client({
-        port: s.port,
-        name: 'node-b',
-        keyPair: pairB,
-        routes: B_ROUTES,
-        serverKey: serverPair.publicKey,
-      });
+      const a = node(s.port, 'node-a');
+      const b = node(s.port, 'node-b');
       await waitFor('a and b', () => a.client.isAuthenticated && b.client.isAuthenticated);
       // node-a's own client refuses to send it (unannounced_source) ...
       a.tun.inject(ipv4('198.19.2.7', APISERVER));
@@ -853,14 +739,7 @@ describe('security: the attacks of docs/security.md against server and client', 
     it('no private key in logs, errors or status, through connects, rejects and failures', async function () {
       const { log, lines } = recordingLogger();
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair, log });
-      const a = rigs.client({
-        port: s.port,
-        name: 'node-a',
-        keyPair: pairA,
-        routes: A_ROUTES,
-        serverKey: serverPair.publicKey,
-        log,
-      });
+      const a = node(s.port, 'node-a', { log });
       const stranger = newPair();
       const x = rigs.client({
         port: s.port,
@@ -870,14 +749,7 @@ describe('security: the attacks of docs/security.md against server and client', 
         serverKey: serverPair.publicKey,
         log,
       });
-      const wrongPin = rigs.client({
-        port: s.port,
-        name: 'node-b',
-        keyPair: pairB,
-        routes: B_ROUTES,
-        serverKey: newPair().publicKey,
-        log,
-      });
+      const wrongPin = node(s.port, 'node-b', { serverKey: newPair().publicKey, log });
       await waitFor('a in, x rejected', () => a.client.isAuthenticated && x.rejected.length === 1);
       await waitFor('the pin mismatch logged', () => lines.some((l) => l.includes('does not match --server-key')));
       a.tun.inject(ipv4('198.19.2.1', APISERVER));
