@@ -11,7 +11,7 @@ import path from 'node:path';
 import { Harness } from '../../scripts/harness/index.js';
 import { NodelinkCluster, runCli } from '../../scripts/cluster.js';
 import type { Check, DiagnoseReport } from '../../src/cli/diagnose.js';
-import { caSignedEcdsaCertificate } from '../unit/certificates.js';
+import { caSignedEcdsaCertificate } from '../support/certificates.js';
 import { clusterRig } from '../support/cluster-rig.js';
 
 const failed = (report: DiagnoseReport): Check[] => report.checks.filter((check) => check.status === 'fail');

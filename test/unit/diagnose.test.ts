@@ -22,7 +22,7 @@ import { NODE_CHECKS, nodeContext, type NodeInput } from '../../src/cli/diagnose
 import { controlPlaneChecks } from '../../src/cli/diagnose/control-plane.js';
 import { Rigs, TUNNEL_CIDRS, newPair } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
-import { caSignedEcdsaCertificate, type CaSignedCertificate } from './certificates.js';
+import { caSignedEcdsaCertificate, type CaSignedCertificate } from '../support/certificates.js';
 
 /** A table of fake checks: each returns its scripted outcome and records that it ran. */
 function fakeTable(
