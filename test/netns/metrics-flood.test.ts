@@ -6,6 +6,7 @@
 
 import { expect } from 'chai';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import type { ManagedProcess } from '../../scripts/harness/index.js';
 import { runCli } from '../../scripts/cluster.js';
@@ -83,7 +84,7 @@ describe('metrics endpoint under attack (real CLI in namespaces)', function () {
     });
     let peak = rssBytes(pid);
     while (!done) {
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await sleep(100);
       peak = Math.max(peak, rssBytes(pid));
     }
     return peak;
