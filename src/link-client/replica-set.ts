@@ -1,0 +1,201 @@
+import { Backoff } from './backoff.js';
+
+/**
+ * The server replicas behind one load-balanced address, as one node knows them.
+ *
+ * Each replica names itself (its server ID) and says how many replicas there are (its server
+ * count) in the Welcome. The node holds at most one session per replica and dials the address
+ * again until it holds as many as the count. A replica whose session ended stays known (missing)
+ * for `forgetAfterMs`, so a quick return is recognised and the flows it served keep their place;
+ * after that it is forgotten. A restarted replica names itself anew, so the old name is forgotten
+ * in time rather than waited for.
+ *
+ * The count in force is the highest any known replica announced: while replicas are restarted
+ * with a new count, the node looks for the larger set, and a count lowered on every replica takes
+ * effect once the replicas that announced the old one are restarted or forgotten.
+ *
+ * Each known replica has a slot, a small number that is stable while it is known and reused after
+ * it is forgotten: the flow table stores slots, not names.
+ */
+
+export interface ReplicaInfo {
+  readonly id: string;
+  readonly slot: number;
+  readonly connected: boolean;
+  /** When its current session started (connected) or its last one ended (missing), in ms. */
+  readonly since: number;
+  /** The replica count it announced. */
+  readonly count: number;
+}
+
+/** Why a welcome from a replica was not taken as a new session. */
+export type AdmitRefusal = 'already_held' | 'too_many_replicas';
+
+interface Replica {
+  readonly id: string;
+  readonly slot: number;
+  connected: boolean;
+  since: number;
+  count: number;
+}
+
+/** More distinct replicas than anyone runs; bounds the state a misbehaving address can make us keep. */
+export const MAX_REPLICAS = 64;
+
+export class ReplicaSet {
+  private readonly replicas = new Map<string, Replica>();
+
+  constructor(private readonly forgetAfterMs: number) {
+    if (!(forgetAfterMs > 0)) throw new RangeError(`forget time must be positive, got ${forgetAfterMs}`);
+  }
+
+  /**
+   * A welcome from replica `id`, which announces `count` replicas: returns the replica's slot, or
+   * why this session must not be kept (the node already holds one to it, or knows too many).
+   */
+  admit(id: string, count: number, now: number): number | AdmitRefusal {
+    const known = this.replicas.get(id);
+    if (known?.connected) return 'already_held';
+    if (known) {
+      known.connected = true;
+      known.since = now;
+      known.count = count;
+      return known.slot;
+    }
+    const slot = this.freeSlot();
+    if (slot < 0) return 'too_many_replicas';
+    this.replicas.set(id, { id, slot, connected: true, since: now, count });
+    return slot;
+  }
+
+  /** The session to replica `id` ended. */
+  lost(id: string, now: number): void {
+    const replica = this.replicas.get(id);
+    if (!replica?.connected) return;
+    replica.connected = false;
+    replica.since = now;
+  }
+
+  /** Forgets replicas missing for longer than the forget time; returns them. */
+  expire(now: number): ReplicaInfo[] {
+    const forgotten: ReplicaInfo[] = [];
+    for (const replica of this.replicas.values()) {
+      if (replica.connected || now - replica.since <= this.forgetAfterMs) continue;
+      this.replicas.delete(replica.id);
+      forgotten.push({ ...replica });
+    }
+    return forgotten;
+  }
+
+  /** When the next replica would be forgotten, or undefined when none is missing. */
+  nextExpiry(): number | undefined {
+    let next: number | undefined;
+    for (const replica of this.replicas.values()) {
+      if (replica.connected) continue;
+      const at = replica.since + this.forgetAfterMs;
+      if (next === undefined || at < next) next = at;
+    }
+    return next;
+  }
+
+  /** The replica count in force: the highest a known replica announced; 0 before any welcome. */
+  get count(): number {
+    let count = 0;
+    for (const replica of this.replicas.values()) count = Math.max(count, replica.count);
+    return count;
+  }
+
+  /** Sessions the node holds. */
+  get held(): number {
+    let held = 0;
+    for (const replica of this.replicas.values()) if (replica.connected) held++;
+    return held;
+  }
+
+  /** Sessions the node wants: the count, or one while it knows no count. */
+  get wanted(): number {
+    return Math.max(this.count, 1);
+  }
+
+  /** The node holds a session to every replica the count says there are. */
+  get complete(): boolean {
+    const count = this.count;
+    return count > 0 && this.held >= count;
+  }
+
+  /** Replicas the count says exist that the node knows nothing of (none held, none missing). */
+  get unseen(): number {
+    return Math.max(0, this.count - this.replicas.size);
+  }
+
+  /** IDs of the replicas the node holds a session to, in slot order. */
+  heldIds(): string[] {
+    return this.list()
+      .filter((replica) => replica.connected)
+      .map((replica) => replica.id);
+  }
+
+  /** Every known replica, in slot order. */
+  list(): ReplicaInfo[] {
+    return [...this.replicas.values()].map((replica) => ({ ...replica })).sort((a, b) => a.slot - b.slot);
+  }
+
+  get(id: string): ReplicaInfo | undefined {
+    const replica = this.replicas.get(id);
+    return replica && { ...replica };
+  }
+
+  private freeSlot(): number {
+    const used = new Set<number>();
+    for (const replica of this.replicas.values()) used.add(replica.slot);
+    for (let slot = 0; slot < MAX_REPLICAS; slot++) if (!used.has(slot)) return slot;
+    return -1;
+  }
+}
+
+/** What the last dial to the load-balanced address came to, or what else changed. */
+export type DialOutcome =
+  /** A session to a replica the node did not hold. */
+  | 'new_replica'
+  /** It landed on a replica the node already holds, and was closed. */
+  | 'already_held'
+  /** It failed (refused, timed out, closed before a welcome). */
+  | 'failed'
+  /** A session the node held ended. */
+  | 'lost';
+
+export interface DialPolicyOptions {
+  /** Backoff while the node holds no session at all (--backoff-base-ms, --backoff-cap-ms). */
+  readonly baseMs: number;
+  readonly capMs: number;
+  /** Backoff cap while the node holds some replicas and looks for the rest (--replica-search-cap-ms). */
+  readonly searchCapMs: number;
+  readonly random?: () => number;
+}
+
+/**
+ * When to dial the address again. With no session at all the node redials as any client does
+ * (exponential backoff with full jitter up to capMs). Holding some replicas, it looks for the
+ * rest with its own backoff, capped lower, because each search dial lands on a replica at the
+ * load balancer's choice: a lost session or a newly found replica starts that search from the
+ * base again, and each dial that lands on a held replica or fails doubles its ceiling. Holding
+ * every replica, it does not dial.
+ */
+export class DialPolicy {
+  private readonly connect: Backoff;
+  private readonly search: Backoff;
+
+  constructor(options: DialPolicyOptions) {
+    this.connect = new Backoff(options.baseMs, options.capMs, options.random);
+    this.search = new Backoff(options.baseMs, Math.min(options.searchCapMs, options.capMs), options.random);
+  }
+
+  /** The wait before the next dial, or undefined when the node holds every replica it wants. */
+  next(replicas: ReplicaSet, outcome: DialOutcome): number | undefined {
+    if (outcome === 'new_replica') this.connect.reset();
+    if (outcome === 'new_replica' || outcome === 'lost') this.search.reset();
+    const held = replicas.held;
+    if (held >= replicas.wanted) return undefined;
+    return held === 0 ? this.connect.next() : this.search.next();
+  }
+}
