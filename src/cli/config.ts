@@ -49,6 +49,10 @@ export interface ServerConfig extends LinkTunables {
   readonly maxUnauthenticated: number;
   readonly maxNewConnsPerSource: number;
   readonly maxQueuedHandshakes: number;
+  /** --server-id: this replica's name in every welcome; '' = derived at start (hostname + random). */
+  readonly serverId: string;
+  /** --server-count: how many replicas serve behind the nodes' --server address. */
+  readonly serverCount: number;
 }
 
 export interface ClientConfig extends LinkTunables {
@@ -74,6 +78,10 @@ export interface ClientConfig extends LinkTunables {
   readonly routesFromNode: boolean;
   readonly nodePollMs: number;
   readonly kubeconfig: string;
+  /** Largest wait between dials that look for the replicas a node does not hold yet. */
+  readonly replicaSearchCapMs: number;
+  /** A replica whose session ended this long ago is forgotten. */
+  readonly replicaForgetMs: number;
 }
 
 export const DEFAULTS = {
@@ -99,7 +107,13 @@ export const DEFAULTS = {
   maxUnauthenticated: DEFAULT_ADMISSION_LIMITS.maxUnauthenticated,
   maxNewConnsPerSource: DEFAULT_ADMISSION_LIMITS.maxNewPerSourcePerSecond,
   maxQueuedHandshakes: DEFAULT_ADMISSION_LIMITS.maxQueued,
+  serverCount: 1,
+  replicaSearchCapMs: 10_000,
+  replicaForgetMs: 60_000,
 } as const;
+
+/** Replicas behind one address at most; the hello lists the ones a node holds. */
+export const MAX_SERVER_COUNT = 16;
 
 // ---- the settings of each daemon: type, default and --help text, stated once -------------------
 
@@ -196,6 +210,16 @@ export const SERVER_SETTINGS: SettingsSpec = {
     default: DEFAULTS.maxNewConnsPerSource,
     describe: 'new connections per second from one source IP (IPv6: per /64) before refusing',
   },
+  'server-id': {
+    type: 'string',
+    defaultText: 'hostname-RANDOM, new at each start',
+    describe: "this replica's name, told to every node: set it only if the default is not unique per replica",
+  },
+  'server-count': {
+    type: 'number',
+    default: DEFAULTS.serverCount,
+    describe: 'replicas behind the address nodes dial: each node holds a session to this many (the same on every replica)',
+  },
   'path-check-interval-ms': {
     type: 'number',
     default: DEFAULTS.pathCheckIntervalMs,
@@ -258,6 +282,16 @@ export const CLIENT_SETTINGS: SettingsSpec = {
     describe: 'with --routes-from-node, re-read the Node this often',
   },
   kubeconfig: { type: 'string', defaultText: KUBECONFIG_DEFAULT, describe: 'kubeconfig for --routes-from-node' },
+  'replica-search-cap-ms': {
+    type: 'number',
+    default: DEFAULTS.replicaSearchCapMs,
+    describe: 'largest wait between dials looking for server replicas this node does not hold yet',
+  },
+  'replica-forget-ms': {
+    type: 'number',
+    default: DEFAULTS.replicaForgetMs,
+    describe: 'forget a server replica whose session ended this long ago',
+  },
   ...linkSettings(DEFAULTS.clientAdminSocket),
 };
 
@@ -401,8 +435,18 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
     authorizeFromNodes: bool(raw, 'authorize-from-nodes', false),
     kubeconfig: str(raw, 'kubeconfig', false),
     ...serverSecurity(raw),
+    ...replicaIdentity(raw),
   });
 }
+
+function replicaIdentity(raw: RawOptions): Pick<ServerConfig, 'serverId' | 'serverCount'> {
+  const serverId = str(raw, 'server-id', false);
+  if (serverId && !SERVER_ID_PATTERN.test(serverId))
+    throw new ConfigError(`--server-id must be 1-63 letters, digits, . _ -, got "${serverId}"`);
+  return { serverId, serverCount: int(raw, 'server-count', DEFAULTS.serverCount, 1, MAX_SERVER_COUNT) };
+}
+
+export const SERVER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
 function serverSecurity(
   raw: RawOptions,
@@ -468,5 +512,7 @@ export function parseClientConfig(raw: RawOptions, env: Readonly<Record<string, 
     routesFromNode,
     nodePollMs: int(raw, 'node-poll-ms', DEFAULTS.nodePollMs, 1000, 3_600_000),
     kubeconfig: str(raw, 'kubeconfig', false),
+    replicaSearchCapMs: int(raw, 'replica-search-cap-ms', DEFAULTS.replicaSearchCapMs, backoffBaseMs, 600_000),
+    replicaForgetMs: int(raw, 'replica-forget-ms', DEFAULTS.replicaForgetMs, 1000, 86_400_000),
   });
 }
