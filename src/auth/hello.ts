@@ -19,7 +19,12 @@ function ed25519Verify(message: Uint8Array, signature: Uint8Array, publicKey: Ui
  * The client's hello: who it is, what it announces, and proof that it holds its key in THIS
  * TLS session.
  *
- *   publicKey [32] | signature [64] | body [UTF-8 JSON: { "name": string, "routes": string[] }]
+ *   publicKey [32] | signature [64] | body [UTF-8 JSON: { "name": string, "routes": string[],
+ *                                                         "held"?: string[] }]
+ *
+ * `held` names the server replicas (server IDs from their welcomes) this node already holds a
+ * session to behind the same address: a replica that finds itself there refuses the connection
+ * (already_held) instead of replacing the session the node has.
  *
  * The signature covers HELLO_CONTEXT | exporter | body, where exporter is the TLS 1.3 keying
  * material exported under EXPORTER_LABEL. Both ends derive the same exporter only inside the
@@ -35,7 +40,13 @@ const FIXED_BYTES = KEY_BYTES + SIGNATURE_BYTES;
 export interface HelloBody {
   readonly name: string;
   readonly routes: readonly string[];
+  /** Server IDs of the replicas this node holds a session to; absent or empty for none. */
+  readonly held?: readonly string[];
 }
+
+/** Entries of `held` at most, and their length: server IDs, one per replica behind an address. */
+const MAX_HELD = 16;
+const MAX_HELD_LENGTH = 63;
 
 export interface Hello extends HelloBody {
   readonly publicKey: Uint8Array;
@@ -46,7 +57,9 @@ function signedMessage(exporter: Uint8Array, body: Uint8Array): Uint8Array {
 }
 
 export function encodeHello(pair: KeyPair, exporter: Uint8Array, body: HelloBody): Buffer {
-  const bodyBytes = Buffer.from(JSON.stringify({ name: body.name, routes: body.routes }));
+  // Without held replicas the body is what it was before the list existed (undefined is left out).
+  const held = body.held && body.held.length > 0 ? body.held : undefined;
+  const bodyBytes = Buffer.from(JSON.stringify({ name: body.name, routes: body.routes, held }));
   const signature = sign(null, signedMessage(exporter, bodyBytes), privateKeyObject(pair));
   return Buffer.concat([pair.publicKey, signature, bodyBytes]);
 }
@@ -81,5 +94,13 @@ export function verifyHello(payload: Uint8Array, exporter: Uint8Array): Hello {
   ) {
     throw new AuthError('bad_hello', 'hello body must hold a name and at most 256 routes');
   }
-  return { publicKey: new Uint8Array(publicKey), name: body.name, routes: body.routes };
+  const held = body.held ?? [];
+  if (
+    !Array.isArray(held) ||
+    held.length > MAX_HELD ||
+    !held.every((id) => typeof id === 'string' && id.length > 0 && id.length <= MAX_HELD_LENGTH)
+  ) {
+    throw new AuthError('bad_hello', `hello held must list at most ${MAX_HELD} server IDs`);
+  }
+  return { publicKey: new Uint8Array(publicKey), name: body.name, routes: body.routes, held };
 }

@@ -1,6 +1,7 @@
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log.js';
 import { Prefix } from '../routing/index.js';
 import { DEFAULT_ADMISSION_LIMITS } from '../link-server/admission.js';
+import { MAX_SERVER_COUNT, SERVER_ID_PATTERN } from '../protocol/index.js';
 import { ConfigError, numberOrNaN, toBoolean, toList, toText, type SettingsSpec } from './settings.js';
 
 export { ConfigError };
@@ -112,9 +113,6 @@ export const DEFAULTS = {
   replicaForgetMs: 60_000,
 } as const;
 
-/** Replicas behind one address at most; the hello lists the ones a node holds. */
-export const MAX_SERVER_COUNT = 16;
-
 // ---- the settings of each daemon: type, default and --help text, stated once -------------------
 
 /** --config: the file itself comes from the command line or NODELINK_CONFIG only. */
@@ -218,7 +216,8 @@ export const SERVER_SETTINGS: SettingsSpec = {
   'server-count': {
     type: 'number',
     default: DEFAULTS.serverCount,
-    describe: 'replicas behind the address nodes dial: each node holds a session to this many (the same on every replica)',
+    describe:
+      'replicas behind the address nodes dial: each node holds a session to this many (the same on every replica)',
   },
   'path-check-interval-ms': {
     type: 'number',
@@ -445,8 +444,6 @@ function replicaIdentity(raw: RawOptions): Pick<ServerConfig, 'serverId' | 'serv
     throw new ConfigError(`--server-id must be 1-63 letters, digits, . _ -, got "${serverId}"`);
   return { serverId, serverCount: int(raw, 'server-count', DEFAULTS.serverCount, 1, MAX_SERVER_COUNT) };
 }
-
-export const SERVER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
 function serverSecurity(
   raw: RawOptions,

@@ -66,6 +66,7 @@ export enum CloseCode {
   ServerShutdown = 5,
   Timeout = 6,
   Internal = 7,
+  AlreadyHeld = 8, // the node already holds a session to this replica: it keeps that one
 }
 
 /** The code's name in logs, metrics and `status` (src/reasons.ts); a newer peer's code is 'unknown'. */

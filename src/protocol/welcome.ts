@@ -10,22 +10,39 @@ export interface Welcome {
   readonly tunnelCidrs: readonly string[];
   /** The server's own address inside each tunnel CIDR, as text. */
   readonly serverAddresses: readonly string[];
+  /**
+   * This replica's name, unique among the replicas behind the address the node dialed (server
+   * ID); '' from a server that predates it, which is then the only one.
+   */
+  readonly serverId: string;
+  /** How many replicas serve behind that address (server count); 1 from an older server. */
+  readonly serverCount: number;
 }
+
+/** What a server ID may be: also the form of each entry of the hello's list of held replicas. */
+export const SERVER_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+/** Replicas behind one address at most. */
+export const MAX_SERVER_COUNT = 16;
 
 /** More than any server sends (one of each per address family), few enough to bound the parse. */
 const MAX_ENTRIES = 16;
 
 export function encodeWelcome(welcome: Welcome): Buffer {
   return Buffer.from(
-    JSON.stringify({ tunnelCidrs: welcome.tunnelCidrs, serverAddresses: welcome.serverAddresses }),
+    JSON.stringify({
+      tunnelCidrs: welcome.tunnelCidrs,
+      serverAddresses: welcome.serverAddresses,
+      serverId: welcome.serverId,
+      serverCount: welcome.serverCount,
+    }),
     'utf8',
   );
 }
 
 /**
  * Reads and checks a Welcome payload. Throws ProtocolError 'bad_payload' naming the field at
- * fault. A missing serverAddresses reads as none (a server from before it existed); fields this
- * version does not know are ignored.
+ * fault. A field a server from before it existed leaves out reads as that server meant it: no
+ * serverAddresses, serverId '', serverCount 1. Fields this version does not know are ignored.
  */
 export function decodeWelcome(payload: Uint8Array): Welcome {
   let parsed: unknown;
@@ -42,7 +59,29 @@ export function decodeWelcome(payload: Uint8Array): Welcome {
     tunnelCidrs: texts(fields['tunnelCidrs'], 'tunnelCidrs', isCidrText),
     serverAddresses:
       fields['serverAddresses'] === undefined ? [] : texts(fields['serverAddresses'], 'serverAddresses', isAddressText),
+    serverId: serverId(fields['serverId']),
+    serverCount: serverCount(fields['serverCount']),
   };
+}
+
+function serverId(value: unknown): string {
+  if (value === undefined) return '';
+  if (typeof value !== 'string' || !SERVER_ID_PATTERN.test(value))
+    throw new ProtocolError(
+      'bad_payload',
+      `welcome serverId ${JSON.stringify(value)} is not 1-63 letters, digits, . _ -`,
+    );
+  return value;
+}
+
+function serverCount(value: unknown): number {
+  if (value === undefined) return 1;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_SERVER_COUNT)
+    throw new ProtocolError(
+      'bad_payload',
+      `welcome serverCount ${JSON.stringify(value)} is not a whole number from 1 to ${MAX_SERVER_COUNT}`,
+    );
+  return value;
 }
 
 function texts(value: unknown, field: string, valid: (text: string) => boolean): string[] {

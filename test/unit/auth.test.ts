@@ -218,6 +218,22 @@ describe('auth', function () {
         [],
       );
     });
+
+    it('carries the replicas a node holds, and leaves the body as before when it holds none', function () {
+      const pair = newPair();
+      const exporter = randomBytes(EXPORTER_BYTES);
+      const held = ['cp-0-a1b2c3', 'cp-1-d4e5f6'];
+      expect(verifyHello(encodeHello(pair, exporter, { ...body, held }), exporter).held).to.deep.equal(held);
+      const none = encodeHello(pair, exporter, { ...body, held: [] });
+      expect(JSON.parse(none.subarray(96).toString('utf8'))).to.deep.equal(body);
+      expect(verifyHello(none, exporter).held).to.deep.equal([]);
+      const tooMany = Array.from({ length: 17 }, (_, i) => `cp-${i}`);
+      authError(() => verifyHello(encodeHello(pair, exporter, { ...body, held: tooMany }), exporter), 'bad_hello');
+      authError(
+        () => verifyHello(encodeHello(pair, exporter, { ...body, held: ['x'.repeat(64)] }), exporter),
+        'bad_hello',
+      );
+    });
   });
 
   describe('parsePeers', function () {

@@ -11,16 +11,20 @@ describe('Welcome payload', function () {
     const welcome = {
       tunnelCidrs: ['198.18.255.0/24', 'fd00:18:ff::/64'],
       serverAddresses: ['198.18.255.1', 'fd00:18:ff::1'],
+      serverId: 'nodelink-7d9f-abc123',
+      serverCount: 3,
     };
     const payload = encodeWelcome(welcome);
     expect(JSON.parse(payload.toString('utf8'))).to.deep.equal(welcome);
     expect(decodeWelcome(payload)).to.deep.equal(welcome);
   });
 
-  it('reads a Welcome without serverAddresses as none, and ignores fields it does not know', function () {
+  it('reads what an older server leaves out as it meant it, and ignores fields it does not know', function () {
     expect(decodeWelcome(json({ tunnelCidrs: ['198.18.255.0/24'], routes: ['198.19.0.11/32'] }))).to.deep.equal({
       tunnelCidrs: ['198.18.255.0/24'],
       serverAddresses: [],
+      serverId: '',
+      serverCount: 1,
     });
   });
 
@@ -47,6 +51,13 @@ describe('Welcome payload', function () {
         /serverAddresses holds "localhost"/,
       ],
       ['serverAddresses an object', json({ tunnelCidrs: [], serverAddresses: {} }), /serverAddresses is not a list/],
+      ['an empty serverId', json({ tunnelCidrs: [], serverId: '' }), /serverId "" is not/],
+      ['a serverId with a space', json({ tunnelCidrs: [], serverId: 'a b' }), /serverId "a b" is not/],
+      ['a serverId of 64 characters', json({ tunnelCidrs: [], serverId: 'a'.repeat(64) }), /serverId/],
+      ['a serverCount of 0', json({ tunnelCidrs: [], serverCount: 0 }), /serverCount 0 is not/],
+      ['a serverCount of 1.5', json({ tunnelCidrs: [], serverCount: 1.5 }), /serverCount 1.5/],
+      ['a serverCount of 17', json({ tunnelCidrs: [], serverCount: 17 }), /from 1 to 16/],
+      ['a serverCount in text', json({ tunnelCidrs: [], serverCount: '3' }), /serverCount "3"/],
     ];
     for (const [what, payload, message] of cases) {
       let caught: unknown;
