@@ -38,6 +38,7 @@ export const REFUSALS = [
   'handshake_timeout', // TLS and hello not done within --handshake-timeout-ms of the accept
   'tls_handshake_failed', // the TLS handshake failed: not TLS 1.3, garbage, a plain HTTP request
   'aborted', // the connection went away before TLS or before its hello (closed, reset)
+  'already_held', // the node already holds a session to this replica (its hello says so): no failure
 ] as const;
 
 export type Refusal = (typeof REFUSALS)[number];

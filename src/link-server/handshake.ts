@@ -29,6 +29,8 @@ export interface HandshakeContext {
   readonly forwarder: Forwarder;
   /** The Welcome payload, the same for every node. */
   readonly welcome: Buffer;
+  /** This replica's name in the Welcome; '' = none. */
+  readonly serverId: string;
   readonly connection: ConnectionOptions;
   readonly handshakeTimeoutMs: number;
   readonly checkRoutes?: (name: string, routes: readonly Prefix[]) => Promise<void>;
@@ -103,6 +105,19 @@ export class NodeConnection {
       authorized = ctx.peers.authorize(hello);
     } catch (err) {
       this.reject(err);
+      return;
+    }
+    if (ctx.serverId && hello.held?.includes(ctx.serverId)) {
+      // The load balancer sent a node here that already holds a session to this replica: it
+      // keeps that one and looks on for the others. Nothing failed.
+      ctx.log.debug({ peer: authorized.peer.config.name, endpoint: this.endpoint }, 'node already holds this replica');
+      ctx.refuse('already_held');
+      this.rejected = true;
+      connection.close(
+        CloseCode.AlreadyHeld,
+        `this node already holds a session to server ${ctx.serverId}`,
+        FrameType.Reject,
+      );
       return;
     }
     if (ctx.checkRoutes) {

@@ -65,6 +65,9 @@ export interface LinkServerOptions {
   readonly limits?: AdmissionLimits;
   /** Removes kernel routes toward the TUN (peers-file reload); without it they are left in place. */
   readonly removeRoutes?: (cidrs: readonly Prefix[]) => Promise<void>;
+  /** This replica's name ('' = none) and how many replicas serve behind the nodes' address. */
+  readonly serverId?: string;
+  readonly serverCount?: number;
 }
 
 /** What the server's TLS presents, at start and after a certificate renewal: TLS 1.3 only. */
@@ -109,7 +112,10 @@ export class LinkServer {
       welcome: encodeWelcome({
         tunnelCidrs: options.tunnelCidrs.map(String),
         serverAddresses: this.tunnelAddressTexts,
+        serverId: options.serverId ?? '',
+        serverCount: options.serverCount ?? 1,
       }),
+      serverId: options.serverId ?? '',
       connection: options.connection,
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       checkRoutes: options.checkRoutes,
@@ -183,6 +189,8 @@ export class LinkServer {
       startedAt: this.startedAt,
       unattributed: this.forwarder.unattributed,
       refused: this.refused,
+      serverId: this.options.serverId ?? '',
+      serverCount: this.options.serverCount ?? 1,
     });
   }
 

@@ -17,6 +17,8 @@ export interface ServerView {
   readonly startedAt: Date;
   readonly unattributed: TrafficCounters;
   readonly refused: ReadonlyMap<Refusal, number>;
+  readonly serverId: string;
+  readonly serverCount: number;
 }
 
 export function serverStatus(view: ServerView): DaemonStatus {
@@ -41,6 +43,8 @@ export function serverStatus(view: ServerView): DaemonStatus {
     startedAt: view.startedAt.toISOString(),
     dropsByReason: view.unattributed.dropsByReason(),
     refusedConnections: Object.fromEntries(view.refused),
+    ...(view.serverId ? { serverId: view.serverId } : {}),
+    serverCount: view.serverCount,
     peers,
   };
 }
