@@ -93,6 +93,7 @@ export const DROP_REASONS = [
   'malformed', // truncated header, wrong IP version, or a length that does not match
   'disconnected', // a node read a packet from its TUN while it had no session to the server
   'unannounced_source', // a node's kernel sent from an address the node does not announce
+  'replica_offline', // a node's packet of a flow whose server replica it holds no session to now
   'tun_error', // the TUN device refused a write
 ] as const;
 

@@ -135,6 +135,17 @@ export function formatStatus(status: DaemonStatus, now = Date.now()): string {
       `  server: ${status.server}${status.serverTunnelAddresses?.length ? ` (tunnel address ${status.serverTunnelAddresses.join(', ')})` : ''}`,
     );
   if (status.listen) lines.push(`  listening on: ${status.listen}`);
+  if (status.serverId) lines.push(`  server id: ${status.serverId}, one of ${status.serverCount ?? 1} replicas`);
+  for (const entry of status.replicas ?? []) {
+    if (entry.count <= 1 && entry.missing.length === 0) continue;
+    const missing = [
+      ...entry.missing.map((replica) => `${replica.id} (gone ${formatAge(replica.since, now)})`),
+      ...(entry.unseen > 0 ? [`${entry.unseen} not reached yet`] : []),
+    ];
+    lines.push(
+      `  replicas at ${entry.server}: ${entry.held.length} of ${entry.count} held${entry.held.length > 0 ? ` (${entry.held.join(', ')})` : ''}${missing.length > 0 ? `, MISSING ${missing.join(', ')}` : ''}`,
+    );
+  }
   if (status.metrics) lines.push(`  metrics: http://${status.metrics}/metrics`);
   for (const endpoint of status.endpoints ?? []) {
     if (endpoint.state === 'failed')

@@ -61,6 +61,24 @@ export interface PathHealth {
   failures: number;
 }
 
+/** Client: the server replicas behind one --server address, as this node knows them. */
+export interface ReplicaStatus {
+  /** The address dialed (HOST:PORT). */
+  server: string;
+  /** The replica count the replicas announced (the highest); 0 before any welcome. */
+  count: number;
+  /** Server IDs of the replicas this node holds a session to. */
+  held: string[];
+  /** Replicas whose session ended, not yet forgotten, and when it ended (ISO-8601). */
+  missing: Array<{ id: string; since: string }>;
+  /** Replicas the count says exist that this node has never reached (or has forgotten). */
+  unseen: number;
+  /** A session to every replica the count says there are. */
+  complete: boolean;
+  /** Flows whose replies go back to a replica they came from. */
+  flows: number;
+}
+
 export interface DaemonStatus {
   role: 'server' | 'client';
   tun: string;
@@ -78,6 +96,11 @@ export interface DaemonStatus {
   publicKey?: string;
   server?: string;
   serverTunnelAddresses?: string[];
+  /** Client: per --server address, the replicas behind it that it holds and misses. */
+  replicas?: ReplicaStatus[];
+  /** Server: this replica's name and the replica count it tells nodes (--server-id, --server-count). */
+  serverId?: string;
+  serverCount?: number;
   /** Client: the routes it announces (node IP, pod CIDRs). */
   announcedRoutes?: string[];
   /** HOST:PORT of the Prometheus / health endpoint, when --metrics is set. */

@@ -11,6 +11,7 @@ import {
   type HealthCheck,
   type HealthReport,
   type PeerStatus,
+  type ReplicaStatus,
   type RouteState,
 } from '../admin/index.js';
 import { encodeKey } from '../auth/index.js';
@@ -308,7 +309,8 @@ export function clientObservability(
   /** Authenticated, and the server answered a ping within --dead-after-ms. */
   const ready = async (): Promise<HealthReport> => {
     // With several servers, one live session is enough to be reachable.
-    const peers = side.status().peers;
+    const status = side.status();
+    const peers = status.peers;
     const server = peers.find((peer) => peer.connected) ?? peers[0];
     const serverName = server?.name ?? 'server';
     const lastPongAt = metrics.peerEvents(serverName)?.lastPongAt ?? null;
@@ -328,6 +330,7 @@ export function clientObservability(
                   : `last pong ${Math.round(age)} ms ago (limit ${config.deadAfterMs} ms)`,
             },
       tun: await tunUp(),
+      replicas: replicaCheck(status.replicas ?? []),
     };
     return report(checks);
   };
@@ -378,4 +381,22 @@ function addPeerEvents(peer: PeerStatus, metrics: LinkMetrics): void {
   peer.handshakes = events?.handshakes ?? 0;
   peer.reconnects = events?.reconnects ?? 0;
   peer.lastError = events?.lastError ?? null;
+}
+
+/**
+ * Ready only with a session to every replica behind each address, once the replicas have said how
+ * many there are: an apiserver replica the node misses cannot reach it.
+ */
+function replicaCheck(replicas: readonly ReplicaStatus[]): HealthCheck {
+  const short = replicas.filter((entry) => entry.count > 0 && !entry.complete);
+  if (short.length === 0) {
+    const held = replicas.map((entry) => `${entry.held.length}/${Math.max(entry.count, 1)} at ${entry.server}`);
+    return { ok: true, detail: `server replicas held: ${held.join(', ')}` };
+  }
+  const detail = short.map((entry) => {
+    const missing = [...entry.missing.map((replica) => replica.id || '(unnamed)')];
+    if (entry.unseen > 0) missing.push(`${entry.unseen} not reached yet`);
+    return `${entry.held.length}/${entry.count} at ${entry.server}, missing ${missing.join(', ')}`;
+  });
+  return { ok: false, detail: `server replicas held: ${detail.join('; ')}` };
 }

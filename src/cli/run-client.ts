@@ -77,6 +77,8 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
       handshakeTimeoutMs: config.handshakeTimeoutMs,
       backoffBaseMs: config.backoffBaseMs,
       backoffCapMs: config.backoffCapMs,
+      replicaSearchCapMs: config.replicaSearchCapMs,
+      replicaForgetMs: config.replicaForgetMs,
       installRoutes: async (cidrs) => {
         const conflicts = fanout && view ? fanout.claim(view, cidrs) : [];
         if (conflicts.length > 0) {
@@ -173,8 +175,13 @@ async function serverTargets(servers: readonly Endpoint[], log: Logger): Promise
   return targets;
 }
 
-/** The node's status: one peer entry per server session. */
+/** The node's status: one peer entry per server replica, the replicas of every --server address. */
 function combinedStatus(clients: readonly LinkClient[]): DaemonStatus {
   const [first, ...rest] = clients.map((client) => client.status());
-  return { ...first!, peers: [first!, ...rest].flatMap((status) => status.peers) };
+  const all = [first!, ...rest];
+  return {
+    ...first!,
+    peers: all.flatMap((status) => status.peers),
+    replicas: all.flatMap((status) => status.replicas ?? []),
+  };
 }

@@ -1,3 +1,4 @@
+import { defaultServerId } from '../link-server/replica-id.js';
 import { readKeyFile, readPeersFile } from '../auth/index.js';
 import { processDebug } from '../admin/index.js';
 import { LinkServer, loadServerCertificate } from '../link-server/index.js';
@@ -56,6 +57,8 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     // In one ip -batch, as installRoutes; a route already gone is no error.
     removeRoutes: (cidrs) =>
       ipBatch(cidrs.map((cidr) => routeDeleteCommand(cidr.toString(), config.tun))).catch(() => undefined),
+    serverId: config.serverId || defaultServerId(),
+    serverCount: config.serverCount,
   });
   try {
     await server.start();

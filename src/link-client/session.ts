@@ -1,0 +1,131 @@
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, type HelloBody, type KeyPair } from '../auth/index.js';
+import { CloseCode, FrameType, closeCodeName, decodeWelcome, type Welcome } from '../protocol/index.js';
+import { formatEndpoint } from '../routing/index.js';
+import type { DialFailure, HandshakeFailure } from '../reasons.js';
+import { FramedConnection, type ConnectionOptions } from '../link/connection.js';
+import type { Logger } from '../log.js';
+import { userMessage } from '../errors.js';
+import { DialError, dialFailureOf } from './dial-error.js';
+import { checkServer, clientTlsOptions, serverIdentity } from './trust.js';
+
+export interface SessionOptions {
+  readonly host: string;
+  readonly port: number;
+  /** Pinned Ed25519 key of the server; optional when `ca` is set (see trust.ts). */
+  readonly serverKey?: Uint8Array;
+  /** PEM CA certificates the server's chain must verify against (--ca). */
+  readonly ca?: string;
+  /** Name to send as SNI and to find in the server's certificate, instead of `host` (--server-name). */
+  readonly serverName?: string;
+  readonly keyPair: KeyPair;
+  readonly connection: ConnectionOptions;
+  /** TCP connect + TLS + welcome must finish within this. */
+  readonly handshakeTimeoutMs: number;
+  readonly log: Logger;
+}
+
+export interface SessionEvents {
+  /** What the hello says, asked when TLS is up (the routes and held replicas may have changed). */
+  hello(): HelloBody;
+  /** The server accepted the hello. Until this returns, no packet flows either way. */
+  welcomed(session: ClientSession, welcome: Welcome): void;
+  /** A packet from the server, after the welcome. */
+  data(session: ClientSession, packet: Buffer): void;
+  /**
+   * The dial or the session ended. `failure` names why a dial that got no welcome failed (a
+   * close code name when the server sent one).
+   */
+  closed(session: ClientSession, code: CloseCode, reason: string, byPeer: boolean, failure: HandshakeFailure): void;
+  pong?(session: ClientSession, rttMs: number): void;
+}
+
+/**
+ * One dial to the server and, if its hello is welcomed, the session on it. It never redials:
+ * whoever holds it (LinkClient) decides when to dial again and where packets go.
+ */
+export class ClientSession {
+  readonly connection: FramedConnection;
+  /** The server's address as connected; the dialed one until TLS is up. */
+  endpoint: string;
+  /** The server's key or certificate fingerprint as presented (status in --ca mode). */
+  presentedIdentity: string | undefined;
+  welcome: Welcome | undefined;
+
+  constructor(options: SessionOptions, events: SessionEvents) {
+    const server = formatEndpoint(options);
+    this.endpoint = server;
+    // Why this dial failed, from the first error the socket reports: a DialError raised here,
+    // or the socket's own errno.
+    let failure: DialFailure | undefined;
+    const deadline = setTimeout(() => {
+      const message = `no welcome within ${options.handshakeTimeoutMs} ms`;
+      options.log.warn({ server }, message);
+      socket.destroy(new DialError('handshake_timeout', message));
+    }, options.handshakeTimeoutMs);
+    const socket: TLSSocket = tlsConnect(clientTlsOptions(options.host, options.port, options));
+    socket.setNoDelay(true);
+    // Registered before the connection's own listener, so the cause is known when it closes.
+    socket.on('error', (err) => {
+      failure ??= dialFailureOf(err);
+    });
+    socket.once('secureConnect', () => {
+      const untrusted = checkServer(socket, options);
+      if (untrusted) {
+        options.log.error({ server, presented: serverIdentity(socket) ?? null }, untrusted.message);
+        socket.destroy(new DialError(untrusted.failure, untrusted.message));
+        return;
+      }
+      // Status shows the pinned key when there is one; only --ca mode needs what was presented.
+      if (!options.serverKey) this.presentedIdentity = serverIdentity(socket);
+      this.endpoint = formatEndpoint({
+        host: socket.remoteAddress ?? options.host,
+        port: socket.remotePort ?? options.port,
+      });
+      const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
+      this.connection.sendControl(FrameType.Hello, encodeHello(options.keyPair, exporter, events.hello()));
+    });
+    this.connection = new FramedConnection(
+      socket,
+      {
+        onData: (packet) => {
+          if (this.welcome) events.data(this, packet);
+        },
+        onControl: (type, payload) => {
+          if (type !== FrameType.Welcome || this.welcome) {
+            this.connection.close(CloseCode.ProtocolError, `unexpected ${FrameType[type] ?? type} frame`);
+            return;
+          }
+          clearTimeout(deadline);
+          let welcome: Welcome;
+          try {
+            welcome = decodeWelcome(payload);
+          } catch (err) {
+            this.connection.close(CloseCode.ProtocolError, `malformed welcome: ${userMessage(err)}`);
+            return;
+          }
+          this.welcome = welcome;
+          this.connection.startKeepalive();
+          events.welcomed(this, welcome);
+        },
+        onClose: (code, reason, byPeer) => {
+          clearTimeout(deadline);
+          // A code the server sent, or one this end closed with, names the cause; a stream that
+          // merely ended does not, and the socket's error does.
+          const cause = byPeer || code !== CloseCode.Normal ? closeCodeName(code) : (failure ?? 'connection_error');
+          events.closed(this, code, reason, byPeer, cause);
+        },
+        onPong: (rttMs) => events.pong?.(this, rttMs),
+      },
+      options.connection,
+    );
+  }
+
+  get isWelcomed(): boolean {
+    return this.welcome !== undefined && !this.connection.isClosed;
+  }
+
+  close(code: CloseCode, reason: string): void {
+    this.connection.close(code, reason);
+  }
+}
