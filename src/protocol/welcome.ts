@@ -32,7 +32,8 @@ export function encodeWelcome(welcome: Welcome): Buffer {
     JSON.stringify({
       tunnelCidrs: welcome.tunnelCidrs,
       serverAddresses: welcome.serverAddresses,
-      serverId: welcome.serverId,
+      // A server without an ID leaves it out, as an older one does ('' is no ID on the wire).
+      serverId: welcome.serverId || undefined,
       serverCount: welcome.serverCount,
     }),
     'utf8',
