@@ -6,7 +6,7 @@ import { expect } from 'chai';
 import { ReplyFlows, WAYS } from '../../src/link-client/reply-flows.js';
 import { DialPolicy, MAX_REPLICAS, ReplicaSet } from '../../src/link-client/replica-set.js';
 import { internetChecksum } from '../../src/routing/index.js';
-import { ipv4, ipv6 } from './security-rig.js';
+import { ipv4, ipv6 } from '../support/packets.js';
 
 const TUNNEL = '198.18.255.1';
 const TUNNEL6 = 'fd00:18:ff::1';
