@@ -3,11 +3,14 @@
 //
 //   ${prefix}-cp   control plane 1  eth0 198.18.0.2/24  fd00:18::2/64      (no route to nodes)
 //   ${prefix}-cp2  control plane 2  eth0 198.18.1.2/24  fd00:18:1::2/64    (optional)
+//   ${prefix}-cpI  control plane I  eth0 198.18.(I-1).2/24  fd00:18:hex(I-1)::2/64   (optional, I <= 4)
 //                                    │
 //   ${prefix}-rt   router           cp0  198.18.0.1/24  fd00:18::1/64
-//                                   cp1  198.18.1.1/24  fd00:18:1::1/64    (with cp2)
+//                                   cp1  198.18.1.1/24  fd00:18:1::1/64    (with cp2; cpI-1 with cpI)
 //                                   br0  198.19.0.1/24  fd00:19::1/64      (bridge, node network)
 //                                   nft: masquerade node network -> cpN; drop NEW cpN -> anywhere
+//                                   load balancer (optional): 198.18.200.1:8443 DNAT at random to
+//                                   the servers of chosen control planes, like a Service's IP
 //                                   routes: 198.19.N.0/24 via node N, fd00:19:N::/64 via node N
 //                                    │ nN (bridge port)
 //   ${prefix}-nN   node N           eth0 198.19.0.(10+N)/24  fd00:19::hex(10+N)/64   (node 1: fd00:19::b)
@@ -29,7 +32,10 @@ export const KUBELET_PORT = 10250;
 export const POD_PORT = 8080;
 export const MAX_NODES = 200;
 export const MAX_PODS = 200;
-export const MAX_CONTROL_PLANES = 2;
+export const MAX_CONTROL_PLANES = 4;
+
+/** The one address in front of several servers (loadBalance); on no interface, DNAT'd by the router. */
+export const LOAD_BALANCER_ADDRESS = '198.18.200.1';
 
 /** The node network as the router masquerades it toward the control planes. */
 export const NODE_NETWORK = '198.19.0.0/16';

@@ -50,10 +50,10 @@ export interface HarnessOptions {
   /** Start the kubelet and pod stubs (default true). */
   stubs?: boolean;
   /**
-   * Control-plane namespaces (default 1, at most 2). The second, `${prefix}-cp2`, sits on its
-   * own network behind the same router, for several servers.
+   * Control-plane namespaces (default 1, at most MAX_CONTROL_PLANES). Control plane i > 1,
+   * `${prefix}-cp${i}`, sits on its own network behind the same router, for several servers.
    */
-  controlPlanes?: 1 | 2;
+  controlPlanes?: number;
 }
 
 export interface Namespaces {
@@ -122,6 +122,10 @@ export class Harness {
     if (!Number.isInteger(podsPerNode) || podsPerNode < 1 || podsPerNode > plan.MAX_PODS) {
       throw new Error(`podsPerNode must be 1..${plan.MAX_PODS}`);
     }
+    const controlPlanes = options.controlPlanes ?? 1;
+    if (!Number.isInteger(controlPlanes) || controlPlanes < 1 || controlPlanes > plan.MAX_CONTROL_PLANES) {
+      throw new Error(`controlPlanes must be 1..${plan.MAX_CONTROL_PLANES}`);
+    }
     const prefix = options.prefix ?? `nl${randomBytes(3).toString('hex').slice(0, 5)}`;
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$/.test(prefix)) {
       throw new Error(`prefix ${JSON.stringify(prefix)} must be 1-40 letters, digits, '_', '.' or '-'`);
@@ -134,7 +138,7 @@ export class Harness {
       rpFilter: options.rpFilter ?? 2,
       cpDefaultRoute: options.cpDefaultRoute ?? false,
       stubs: options.stubs ?? true,
-      controlPlanes: options.controlPlanes ?? 1,
+      controlPlanes,
     });
     h.cancelExitCleanup = cleanUpOnExit(() => h.destroySync());
     try {
@@ -177,6 +181,10 @@ export class Harness {
   }
   get tunnelCIDR6(): string {
     return plan.tunnelCidr6(1);
+  }
+  /** HOST:PORT of the load-balanced address in front of the servers (see loadBalance). */
+  get loadBalancerEndpoint(): string {
+    return `${plan.LOAD_BALANCER_ADDRESS}:${plan.SERVER_PORT}`;
   }
   cpAddressOf(i: number): string {
     return plan.cpAddress(this.checkControlPlane(i));
@@ -296,6 +304,32 @@ export class Harness {
   /** ping from inside ns; true if at least one reply came back within timeoutS. */
   ping(ns: string, address: string, opts: PingOptions = {}): Promise<boolean> {
     return ping((argv, execOpts) => this.execRaw(ns, argv, execOpts), address, opts);
+  }
+
+  /**
+   * Puts the servers of these control planes behind the load-balanced address: the router DNATs
+   * each new connection to it to one of them, chosen at random, as a Service's IP does. Called
+   * again, it replaces the set (scaling); an empty set removes the address.
+   */
+  async loadBalance(controlPlanes: readonly number[]): Promise<void> {
+    const backends = controlPlanes.map((i, index) => `${index} : ${plan.cpAddress(this.checkControlPlane(i))}`);
+    const rule =
+      backends.length === 0
+        ? ''
+        : `ip daddr ${plan.LOAD_BALANCER_ADDRESS} tcp dport ${plan.SERVER_PORT} ` +
+          `dnat to numgen random mod ${backends.length} map { ${backends.join(', ')} }`;
+    await this.exec(this.ns.rt, ['nft', '-f', '-'], {
+      input: `
+table ip nodelink_load_balancer {}
+delete table ip nodelink_load_balancer
+table ip nodelink_load_balancer {
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    ${rule}
+  }
+}
+`,
+    });
   }
 
   // ---- teardown ------------------------------------------------------------------------------
