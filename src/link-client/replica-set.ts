@@ -10,9 +10,10 @@ import { Backoff } from './backoff.js';
  * after that it is forgotten. A restarted replica names itself anew, so the old name is forgotten
  * in time rather than waited for.
  *
- * The count in force is the highest any known replica announced: while replicas are restarted
- * with a new count, the node looks for the larger set, and a count lowered on every replica takes
- * effect once the replicas that announced the old one are restarted or forgotten.
+ * The count in force is the highest a held replica announced (the sessions are the freshest
+ * word; with none held, the highest any known replica announced): while replicas are restarted
+ * with a new count, the node looks for the larger set as soon as it holds one that says so, and a
+ * count lowered on every replica takes effect as soon as the node holds only replicas that say so.
  *
  * Each known replica has a slot, a small number that is stable while it is known and reused after
  * it is forgotten: the flow table stores slots, not names.
@@ -98,11 +99,15 @@ export class ReplicaSet {
     return next;
   }
 
-  /** The replica count in force: the highest a known replica announced; 0 before any welcome. */
+  /** The replica count in force (see above); 0 before any welcome. */
   get count(): number {
-    let count = 0;
-    for (const replica of this.replicas.values()) count = Math.max(count, replica.count);
-    return count;
+    let held = 0;
+    let known = 0;
+    for (const replica of this.replicas.values()) {
+      known = Math.max(known, replica.count);
+      if (replica.connected) held = Math.max(held, replica.count);
+    }
+    return held > 0 ? held : known;
   }
 
   /** Sessions the node holds. */

@@ -259,7 +259,7 @@ describe('ReplicaSet: the replicas a node holds and misses', function () {
     expect(set.admit('b2', 2, 1700)).to.equal(1); // the restarted replica takes the free slot
   });
 
-  it('follows the highest count a known replica announced, up and down', function () {
+  it('follows the highest count a held replica announced, up and down', function () {
     const set = new ReplicaSet(1000);
     set.admit('a', 2, 0);
     set.admit('b', 2, 0);
@@ -271,17 +271,20 @@ describe('ReplicaSet: the replicas a node holds and misses', function () {
     expect(set.complete).to.equal(false);
     set.admit('c', 3, 30);
     expect(set.complete).to.equal(true);
-    // Lowered to 1 on every replica: holding more than wanted is fine.
+    // Lowered to 2: 'c' is stopped, the others restarted with count 2.
+    set.lost('c', 35);
+    expect(set.count, "'a2', held, still says 3").to.equal(3);
     set.lost('b', 40);
-    set.admit('b2', 1, 50);
-    expect(set.count).to.equal(3); // 'a2' and 'c' still announce 3
+    set.admit('b2', 2, 50);
+    expect(set.count).to.equal(3); // 'a2' still announces 3
     set.lost('a2', 60);
-    set.admit('a3', 1, 70);
-    set.lost('c', 80);
-    set.admit('c2', 1, 90);
-    set.expire(2000);
-    expect(set.count).to.equal(1);
+    set.admit('a3', 2, 70);
+    expect(set.count, 'every held replica says 2; the missing ones are not asked').to.equal(2);
     expect(set.complete).to.equal(true);
+    // With nothing held, the last word of the known ones stands.
+    set.lost('a3', 80);
+    set.lost('b2', 80);
+    expect(set.count).to.equal(3);
   });
 
   it('refuses more distinct replicas than it keeps state for', function () {
