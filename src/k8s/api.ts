@@ -86,32 +86,49 @@ export class KubeNodeSource implements NodeSource {
   }
 
   async getNode(name: string): Promise<V1Node> {
-    const deadline = AbortSignal.timeout(this.timeoutMs);
     try {
-      // The object-style API takes the generated client's Observable-based middleware.
-      return await this.api.readNode(
-        { name },
-        {
-          middleware: [
-            {
-              pre: (context: RequestContext) => {
-                context.setSignal(deadline);
-                return new Observable(Promise.resolve(context));
-              },
-              post: (context: ResponseContext) => new Observable(Promise.resolve(context)),
-            },
-          ],
-          middlewareMergeStrategy: 'append',
-        },
-      );
+      return await this.api.readNode({ name }, deadlineOptions(this.timeoutMs));
     } catch (err) {
-      throw describeApiError(err, name, this.server, this.timeoutMs);
+      throw describeApiError(err, `get Node "${name}"`, this.server, this.timeoutMs, {
+        forbidden: 'grant the service account "get" on nodes (deploy/base/rbac.yaml)',
+        notFound: `there is no Node "${name}" in the Kubernetes API (404): set NODE_NAME (or --name) to this node's name, from spec.nodeName`,
+      });
     }
   }
 }
 
-/** Any failure of a Node read, as one line saying what to fix. */
-function describeApiError(err: unknown, name: string, server: string, timeoutMs: number): KubernetesError {
+/** What a 403 and a 404 mean for one kind of request: the RBAC to grant; the whole 404 message. */
+export interface RequestHints {
+  readonly forbidden: string;
+  readonly notFound: string;
+}
+
+/** Request options that abort one API call after `timeoutMs`. */
+export function deadlineOptions(timeoutMs: number) {
+  const deadline = AbortSignal.timeout(timeoutMs);
+  // The object-style API takes the generated client's Observable-based middleware.
+  return {
+    middleware: [
+      {
+        pre: (context: RequestContext) => {
+          context.setSignal(deadline);
+          return new Observable(Promise.resolve(context));
+        },
+        post: (context: ResponseContext) => new Observable(Promise.resolve(context)),
+      },
+    ],
+    middlewareMergeStrategy: 'append' as const,
+  };
+}
+
+/** Any failure of an API request, as one line saying what to fix. */
+export function describeApiError(
+  err: unknown,
+  action: string,
+  server: string,
+  timeoutMs: number,
+  hints: RequestHints,
+): KubernetesError {
   if (err instanceof KubernetesError) return err;
   if (err instanceof ApiException) {
     const detail = statusMessage(err.body);
@@ -125,25 +142,22 @@ function describeApiError(err: unknown, name: string, server: string, timeoutMs:
     if (code === 403) {
       return new KubernetesError(
         'k8s_forbidden',
-        `the Kubernetes API refused to get Node "${name}" (403 Forbidden${detail}): grant the service account "get" on nodes (deploy/base/rbac.yaml)`,
+        `the Kubernetes API refused to ${action} (403 Forbidden${detail}): ${hints.forbidden}`,
       );
     }
     if (code === 404) {
-      return new KubernetesError(
-        'k8s_not_found',
-        `there is no Node "${name}" in the Kubernetes API (404): set NODE_NAME (or --name) to this node's name, from spec.nodeName`,
-      );
+      return new KubernetesError('k8s_not_found', hints.notFound);
     }
     return new KubernetesError(
       'k8s_api',
-      `the Kubernetes API at ${server} failed to get Node "${name}" (HTTP ${code}${detail}): check kube-apiserver; nodelink retries`,
+      `the Kubernetes API at ${server} failed to ${action} (HTTP ${code}${detail}): check kube-apiserver; nodelink retries`,
     );
   }
   const e = err as { name?: string; code?: string; message?: string };
   if (e?.name === 'AbortError' || e?.name === 'TimeoutError') {
     return new KubernetesError(
       'k8s_unreachable',
-      `no answer from the Kubernetes API at ${server} within ${timeoutMs} ms while getting Node "${name}": check the API server and the network`,
+      `no answer from the Kubernetes API at ${server} within ${timeoutMs} ms to ${action}: check the API server and the network`,
     );
   }
   const why = e?.code ?? oneLine(e?.message ?? String(err));
