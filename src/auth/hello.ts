@@ -42,11 +42,19 @@ export interface HelloBody {
   readonly routes: readonly string[];
   /** Server IDs of the replicas this node holds a session to; absent or empty for none. */
   readonly held?: readonly string[];
+  /**
+   * Kubernetes mode: the pod's projected service-account token. It travels only inside the
+   * signed body of a channel-bound hello, so it reaches only a server the client authenticated.
+   */
+  readonly token?: string;
 }
 
 /** Entries of `held` at most, and their length: server IDs, one per replica behind an address. */
 const MAX_HELD = 16;
 const MAX_HELD_LENGTH = 63;
+
+/** A projected service-account token is about 1 KiB; anything far longer is refused unread. */
+export const MAX_HELLO_TOKEN_BYTES = 8192;
 
 export interface Hello extends HelloBody {
   readonly publicKey: Uint8Array;
@@ -57,9 +65,10 @@ function signedMessage(exporter: Uint8Array, body: Uint8Array): Uint8Array {
 }
 
 export function encodeHello(pair: KeyPair, exporter: Uint8Array, body: HelloBody): Buffer {
-  // Without held replicas the body is what it was before the list existed (undefined is left out).
+  // Without held replicas or a token the body is what it was before they existed (undefined is
+  // left out).
   const held = body.held && body.held.length > 0 ? body.held : undefined;
-  const bodyBytes = Buffer.from(JSON.stringify({ name: body.name, routes: body.routes, held }));
+  const bodyBytes = Buffer.from(JSON.stringify({ name: body.name, routes: body.routes, held, token: body.token }));
   const signature = sign(null, signedMessage(exporter, bodyBytes), privateKeyObject(pair));
   return Buffer.concat([pair.publicKey, signature, bodyBytes]);
 }
@@ -102,5 +111,14 @@ export function verifyHello(payload: Uint8Array, exporter: Uint8Array): Hello {
   ) {
     throw new AuthError('bad_hello', `hello held must list at most ${MAX_HELD} server IDs`);
   }
-  return { publicKey: new Uint8Array(publicKey), name: body.name, routes: body.routes, held };
+  if (body.token !== undefined && (typeof body.token !== 'string' || body.token.length > MAX_HELLO_TOKEN_BYTES)) {
+    throw new AuthError('bad_hello', `hello token must be a string of at most ${MAX_HELLO_TOKEN_BYTES} bytes`);
+  }
+  return {
+    publicKey: new Uint8Array(publicKey),
+    name: body.name,
+    routes: body.routes,
+    held,
+    ...(body.token === undefined ? {} : { token: body.token }),
+  };
 }

@@ -17,9 +17,17 @@ export interface PeerConfig {
 /** The peers file, validated as a whole: a bad entry rejects the file, naming the entry. */
 export class PeerRegistry {
   private readonly byKey = new Map<string, PeerConfig>();
+  private readonly byName = new Map<string, PeerConfig>();
 
   constructor(readonly peers: readonly PeerConfig[]) {
-    for (const peer of peers) this.byKey.set(peer.publicKeyText, peer);
+    for (const peer of peers) {
+      this.byKey.set(peer.publicKeyText, peer);
+      this.byName.set(peer.name, peer);
+    }
+  }
+
+  findByName(name: string): PeerConfig | undefined {
+    return this.byName.get(name);
   }
 
   findByKey(publicKey: Uint8Array): PeerConfig | undefined {
@@ -45,8 +53,13 @@ export class PeerRegistry {
         `this key belongs to peer "${peer.name}", not "${hello.name}": fix --name or the peers file`,
       );
     }
+    return this.authorizeRoutes(peer, hello.routes);
+  }
+
+  /** Every announced route must lie inside the peer's allowedIPs. */
+  authorizeRoutes(peer: PeerConfig, announced: readonly string[]): { peer: PeerConfig; routes: Prefix[] } {
     const routes: Prefix[] = [];
-    for (const text of hello.routes) {
+    for (const text of announced) {
       let route: Prefix;
       try {
         route = Prefix.parse(text);

@@ -12,6 +12,7 @@
 // failure to ask is transient (the node retries) while a refusal is final (the reason says why).
 import { createHash } from 'node:crypto';
 import { AuthError } from '../auth/errors.js';
+import { MAX_HELLO_TOKEN_BYTES } from '../auth/hello.js';
 import { KubernetesError } from './errors.js';
 
 /** The parts of a TokenReview status (authentication.k8s.io/v1) that decide a node's identity. */
@@ -64,8 +65,6 @@ const NODE_NAME_EXTRA = 'authentication.kubernetes.io/node-name';
 const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';
 const POD_UID_EXTRA = 'authentication.kubernetes.io/pod-uid';
 const CACHE_ENTRIES = 20_000;
-/** A token longer than this is not a service-account token; refusing it early bounds the work. */
-export const MAX_TOKEN_BYTES = 8192;
 
 type Cached = { identity: NodeIdentity } | { refusal: AuthError; until: number };
 
@@ -102,7 +101,7 @@ export class NodeIdentityVerifier {
    * reason) or KubernetesError (transient: the API could not be asked; retry later).
    */
   async verify(token: string): Promise<NodeIdentity> {
-    if (token.length === 0 || token.length > MAX_TOKEN_BYTES) {
+    if (token.length === 0 || token.length > MAX_HELLO_TOKEN_BYTES) {
       throw new AuthError('token_rejected', 'the hello carries no usable service-account token: check --token-file');
     }
     const key = createHash('sha256').update(token).digest('base64');

@@ -83,7 +83,7 @@ export const PING_PAYLOAD_SIZE = 8;
 export const DEFAULT_MAX_PAYLOAD = 65535 + 64;
 
 /** The first frame arrives before we know who is talking, so it gets only what a Hello needs. */
-export const DEFAULT_MAX_HELLO_PAYLOAD = 4096;
+export const DEFAULT_MAX_HELLO_PAYLOAD = 16384;
 
 /** Reject and Close are diagnostics, not data: their reason is truncated to keep them this small. */
 export const MAX_CODE_FRAME_SIZE = 512;

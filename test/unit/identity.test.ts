@@ -8,6 +8,8 @@ import { NodeIdentityVerifier, tokenExpiry, type IdentityApi } from '../../src/k
 import { KubeIdentityApi, NodeWatch } from '../../src/k8s/kube-identity.js';
 import { routesFromNode, type NodeLike } from '../../src/k8s/node-routes.js';
 import { AuthError } from '../../src/auth/errors.js';
+import { authorizeNode, peersFromNodes } from '../../src/k8s/node-peers.js';
+import { Prefix } from '../../src/routing/index.js';
 import { KubernetesError } from '../../src/k8s/errors.js';
 import { silentLogger } from '../../src/log.js';
 
@@ -175,5 +177,60 @@ describe('Kubernetes identity: projected tokens checked by TokenReview (kube-api
     } finally {
       watch.stop();
     }
+  });
+});
+
+describe('Kubernetes-mode peers: one per Node, allowed exactly its addresses and pod CIDRs', () => {
+  const node = (name: string, ip: string, cidr?: string): NodeLike => ({
+    metadata: { name },
+    spec: cidr ? { podCIDRs: [cidr] } : {},
+    status: { addresses: [{ type: 'InternalIP', address: ip }] },
+  });
+  const tunnel = [Prefix.parse('198.18.255.0/24')];
+
+  it('builds peers from Nodes and leaves out, with a reason, Nodes that overlap another or the tunnel', () => {
+    const { registry, skipped } = peersFromNodes(
+      [
+        node('node-a', '198.19.0.10', '198.19.1.0/24'),
+        node('node-b', '198.19.0.11', '198.19.1.128/25'),
+        node('node-c', '198.18.255.7'),
+        node('node-d', '198.19.0.13'),
+      ],
+      tunnel,
+    );
+    expect(registry.peers.map((p) => p.name)).to.deep.equal(['node-a', 'node-d']);
+    expect(registry.findByName('node-a')!.allowedIPs.map(String)).to.deep.equal(['198.19.0.10/32', '198.19.1.0/24']);
+    expect(skipped.map((s) => s.node)).to.deep.equal(['node-b', 'node-c']);
+    expect(skipped[0]!.why).to.match(/overlaps Node "node-a"/);
+    expect(skipped[1]!.why).to.match(/tunnel CIDR/);
+  });
+
+  it("admits a token only for its own Node's routes: node A's token never announces node B's", async () => {
+    const { registry } = peersFromNodes(
+      [node('node-a', '198.19.0.10', '198.19.1.0/24'), node('node-b', '198.19.0.11', '198.19.2.0/24')],
+      tunnel,
+    );
+    const verifier = {
+      verify: async (token: string) => ({ node: token, pod: `ns/${token}`, serviceAccount: 'x', validUntil: 0 }),
+    } as unknown as NodeIdentityVerifier;
+    const hello = (name: string, token: string | undefined, routes: string[]) => ({
+      publicKey: new Uint8Array(32),
+      name,
+      routes,
+      ...(token ? { token } : {}),
+    });
+    const ok = await authorizeNode(verifier, () => registry, hello('node-a', 'node-a', ['198.19.1.0/24']));
+    expect(ok.peer.name).to.equal('node-a');
+    const claimsB = await rejection(
+      authorizeNode(verifier, () => registry, hello('node-b', 'node-a', ['198.19.2.0/24'])),
+    );
+    expect((claimsB as AuthError).code).to.equal('wrong_node');
+    expect(claimsB.message).to.match(/on node "node-a", not to "node-b"/);
+    const routesOfB = await rejection(
+      authorizeNode(verifier, () => registry, hello('node-a', 'node-a', ['198.19.2.0/24'])),
+    );
+    expect((routesOfB as AuthError).code).to.equal('route_not_allowed');
+    const noToken = await rejection(authorizeNode(verifier, () => registry, hello('node-a', undefined, [])));
+    expect(noToken.message).to.match(/--token-file/);
   });
 });
