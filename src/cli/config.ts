@@ -41,6 +41,15 @@ export interface ServerConfig extends LinkTunables {
   readonly pathCheckPort: number;
   /** --authorize-from-nodes: also check announced routes against each peer's Node object. */
   readonly authorizeFromNodes: boolean;
+  /**
+   * --node-auth: how nodes prove who they are. 'peers': a key listed in --peers. 'kubernetes': a
+   * projected service-account token checked by TokenReview; peers are the Node objects.
+   */
+  readonly nodeAuth: NodeAuth;
+  /** Kubernetes mode: the service account ("namespace:name") client pods run as. */
+  readonly serviceAccount: string;
+  /** Kubernetes mode: the audience client tokens must carry. */
+  readonly tokenAudience: string;
   /** --kubeconfig; '' means in-cluster, then $KUBECONFIG or ~/.kube/config. */
   readonly kubeconfig: string;
   /** --cert / --cert-key: a CA-signed certificate chain instead of the self-signed one ('' = none). */
@@ -83,7 +92,16 @@ export interface ClientConfig extends LinkTunables {
   readonly replicaSearchCapMs: number;
   /** A replica whose session ended this long ago is forgotten. */
   readonly replicaForgetMs: number;
+  /**
+   * --token-file: Kubernetes mode. The projected service-account token, re-read at every dial
+   * (the kubelet rotates it); the key pair is then made fresh at start unless --key is given, and
+   * the routes come from the server (the Node object) unless --route is given. '' = off.
+   */
+  readonly tokenFile: string;
 }
+
+export const NODE_AUTH_MODES = ['peers', 'kubernetes'] as const;
+export type NodeAuth = (typeof NODE_AUTH_MODES)[number];
 
 export const DEFAULTS = {
   tun: 'nl0',
@@ -104,6 +122,8 @@ export const DEFAULTS = {
   pathCheckTimeoutMs: 3000,
   pathCheckPort: 10250,
   nodePollMs: 30_000,
+  serviceAccount: 'nodelink:nodelink-client',
+  tokenAudience: 'nodelink',
   statusIntervalS: 2,
   maxUnauthenticated: DEFAULT_ADMISSION_LIMITS.maxUnauthenticated,
   maxNewConnsPerSource: DEFAULT_ADMISSION_LIMITS.maxNewPerSourcePerSecond,
@@ -181,7 +201,27 @@ export const SERVER_SETTINGS: SettingsSpec = {
     default: false,
     describe: "also require a node's routes to be its Node object's InternalIPs and pod CIDRs",
   },
-  kubeconfig: { type: 'string', defaultText: KUBECONFIG_DEFAULT, describe: 'kubeconfig for --authorize-from-nodes' },
+  kubeconfig: {
+    type: 'string',
+    defaultText: KUBECONFIG_DEFAULT,
+    describe: 'kubeconfig for --node-auth kubernetes and --authorize-from-nodes',
+  },
+  'node-auth': {
+    type: 'string',
+    default: 'peers',
+    describe:
+      "how nodes prove who they are: 'peers' (a key in --peers) or 'kubernetes' (a projected service-account token, checked by TokenReview; nodes join as their Node objects appear)",
+  },
+  'service-account': {
+    type: 'string',
+    default: DEFAULTS.serviceAccount,
+    describe: "--node-auth kubernetes: the client pods' service account, namespace:name",
+  },
+  'token-audience': {
+    type: 'string',
+    default: DEFAULTS.tokenAudience,
+    describe: '--node-auth kubernetes: the audience client tokens must carry',
+  },
   cert: {
     type: 'string',
     defaultText: 'self-signed for --key',
@@ -254,7 +294,15 @@ export const CLIENT_SETTINGS: SettingsSpec = {
     defaultText: 'the --server host',
     describe: "with --ca: the DNS name the server's certificate must carry",
   },
-  key: { type: 'string', describe: 'private key file (mode 0600)' },
+  key: {
+    type: 'string',
+    describe: 'private key file (mode 0600); with --token-file, optional (a fresh key per start)',
+  },
+  'token-file': {
+    type: 'string',
+    describe:
+      'Kubernetes mode: the projected service-account token (audience nodelink), re-read at every dial; no key file or --route needed',
+  },
   name: {
     type: 'string',
     fallbackEnv: 'NODE_NAME',
@@ -423,11 +471,26 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
       throw new ConfigError(`--tunnel-cidr ${prefix} is too small: use at least a /30 (IPv4) or /126 (IPv6)`);
     return Prefix.fromAddress(prefix.firstHost());
   });
+  const nodeAuth = str(raw, 'node-auth', false) || 'peers';
+  if (!(NODE_AUTH_MODES as readonly string[]).includes(nodeAuth))
+    throw new ConfigError(`--node-auth must be ${NODE_AUTH_MODES.join(' or ')}, got "${nodeAuth}"`);
+  const kubernetes = nodeAuth === 'kubernetes';
+  const peersFile = str(raw, 'peers', !kubernetes);
+  if (kubernetes && peersFile)
+    throw new ConfigError(
+      '--peers and --node-auth kubernetes exclude each other: in Kubernetes mode the peers are the Node objects',
+    );
+  const serviceAccount = str(raw, 'service-account', false) || DEFAULTS.serviceAccount;
+  if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?:[a-z0-9]([-.a-z0-9]*[a-z0-9])?$/.test(serviceAccount))
+    throw new ConfigError(`--service-account must be namespace:name, got "${serviceAccount}"`);
   return Object.freeze({
     ...tunables(raw, DEFAULTS.serverAdminSocket),
     listen: parseEndpoint(str(raw, 'listen'), 'listen'),
     keyFile: str(raw, 'key'),
-    peersFile: str(raw, 'peers'),
+    peersFile,
+    nodeAuth: nodeAuth as NodeAuth,
+    serviceAccount,
+    tokenAudience: str(raw, 'token-audience', false) || DEFAULTS.tokenAudience,
     tunnelCidrs,
     tunnelAddresses,
     ...pathCheckSettings(raw),
@@ -481,9 +544,10 @@ function serverTrust(raw: RawOptions): Pick<ClientConfig, 'serverKey' | 'caFile'
 export function parseClientConfig(raw: RawOptions, env: Readonly<Record<string, string | undefined>>): ClientConfig {
   const routesFromNode = bool(raw, 'routes-from-node', false);
   const routes = list(raw, 'route').map((text) => cidr(text, 'route'));
-  if (routes.length === 0 && !routesFromNode)
+  const tokenFile = str(raw, 'token-file', false);
+  if (routes.length === 0 && !routesFromNode && !tokenFile)
     throw new ConfigError(
-      '--route is required: the node IP /32 and its pod CIDR, e.g. --route 198.19.0.11/32 --route 198.19.1.0/24 (or --routes-from-node)',
+      '--route is required: the node IP /32 and its pod CIDR, e.g. --route 198.19.0.11/32 --route 198.19.1.0/24 (or --routes-from-node, or --token-file in Kubernetes mode)',
     );
   const name = str(raw, 'name', false) || env['NODE_NAME'] || '';
   if (!name) throw new ConfigError("--name is required: this node's name in the peers file (or set NODE_NAME)");
@@ -500,7 +564,8 @@ export function parseClientConfig(raw: RawOptions, env: Readonly<Record<string, 
     server: servers[0]!,
     servers,
     ...serverTrust(raw),
-    keyFile: str(raw, 'key'),
+    keyFile: str(raw, 'key', !tokenFile),
+    tokenFile,
     name,
     routes,
     backoffBaseMs,
