@@ -1,10 +1,13 @@
-// Wiring of the Kubernetes features into the daemons: --routes-from-node (client) and
-// --authorize-from-nodes (server). @kubernetes/client-node is imported only when one of them is
-// on, because loading it costs about two seconds.
+// Wiring of the Kubernetes features into the daemons: --node-auth kubernetes and
+// --authorize-from-nodes (server), --routes-from-node (client). @kubernetes/client-node is
+// imported only when one of them is on, because loading it costs about two seconds.
 import type { Logger } from '../log.js';
 import type { Prefix } from '../routing/index.js';
 import { NodeRoutesWatcher, dedupe, nodeRouteChecker, routesFromNode, type NodeSource } from '../k8s/index.js';
 import { NodelinkError } from '../errors.js';
+import type { Hello, PeerConfig, PeerRegistry } from '../auth/index.js';
+import { NodeIdentityVerifier } from '../k8s/identity.js';
+import { authorizeNode, peersFromNodes } from '../k8s/node-peers.js';
 
 async function nodeSource(kubeconfig: string): Promise<NodeSource> {
   const { KubeNodeSource, loadKubeConfig } = await import('../k8s/api.js');
@@ -78,4 +81,85 @@ export async function nodeRouteCheck(
   }
   log.info({ api: api.server }, 'routes are checked against Node objects (--authorize-from-nodes)');
   return nodeRouteChecker(api);
+}
+
+/** Kubernetes mode on the server: the Node objects are the peers, tokens prove who is who. */
+export interface KubernetesNodeAuth {
+  /** The peers as the Node watch sees them now. */
+  readonly registry: PeerRegistry;
+  /** The LinkServer's hello check: the token's Node, and only that Node's routes. */
+  authorize(hello: Hello): Promise<{ peer: PeerConfig; routes: Prefix[] }>;
+  /** Calls `onChange` with the new peers after Nodes come, go or change (batched briefly). */
+  follow(onChange: (registry: PeerRegistry) => void): void;
+  readonly verifier: NodeIdentityVerifier;
+  stop(): void;
+}
+
+/** How long Node events are gathered before the peers change: one reload for a burst of joins. */
+const NODE_BATCH_MS = 200;
+
+/**
+ * Starts Kubernetes mode: one list of Nodes (a failure here fails the start with one line, so
+ * missing RBAC or credentials show at once), then a watch that keeps the peers current.
+ */
+export async function kubernetesNodeAuth(
+  config: {
+    kubeconfig: string;
+    serviceAccount: string;
+    tokenAudience: string;
+    tunnelCidrs: readonly Prefix[];
+  },
+  log: Logger,
+): Promise<KubernetesNodeAuth> {
+  const { loadKubeConfig } = await import('../k8s/api.js');
+  const { KubeIdentityApi, NodeWatch } = await import('../k8s/kube-identity.js');
+  const kc = loadKubeConfig(config.kubeconfig || undefined);
+  const verifier = new NodeIdentityVerifier(new KubeIdentityApi(kc), {
+    audience: config.tokenAudience,
+    serviceAccount: config.serviceAccount,
+  });
+  let current: PeerRegistry | undefined;
+  let listener: ((registry: PeerRegistry) => void) | undefined;
+  let batch: NodeJS.Timeout | undefined;
+  const reported = new Map<string, string>();
+  const watch = new NodeWatch(kc, {
+    log,
+    onNodes: (nodes) => {
+      const { registry, skipped } = peersFromNodes(nodes, config.tunnelCidrs);
+      for (const { node, why } of skipped) {
+        if (reported.get(node) !== why) log.warn({ node, why }, 'a Node cannot join the link');
+        reported.set(node, why);
+      }
+      for (const node of reported.keys()) if (!skipped.some((s) => s.node === node)) reported.delete(node);
+      const previous = current;
+      current = registry;
+      for (const peer of previous?.peers ?? []) {
+        if (!registry.findByName(peer.name)) verifier.forgetNode(peer.name);
+      }
+      if (!previous || !listener || batch) return;
+      batch = setTimeout(() => {
+        batch = undefined;
+        listener?.(current!);
+      }, NODE_BATCH_MS);
+    },
+  });
+  await watch.start();
+  log.info(
+    { api: kc.getCurrentCluster()?.server, nodes: current!.peers.length, serviceAccount: config.serviceAccount },
+    'nodes authenticate with service-account tokens (--node-auth kubernetes)',
+  );
+  return {
+    get registry() {
+      return current!;
+    },
+    authorize: (hello) => authorizeNode(verifier, () => current!, hello),
+    follow(onChange) {
+      listener = onChange;
+    },
+    verifier,
+    stop() {
+      if (batch) clearTimeout(batch);
+      watch.stop();
+    },
+  };
 }

@@ -94,5 +94,7 @@ export async function authorizeNode(
       `Node "${identity.node}" is not usable yet (no InternalIP or pod CIDR seen by the server's Node watch): retrying`,
     );
   }
+  // A client that announces nothing takes what its Node vouches for: zero-touch needs no --route.
+  if (hello.routes.length === 0) return { peer, routes: [...peer.allowedIPs] };
   return registry().authorizeRoutes(peer, hello.routes);
 }
