@@ -50,6 +50,9 @@ export const REJECTIONS = [
   'unknown_key', // the key is not in the server's peers file
   'name_mismatch', // the key belongs to another name in the peers file
   'route_not_allowed', // an announced route lies outside the peer's allowedIPs (or its Node object)
+  'token_rejected', // Kubernetes mode: TokenReview refused the token (expired, audience, deleted pod), or none
+  'wrong_service_account', // Kubernetes mode: the token is valid but for another service account
+  'wrong_node', // Kubernetes mode: the token's pod runs on another node than the hello names
 ] as const;
 
 export type Rejection = (typeof REJECTIONS)[number];

@@ -5,9 +5,9 @@ import type { Logger } from '../log.js';
 import type { Prefix } from '../routing/index.js';
 import { NodeRoutesWatcher, dedupe, nodeRouteChecker, routesFromNode, type NodeSource } from '../k8s/index.js';
 import { NodelinkError } from '../errors.js';
-import type { Hello, PeerConfig, PeerRegistry } from '../auth/index.js';
+import type { Hello, PeerRegistry } from '../auth/index.js';
 import { NodeIdentityVerifier } from '../k8s/identity.js';
-import { authorizeNode, peersFromNodes } from '../k8s/node-peers.js';
+import { authorizeNode, peersFromNodes, type NodeGrant } from '../k8s/node-peers.js';
 
 async function nodeSource(kubeconfig: string): Promise<NodeSource> {
   const { KubeNodeSource, loadKubeConfig } = await import('../k8s/api.js');
@@ -88,7 +88,7 @@ export interface KubernetesNodeAuth {
   /** The peers as the Node watch sees them now. */
   readonly registry: PeerRegistry;
   /** The LinkServer's hello check: the token's Node, and only that Node's routes. */
-  authorize(hello: Hello): Promise<{ peer: PeerConfig; routes: Prefix[] }>;
+  authorize(hello: Hello): Promise<NodeGrant>;
   /** Calls `onChange` with the new peers after Nodes come, go or change (batched briefly). */
   follow(onChange: (registry: PeerRegistry) => void): void;
   readonly verifier: NodeIdentityVerifier;
@@ -152,7 +152,7 @@ export async function kubernetesNodeAuth(
     get registry() {
       return current!;
     },
-    authorize: (hello) => authorizeNode(verifier, () => current!, hello),
+    authorize: (hello) => authorizeNode(verifier, hello),
     follow(onChange) {
       listener = onChange;
     },

@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import { decodeKey, readKeyFile } from '../auth/index.js';
+import { AuthError, decodeKey, generateSeed, keyPairFromSeed, readKeyFile, readNamedFile } from '../auth/index.js';
 import { processDebug } from '../admin/index.js';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
@@ -44,7 +44,12 @@ function enableForwarding(routes: readonly Prefix[], log: Logger): void {
 
 export async function runClient(config: ClientConfig, start: StartSettings): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'client', node: config.name }, config.logFormat);
-  const keyPair = readKeyFile(config.keyFile);
+  // Kubernetes mode needs no key file: the token proves who this node is, and the key only binds
+  // each hello to its TLS session, so a fresh one per start does.
+  const keyPair = config.keyFile ? readKeyFile(config.keyFile) : keyPairFromSeed(generateSeed());
+  const token = config.tokenFile ? () => readToken(config.tokenFile) : undefined;
+  if (token) token();
+  const routesFromServer = Boolean(config.tokenFile) && config.routes.length === 0 && !config.routesFromNode;
   const serverKey = config.serverKey ? decodeKey(config.serverKey, '--server-key') : undefined;
   const ca = config.caFile ? readCaFile(config.caFile) : undefined;
   const fromNode = config.routesFromNode ? await routesFromKubernetes(config, log) : undefined;
@@ -72,6 +77,11 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
       keyPair,
       name: config.name,
       routes,
+      token,
+      routesFromServer,
+      onRoutes: (granted) => {
+        if (config.enableForwarding) enableForwarding(granted, log);
+      },
       tun: view ?? tun,
       connection: connectionOptions(config),
       handshakeTimeoutMs: config.handshakeTimeoutMs,
@@ -184,4 +194,17 @@ function combinedStatus(clients: readonly LinkClient[]): DaemonStatus {
     peers: all.flatMap((status) => status.peers),
     replicas: all.flatMap((status) => status.replicas ?? []),
   };
+}
+
+/** The projected token as the kubelet wrote it last; one line naming the file if it cannot be read. */
+function readToken(path: string): string {
+  const text = readNamedFile(
+    path,
+    'token file',
+    'mount a projected serviceAccountToken volume there (deploy/base), or fix --token-file',
+    (message) => new AuthError('token_file', message),
+  ).trim();
+  if (!text)
+    throw new AuthError('token_file', `token file ${path} is empty: the kubelet has not written the token yet`);
+  return text;
 }

@@ -4,18 +4,20 @@ import { processDebug } from '../admin/index.js';
 import { LinkServer, loadServerCertificate } from '../link-server/index.js';
 import { LinuxTun, ipBatch, routeDeleteCommand, routeReplaceCommand } from '../tun/index.js';
 import { createLogger } from '../log.js';
+import { userMessage } from '../errors.js';
 import type { Prefix } from '../routing/index.js';
 import { tunnelSource, type ServerConfig } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { serverObservability } from './observe.js';
-import { nodeRouteCheck } from './kubernetes.js';
+import { kubernetesNodeAuth, nodeRouteCheck } from './kubernetes.js';
 import { onReload, settingsReloader, type StartSettings } from './reload.js';
 
 export async function runServer(config: ServerConfig, start: StartSettings): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'server' }, config.logFormat);
   // Everything that can be wrong with the input is checked before any device is created.
   const keyPair = readKeyFile(config.keyFile);
-  const registry = readPeersFile(config.peersFile, config.tunnelCidrs);
+  const kubernetes = config.nodeAuth === 'kubernetes' ? await kubernetesNodeAuth(config, log) : undefined;
+  const registry = kubernetes?.registry ?? readPeersFile(config.peersFile, config.tunnelCidrs);
   const loadCertificate = () =>
     config.certFile ? loadServerCertificate(config.certFile, config.certKeyFile || undefined, keyPair) : undefined;
   const certificate = loadCertificate();
@@ -48,6 +50,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     log,
     observer: observe.metrics,
     checkRoutes,
+    authorizeHello: kubernetes?.authorize,
     certificate,
     limits: {
       maxUnauthenticated: config.maxUnauthenticated,
@@ -67,11 +70,18 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     );
     await observe.start();
   } catch (err) {
+    kubernetes?.stop();
     observe.close();
     await server.stop();
     await tun.close();
     throw err;
   }
+  // Kubernetes mode: Nodes that come, go or change move the peers and their kernel routes.
+  kubernetes?.follow((nodes) => {
+    server
+      .reload(nodes, 'nodes')
+      .catch((err: unknown) => log.error({ err: userMessage(err) }, 'cannot apply Node changes'));
+  });
   // SIGHUP: bad settings, a bad peers file or a bad certificate are refused with one line and the
   // old ones stay.
   onReload(
@@ -92,11 +102,13 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     }),
     log,
   );
-  onReload(
-    'peers',
-    () => server.reload(readPeersFile(config.peersFile, config.tunnelCidrs)).then(() => undefined),
-    log,
-  );
+  if (!kubernetes) {
+    onReload(
+      'peers',
+      () => server.reload(readPeersFile(config.peersFile, config.tunnelCidrs)).then(() => undefined),
+      log,
+    );
+  }
   if (config.certFile) {
     onReload(
       'certificate',
@@ -112,6 +124,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     'server ready',
   );
   onShutdownSignal(log, 2000, async () => {
+    kubernetes?.stop();
     observe.close();
     await Promise.race([server.stop(), new Promise((resolve) => setTimeout(resolve, 1000))]);
     await tun.close();

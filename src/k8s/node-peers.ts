@@ -64,16 +64,17 @@ function overlapWith(claimed: PrefixTable<string>, route: Prefix): string | unde
   return undefined;
 }
 
+/** Decides, on the peers in force, what a node whose identity is proven may carry. */
+export type NodeGrant = (registry: PeerRegistry) => { peer: PeerConfig; routes: Prefix[] };
+
 /**
- * Admits a hello in Kubernetes mode: its token must speak for the Node it names, and it may
- * announce only routes inside that Node's addresses and pod CIDRs. Refusals (AuthError) are
- * final and say why; KubernetesError means the API could not be asked and the node retries.
+ * Admits a hello in Kubernetes mode, in two steps. First, asynchronously, its token must speak
+ * for the Node it names (TokenReview). Then, on the peers in force at that moment (the caller's,
+ * which may have moved meanwhile), it may carry only that Node's addresses and pod CIDRs.
+ * Refusals (AuthError) are final and say why; KubernetesError means "not now", and the node
+ * retries.
  */
-export async function authorizeNode(
-  verifier: NodeIdentityVerifier,
-  registry: () => PeerRegistry,
-  hello: Hello,
-): Promise<{ peer: PeerConfig; routes: Prefix[] }> {
+export async function authorizeNode(verifier: NodeIdentityVerifier, hello: Hello): Promise<NodeGrant> {
   if (!hello.token) {
     throw new AuthError(
       'token_rejected',
@@ -87,14 +88,16 @@ export async function authorizeNode(
       `the token belongs to pod ${identity.pod} on node "${identity.node}", not to "${hello.name}": set --name (NODE_NAME) to spec.nodeName`,
     );
   }
-  const peer = registry().findByName(identity.node);
-  if (!peer) {
-    throw new KubernetesError(
-      'k8s_node',
-      `Node "${identity.node}" is not usable yet (no InternalIP or pod CIDR seen by the server's Node watch): retrying`,
-    );
-  }
-  // A client that announces nothing takes what its Node vouches for: zero-touch needs no --route.
-  if (hello.routes.length === 0) return { peer, routes: [...peer.allowedIPs] };
-  return registry().authorizeRoutes(peer, hello.routes);
+  return (registry) => {
+    const peer = registry.findByName(identity.node);
+    if (!peer) {
+      throw new KubernetesError(
+        'k8s_node',
+        `Node "${identity.node}" is not usable yet (no InternalIP or pod CIDR seen by the server's Node watch): retrying`,
+      );
+    }
+    // A client that announces nothing takes what its Node vouches for: zero-touch needs no --route.
+    if (hello.routes.length === 0) return { peer, routes: [...peer.allowedIPs] };
+    return registry.authorizeRoutes(peer, hello.routes);
+  };
 }

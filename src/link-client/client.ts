@@ -31,6 +31,17 @@ export interface LinkClientOptions extends SessionOptions {
   readonly observer?: LinkObserver;
   /** This server's name in status and metrics (default 'server'; one per server when there are several). */
   readonly peerName?: string;
+  /**
+   * Kubernetes mode: the projected service-account token, read anew for every hello (the kubelet
+   * rotates the file). Throwing fails this dial, which is retried with backoff.
+   */
+  readonly token?: () => string;
+  /**
+   * Kubernetes mode without --route: announce nothing and carry the routes the server grants
+   * (the Node object's), as the Welcome lists them; `onRoutes` hears each new set.
+   */
+  readonly routesFromServer?: boolean;
+  readonly onRoutes?: (routes: readonly Prefix[]) => void;
 }
 
 export const DEFAULT_REPLICA_SEARCH_CAP_MS = 10_000;
@@ -161,7 +172,12 @@ export class LinkClient {
     if (this.stopped || this.dialing) return;
     const { options } = this;
     this.dialing = new ClientSession(options, {
-      hello: (): HelloBody => ({ name: options.name, routes: this.routes.map(String), held: this.replicas.heldIds() }),
+      hello: (): HelloBody => ({
+        name: options.name,
+        routes: options.routesFromServer ? [] : this.routes.map(String),
+        held: this.replicas.heldIds(),
+        ...(options.token ? { token: options.token() } : {}),
+      }),
       welcomed: (session, welcome) => this.onWelcome(session, welcome),
       data: (session, packet) => this.onServerPacket(session, packet),
       closed: (session, code, reason, byPeer, failure) => this.onClosed(session, code, reason, byPeer, failure),
@@ -187,6 +203,7 @@ export class LinkClient {
   private onWelcome(session: ClientSession, welcome: Welcome): void {
     const { options } = this;
     this.dialing = undefined;
+    if (options.routesFromServer && !this.adoptGrantedRoutes(session, welcome)) return;
     const now = Date.now();
     const slot = this.replicas.admit(welcome.serverId, welcome.serverCount, now);
     if (typeof slot !== 'number') {
@@ -222,6 +239,21 @@ export class LinkClient {
     options.observer?.connected?.(replica.peerName);
     this.scheduleDial('new_replica');
     void this.installTunnelRoutes(session, welcome);
+  }
+
+  /** Kubernetes mode without --route: this node carries what the server granted (its Node's routes). */
+  private adoptGrantedRoutes(session: ClientSession, welcome: Welcome): boolean {
+    const granted = welcome.routes?.map((cidr) => Prefix.parse(cidr)) ?? [];
+    if (granted.length === 0) {
+      session.close(CloseCode.ProtocolError, 'the server granted this node no routes: check its Node object');
+      return false;
+    }
+    if (granted.map(String).join() !== this.routes.map(String).join()) {
+      this.useRoutes(granted);
+      this.options.log.info({ routes: granted.map(String) }, 'routes granted by the server (the Node object)');
+      this.options.onRoutes?.(granted);
+    }
+    return true;
   }
 
   private async installTunnelRoutes(session: ClientSession, welcome: Welcome): Promise<void> {

@@ -82,8 +82,17 @@ export class ClientSession {
         host: socket.remoteAddress ?? options.host,
         port: socket.remotePort ?? options.port,
       });
+      let hello: HelloBody;
+      try {
+        hello = events.hello();
+      } catch (err) {
+        // The token file could not be read: this dial fails, and the next one reads it again.
+        options.log.error({ err: userMessage(err) }, 'cannot build the hello');
+        socket.destroy(new DialError('connection_error', userMessage(err)));
+        return;
+      }
       const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
-      this.connection.sendControl(FrameType.Hello, encodeHello(options.keyPair, exporter, events.hello()));
+      this.connection.sendControl(FrameType.Hello, encodeHello(options.keyPair, exporter, hello));
     });
     this.connection = new FramedConnection(
       socket,

@@ -6,13 +6,23 @@
  * admission let through; forward.ts carries the session's packets.
  */
 import type { TLSSocket } from 'node:tls';
-import { AuthError, EXPORTER_BYTES, EXPORTER_LABEL, verifyHello, type Hello } from '../auth/index.js';
+import {
+  AuthError,
+  EXPORTER_BYTES,
+  EXPORTER_LABEL,
+  verifyHello,
+  type Hello,
+  type PeerConfig,
+  type PeerRegistry,
+} from '../auth/index.js';
 import {
   CloseCode,
   DEFAULT_MAX_HELLO_PAYLOAD,
   DEFAULT_MAX_PAYLOAD,
   FrameType,
   closeCodeName,
+  encodeWelcome,
+  type Welcome,
 } from '../protocol/index.js';
 import { REJECTIONS, isReason, type HandshakeFailure, type Refusal } from '../reasons.js';
 import { formatEndpoint, type Prefix } from '../routing/index.js';
@@ -27,13 +37,20 @@ import type { PeerState, Peers, Session } from './peers.js';
 export interface HandshakeContext {
   readonly peers: Peers;
   readonly forwarder: Forwarder;
-  /** The Welcome payload, the same for every node. */
-  readonly welcome: Buffer;
+  /** The Welcome's fields that are the same for every node; each session adds its routes. */
+  readonly welcome: Welcome;
   /** This replica's name in the Welcome; '' = none. */
   readonly serverId: string;
   readonly connection: ConnectionOptions;
   readonly handshakeTimeoutMs: number;
   readonly checkRoutes?: (name: string, routes: readonly Prefix[]) => Promise<void>;
+  /**
+   * Kubernetes mode: decides on a verified hello instead of the peers file's key lookup (its
+   * token names the Node). AuthError refuses the node; any other error is transient.
+   */
+  readonly authorizeHello?: (
+    hello: Hello,
+  ) => Promise<(registry: PeerRegistry) => { peer: PeerConfig; routes: Prefix[] }>;
   readonly log: Logger;
   readonly observer?: LinkObserver;
   /** Set once the server stops: a handshake that completes afterwards must not open a session. */
@@ -102,7 +119,13 @@ export class NodeConnection {
     let authorized: { peer: PeerState; routes: Prefix[] };
     try {
       hello = verifyHello(payload, this.socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0)));
-      authorized = ctx.peers.authorize(hello);
+      if (ctx.authorizeHello) {
+        const found = await this.authorizeWith(ctx.authorizeHello, hello);
+        if (!found) return;
+        authorized = found;
+      } else {
+        authorized = ctx.peers.authorize(hello);
+      }
     } catch (err) {
       this.reject(err);
       return;
@@ -152,6 +175,40 @@ export class NodeConnection {
     this.open(authorized.peer, authorized.routes);
   }
 
+  /**
+   * Asks an asynchronous authority (Kubernetes mode). Undefined when the connection must not go
+   * on: it closed meanwhile, the server is stopping, or the authority could not answer now (the
+   * node is told to retry, with the cause).
+   */
+  private async authorizeWith(
+    authorize: NonNullable<HandshakeContext['authorizeHello']>,
+    hello: Hello,
+  ): Promise<{ peer: PeerState; routes: Prefix[] } | undefined> {
+    const { ctx, connection } = this;
+    let decided: { peer: PeerConfig; routes: Prefix[] };
+    try {
+      const decide = await authorize(hello);
+      if (connection.isClosed) return undefined;
+      if (ctx.isStopping()) {
+        connection.close(CloseCode.ServerShutdown, 'server is shutting down');
+        return undefined;
+      }
+      // Decided on the peers in force now: they may have moved while the authority answered.
+      decided = decide(ctx.peers.registry);
+    } catch (err) {
+      if (err instanceof AuthError) throw err;
+      ctx.log.warn(
+        { node: hello.name, endpoint: this.endpoint, detail: userMessage(err) },
+        'cannot verify a node now: it will retry',
+      );
+      connection.close(CloseCode.Internal, `the server cannot admit this node now (${userMessage(err)})`);
+      return undefined;
+    }
+    // A reload replaces the registry and byKey in one step, so every entry of one is in the other.
+    const peer = ctx.peers.byKey.get(decided.peer.publicKeyText)!;
+    return { peer, routes: decided.routes };
+  }
+
   /** The hello is accepted: the session opens, replacing the peer's previous one. */
   private open(peer: PeerState, routes: readonly Prefix[]): void {
     const { ctx, connection, endpoint } = this;
@@ -161,7 +218,7 @@ export class NodeConnection {
     const previous = ctx.peers.open(session);
     previous?.connection.close(CloseCode.Replaced, `replaced by a new connection from ${endpoint}`);
     connection.setMaxPayload(DEFAULT_MAX_PAYLOAD);
-    connection.sendControl(FrameType.Welcome, ctx.welcome);
+    connection.sendControl(FrameType.Welcome, encodeWelcome({ ...ctx.welcome, routes: routes.map(String) }));
     connection.startKeepalive();
     ctx.log.info(
       { peer: peer.config.name, endpoint, routes: routes.map(String), replaced: previous !== undefined },

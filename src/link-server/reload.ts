@@ -19,6 +19,13 @@ export interface ReloadSummary {
   readonly routesRemoved: string[];
 }
 
+/**
+ * Where the peers come from. A peers file is an operator's decision: a node it drops or no longer
+ * allows is told so and exits. Node objects change under a running node (a pod CIDR moves): such
+ * a node is told to reconnect and takes its new routes; a deleted Node's node is told so.
+ */
+export type PeerSource = 'peers-file' | 'nodes';
+
 /** The kernel side of a reload; removeRoutes is optional (without it routes stay in place). */
 export interface KernelRoutes {
   readonly installRoutes: (cidrs: readonly Prefix[]) => Promise<void>;
@@ -42,6 +49,7 @@ export async function reloadPeers(
   registry: PeerRegistry,
   kernel: KernelRoutes,
   log: Logger,
+  source: PeerSource = 'peers-file',
 ): Promise<ReloadSummary> {
   const before = new Set(peers.registry.peers.flatMap((peer) => peer.allowedIPs.map(String)));
   const after = new Set(registry.peers.flatMap((peer) => peer.allowedIPs.map(String)));
@@ -67,7 +75,7 @@ export async function reloadPeers(
       summary.added.push(config.name);
     } else if (!samePeer(state.config, config)) {
       summary.changed.push(config.name);
-      const ending = sessionEndedBy(state, config);
+      const ending = sessionEndedBy(state, config, source);
       if (ending) closing.push(ending);
       state.config = config;
     }
@@ -78,7 +86,10 @@ export async function reloadPeers(
     peers.byKey.delete(key);
     summary.removed.push(state.config.name);
     if (state.session) {
-      const reason = `peer "${state.config.name}" was removed from the server's peers file`;
+      const reason =
+        source === 'nodes'
+          ? `Node "${state.config.name}" was deleted from the cluster`
+          : `peer "${state.config.name}" was removed from the server's peers file`;
       closing.push([state.session, CloseCode.AuthFailed, reason]);
     }
   }
@@ -92,12 +103,16 @@ export async function reloadPeers(
   if (summary.routesRemoved.length > 0 && kernel.removeRoutes) {
     await kernel.removeRoutes(summary.routesRemoved.map((cidr) => Prefix.parse(cidr)));
   }
-  log.info(summary, 'peers file reloaded');
+  log.info(summary, source === 'nodes' ? 'peers follow the Node objects' : 'peers file reloaded');
   return summary;
 }
 
 /** The session a changed entry ends, with the close it gets, if the change ends it. */
-function sessionEndedBy(state: PeerState, config: PeerConfig): [Session, CloseCode, string] | undefined {
+function sessionEndedBy(
+  state: PeerState,
+  config: PeerConfig,
+  source: PeerSource,
+): [Session, CloseCode, string] | undefined {
   const { session } = state;
   if (!session) return undefined;
   if (config.name !== state.config.name) {
@@ -105,6 +120,13 @@ function sessionEndedBy(state: PeerState, config: PeerConfig): [Session, CloseCo
       session,
       CloseCode.AuthFailed,
       `this key now belongs to peer "${config.name}" in the server's peers file, not "${state.config.name}": fix --name`,
+    ];
+  }
+  if (source === 'nodes' && !sameRoutes(session.routes, config.allowedIPs)) {
+    return [
+      session,
+      CloseCode.Internal,
+      `Node "${config.name}" changed its addresses or pod CIDRs (now ${config.allowedIPs.join(', ')}): reconnect to carry them`,
     ];
   }
   if (!session.routes.every((route) => config.allowedIPs.some((allowed) => allowed.contains(route)))) {
@@ -115,6 +137,10 @@ function sessionEndedBy(state: PeerState, config: PeerConfig): [Session, CloseCo
     ];
   }
   return undefined;
+}
+
+function sameRoutes(a: readonly Prefix[], b: readonly Prefix[]): boolean {
+  return a.length === b.length && a.every((prefix) => b.some((other) => other.equals(prefix)));
 }
 
 function samePeer(a: PeerConfig, b: PeerConfig): boolean {

@@ -18,7 +18,7 @@ import {
   type TLSSocket,
 } from 'node:tls';
 import type { KeyPair, PeerRegistry } from '../auth/index.js';
-import { CloseCode, encodeWelcome } from '../protocol/index.js';
+import { CloseCode } from '../protocol/index.js';
 import { formatEndpoint, type Prefix } from '../routing/index.js';
 import type { Refusal } from '../reasons.js';
 import type { TunDevice } from '../tun/index.js';
@@ -32,7 +32,7 @@ import { Admission, DEFAULT_ADMISSION_LIMITS, type AdmissionLimits } from './adm
 import { Forwarder } from './forward.js';
 import { NodeConnection, type HandshakeContext } from './handshake.js';
 import { Peers } from './peers.js';
-import { reloadPeers, type ReloadSummary } from './reload.js';
+import { reloadPeers, type PeerSource, type ReloadSummary } from './reload.js';
 import { serverStatus } from './status.js';
 
 export type { ReloadSummary };
@@ -59,6 +59,8 @@ export interface LinkServerOptions {
    * other error (the check's backend is down) closes with `internal`, and the node retries.
    */
   readonly checkRoutes?: (name: string, routes: readonly Prefix[]) => Promise<void>;
+  /** Kubernetes mode: the hello check that replaces the peers file's key lookup (handshake.ts). */
+  readonly authorizeHello?: HandshakeContext['authorizeHello'];
   /** A CA-signed certificate (--cert); without one the server presents a self-signed one of its key. */
   readonly certificate?: ServerCertificate;
   /** Limits on connections that have not authenticated yet (see admission.ts). */
@@ -109,16 +111,17 @@ export class LinkServer {
     this.handshake = {
       peers: this.peers,
       forwarder: this.forwarder,
-      welcome: encodeWelcome({
+      welcome: {
         tunnelCidrs: options.tunnelCidrs.map(String),
         serverAddresses: this.tunnelAddressTexts,
         serverId: options.serverId ?? '',
         serverCount: options.serverCount ?? 1,
-      }),
+      },
       serverId: options.serverId ?? '',
       connection: options.connection,
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       checkRoutes: options.checkRoutes,
+      authorizeHello: options.authorizeHello,
       log: options.log,
       observer: options.observer,
       isStopping: () => this.stopping,
@@ -175,9 +178,9 @@ export class LinkServer {
     await new Promise<void>((resolve) => (this.listener ? this.listener.close(() => resolve()) : resolve()));
   }
 
-  /** Applies a new peers file (SIGHUP); see reload.ts. */
-  reload(registry: PeerRegistry): Promise<ReloadSummary> {
-    return reloadPeers(this.peers, registry, this.options, this.options.log);
+  /** Applies a new peers file (SIGHUP), or new Node objects in Kubernetes mode; see reload.ts. */
+  reload(registry: PeerRegistry, source: PeerSource = 'peers-file'): Promise<ReloadSummary> {
+    return reloadPeers(this.peers, registry, this.options, this.options.log, source);
   }
 
   status(): DaemonStatus {

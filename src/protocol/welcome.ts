@@ -17,6 +17,11 @@ export interface Welcome {
   readonly serverId: string;
   /** How many replicas serve behind that address (server count); 1 from an older server. */
   readonly serverCount: number;
+  /**
+   * The routes this session carries, as the server authorized them. A node in Kubernetes mode
+   * that announced none takes these (its Node object's addresses and pod CIDRs).
+   */
+  readonly routes?: readonly string[];
 }
 
 /** What a server ID may be: also the form of each entry of the hello's list of held replicas. */
@@ -26,6 +31,8 @@ export const MAX_SERVER_COUNT = 16;
 
 /** More than any server sends (one of each per address family), few enough to bound the parse. */
 const MAX_ENTRIES = 16;
+/** As many routes as a hello may announce. */
+const MAX_ROUTES = 256;
 
 export function encodeWelcome(welcome: Welcome): Buffer {
   return Buffer.from(
@@ -35,6 +42,7 @@ export function encodeWelcome(welcome: Welcome): Buffer {
       // A server without an ID leaves it out, as an older one does ('' is no ID on the wire).
       serverId: welcome.serverId || undefined,
       serverCount: welcome.serverCount,
+      routes: welcome.routes,
     }),
     'utf8',
   );
@@ -62,6 +70,7 @@ export function decodeWelcome(payload: Uint8Array): Welcome {
       fields['serverAddresses'] === undefined ? [] : texts(fields['serverAddresses'], 'serverAddresses', isAddressText),
     serverId: serverId(fields['serverId']),
     serverCount: serverCount(fields['serverCount']),
+    ...(fields['routes'] === undefined ? {} : { routes: texts(fields['routes'], 'routes', isCidrText, MAX_ROUTES) }),
   };
 }
 
@@ -85,15 +94,15 @@ function serverCount(value: unknown): number {
   return value;
 }
 
-function texts(value: unknown, field: string, valid: (text: string) => boolean): string[] {
-  if (!Array.isArray(value) || value.length > MAX_ENTRIES) {
-    throw new ProtocolError('bad_payload', `welcome ${field} is not a list of at most ${MAX_ENTRIES} entries`);
+function texts(value: unknown, field: string, valid: (text: string) => boolean, max = MAX_ENTRIES): string[] {
+  if (!Array.isArray(value) || value.length > max) {
+    throw new ProtocolError('bad_payload', `welcome ${field} is not a list of at most ${max} entries`);
   }
   for (const entry of value) {
     if (typeof entry !== 'string' || !valid(entry)) {
       throw new ProtocolError(
         'bad_payload',
-        `welcome ${field} holds ${JSON.stringify(entry)}, not an IP address${field === 'tunnelCidrs' ? '/length' : ''}`,
+        `welcome ${field} holds ${JSON.stringify(entry)}, not an IP address${valid === isCidrText ? '/length' : ''}`,
       );
     }
   }

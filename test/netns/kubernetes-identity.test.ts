@@ -24,6 +24,7 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
   let kubeconfig: string;
   let server: ManagedProcess;
   const extra: ManagedProcess[] = [];
+  const pods = new Set<number>();
 
   const tokenFile = (label: string, token: string): string => {
     const file = path.join(rig.h.dir, `${label}.token`);
@@ -35,7 +36,9 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
   };
   const podToken = async (n: number, opts: { audience?: string; account?: string; expiresInSec?: number } = {}) => {
     const pod = `nodelink-client-${n}`;
-    await control.upsertPod({ namespace: NS, name: pod, nodeName: rig.h.nodeName(n) });
+    // Re-creating a pod gives it a new UID and voids its earlier tokens, as in a real cluster.
+    if (!pods.has(n)) await control.upsertPod({ namespace: NS, name: pod, nodeName: rig.h.nodeName(n) });
+    pods.add(n);
     return control.mint({
       namespace: NS,
       serviceAccount: opts.account ?? SA,
@@ -45,7 +48,7 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
     });
   };
   /** A client with a token and nothing else: no key file, no routes. */
-  const startTokenClient = (n: number, token: string, opts: { name?: string; label?: string } = {}) => {
+  const startTokenClient = (n: number, token: string, opts: { name?: string; label?: string; tun?: string } = {}) => {
     const label = opts.label ?? `k8s-client-${n}`;
     const args = [
       process.execPath,
@@ -61,6 +64,8 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
       opts.name ?? rig.h.nodeName(n),
       '--admin-socket',
       path.join(rig.h.dir, `${label}.sock`),
+      '--tun',
+      opts.tun ?? 'nl0',
       '--backoff-base-ms',
       '200',
       '--backoff-cap-ms',
@@ -144,10 +149,19 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
       ['account', await podToken(1, { account: 'default' }), /not to system:serviceaccount/],
     ];
     const procs = cases.map(([label, token], i) =>
-      startTokenClient(1, token, { label: `bad-${label}`, ...(i === 0 ? { name: rig.h.nodeName(2) } : {}) }),
+      startTokenClient(1, token, {
+        label: `bad-${label}`,
+        tun: `nlbad${i}`,
+        ...(i === 0 ? { name: rig.h.nodeName(2) } : {}),
+      }),
     );
     for (const [i, [label, , reason]] of cases.entries()) {
-      await rig.h.waitFor(async () => reason.test(procs[i]!.output()), 15_000, `${label} refused with its reason`);
+      await rig.h
+        .waitFor(async () => reason.test(procs[i]!.output()), 15_000, `${label} refused with its reason`)
+        .catch((err: unknown) => {
+          console.log(procs[i]!.output());
+          throw err;
+        });
     }
     await Promise.all(procs.map((proc) => proc.stop()));
     expect(await connected()).to.have.members([rig.h.nodeName(1), rig.h.nodeName(2)]);
@@ -193,9 +207,9 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
     let rounds = 0;
     while (Date.now() < deadline) {
       for (const n of [1, 3]) {
-        expect((await rig.h.curl(rig.h.ns.cp, rig.h.kubeletURL(n))).ok, `kubelet ${n} while the API is away`).to.equal(
-          true,
-        );
+        const ok = (await rig.h.curl(rig.h.ns.cp, rig.h.kubeletURL(n))).ok;
+        if (!ok) console.log(server.output().slice(-3000), extra.map((p) => p.output().slice(-1500)).join('\n----\n'));
+        expect(ok, `kubelet ${n} while the API is away`).to.equal(true);
       }
       rounds++;
       await sleep(2000);

@@ -219,18 +219,18 @@ describe('Kubernetes-mode peers: one per Node, allowed exactly its addresses and
       routes,
       ...(token ? { token } : {}),
     });
-    const ok = await authorizeNode(verifier, () => registry, hello('node-a', 'node-a', ['198.19.1.0/24']));
+    const ok = (await authorizeNode(verifier, hello('node-a', 'node-a', ['198.19.1.0/24'])))(registry);
     expect(ok.peer.name).to.equal('node-a');
-    const claimsB = await rejection(
-      authorizeNode(verifier, () => registry, hello('node-b', 'node-a', ['198.19.2.0/24'])),
-    );
+    const all = (await authorizeNode(verifier, hello('node-a', 'node-a', [])))(registry);
+    expect(all.routes.map(String)).to.deep.equal(['198.19.0.10/32', '198.19.1.0/24']);
+    const claimsB = await rejection(authorizeNode(verifier, hello('node-b', 'node-a', ['198.19.2.0/24'])));
     expect((claimsB as AuthError).code).to.equal('wrong_node');
     expect(claimsB.message).to.match(/on node "node-a", not to "node-b"/);
-    const routesOfB = await rejection(
-      authorizeNode(verifier, () => registry, hello('node-a', 'node-a', ['198.19.2.0/24'])),
-    );
-    expect((routesOfB as AuthError).code).to.equal('route_not_allowed');
-    const noToken = await rejection(authorizeNode(verifier, () => registry, hello('node-a', undefined, [])));
+    const grantB = await authorizeNode(verifier, hello('node-a', 'node-a', ['198.19.2.0/24']));
+    expect(() => grantB(registry)).to.throw(AuthError, /outside allowedIPs/);
+    const gone = await authorizeNode(verifier, hello('node-c', 'node-c', []));
+    expect(() => gone(registry)).to.throw(KubernetesError, /not usable yet/);
+    const noToken = await rejection(authorizeNode(verifier, hello('node-a', undefined, [])));
     expect(noToken.message).to.match(/--token-file/);
   });
 });
