@@ -8,9 +8,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CLI } from '../../scripts/cluster.js';
-import type { ManagedProcess } from '../../scripts/harness.js';
+import type { ManagedProcess } from '../../scripts/harness/index.js';
 import { StandinControl } from '../../scripts/kube-standin-control.js';
-import { clusterRig, leavesNothingBehind } from './root.js';
+import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
+import { waitFor } from '../support/wait.js';
 
 const STANDIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'kube-standin.js');
 const NS = 'nodelink';
@@ -91,7 +92,7 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
       [process.execPath, STANDIN, '--listen', '127.0.0.1:6443', '--control', socket, '--kubeconfig', kubeconfig],
       { name: 'kube-standin' },
     );
-    await rig.h.waitForOutput(standin, 'kube-standin ready', 15_000);
+    await standin.waitForOutput('kube-standin ready', 15_000);
     control = new StandinControl(socket);
     await addNode(1);
     await addNode(2);
@@ -121,7 +122,7 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
       { name: 'nodelink-server-k8s' },
     );
     rig.cluster.server = server;
-    await rig.h.waitForOutput(server, 'server ready', 20_000);
+    await server.waitForOutput('server ready', 20_000);
   });
 
   after(async () => {
@@ -132,7 +133,7 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
   it('two nodes join with a projected token and nothing else; the control plane reaches their kubelets and pods', async () => {
     startTokenClient(1, await podToken(1));
     startTokenClient(2, await podToken(2));
-    await rig.h.waitFor(async () => (await connected()).length === 2, 20_000, 'both nodes connected');
+    await waitFor('both nodes connected', async () => (await connected()).length === 2, 20_000);
     for (const n of [1, 2]) {
       expect((await rig.h.curl(rig.h.ns.cp, rig.h.kubeletURL(n))).ok, `kubelet ${n}`).to.equal(true);
       expect((await rig.h.curl(rig.h.ns.cp, rig.h.podURL(n, 1))).ok, `pod of node ${n}`).to.equal(true);
@@ -156,12 +157,7 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
       }),
     );
     for (const [i, [label, , reason]] of cases.entries()) {
-      await rig.h
-        .waitFor(async () => reason.test(procs[i]!.output()), 15_000, `${label} refused with its reason`)
-        .catch((err: unknown) => {
-          console.log(procs[i]!.output());
-          throw err;
-        });
+      await waitFor(`${label} refused with its reason`, () => reason.test(procs[i]!.output()), 15_000);
     }
     await Promise.all(procs.map((proc) => proc.stop()));
     expect(await connected()).to.have.members([rig.h.nodeName(1), rig.h.nodeName(2)]);
@@ -171,7 +167,7 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
     const started = Date.now();
     await addNode(3);
     startTokenClient(3, await podToken(3));
-    await rig.h.waitFor(async () => (await connected()).includes(rig.h.nodeName(3)), 20_000, 'node 3 joined');
+    await waitFor('node 3 joined', async () => (await connected()).includes(rig.h.nodeName(3)), 20_000);
     console.log(`      node 3 joined ${Date.now() - started} ms after its Node object was created`);
     expect((await rig.h.curl(rig.h.ns.cp, rig.h.kubeletURL(3))).ok).to.equal(true);
   });
@@ -179,24 +175,24 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
   it('a pod CIDR change moves the routes', async () => {
     const moved = '198.19.99.0/24';
     await addNode(3, moved);
-    await rig.h.waitFor(
+    await waitFor(
+      "node 3's kernel route moved to its new pod CIDR",
       async () => {
         const routes = await serverRoutes();
         return routes.includes(moved) && !routes.includes(rig.h.podCIDR(3));
       },
       10_000,
-      "node 3's kernel route moved to its new pod CIDR",
     );
   });
 
   it('a deleted Node loses its session and kernel routes within 10 s', async () => {
     const started = Date.now();
     await control.deleteNode(rig.h.nodeName(2));
-    await rig.h.waitFor(
+    await waitFor(
+      'node 2 session and routes gone',
       async () =>
         !(await connected()).includes(rig.h.nodeName(2)) && !(await serverRoutes()).includes(rig.h.podCIDR(2)),
       10_000,
-      'node 2 session and routes gone',
     );
     console.log(`      node 2 removed ${Date.now() - started} ms after its Node object was deleted`);
   });
@@ -208,7 +204,6 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
     while (Date.now() < deadline) {
       for (const n of [1, 3]) {
         const ok = (await rig.h.curl(rig.h.ns.cp, rig.h.kubeletURL(n))).ok;
-        if (!ok) console.log(server.output().slice(-3000), extra.map((p) => p.output().slice(-1500)).join('\n----\n'));
         expect(ok, `kubelet ${n} while the API is away`).to.equal(true);
       }
       rounds++;
