@@ -20,6 +20,7 @@ import {
 } from '../../src/auth/index.js';
 import {
   CloseCode,
+  DEFAULT_MAX_HELLO_PAYLOAD,
   FrameType,
   HEADER_SIZE,
   decodeCodePayload,
@@ -485,20 +486,22 @@ describe('security: the attacks of docs/security.md against server and client', 
       await waitFor('the timeout to be counted', () => s.status().refusedConnections?.['handshake_timeout'] === 1);
     });
 
-    it('caps the first frame at 4096 bytes: 4096 is read (and rejected as a bad hello), 4097 closes at the header', async function () {
+    it('caps the first frame at DEFAULT_MAX_HELLO_PAYLOAD: that much is read (and rejected as a bad hello), one more byte closes at the header', async function () {
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
       const exact = await rigs.raw(s.port);
-      exact.socket.write(encodeFrame(FrameType.Hello, Buffer.alloc(4096, 1)));
+      exact.socket.write(encodeFrame(FrameType.Hello, Buffer.alloc(DEFAULT_MAX_HELLO_PAYLOAD, 1)));
       await exact.closedPromise;
       expect(decodeCodePayload(exact.frame(FrameType.Reject)!.payload).code).to.equal(CloseCode.AuthFailed);
       const over = await rigs.raw(s.port);
       const header = Buffer.alloc(HEADER_SIZE);
-      writeHeader(header, 0, FrameType.Hello, 4097);
+      writeHeader(header, 0, FrameType.Hello, DEFAULT_MAX_HELLO_PAYLOAD + 1);
       over.socket.write(header); // no body: refused on the header alone
       await over.closedPromise;
       const { code, reason } = decodeCodePayload(over.frame(FrameType.Close)!.payload);
       expect(code).to.equal(CloseCode.ProtocolError);
-      expect(reason).to.include('4097').and.include('4096');
+      expect(reason)
+        .to.include(String(DEFAULT_MAX_HELLO_PAYLOAD + 1))
+        .and.include(String(DEFAULT_MAX_HELLO_PAYLOAD));
     });
 
     it('forwards nothing before authentication, not even from an authorized source; a frame of another type closes', async function () {

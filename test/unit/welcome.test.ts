@@ -20,12 +20,15 @@ describe('Welcome payload', function () {
   });
 
   it('reads what an older server leaves out as it meant it, and ignores fields it does not know', function () {
-    expect(decodeWelcome(json({ tunnelCidrs: ['198.18.255.0/24'], routes: ['198.19.0.11/32'] }))).to.deep.equal({
+    expect(decodeWelcome(json({ tunnelCidrs: ['198.18.255.0/24'], later: ['198.19.0.11/32'] }))).to.deep.equal({
       tunnelCidrs: ['198.18.255.0/24'],
       serverAddresses: [],
       serverId: '',
       serverCount: 1,
     });
+    expect(decodeWelcome(json({ tunnelCidrs: ['198.18.255.0/24'], routes: ['198.19.0.11/32'] })).routes).to.deep.equal([
+      '198.19.0.11/32',
+    ]);
   });
 
   it('refuses, naming the field, whatever is not a Welcome', function () {
