@@ -122,7 +122,7 @@ export const DEFAULTS = {
   pathCheckTimeoutMs: 3000,
   pathCheckPort: 10250,
   nodePollMs: 30_000,
-  serviceAccount: 'nodelink:nodelink-client',
+  serviceAccount: 'kube-system:nodelink-client',
   tokenAudience: 'nodelink',
   statusIntervalS: 2,
   maxUnauthenticated: DEFAULT_ADMISSION_LIMITS.maxUnauthenticated,
