@@ -189,15 +189,17 @@ export class LinkClient {
   }
 
   /** Dials after `delay` ms, or sooner if a dial is already due sooner; undefined: no dial needed. */
-  private scheduleDial(outcome: DialOutcome): void {
-    if (this.stopped) return;
+  /** Returns the wait until the next dial, if one is due (for the log line that says so). */
+  private scheduleDial(outcome: DialOutcome): number | undefined {
+    if (this.stopped) return undefined;
     const delay = this.policy.next(this.replicas, outcome);
-    if (delay === undefined || this.dialing) return;
+    if (delay === undefined || this.dialing) return undefined;
     const at = Date.now() + delay;
-    if (at >= this.dialAt) return;
+    if (at >= this.dialAt) return this.dialAt - Date.now();
     if (this.dialTimer) clearTimeout(this.dialTimer);
     this.dialAt = at;
     this.dialTimer = setTimeout(() => this.dial(), delay);
+    return delay;
   }
 
   private onWelcome(session: ClientSession, welcome: Welcome): void {
@@ -292,14 +294,12 @@ export class LinkClient {
       this.choosePrimary();
       this.scheduleExpiry();
       if (!this.stopped) options.observer?.disconnected?.(replica.peerName, closeCodeName(code));
+      const retryInMs = rejected ? undefined : this.scheduleDial('lost');
       options.log[this.stopped ? 'info' : 'warn'](
-        { server: session.endpoint, serverId: replica.id || undefined, code: failure, reason, byPeer },
+        { server: session.endpoint, serverId: replica.id || undefined, code: failure, reason, byPeer, retryInMs },
         'disconnected from server',
       );
-      if (!rejected) {
-        this.scheduleDial('lost');
-        return;
-      }
+      if (!rejected) return;
     }
     if (this.stopped) return;
     if (rejected) {
@@ -317,8 +317,8 @@ export class LinkClient {
       return;
     }
     options.observer?.handshakeFailed?.(failure, this.peerName, reason);
-    options.log.warn({ server: session.endpoint, code: failure, reason, byPeer }, 'dial to server failed');
-    this.scheduleDial('failed');
+    const retryInMs = this.scheduleDial('failed');
+    options.log.warn({ server: session.endpoint, code: failure, reason, byPeer, retryInMs }, 'dial to server failed');
   }
 
   private scheduleExpiry(): void {
