@@ -3,7 +3,7 @@
 // stubs' deterministic payload (payload) and the leak checks (leaks).
 
 export { url } from './addresses.js';
-export { Harness, type HarnessOptions, type Namespaces } from './topology.js';
+export { Harness, type Apiserver, type HarnessOptions, type Namespaces } from './topology.js';
 export { ManagedProcess, type ExecOptions, type ExecResult, type ExitInfo, type SpawnOptions } from './processes.js';
 export { type CurlOptions, type CurlResult, type PingOptions } from './probes.js';
 export { expectedBytes, expectedSha256 } from './payload.js';

@@ -33,6 +33,7 @@ import {
   type SpawnOptions,
 } from './processes.js';
 import { curl, ping, type CurlOptions, type CurlResult, type PingOptions } from './probes.js';
+import { dialVia, type DialRequest, type DialResult } from '../apiserver-standin.js';
 
 const STUB_READY_TIMEOUT_MS = 10_000;
 
@@ -54,7 +55,26 @@ export interface HarnessOptions {
    * `${prefix}-cp${i}`, sits on its own network behind the same router, for several servers.
    */
   controlPlanes?: number;
+  /**
+   * Source-NAT the node network towards the control plane (default true). false makes a flat
+   * network: the control plane sees a node's connections come from the node's own address and
+   * routes the node network back through the router, which still drops connections it opens.
+   */
+  nat?: boolean;
 }
+
+/** The "apiserver" stand-in (scripts/apiserver-standin.ts) running in a namespace. */
+export interface Apiserver {
+  readonly process: ManagedProcess;
+  /** Dials from the stand-in's namespace, timed there. */
+  dial(target: DialRequest): Promise<DialResult>;
+}
+
+/** The kube-apiserver flags nodelink needs (docs/control-plane.md): the stand-in's by default. */
+const APISERVER_FLAGS = [
+  '--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname',
+  '--enable-aggregator-routing=true',
+];
 
 export interface Namespaces {
   readonly cp: string;
@@ -139,6 +159,7 @@ export class Harness {
       cpDefaultRoute: options.cpDefaultRoute ?? false,
       stubs: options.stubs ?? true,
       controlPlanes,
+      nat: options.nat ?? true,
     });
     h.cancelExitCleanup = cleanUpOnExit(() => h.destroySync());
     try {
@@ -294,6 +315,21 @@ export class Harness {
     const proc = this.spawn(ns, args, { name: `stub-${mode}-${name}` });
     await proc.waitForOutput('listening on', STUB_READY_TIMEOUT_MS);
     return proc;
+  }
+
+  /**
+   * Starts the "apiserver" stand-in in ns (default: the control plane, where the server runs):
+   * it dials kubelets and pods from there, as kube-apiserver does from the server's pod. Its
+   * process is named kube-apiserver and carries `flags`, so `nodelink diagnose` finds and checks
+   * it as it would the real one.
+   */
+  async startApiserver(ns = this.ns.cp, flags: readonly string[] = APISERVER_FLAGS): Promise<Apiserver> {
+    const script = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../apiserver-standin.js');
+    const socket = path.join(this.dir, `apiserver-${ns}.sock`);
+    const argv = ['bash', '-c', 'exec -a kube-apiserver "$0" "$@"', process.execPath, script, '--socket', socket];
+    const proc = this.spawn(ns, [...argv, ...flags], { name: `apiserver-${ns}` });
+    await proc.waitForOutput('listening on', STUB_READY_TIMEOUT_MS);
+    return { process: proc, dial: (target) => dialVia(socket, target) };
   }
 
   /** curl from inside ns; never throws for a failed transfer. */
@@ -478,10 +514,14 @@ table ip nodelink_load_balancer {
       }),
     );
 
-    // 4. Routes. cp: connected only (unless cpDefaultRoute). Router: pod CIDRs via their node.
+    // 4. Routes. cp: connected only (unless cpDefaultRoute, or a flat network, which routes the
+    // node network back). Router: pod CIDRs via their node.
     if (this.opts.cpDefaultRoute) {
       await this.route(cp, 'default', plan.routerCpAddress(1));
       await this.route(cp, 'default', plan.routerCpAddress6(1));
+    } else if (!this.opts.nat) {
+      await this.route(cp, plan.NODE_NETWORK, plan.routerCpAddress(1));
+      await this.route(cp, plan.NODE_NETWORK6, plan.routerCpAddress6(1));
     }
     await Promise.all(
       this.nodeNumbers().map(async (n) => {
@@ -497,8 +537,15 @@ table ip nodelink_load_balancer {
       }),
     );
 
-    // 5. Router firewall: the node network is behind NAT, the cp cannot open connections into it.
+    // 5. Router firewall: the node network is behind NAT (unless flat), the cp cannot open
+    // connections into it.
     const cpPorts = Array.from({ length: plan.MAX_CONTROL_PLANES }, (_, i) => `"cp${i}"`).join(', ');
+    const nat = `
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname { ${cpPorts} } ip saddr ${plan.NODE_NETWORK} counter masquerade
+    oifname { ${cpPorts} } ip6 saddr ${plan.NODE_NETWORK6} counter masquerade
+  }`;
     await this.exec(rt, ['nft', '-f', '-'], {
       input: `
 table inet nodelink_harness {
@@ -506,12 +553,7 @@ table inet nodelink_harness {
     type filter hook forward priority filter; policy accept;
     ct state established,related accept
     iifname { ${cpPorts} } counter drop comment "the control plane cannot open connections to nodes or pods"
-  }
-  chain postrouting {
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname { ${cpPorts} } ip saddr ${plan.NODE_NETWORK} counter masquerade
-    oifname { ${cpPorts} } ip6 saddr ${plan.NODE_NETWORK6} counter masquerade
-  }
+  }${this.opts.nat ? nat : ''}
 }
 `,
     });

@@ -63,6 +63,8 @@ export interface ServerConfig extends LinkTunables {
   readonly serverId: string;
   /** --server-count: how many replicas serve behind the nodes' --server address. */
   readonly serverCount: number;
+  /** --init-routes: install the fail-closed rules and routes for the peers file, then exit. */
+  readonly initRoutes: boolean;
 }
 
 export interface ClientConfig extends LinkTunables {
@@ -258,6 +260,12 @@ export const SERVER_SETTINGS: SettingsSpec = {
     default: DEFAULTS.serverCount,
     describe:
       'replicas behind the address nodes dial: each node holds a session to this many (the same on every replica)',
+  },
+  'init-routes': {
+    type: 'boolean',
+    default: false,
+    describe:
+      "install the fail-closed routes (an unreachable route per allowedIP, and the rules) and exit: an init container's step before the server's first start",
   },
   'path-check-interval-ms': {
     type: 'number',
@@ -498,6 +506,7 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
     kubeconfig: str(raw, 'kubeconfig', false),
     ...serverSecurity(raw),
     ...replicaIdentity(raw),
+    initRoutes: bool(raw, 'init-routes', false),
   });
 }
 

@@ -50,8 +50,9 @@ function readVersion(): string {
 export async function kernelRoutes(dev: string): Promise<Set<string> | undefined> {
   try {
     const [v4, v6] = await Promise.all([
-      ip(['-j', '-4', 'route', 'show', 'dev', dev]),
-      ip(['-j', '-6', 'route', 'show', 'dev', dev]),
+      // The server's routes live in a table of their own (tun/routes.ts), the node's in main.
+      ip(['-j', '-4', 'route', 'show', 'table', 'all', 'dev', dev]),
+      ip(['-j', '-6', 'route', 'show', 'table', 'all', 'dev', dev]),
     ]);
     const routes = new Set<string>();
     for (const text of [v4, v6]) {

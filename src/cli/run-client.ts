@@ -6,7 +6,7 @@ import { isIP } from 'node:net';
 import { LinkClient, TunFanout } from '../link-client/index.js';
 import type { DaemonStatus } from '../admin/index.js';
 import { readCaFile } from '../link-client/trust.js';
-import { LinuxTun, routeReplace } from '../tun/index.js';
+import { ClientRoutes, LinuxTun } from '../tun/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
 import type { ClientConfig, Endpoint } from './config.js';
@@ -68,6 +68,7 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
   });
   for (const target of targets) {
     const view = fanout?.view();
+    const serverRoutes = new ClientRoutes({ tun: config.tun });
     const client: LinkClient = new LinkClient({
       host: target.host,
       port: target.port,
@@ -89,7 +90,7 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
       backoffCapMs: config.backoffCapMs,
       replicaSearchCapMs: config.replicaSearchCapMs,
       replicaForgetMs: config.replicaForgetMs,
-      installRoutes: async (cidrs) => {
+      installRoutes: async (cidrs, serverAddress) => {
         const conflicts = fanout && view ? fanout.claim(view, cidrs) : [];
         if (conflicts.length > 0) {
           log.error(
@@ -97,7 +98,7 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
             'two servers announce the same tunnel CIDR: give every server its own --tunnel-cidr',
           );
         }
-        for (const cidr of cidrs) await routeReplace(cidr.toString(), config.tun);
+        await serverRoutes.install(cidrs.map(String), serverAddress);
       },
       onRejected: (reason) => {
         process.stderr.write(`nodelink: the server ${target.label} rejected this node: ${reason}\n`);

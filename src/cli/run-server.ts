@@ -1,23 +1,56 @@
 import { defaultServerId } from '../link-server/replica-id.js';
-import { readKeyFile, readPeersFile } from '../auth/index.js';
+import { readKeyFile, readPeersFile, type PeerRegistry } from '../auth/index.js';
 import { processDebug } from '../admin/index.js';
 import { LinkServer, loadServerCertificate } from '../link-server/index.js';
-import { LinuxTun, ipBatch, routeDeleteCommand, routeReplaceCommand } from '../tun/index.js';
+import { LinuxTun, ServerRoutes } from '../tun/index.js';
 import { createLogger } from '../log.js';
 import { userMessage } from '../errors.js';
-import type { Prefix } from '../routing/index.js';
+import type { Logger } from '../log.js';
 import { tunnelSource, type ServerConfig } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { serverObservability } from './observe.js';
 import { kubernetesNodeAuth, nodeRouteCheck } from './kubernetes.js';
 import { onReload, settingsReloader, type StartSettings } from './reload.js';
 
+/** Every allowedIP of the peers, and where each came from, for the route checks. */
+function allowedIPs(registry: PeerRegistry): { cidrs: string[]; label: (cidr: string) => string } {
+  const owners = new Map<string, string>();
+  for (const peer of registry.peers) for (const cidr of peer.allowedIPs) owners.set(String(cidr), peer.name);
+  return { cidrs: [...owners.keys()], label: (cidr) => `peer "${owners.get(cidr) ?? '?'}" allowedIPs ${cidr}` };
+}
+
+function serverRoutes(config: ServerConfig): ServerRoutes {
+  return new ServerRoutes({
+    tun: config.tun,
+    listenPort: config.listen.port,
+    sources: { 4: tunnelSource(config.tunnelAddresses, 4), 6: tunnelSource(config.tunnelAddresses, 6) },
+  });
+}
+
+/** --init-routes: the fail-closed rules and routes for every authorized peer, then exit. */
+async function initRoutes(config: ServerConfig, log: Logger): Promise<void> {
+  const kubernetes = config.nodeAuth === 'kubernetes' ? await kubernetesNodeAuth(config, log) : undefined;
+  try {
+    const routes = serverRoutes(config);
+    const allowed = allowedIPs(kubernetes?.registry ?? readPeersFile(config.peersFile, config.tunnelCidrs));
+    await routes.check(allowed.cidrs, allowed.label);
+    const summary = await routes.failClosed(allowed.cidrs, { prune: true });
+    log.info({ tun: config.tun, table: routes.table, ...summary }, 'fail-closed routes in place');
+  } finally {
+    kubernetes?.stop();
+  }
+}
+
 export async function runServer(config: ServerConfig, start: StartSettings): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'server' }, config.logFormat);
+  if (config.initRoutes) return initRoutes(config, log);
   // Everything that can be wrong with the input is checked before any device is created.
   const keyPair = readKeyFile(config.keyFile);
   const kubernetes = config.nodeAuth === 'kubernetes' ? await kubernetesNodeAuth(config, log) : undefined;
   const registry = kubernetes?.registry ?? readPeersFile(config.peersFile, config.tunnelCidrs);
+  const routes = serverRoutes(config);
+  const allowed = allowedIPs(registry);
+  await routes.check(allowed.cidrs, allowed.label);
   const loadCertificate = () =>
     config.certFile ? loadServerCertificate(config.certFile, config.certKeyFile || undefined, keyPair) : undefined;
   const certificate = loadCertificate();
@@ -29,12 +62,14 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     mtu: config.mtu,
     addresses: config.tunnelCidrs.map((cidr) => `${cidr.firstHost()}/${cidr.length}`),
   });
-  const installRoutes = (cidrs: readonly Prefix[]): Promise<void> =>
-    ipBatch(
-      cidrs.map((cidr) =>
-        routeReplaceCommand(cidr.toString(), config.tun, tunnelSource(config.tunnelAddresses, cidr.family)),
-      ),
-    );
+  try {
+    // From here on a node's packets go into the TUN or nowhere, never by another route.
+    await routes.failClosed(allowed.cidrs, { prune: true });
+  } catch (err) {
+    kubernetes?.stop();
+    await tun.close();
+    throw err;
+  }
   const observe = serverObservability(config, log, { status: () => server.status() });
   const server = new LinkServer({
     host: config.listen.host,
@@ -46,7 +81,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     tunnelAddresses: config.tunnelAddresses,
     connection: connectionOptions(config),
     handshakeTimeoutMs: config.handshakeTimeoutMs,
-    installRoutes,
+    installRoutes: (cidrs) => routes.install(cidrs.map(String)),
     log,
     observer: observe.metrics,
     checkRoutes,
@@ -57,9 +92,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
       maxNewPerSourcePerSecond: config.maxNewConnsPerSource,
       maxQueued: config.maxQueuedHandshakes,
     },
-    // In one ip -batch, as installRoutes; a route already gone is no error.
-    removeRoutes: (cidrs) =>
-      ipBatch(cidrs.map((cidr) => routeDeleteCommand(cidr.toString(), config.tun))).catch(() => undefined),
+    removeRoutes: (cidrs) => routes.remove(cidrs.map(String)),
     serverId: config.serverId || defaultServerId(),
     serverCount: config.serverCount,
   });
@@ -77,9 +110,12 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     throw err;
   }
   // Kubernetes mode: Nodes that come, go or change move the peers and their kernel routes.
+  // A Node whose addresses would take over a route of the host's holds back the change, named.
   kubernetes?.follow((nodes) => {
-    server
-      .reload(nodes, 'nodes')
+    const next = allowedIPs(nodes);
+    routes
+      .check(next.cidrs, next.label)
+      .then(() => server.reload(nodes, 'nodes'))
       .catch((err: unknown) => log.error({ err: userMessage(err) }, 'cannot apply Node changes'));
   });
   // SIGHUP: bad settings, a bad peers file or a bad certificate are refused with one line and the
@@ -105,7 +141,12 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   if (!kubernetes) {
     onReload(
       'peers',
-      () => server.reload(readPeersFile(config.peersFile, config.tunnelCidrs)).then(() => undefined),
+      async () => {
+        const next = readPeersFile(config.peersFile, config.tunnelCidrs);
+        const nextAllowed = allowedIPs(next);
+        await routes.check(nextAllowed.cidrs, nextAllowed.label);
+        await server.reload(next);
+      },
       log,
     );
   }
@@ -120,13 +161,20 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     );
   }
   log.info(
-    { tun: config.tun, tunnelCidrs: config.tunnelCidrs.map(String), adminSocket: config.adminSocket },
+    {
+      tun: config.tun,
+      routeTable: routes.table,
+      tunnelCidrs: config.tunnelCidrs.map(String),
+      adminSocket: config.adminSocket,
+    },
     'server ready',
   );
   onShutdownSignal(log, 2000, async () => {
     kubernetes?.stop();
     observe.close();
     await Promise.race([server.stop(), new Promise((resolve) => setTimeout(resolve, 1000))]);
+    // The backstops stay: until a server runs again, a dial to a node fails at once.
+    await routes.withdraw();
     await tun.close();
   });
 }

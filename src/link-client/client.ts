@@ -23,8 +23,11 @@ export interface LinkClientOptions extends SessionOptions {
   readonly replicaForgetMs?: number;
   /** Size and idle time of the table that sends replies back to the replica that asked. */
   readonly replyFlows?: ReplyFlowOptions;
-  /** Routes the server's tunnel CIDRs into the TUN; injected so unit tests run without root. */
-  readonly installRoutes: (cidrs: readonly Prefix[]) => Promise<void>;
+  /**
+   * Routes the server's tunnel CIDRs into the TUN; injected so unit tests run without root.
+   * `serverAddress` is the address the welcoming session reached the server at: no route may cover it.
+   */
+  readonly installRoutes: (cidrs: readonly Prefix[], serverAddress: string | undefined) => Promise<void>;
   /** The server refused us for a reason that retrying cannot fix (unknown key, route not allowed). */
   readonly onRejected: (reason: string) => void;
   /** Per-event hooks (metrics): connect, handshake failure, disconnect, pong. */
@@ -262,7 +265,10 @@ export class LinkClient {
     const key = welcome.tunnelCidrs.join(',');
     if (key === this.installedCidrs) return;
     try {
-      await this.options.installRoutes(welcome.tunnelCidrs.map((cidr) => Prefix.parse(cidr)));
+      await this.options.installRoutes(
+        welcome.tunnelCidrs.map((cidr) => Prefix.parse(cidr)),
+        session.remoteAddress,
+      );
       this.installedCidrs = key;
       this.options.log.info(
         { routes: welcome.tunnelCidrs, dev: this.options.tun.name },

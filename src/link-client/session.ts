@@ -48,6 +48,8 @@ export class ClientSession {
   readonly connection: FramedConnection;
   /** The server's address as connected; the dialed one until TLS is up. */
   endpoint: string;
+  /** The server's IP address as connected, once TLS is up. */
+  remoteAddress: string | undefined;
   /** The server's key or certificate fingerprint as presented (status in --ca mode). */
   presentedIdentity: string | undefined;
   welcome: Welcome | undefined;
@@ -78,6 +80,7 @@ export class ClientSession {
       }
       // Status shows the pinned key when there is one; only --ca mode needs what was presented.
       if (!options.serverKey) this.presentedIdentity = serverIdentity(socket);
+      this.remoteAddress = socket.remoteAddress;
       this.endpoint = formatEndpoint({
         host: socket.remoteAddress ?? options.host,
         port: socket.remotePort ?? options.port,

@@ -1,4 +1,5 @@
 export * from './device.js';
 export * from './errors.js';
 export * from './iproute2.js';
+export * from './routes.js';
 export * from './linux-tun.js';

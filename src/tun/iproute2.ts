@@ -41,17 +41,6 @@ export function ipSync(args: readonly string[]): void {
   }
 }
 
-function familyFlag(cidr: string): string {
-  return cidr.includes(':') ? '-6' : '-4';
-}
-
-/** Installs or refreshes a route; idempotent, so a restart over stale state just works. */
-export function routeReplace(cidr: string, dev: string, src?: string): Promise<string> {
-  const args = [familyFlag(cidr), 'route', 'replace', cidr, 'dev', dev];
-  if (src) args.push('src', src);
-  return ip(args);
-}
-
 /** Runs many `ip` commands in one process (`ip -batch`), for route sets of many peers. */
 export function ipBatch(commands: readonly string[]): Promise<void> {
   if (commands.length === 0) return Promise.resolve();
@@ -62,15 +51,6 @@ export function ipBatch(commands: readonly string[]): Promise<void> {
     });
     child.stdin?.end(commands.join('\n') + '\n');
   });
-}
-
-/** A line for ip -batch, which takes no option flags: the family follows from the CIDR. */
-export function routeReplaceCommand(cidr: string, dev: string, src?: string): string {
-  return `route replace ${cidr} dev ${dev}${src ? ` src ${src}` : ''}`;
-}
-
-export function routeDeleteCommand(cidr: string, dev: string): string {
-  return `route del ${cidr} dev ${dev}`;
 }
 
 export type ExistingLink = 'none' | 'tun-in-use' | 'tun-persistent' | 'other';

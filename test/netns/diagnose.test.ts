@@ -12,6 +12,7 @@ import { Harness } from '../../scripts/harness/index.js';
 import { NodelinkCluster, runCli } from '../../scripts/cluster.js';
 import type { Check, DiagnoseReport } from '../../src/cli/diagnose.js';
 import { caSignedEcdsaCertificate } from '../support/certificates.js';
+import { serverRouteCommand } from '../../src/tun/index.js';
 import { clusterRig } from '../support/cluster-rig.js';
 
 const failed = (report: DiagnoseReport): Check[] => report.checks.filter((check) => check.status === 'fail');
@@ -160,7 +161,11 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
 
   it('a missing route on the control plane: names the peer and the route', async function () {
     const t = H();
-    await t.exec(t.ns.cp, ['ip', 'route', 'del', t.podCIDR(1), 'dev', 'nl0']);
+    const route = (verb: 'del' | 'replace'): string[] => [
+      'ip',
+      ...serverRouteCommand(verb, t.podCIDR(1), 'nl0', '198.18.255.1').split(' '),
+    ];
+    await t.exec(t.ns.cp, route('del'));
     try {
       const { code, report } = await onControlPlane();
       expect(code).to.equal(1);
@@ -168,7 +173,7 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
       expect(failed(report)[0]!.detail).to.match(/MISSING route: 198\.19\.1\.0\/24/);
       expect(failed(report)[0]!.fix).to.contain('ip route replace 198.19.1.0/24 dev nl0 src 198.18.255.1');
     } finally {
-      await t.exec(t.ns.cp, ['ip', 'route', 'replace', t.podCIDR(1), 'dev', 'nl0', 'src', '198.18.255.1']);
+      await t.exec(t.ns.cp, route('replace'));
     }
   });
 

@@ -348,12 +348,13 @@ describe('security in namespaces: attacks on the TLS port and from nodes (real C
     expect(rig.cluster.clients.get(2)!.output()).to.match(/removed from the server's peers file/);
     await waitFor(
       "node-2's routes removed",
-      async () => !(await h.exec(h.ns.cp, ['ip', 'route', 'show', 'dev', 'nl0'])).stdout.includes(h.podCIDR(2)),
+      async () =>
+        !(await h.exec(h.ns.cp, ['ip', 'route', 'show', 'table', 'all', 'dev', 'nl0'])).stdout.includes(h.podCIDR(2)),
       5000,
     );
     const routes =
-      (await h.exec(h.ns.cp, ['ip', 'route', 'show', 'dev', 'nl0'])).stdout +
-      (await h.exec(h.ns.cp, ['ip', '-6', 'route', 'show', 'dev', 'nl0'])).stdout;
+      (await h.exec(h.ns.cp, ['ip', 'route', 'show', 'table', 'all', 'dev', 'nl0'])).stdout +
+      (await h.exec(h.ns.cp, ['ip', '-6', 'route', 'show', 'table', 'all', 'dev', 'nl0'])).stdout;
     for (const cidr of h.nodeRoutes(2)) expect(routes).to.not.include(cidr.replace(/\/(32|128)$/, ' '));
     for (const cidr of [...h.nodeRoutes(1), ...h.nodeRoutes(3)])
       expect(routes).to.include(cidr.replace(/\/(32|128)$/, ''));

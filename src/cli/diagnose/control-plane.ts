@@ -1,6 +1,6 @@
 import type { DaemonStatus, PeerStatus } from '../../admin/index.js';
 import { Prefix, formatEndpoint } from '../../routing/index.js';
-import { routeReplaceCommand } from '../../tun/index.js';
+import { serverRouteCommand } from '../../tun/index.js';
 import { parseEndpoint } from '../config.js';
 import { deviceUp, nodeIp } from '../observe.js';
 import { fail, pass, skip, type CheckDefinition, type LocalDaemon, type Outcome } from './checks.js';
@@ -99,7 +99,7 @@ function peerChecks(peer: PeerStatus, tun: string, listen: string | undefined): 
         };
         return fail(
           `MISSING route: ${wrong.map((w) => `${w.cidr} goes ${w.how}`).join('; ')}, not ${tun} — the apiserver's packets for it never reach the link`,
-          `${wrong.map((w) => `ip ${routeReplaceCommand(w.cidr, tun, source(w.cidr))}`).join(' && ')} (nodelink server installs these at start: restarting it also fixes it)`,
+          `${wrong.map((w) => `ip ${serverRouteCommand('replace', w.cidr, tun, source(w.cidr))}`).join(' && ')} (nodelink server installs these at start: restarting it also fixes it)`,
         );
       },
     },

@@ -6,7 +6,7 @@ import { userMessage } from '../../errors.js';
 import { probeHandshake, type ProbeResult } from '../../link-client/probe.js';
 import { readCaFile, type ServerTrust } from '../../link-client/trust.js';
 import { Prefix, formatEndpoint } from '../../routing/index.js';
-import { routeReplaceCommand } from '../../tun/index.js';
+import { nodeRouteCommand } from '../../tun/index.js';
 import { parseEndpoint, type Endpoint } from '../config.js';
 import { deviceUp, nodeIp } from '../observe.js';
 import { FORWARDING_SYSCTL } from '../run-client.js';
@@ -279,7 +279,7 @@ async function routesCheck(ctx: NodeContext): Promise<Outcome> {
   if (wrong.length === 0) return pass(`${cidrs.join(', ')} → ${ctx.tun}`);
   return fail(
     `MISSING route: ${wrong.join('; ')} — replies to the control plane take the wrong way`,
-    `${cidrs.map((cidr) => `ip ${routeReplaceCommand(cidr, ctx.tun)}`).join(' && ')} (nodelink client installs these when it connects: restarting it also fixes it)`,
+    `${cidrs.map((cidr) => `ip ${nodeRouteCommand('replace', cidr, ctx.tun)}`).join(' && ')} (nodelink client installs these when it connects: restarting it also fixes it)`,
   );
 }
 

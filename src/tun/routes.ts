@@ -1,0 +1,470 @@
+import { BlockList, isIP } from 'node:net';
+import { TunError } from './errors.js';
+import { ip, ipBatch } from './iproute2.js';
+
+/**
+ * Which kernel routes are nodelink's, and how they fail closed.
+ *
+ * Every route and rule nodelink installs carries routing protocol 78 (`proto 78`, the letter N;
+ * unassigned in the kernel's rtnetlink.h and in iproute2's rt_protos), so it can tell its own
+ * routes from everyone else's. It adds, replaces and deletes only its own: a route is its own
+ * when it goes into its TUN device, or when it is one of its unreachable backstops.
+ *
+ * The server (control plane) keeps its node routes in a routing table of its own, one per TUN
+ * name, consulted before `main` by a rule:
+ *
+ *   priority 4877  ipproto tcp sport <listen port> lookup main   the server's own TLS stream
+ *   priority 4878  lookup <table>                                 everything else
+ *
+ *   <table>  <allowedIP> dev nl0 proto 78 metric 64 src <tunnel address>   while the server runs
+ *            unreachable <allowedIP> proto 78 metric 4096                    always
+ *
+ * The backstops stay when the TUN vanishes (SIGTERM, SIGKILL, crash): a dial to a node then fails
+ * at once (EHOSTUNREACH) and no packet for a node leaves by the default route. The first rule
+ * keeps the server's TLS replies out of its own tunnel when a node dials from an address inside
+ * its allowedIPs (a flat network, no NAT), the way wg-quick keeps its encrypted traffic out of
+ * its tunnel. Rules and backstops outlive the process on purpose; `ip route show table all
+ * proto 78` and `ip rule show` list them.
+ *
+ * The client (node) keeps its routes to the server's tunnel CIDRs in `main`, under the same
+ * protocol, and refuses a tunnel CIDR that would take over the node's default route, its route
+ * to the server or any route already on the host.
+ */
+export const ROUTE_PROTOCOL = 78;
+export const TUN_ROUTE_METRIC = 64;
+export const BACKSTOP_METRIC = 4096;
+export const OWN_TRAFFIC_RULE_PRIORITY = 4877;
+export const TABLE_RULE_PRIORITY = 4878;
+
+const TABLE_MAIN = 254;
+const TABLE_LOCAL = 255;
+const TABLE_DEFAULT = 253;
+const TABLE_NAMES = new Map([
+  [TABLE_MAIN, 'main'],
+  [TABLE_LOCAL, 'local'],
+  [TABLE_DEFAULT, 'default'],
+]);
+/** rtnetlink route types (RTN_*), as `ip -N` prints them. */
+const RTN_UNICAST = 1;
+const RTN_UNREACHABLE = 7;
+const TYPE_NAMES = ['unspec', 'unicast', 'local', 'broadcast', 'anycast', 'multicast', 'blackhole', 'unreachable'];
+/** Routes that refuse traffic instead of carrying it somewhere: covering one takes nothing over. */
+const REJECT_TYPES = new Set([6, 7, 8, 9]);
+const PROTOCOL_NAMES = new Map([
+  [2, 'kernel'],
+  [3, 'boot'],
+  [4, 'static'],
+  [16, 'dhcp'],
+  [ROUTE_PROTOCOL, String(ROUTE_PROTOCOL)],
+]);
+
+/** Runs `ip ARGS` and returns its stdout; injected so the planning is testable without root. */
+export type IpRunner = (args: readonly string[]) => Promise<string>;
+/** Runs lines of `ip -batch`. */
+export type BatchRunner = (commands: readonly string[]) => Promise<void>;
+
+/**
+ * The server's routing table for a TUN name: 0x4e4c0000 ("NL") plus a 16-bit FNV-1a hash of
+ * the name, so two servers with different TUN names in one network namespace keep apart.
+ */
+export function routeTableFor(tun: string): number {
+  let hash = 0x811c9dc5;
+  for (const byte of Buffer.from(tun, 'utf8')) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
+  return 0x4e4c0000 + ((hash ^ (hash >>> 16)) & 0xffff);
+}
+
+/** A network in text form, split once: `198.19.1.0/24` → family 4, network, length. */
+export interface Cidr {
+  readonly family: 4 | 6;
+  readonly network: string;
+  readonly length: number;
+  readonly text: string;
+}
+
+export function parseCidr(text: string): Cidr {
+  const slash = text.indexOf('/');
+  const network = slash < 0 ? text : text.slice(0, slash);
+  const family = isIP(network);
+  if (family !== 4 && family !== 6) throw new TunError('iproute2', `"${text}" is not a CIDR`);
+  const bits = family === 4 ? 32 : 128;
+  const length = slash < 0 ? bits : Number(text.slice(slash + 1));
+  if (!Number.isInteger(length) || length < 0 || length > bits)
+    throw new TunError('iproute2', `"${text}" is not a CIDR`);
+  return { family, network, length, text: slash < 0 ? `${network}/${bits}` : text };
+}
+
+/** True when `outer` equals or contains all of `inner`. */
+export function covers(outer: Cidr, inner: Cidr): boolean {
+  if (outer.family !== inner.family || outer.length > inner.length) return false;
+  return containsAddress(outer, inner.network);
+}
+
+export function containsAddress(cidr: Cidr, address: string): boolean {
+  const family = isIP(address);
+  if (family !== cidr.family) return false;
+  const type = family === 4 ? 'ipv4' : 'ipv6';
+  const list = new BlockList();
+  list.addSubnet(cidr.network, cidr.length, type);
+  return list.check(address, type);
+}
+
+/** One route as `ip -N -j route show table all` reports it. */
+export interface KernelRoute {
+  readonly dst: Cidr;
+  readonly table: number;
+  /** RTN_* type: 1 unicast, 2 local, 3 broadcast, 5 multicast, 7 unreachable, … */
+  readonly type: number;
+  readonly dev: string | undefined;
+  readonly gateway: string | undefined;
+  readonly protocol: number;
+  readonly metric: number;
+}
+
+interface RawRoute {
+  dst?: string;
+  table?: string;
+  type?: string;
+  dev?: string;
+  gateway?: string;
+  protocol?: string;
+  metric?: number;
+}
+
+/** Parses `ip -N -j -4|-6 route show table all` (numbers, not names, for table, type and protocol). */
+export function parseRoutes(json: string, family: 4 | 6): KernelRoute[] {
+  const routes: KernelRoute[] = [];
+  for (const raw of JSON.parse(json || '[]') as RawRoute[]) {
+    if (!raw.dst) continue;
+    const dst = raw.dst === 'default' ? (family === 4 ? '0.0.0.0/0' : '::/0') : raw.dst;
+    let cidr: Cidr;
+    try {
+      cidr = parseCidr(dst);
+    } catch {
+      continue; // not an IP route (never expected from -4/-6)
+    }
+    routes.push({
+      dst: cidr,
+      table: raw.table === undefined ? TABLE_MAIN : Number(raw.table),
+      type: raw.type === undefined ? RTN_UNICAST : Number(raw.type),
+      dev: raw.dev,
+      gateway: raw.gateway,
+      // iproute2 leaves out "boot", the protocol of a plain `ip route add`.
+      protocol: raw.protocol === undefined ? 3 : Number(raw.protocol),
+      metric: raw.metric ?? 0,
+    });
+  }
+  return routes;
+}
+
+/** A route as `ip route` would print it, with its table: `198.18.0.0/24 dev eth0 proto kernel table main`. */
+export function describeRoute(route: KernelRoute): string {
+  const type = route.type === RTN_UNICAST ? '' : `${TYPE_NAMES[route.type] ?? `type ${route.type}`} `;
+  const via = route.gateway ? ` via ${route.gateway}` : '';
+  const dev = route.dev && route.type !== RTN_UNREACHABLE ? ` dev ${route.dev}` : '';
+  const proto = PROTOCOL_NAMES.get(route.protocol) ?? String(route.protocol);
+  const table = TABLE_NAMES.get(route.table) ?? String(route.table);
+  const dst = route.dst.length === 0 ? 'default' : route.dst.text;
+  return `${type}${dst}${via}${dev} proto ${proto} table ${table}`;
+}
+
+/** Whose a route is, for the conflict check: the TUN device and routing table of this daemon. */
+export interface RouteOwner {
+  readonly tun: string;
+  readonly table: number;
+}
+
+export interface RouteConflict {
+  readonly cidr: string;
+  /** The host's route the CIDR would take over; undefined for a default route (/0). */
+  readonly route: KernelRoute | undefined;
+}
+
+function isOwn(route: KernelRoute, owner: RouteOwner): boolean {
+  if (route.dev === owner.tun && route.type !== RTN_UNREACHABLE) return true;
+  return route.table === owner.table && route.protocol === ROUTE_PROTOCOL && route.type === RTN_UNREACHABLE;
+}
+
+/**
+ * CIDRs that would cover or equal a route already on the host: a default route (/0), or any route
+ * in main, local or default that is not this daemon's (connected, local, default, another
+ * device's), or another nodelink's route in its own table (another TUN name). Routes inside a
+ * CIDR's range are fine: a node's /32 inside a connected subnet is the flat-network case.
+ */
+export function routeConflicts(
+  cidrs: readonly string[],
+  routes: readonly KernelRoute[],
+  owner: RouteOwner,
+): RouteConflict[] {
+  const conflicts: RouteConflict[] = [];
+  for (const text of cidrs) {
+    const cidr = parseCidr(text);
+    if (cidr.length === 0) {
+      conflicts.push({ cidr: text, route: undefined });
+      continue;
+    }
+    const hit = routes.find((route) => {
+      if (isOwn(route, owner) || !covers(cidr, route.dst)) return false;
+      if (route.protocol === ROUTE_PROTOCOL) return true;
+      if (!TABLE_NAMES.has(route.table)) return false;
+      return !REJECT_TYPES.has(route.type);
+    });
+    if (hit) conflicts.push({ cidr: text, route: hit });
+  }
+  return conflicts;
+}
+
+/** Reads every IPv4 and IPv6 route of every table. */
+export async function readRoutes(run: IpRunner = ip, families: readonly (4 | 6)[] = [4, 6]): Promise<KernelRoute[]> {
+  const lists = await Promise.all(
+    families.map(async (family) =>
+      parseRoutes(await run(['-N', '-j', `-${family}`, 'route', 'show', 'table', 'all']), family),
+    ),
+  );
+  return lists.flat();
+}
+
+/** One policy routing rule as `ip -N -j rule show` reports it. */
+interface RawRule {
+  priority?: number;
+  table?: string;
+  sport?: number;
+  ipproto?: string;
+  protocol?: string;
+}
+
+/** A route-table conflict, one line naming both sides and the fix. */
+export class RouteConflictError extends TunError {
+  constructor(message: string) {
+    super('route_conflict', message);
+  }
+}
+
+export interface ServerRoutesOptions {
+  readonly tun: string;
+  /** The TCP port nodes dial: the server's own traffic from it stays out of the tunnel. */
+  readonly listenPort: number;
+  /** The server's tunnel address per family: the source of what it sends into the TUN. */
+  readonly sources: { readonly 4?: string; readonly 6?: string };
+  readonly run?: IpRunner;
+  readonly batch?: BatchRunner;
+}
+
+/** What a fail-closed pass changed. */
+export interface FailClosedSummary {
+  readonly rulesAdded: number;
+  readonly backstopsAdded: string[];
+  readonly backstopsRemoved: string[];
+}
+
+/**
+ * The server's routes (see the top of this file). `check` refuses, with one line naming both,
+ * an allowedIP that would take over a route the host already has; `failClosed` installs the rules
+ * and the unreachable backstops (the init step, and each start); `install` adds the TUN routes
+ * over them; `remove` takes both away for peers that left; `withdraw` removes the TUN routes and
+ * keeps the backstops (shutdown).
+ */
+export class ServerRoutes {
+  readonly table: number;
+  private readonly run: IpRunner;
+  private readonly batch: BatchRunner;
+
+  constructor(private readonly options: ServerRoutesOptions) {
+    this.table = routeTableFor(options.tun);
+    this.run = options.run ?? ip;
+    this.batch = options.batch ?? ((commands) => ipBatch(commands));
+  }
+
+  private get owner(): RouteOwner {
+    return { tun: this.options.tun, table: this.table };
+  }
+
+  /**
+   * Throws a RouteConflictError for the first allowedIP that would cover or equal a route the
+   * host already has. `label` names where a CIDR came from (`peer "node-a" allowedIPs …`).
+   */
+  async check(
+    cidrs: readonly string[],
+    label: (cidr: string) => string = (cidr) => `allowedIPs ${cidr}`,
+  ): Promise<void> {
+    const families = [...new Set(cidrs.map((cidr) => parseCidr(cidr).family))];
+    const conflict = routeConflicts(cidrs, await readRoutes(this.run, families), this.owner)[0];
+    if (!conflict) return;
+    if (!conflict.route)
+      throw new RouteConflictError(
+        `${label(conflict.cidr)} would route every address into ${this.options.tun}: list the node's own addresses and pod CIDRs instead`,
+      );
+    const other =
+      conflict.route.protocol === ROUTE_PROTOCOL
+        ? `another nodelink's route ${describeRoute(conflict.route)}: stop that server, or give each server its own nodes`
+        : `the host's route ${describeRoute(conflict.route)}: nodelink would take its traffic; remove or narrow the entry in the peers file`;
+    throw new RouteConflictError(`${label(conflict.cidr)} covers ${other}`);
+  }
+
+  /**
+   * Installs the two rules (when missing) and an unreachable backstop for every CIDR; with
+   * `prune`, also removes this server's backstops for CIDRs no longer authorized.
+   */
+  async failClosed(cidrs: readonly string[], options: { prune: boolean }): Promise<FailClosedSummary> {
+    const families = this.families(cidrs);
+    const commands: string[] = [];
+    let rulesAdded = 0;
+    for (const family of families) {
+      const rules = JSON.parse((await this.run(['-N', '-j', `-${family}`, 'rule', 'show'])) || '[]') as RawRule[];
+      for (const wanted of this.rules()) {
+        if (rules.some((rule) => sameRule(rule, wanted))) continue;
+        await this.run([`-${family}`, 'rule', 'add', ...wanted.args]);
+        rulesAdded++;
+      }
+    }
+    const mine = (await readRoutes(this.run, families)).filter(
+      (route) => route.table === this.table && route.protocol === ROUTE_PROTOCOL && route.type === RTN_UNREACHABLE,
+    );
+    const wanted = new Set(cidrs.map((cidr) => parseCidr(cidr).text));
+    const present = new Set(mine.map((route) => route.dst.text));
+    const backstopsAdded = [...wanted].filter((cidr) => !present.has(cidr));
+    const stale = options.prune ? mine.filter((route) => !wanted.has(route.dst.text)) : [];
+    for (const cidr of backstopsAdded) commands.push(this.backstopCommand('add', cidr));
+    // By the metric it has: one an operator added by hand goes as well.
+    for (const route of stale) commands.push(this.backstopCommand('del', route.dst.text, route.metric));
+    const backstopsRemoved = stale.map((route) => route.dst.text);
+    await this.batch(commands);
+    return { rulesAdded, backstopsAdded, backstopsRemoved };
+  }
+
+  /** Rules and backstops for these CIDRs, then their routes into the TUN (idempotent). */
+  async install(cidrs: readonly string[]): Promise<void> {
+    await this.check(cidrs);
+    await this.failClosed(cidrs, { prune: false });
+    await this.batch(cidrs.map((cidr) => this.tunRouteCommand('replace', cidr)));
+  }
+
+  /** Removes the TUN routes and backstops of CIDRs no peer claims any more; a route already gone is no error. */
+  async remove(cidrs: readonly string[]): Promise<void> {
+    const commands = cidrs.flatMap((cidr) => [this.tunRouteCommand('del', cidr), this.backstopCommand('del', cidr)]);
+    await this.batch(commands).catch(() => undefined);
+  }
+
+  /** Removes every route into this server's TUN from its table; the backstops stay. */
+  async withdraw(): Promise<void> {
+    const routes = await readRoutes(this.run).catch(() => []);
+    const commands = routes
+      .filter((route) => route.table === this.table && route.dev === this.options.tun && route.type === RTN_UNICAST)
+      .map((route) => this.tunRouteCommand('del', route.dst.text));
+    await this.batch(commands).catch(() => undefined);
+  }
+
+  private tunRouteCommand(verb: 'replace' | 'del', cidr: string): string {
+    return serverRouteCommand(verb, cidr, this.options.tun, this.options.sources[parseCidr(cidr).family]);
+  }
+
+  private backstopCommand(verb: 'add' | 'del', cidr: string, metric = BACKSTOP_METRIC): string {
+    return `route ${verb} unreachable ${cidr} proto ${ROUTE_PROTOCOL} metric ${metric} table ${this.table}`;
+  }
+
+  private rules(): Array<{ priority: number; table: string; sport?: number; args: string[] }> {
+    const common = ['protocol', String(ROUTE_PROTOCOL)];
+    const port = this.options.listenPort;
+    return [
+      {
+        priority: OWN_TRAFFIC_RULE_PRIORITY,
+        table: String(TABLE_MAIN),
+        sport: port,
+        args: [
+          'priority',
+          String(OWN_TRAFFIC_RULE_PRIORITY),
+          'ipproto',
+          'tcp',
+          'sport',
+          String(port),
+          'lookup',
+          'main',
+          ...common,
+        ],
+      },
+      {
+        priority: TABLE_RULE_PRIORITY,
+        table: String(this.table),
+        args: ['priority', String(TABLE_RULE_PRIORITY), 'lookup', String(this.table), ...common],
+      },
+    ];
+  }
+
+  /** The families to set up: those of the CIDRs and of the tunnel addresses. */
+  private families(cidrs: readonly string[]): Array<4 | 6> {
+    const families = new Set<4 | 6>(cidrs.map((cidr) => parseCidr(cidr).family));
+    if (this.options.sources[4]) families.add(4);
+    if (this.options.sources[6]) families.add(6);
+    return [...families].sort();
+  }
+}
+
+/** A line for `ip -batch` (or after `ip `): one of the server's routes into its TUN. */
+export function serverRouteCommand(verb: 'replace' | 'del', cidr: string, tun: string, src?: string): string {
+  const source = verb === 'replace' && src ? ` src ${src}` : '';
+  return `route ${verb} ${cidr} dev ${tun}${source} proto ${ROUTE_PROTOCOL} metric ${TUN_ROUTE_METRIC} table ${routeTableFor(tun)}`;
+}
+
+/** A line for `ip -batch` (or after `ip `): one of the node's routes to the server's tunnel CIDRs. */
+export function nodeRouteCommand(verb: 'replace' | 'del', cidr: string, tun: string): string {
+  return `route ${verb} ${cidr} dev ${tun} proto ${ROUTE_PROTOCOL}`;
+}
+
+function sameRule(rule: RawRule, wanted: { priority: number; table: string; sport?: number }): boolean {
+  return (
+    rule.priority === wanted.priority &&
+    rule.table === wanted.table &&
+    rule.sport === wanted.sport &&
+    rule.protocol === String(ROUTE_PROTOCOL)
+  );
+}
+
+export interface ClientRoutesOptions {
+  readonly tun: string;
+  readonly run?: IpRunner;
+  readonly batch?: BatchRunner;
+}
+
+/**
+ * The node's routes to the server's tunnel CIDRs, from the server's welcome. A CIDR that would
+ * be a default route, hold the server's own address (the node would dial the server through the
+ * tunnel to the server), or cover a route the node already has is refused with one line; the
+ * client installs the rest with its protocol and removes only routes it installed.
+ */
+export class ClientRoutes {
+  private installed = new Set<string>();
+  private readonly run: IpRunner;
+  private readonly batch: BatchRunner;
+
+  constructor(private readonly options: ClientRoutesOptions) {
+    this.run = options.run ?? ip;
+    this.batch = options.batch ?? ((commands) => ipBatch(commands));
+  }
+
+  /** Routes `cidrs` into the TUN; `serverAddress` is the address this node dials the server at. */
+  async install(cidrs: readonly string[], serverAddress: string | undefined): Promise<void> {
+    const label = (cidr: string): string => `the server's tunnel CIDR ${cidr}`;
+    for (const text of cidrs) {
+      const cidr = parseCidr(text);
+      if (cidr.length === 0)
+        throw new RouteConflictError(
+          `${label(text)} would be a default route on this node: refused; the server must announce only its own tunnel CIDR`,
+        );
+      if (serverAddress && containsAddress(cidr, serverAddress))
+        throw new RouteConflictError(
+          `${label(text)} holds the server's own address ${serverAddress}: this node would dial the server through the tunnel to it; give the server a --tunnel-cidr outside the addresses nodes dial it at`,
+        );
+    }
+    const families = [...new Set(cidrs.map((cidr) => parseCidr(cidr).family))];
+    const owner = { tun: this.options.tun, table: TABLE_MAIN };
+    const conflict = routeConflicts(cidrs, await readRoutes(this.run, families), owner)[0];
+    if (conflict?.route)
+      throw new RouteConflictError(
+        `${label(conflict.cidr)} covers this node's route ${describeRoute(conflict.route)}: refused; give the server a --tunnel-cidr the nodes do not use`,
+      );
+    const next = new Set(cidrs.map((cidr) => parseCidr(cidr).text));
+    const stale = [...this.installed].filter((cidr) => !next.has(cidr));
+    await this.batch([...next].map((cidr) => nodeRouteCommand('replace', cidr, this.options.tun)));
+    await this.batch(stale.map((cidr) => nodeRouteCommand('del', cidr, this.options.tun))).catch(() => undefined);
+    this.installed = next;
+  }
+}
