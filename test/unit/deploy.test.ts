@@ -14,7 +14,8 @@ import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { parseAllDocuments } from 'yaml';
 import { validate as lintDockerfile, ValidationSeverity } from 'dockerfile-utils';
-import { readYamlDocuments, renderKustomization, type K8sObject } from './kustomize.js';
+import { readYamlDocuments, renderKustomization, strategicMerge, type K8sObject } from './kustomize.js';
+import { checkApiserverFlags } from '../../src/cli/apiserver-flags.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const DEPLOY = join(ROOT, 'deploy');
@@ -34,6 +35,13 @@ const KINDS: Record<string, { model: string; types: string; type: string }> = {
     type: 'ServiceAccount',
   },
   'v1 ConfigMap': { model: 'kubernetes-models/v1/ConfigMap', types: 'kubernetes-types/core/v1', type: 'ConfigMap' },
+  'apps/v1 Deployment': {
+    model: 'kubernetes-models/apps/v1/Deployment',
+    types: 'kubernetes-types/apps/v1',
+    type: 'Deployment',
+  },
+  'v1 Service': { model: 'kubernetes-models/v1/Service', types: 'kubernetes-types/core/v1', type: 'Service' },
+  'v1 Pod': { model: 'kubernetes-models/v1/Pod', types: 'kubernetes-types/core/v1', type: 'Pod' },
   'rbac.authorization.k8s.io/v1 ClusterRole': {
     model: 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole',
     types: 'kubernetes-types/rbac/v1',
@@ -46,7 +54,11 @@ const KINDS: Record<string, { model: string; types: string; type: string }> = {
   },
 };
 
-const KUSTOMIZATIONS = ['', 'base', 'server', 'overlays/example'];
+const KUSTOMIZATIONS = ['', 'base', 'server', 'overlays/example', 'apiserver-sidecar'];
+/** The hosted control plane's namespace in deploy/apiserver-sidecar; every other object is in kube-system. */
+const SIDECAR_NAMESPACE = 'example-control-plane';
+const STATIC_POD_PATCH = join(DEPLOY, 'static-pod', 'patches', 'kube-apiserver+strategic.yaml');
+const KUBEADM_APISERVER = join(ROOT, 'test', 'fixtures', 'kubeadm', 'kube-apiserver.yaml');
 
 function kindOf(o: K8sObject): string {
   return `${o.apiVersion} ${o.kind}`;
@@ -130,12 +142,16 @@ type Pod = {
   nodeSelector?: Record<string, string>;
   tolerations?: Array<{ key?: string; operator?: string; effect?: string }>;
   containers: Array<Container>;
+  initContainers?: Array<Container>;
   volumes?: Array<Record<string, any>>;
 };
 type Container = {
   name: string;
   image: string;
   args?: string[];
+  command?: string[];
+  ports?: Array<{ name?: string; containerPort: number }>;
+  startupProbe?: { httpGet?: { path: string; port: number | string; host?: string } };
   env?: Array<{ name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string } } }>;
   envFrom?: Array<{ configMapRef?: { name: string } }>;
   securityContext?: Record<string, any>;
@@ -155,6 +171,37 @@ function daemonSet(objects: readonly K8sObject[], name: string): { spec: any; po
 }
 
 const envValue = (c: Container, name: string): string | undefined => c.env?.find((e) => e.name === name)?.value;
+
+/** The pod spec of a Deployment (its template) or of a Pod. */
+function podSpec(o: K8sObject): Pod {
+  const spec = o['spec'] as { template?: { spec: Pod } } & Pod;
+  return spec.template ? spec.template.spec : spec;
+}
+
+function allContainers(o: K8sObject): Container[] {
+  const pod = podSpec(o);
+  return [...(pod.initContainers ?? []), ...pod.containers];
+}
+
+/** Not privileged, no escalation, read-only root, capabilities: drop ALL, add NET_ADMIN. */
+function assertNetAdminOnly(c: Container): void {
+  const sc = c.securityContext!;
+  expect(sc['privileged'] ?? false, `${c.name} not privileged`).to.equal(false);
+  expect(sc['allowPrivilegeEscalation'], `${c.name} allowPrivilegeEscalation`).to.equal(false);
+  expect(sc['readOnlyRootFilesystem'], `${c.name} readOnlyRootFilesystem`).to.equal(true);
+  expect(sc['capabilities'], `${c.name} capabilities`).to.deep.equal({ drop: ['ALL'], add: ['NET_ADMIN'] });
+}
+
+/** /dev/net/tun from the host as a character device, the only hostPath, mounted at the same path. */
+function assertTunOnlyHostPath(pod: Pod, c: Container): void {
+  const tun = pod.volumes!.find((v) => v['hostPath']?.path === '/dev/net/tun');
+  expect(tun?.['hostPath'], '/dev/net/tun hostPath').to.deep.equal({ path: '/dev/net/tun', type: 'CharDevice' });
+  expect(
+    pod.volumes!.filter((v) => v['hostPath']),
+    'no other hostPath',
+  ).to.have.length(1);
+  expect(c.volumeMounts!.find((m) => m.name === tun!['name'])?.mountPath).to.equal('/dev/net/tun');
+}
 
 /** The settings both daemons need to run safely with NET_ADMIN in the host network. */
 function assertPrivilegeAndProbes(pod: Pod, c: Container): void {
@@ -235,6 +282,10 @@ describe('deploy/: Kubernetes manifests, checked offline', function () {
 
   before(function () {
     for (const dir of KUSTOMIZATIONS) rendered.set(dir, renderKustomization(join(DEPLOY, dir)));
+    // kubeadm merges the static-pod patch into its own manifest, as kustomize would.
+    const [kubeadmPod] = readYamlDocuments(KUBEADM_APISERVER) as K8sObject[];
+    const [patch] = readYamlDocuments(STATIC_POD_PATCH) as K8sObject[];
+    rendered.set('static-pod', [strategicMerge(kubeadmPod, patch) as K8sObject]);
     const good = rendered.get('base')!.find((o) => o.kind === 'DaemonSet')!;
     const defect = (name: string, change: (pod: any) => void): void => {
       const copy = structuredClone(good) as any;
@@ -260,7 +311,7 @@ describe('deploy/: Kubernetes manifests, checked offline', function () {
     diagnostics = typeCheck(sets);
   });
 
-  it('every kustomization renders: deploy/ (= base), base, server, overlays/example', function () {
+  it('every kustomization renders: deploy/ (= base), base, server, overlays/example, apiserver-sidecar', function () {
     const names = (dir: string): string[] =>
       rendered
         .get(dir)!
@@ -280,10 +331,13 @@ describe('deploy/: Kubernetes manifests, checked offline', function () {
       'ServiceAccount/nodelink-server',
     ]);
     expect(names('overlays/example')).to.deep.equal([...names('base'), 'ConfigMap/nodelink-client'].sort());
-    for (const objects of rendered.values()) {
+    expect(names('apiserver-sidecar')).to.deep.equal(['Deployment/kube-apiserver', 'Service/nodelink']);
+    for (const [dir, objects] of rendered) {
       for (const o of objects)
         if (!o.kind.startsWith('Cluster'))
-          expect(o.metadata.namespace, `${o.kind}/${o.metadata.name}`).to.equal('kube-system');
+          expect(o.metadata.namespace, `${o.kind}/${o.metadata.name}`).to.equal(
+            dir === 'apiserver-sidecar' ? SIDECAR_NAMESPACE : 'kube-system',
+          );
     }
   });
 
@@ -420,13 +474,127 @@ describe('deploy/: Kubernetes manifests, checked offline', function () {
             ? Object.keys((o as unknown as { data: Record<string, string> }).data)
             : o.kind === 'DaemonSet'
               ? daemonSet([o], o.metadata.name).container.env!.map((e) => e.name)
-              : [];
+              : ['Deployment', 'Pod'].includes(o.kind)
+                ? allContainers(o).flatMap((c) => (c.env ?? []).map((e) => e.name))
+                : [];
         for (const name of names.filter((n) => n.startsWith('NODELINK_')))
           expect(flags, `${name} (${o.kind}/${o.metadata.name})`).to.include(flagOf(name));
       }
     };
     check(rendered.get('overlays/example')!, client);
     check(rendered.get('server')!, server);
+    check(rendered.get('apiserver-sidecar')!, server);
+    check(rendered.get('static-pod')!, server);
+    // The static pod's settings file: every key a server flag.
+    const [file] = readYamlDocuments(join(DEPLOY, 'static-pod', 'nodelink-server.yaml')) as Array<
+      Record<string, unknown>
+    >;
+    for (const key of Object.keys(file!)) expect(server, `nodelink-server.yaml: ${key}`).to.include(key);
+  });
+
+  it('apiserver sidecar: the server in the apiserver pod, an init step for the fail-closed routes, NET_ADMIN only', function () {
+    const objects = rendered.get('apiserver-sidecar')!;
+    const pod = podSpec(objects.find((o) => o.kind === 'Deployment')!);
+    expect(pod.hostNetwork ?? false, "the pod's own network namespace, shared with the apiserver").to.equal(false);
+    expect(pod.containers.map((c) => c.name)).to.deep.equal(['nodelink-server', 'kube-apiserver']);
+    const server = pod.containers[0]!;
+    const init = pod.initContainers!.find((c) => c.name === 'nodelink-routes')!;
+    expect(server.args).to.deep.equal(['server']);
+    expect(init.args).to.deep.equal(['server', '--init-routes']);
+    // The init step reads the same settings as the server: same tunnel CIDR, listen port and peers.
+    for (const name of ['NODELINK_LISTEN', 'NODELINK_PEERS'])
+      expect(envValue(init, name), name).to.equal(envValue(server, name));
+    expect(init.envFrom).to.deep.equal(server.envFrom);
+    expect(server.envFrom).to.deep.equal([{ configMapRef: { name: 'nodelink-server' } }]);
+    for (const c of [server, init]) assertNetAdminOnly(c);
+    const mount = assertKeyVolume(pod, server, 'nodelink-server-key');
+    expect(envValue(server, 'NODELINK_KEY')).to.equal(`${mount.mountPath}/server.key`);
+    expect(
+      init.volumeMounts!.map((m) => m.name),
+      'the init step reads no key',
+    ).to.deep.equal(['nodelink-peers']);
+    assertTunOnlyHostPath(pod, server);
+    // Liveness and startup probes on --metrics; no readiness probe that could take the apiserver out of service.
+    const metrics = envValue(server, 'NODELINK_METRICS')!;
+    expect(metrics).to.match(/^127\.0\.0\.1:\d+$/);
+    const port = Number(metrics.split(':')[1]);
+    expect(server.livenessProbe?.httpGet).to.deep.equal({ host: '127.0.0.1', path: '/healthz', port });
+    expect(server.startupProbe?.httpGet).to.deep.equal({ host: '127.0.0.1', path: '/readyz', port });
+    expect(server.readinessProbe).to.equal(undefined);
+    expect(server.resources?.limits?.['cpu'], 'no CPU limit on the single-threaded data path').to.equal(undefined);
+    expect(pod.terminationGracePeriodSeconds).to.be.within(5, 60);
+  });
+
+  it('apiserver sidecar: a LoadBalancer Service for the nodes, on the apiserver pods, at the sidecar’s port', function () {
+    const objects = rendered.get('apiserver-sidecar')!;
+    const deployment = objects.find((o) => o.kind === 'Deployment') as unknown as {
+      spec: { template: { metadata: { labels: Record<string, string> } } };
+    };
+    const service = objects.find((o) => o.kind === 'Service') as unknown as {
+      spec: {
+        type: string;
+        externalTrafficPolicy: string;
+        selector: Record<string, string>;
+        ports: Array<{ port: number; targetPort: string }>;
+      };
+    };
+    expect(service.spec.type).to.equal('LoadBalancer');
+    expect(service.spec.externalTrafficPolicy, "each node's own source address reaches the server").to.equal('Local');
+    expect(deployment.spec.template.metadata.labels).to.include(service.spec.selector);
+    const server = podSpec(objects.find((o) => o.kind === 'Deployment')!).containers[0]!;
+    const [port] = service.spec.ports;
+    const target = server.ports!.find((p) => p.name === port!.targetPort)!;
+    expect(target.containerPort).to.equal(port!.port);
+    expect(envValue(server, 'NODELINK_LISTEN')).to.equal(`0.0.0.0:${target.containerPort}`);
+  });
+
+  it("static pod: the kubeadm patch adds the server and its init step to kubeadm's kube-apiserver, keeping kubeadm's own", function () {
+    const [kubeadm] = readYamlDocuments(KUBEADM_APISERVER) as K8sObject[];
+    const [merged] = rendered.get('static-pod')!;
+    const pod = podSpec(merged!);
+    const original = podSpec(kubeadm!);
+    expect(pod.hostNetwork, "kubeadm's apiserver is in the host's network namespace").to.equal(true);
+    expect(pod.containers.map((c) => c.name)).to.deep.equal(['nodelink-server', 'kube-apiserver']);
+    expect(pod.containers[1]).to.deep.equal(original.containers[0]);
+    const server = pod.containers[0]!;
+    const init = pod.initContainers!.find((c) => c.name === 'nodelink-routes')!;
+    expect(init.args).to.deep.equal(['server', '--init-routes']);
+    expect(envValue(init, 'NODELINK_CONFIG')).to.equal(envValue(server, 'NODELINK_CONFIG'));
+    for (const c of [server, init]) assertNetAdminOnly(c);
+    // No Secrets or ConfigMaps in a static pod: one root-only host directory, /dev/net/tun, and kubeadm's own.
+    const hostPaths = pod.volumes!.filter((v) => v['hostPath']).map((v) => v['hostPath'].path as string);
+    expect(hostPaths.sort()).to.deep.equal(
+      ['/dev/net/tun', '/etc/kubernetes/nodelink', '/etc/kubernetes/pki', '/etc/ssl/certs'].sort(),
+    );
+    expect(pod.volumes!.some((v) => v['secret'] || v['configMap'])).to.equal(false);
+    const config = server.volumeMounts!.find((m) => m.name === 'nodelink-config')!;
+    expect(config.readOnly).to.equal(true);
+    expect(envValue(server, 'NODELINK_CONFIG')!.startsWith(`${config.mountPath}/`)).to.equal(true);
+    expect(server.readinessProbe).to.equal(undefined);
+    expect(server.livenessProbe?.httpGet?.path).to.equal('/healthz');
+  });
+
+  it('the example apiservers carry the flags nodelink needs, and kubeadm-config.yaml sets them (the check bites)', function () {
+    const command = (o: K8sObject): string[] => allContainers(o).find((c) => c.name === 'kube-apiserver')!.command!;
+    const sidecar = command(rendered.get('apiserver-sidecar')!.find((o) => o.kind === 'Deployment')!);
+    const kubeadm = command(rendered.get('static-pod')![0]!);
+    const failing = (argv: string[]): string[] =>
+      checkApiserverFlags(argv)
+        .filter((check) => !check.ok)
+        .map((check) => check.flag);
+    expect(failing(sidecar)).to.deep.equal([]);
+    expect(failing(kubeadm)).to.deep.equal([]);
+    const [config] = readYamlDocuments(join(DEPLOY, 'static-pod', 'kubeadm-config.yaml')) as Array<{
+      kind: string;
+      apiServer: { extraArgs: Array<{ name: string; value: string }> };
+    }>;
+    expect(config!.kind).to.equal('ClusterConfiguration');
+    const extra = config!.apiServer.extraArgs.map(({ name, value }) => `--${name}=${value}`);
+    expect(failing(['kube-apiserver', ...extra])).to.deep.equal([]);
+    expect(failing(['kube-apiserver', ...extra.slice(1)])).to.deep.equal(['kubelet-preferred-address-types']);
+    expect(failing(sidecar.filter((arg) => !arg.startsWith('--enable-aggregator-routing')))).to.deep.equal([
+      'enable-aggregator-routing',
+    ]);
   });
 });
 
