@@ -3,6 +3,7 @@
 // bad peers are rejected with a reason, and nothing is left behind.
 
 import { expect } from 'chai';
+import { writeFileSync } from 'node:fs';
 import { expectedSha256 } from '../../scripts/harness/index.js';
 import { runCli } from '../../scripts/cluster.js';
 import { clusterRig, expectNothingLeft } from '../support/cluster-rig.js';
@@ -133,6 +134,14 @@ describe('link in namespaces (real CLI)', function () {
 
   it('a second server on the same port fails with one clear line', async function () {
     const { h } = rig;
+    // Peers of its own: the first server's would be refused as another nodelink's routes.
+    const peersFile = `${h.dir}/second-peers.json`;
+    const peer = {
+      name: 'node-x',
+      publicKey: rig.cluster.makeIdentity('node-x').publicKey,
+      allowedIPs: ['198.19.200.0/24'],
+    };
+    writeFileSync(peersFile, JSON.stringify({ peers: [peer] }));
     const result = await runCli(
       [
         'server',
@@ -141,7 +150,7 @@ describe('link in namespaces (real CLI)', function () {
         '--key',
         rig.cluster.serverKey.keyFile,
         '--peers',
-        rig.cluster.peersFile,
+        peersFile,
         '--tunnel-cidr',
         '198.18.254.0/24',
         '--tun',
