@@ -1,4 +1,4 @@
-import { BlockList, isIP } from 'node:net';
+import { isIP } from 'node:net';
 import { TunError } from './errors.js';
 import { ip, ipBatch } from './iproute2.js';
 
@@ -73,12 +73,13 @@ export function routeTableFor(tun: string): number {
   return 0x4e4c0000 + ((hash ^ (hash >>> 16)) & 0xffff);
 }
 
-/** A network in text form, split once: `198.19.1.0/24` → family 4, network, length. */
+/** A network in text form, parsed once: `198.19.1.0/24` → family 4, network, length, bytes. */
 export interface Cidr {
   readonly family: 4 | 6;
   readonly network: string;
   readonly length: number;
   readonly text: string;
+  readonly bytes: Uint8Array;
 }
 
 export function parseCidr(text: string): Cidr {
@@ -90,22 +91,56 @@ export function parseCidr(text: string): Cidr {
   const length = slash < 0 ? bits : Number(text.slice(slash + 1));
   if (!Number.isInteger(length) || length < 0 || length > bits)
     throw new TunError('iproute2', `"${text}" is not a CIDR`);
-  return { family, network, length, text: slash < 0 ? `${network}/${bits}` : text };
+  return {
+    family,
+    network,
+    length,
+    text: slash < 0 ? `${network}/${bits}` : text,
+    bytes: addressBytes(network, family),
+  };
+}
+
+/** The bytes of an address `isIP` accepted: dotted quad, or IPv6 with `::` and an IPv4 tail. */
+function addressBytes(address: string, family: 4 | 6): Uint8Array {
+  if (family === 4) return Uint8Array.from(address.split('.').map(Number));
+  let text = address;
+  const quad = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (quad) {
+    const [a, b, c, d] = quad.slice(1).map(Number) as [number, number, number, number];
+    text = `${text.slice(0, quad.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head, tail] = text.split('::') as [string, string | undefined];
+  const left = head ? head.split(':') : [];
+  const right = tail ? tail.split(':') : [];
+  const groups =
+    tail === undefined ? left : [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right];
+  const bytes = new Uint8Array(16);
+  groups.forEach((group, i) => {
+    const value = parseInt(group, 16);
+    bytes[2 * i] = value >> 8;
+    bytes[2 * i + 1] = value & 0xff;
+  });
+  return bytes;
+}
+
+/** True when the first `length` bits of `bytes` are those of `cidr`. */
+function inPrefix(cidr: Cidr, bytes: Uint8Array): boolean {
+  const whole = cidr.length >> 3;
+  for (let i = 0; i < whole; i++) if (cidr.bytes[i] !== bytes[i]) return false;
+  const rest = cidr.length & 7;
+  if (rest === 0) return true;
+  const mask = (0xff << (8 - rest)) & 0xff;
+  return (cidr.bytes[whole]! & mask) === (bytes[whole]! & mask);
 }
 
 /** True when `outer` equals or contains all of `inner`. */
 export function covers(outer: Cidr, inner: Cidr): boolean {
-  if (outer.family !== inner.family || outer.length > inner.length) return false;
-  return containsAddress(outer, inner.network);
+  return outer.family === inner.family && outer.length <= inner.length && inPrefix(outer, inner.bytes);
 }
 
 export function containsAddress(cidr: Cidr, address: string): boolean {
   const family = isIP(address);
-  if (family !== cidr.family) return false;
-  const type = family === 4 ? 'ipv4' : 'ipv6';
-  const list = new BlockList();
-  list.addSubnet(cidr.network, cidr.length, type);
-  return list.check(address, type);
+  return family === cidr.family && inPrefix(cidr, addressBytes(address, family));
 }
 
 /** One route as `ip -N -j route show table all` reports it. */
@@ -195,6 +230,12 @@ export function routeConflicts(
   routes: readonly KernelRoute[],
   owner: RouteOwner,
 ): RouteConflict[] {
+  // The routes that count, once: the daemon's own (thousands, with many peers) never do.
+  const others = routes.filter(
+    (route) =>
+      !isOwn(route, owner) &&
+      (route.protocol === ROUTE_PROTOCOL || (TABLE_NAMES.has(route.table) && !REJECT_TYPES.has(route.type))),
+  );
   const conflicts: RouteConflict[] = [];
   for (const text of cidrs) {
     const cidr = parseCidr(text);
@@ -202,12 +243,7 @@ export function routeConflicts(
       conflicts.push({ cidr: text, route: undefined });
       continue;
     }
-    const hit = routes.find((route) => {
-      if (isOwn(route, owner) || !covers(cidr, route.dst)) return false;
-      if (route.protocol === ROUTE_PROTOCOL) return true;
-      if (!TABLE_NAMES.has(route.table)) return false;
-      return !REJECT_TYPES.has(route.type);
-    });
+    const hit = others.find((route) => covers(cidr, route.dst));
     if (hit) conflicts.push({ cidr: text, route: hit });
   }
   return conflicts;

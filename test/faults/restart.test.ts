@@ -3,6 +3,7 @@
 // SIGKILL of either side the next start cleans up and works.
 
 import { expect } from 'chai';
+import { runCli } from '../../scripts/cluster.js';
 import { connected, logLines, quickStatus, report, faultRig } from './util.js';
 import { leavesNothingBehind } from '../support/cluster-rig.js';
 import { waitFor } from '../support/wait.js';
@@ -109,15 +110,38 @@ describe('faults: server restart and crash recovery', function () {
     await allReachable();
   });
 
-  it('a leftover persistent TUN named nl0 and stale routes are replaced at start', async function () {
+  it('a leftover persistent TUN named nl0 and its routes are replaced at start; a foreign route is refused', async function () {
     const { h } = rig;
     await rig.cluster.server!.stop('SIGTERM', 5000);
-    // What a crashed older version or an operator could leave: a persistent nl0, and a route
-    // for node 2's pods that points elsewhere.
+    // What a crashed older version could leave: a persistent nl0 with a route into it.
     await h.exec(h.ns.cp, ['ip', 'tuntap', 'add', 'dev', 'nl0', 'mode', 'tun']);
     await h.exec(h.ns.cp, ['ip', 'link', 'set', 'dev', 'nl0', 'up']);
     await h.exec(h.ns.cp, ['ip', 'route', 'add', h.podCIDR(1), 'dev', 'nl0']);
+    // What an operator could have: a route for node 2's pods into another device. nodelink never
+    // takes over a route it did not install: the start is refused, naming both.
     await h.exec(h.ns.cp, ['ip', 'route', 'add', h.podCIDR(2), 'dev', 'lo']);
+    const refused = await runCli(
+      [
+        'server',
+        '--init-routes',
+        '--listen',
+        h.serverEndpoint,
+        '--key',
+        rig.cluster.serverKey.keyFile,
+        '--peers',
+        rig.cluster.peersFile,
+        '--tunnel-cidr',
+        h.tunnelCIDR,
+      ],
+      { ns: h.ns.cp },
+    );
+    expect(refused.code).to.equal(1);
+    expect(refused.stderr).to.match(
+      new RegExp(
+        `allowedIPs ${h.podCIDR(2).replace(/\./g, '\\.')} covers the host's route .* dev lo proto boot table main`,
+      ),
+    );
+    await h.exec(h.ns.cp, ['ip', 'route', 'del', h.podCIDR(2), 'dev', 'lo']);
     await rig.cluster.startServer();
     await rig.cluster.waitConnected(all, 30_000);
     const route = await h.exec(h.ns.cp, ['ip', 'route', 'get', h.podIP(2, 1)]);

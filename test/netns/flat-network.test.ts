@@ -4,9 +4,10 @@
 // keeps its replies out of its own tunnel. Strict rp_filter everywhere, as the hardest case.
 
 import { expect } from 'chai';
-import type { Apiserver } from '../../scripts/harness.js';
+import type { Apiserver } from '../../scripts/harness/index.js';
 import { OWN_TRAFFIC_RULE_PRIORITY } from '../../src/tun/index.js';
-import { clusterRig, leavesNothingBehind } from './root.js';
+import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
+import { waitFor } from '../support/wait.js';
 
 describe('flat network (no NAT): a node dials the server from an address inside its own allowedIPs', function () {
   this.timeout(120_000);
@@ -78,22 +79,22 @@ describe('flat network (no NAT): a node dials the server from an address inside 
     try {
       await cluster.clients.get(2)!.stop();
       const client = cluster.startClient(2);
-      await h.waitForOutput(client, 'no welcome within', 15_000);
+      await client.waitForOutput('no welcome within', 15_000);
       expect(client.output()).to.not.include('connected to server');
     } finally {
       await h.exec(h.ns.cp, ruleArgs(4, 'add'));
     }
-    await h.waitForOutput(cluster.clients.get(2)!, 'connected to server', 30_000);
+    await cluster.clients.get(2)!.waitForOutput('connected to server', 30_000);
   });
 
   it('after kill -9 the dial fails at once; a restarted server and its nodes come back on the flat network', async function () {
     const { h, cluster } = rig;
     cluster.server!.kill('SIGKILL');
     await cluster.server!.exited;
-    await h.waitFor(
+    await waitFor(
+      'nl0 gone',
       async () => (await h.exec(h.ns.cp, ['ip', 'link', 'show', 'nl0'], { allowFail: true })).code !== 0,
       5000,
-      'nl0 gone',
     );
     const down = await api.dial({ host: h.nodeIP(1), port: h.kubeletPort, tls: true, timeoutMs: 2000 });
     expect(down).to.include({ ok: false, error: 'EHOSTUNREACH' });
