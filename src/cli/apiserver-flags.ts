@@ -1,4 +1,4 @@
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 
@@ -145,7 +145,9 @@ export interface ApiserverProcess {
 
 /**
  * kube-apiserver processes this process can see in `procRoot` (its own pod with a shared
- * process namespace, or the host's): those whose command is named kube-apiserver.
+ * process namespace, or the host's) whose command is named kube-apiserver, and that share its
+ * network namespace: only that apiserver dials through this server's routes. A process whose
+ * namespace cannot be read (no ptrace access to it) counts: nothing says it is elsewhere.
  */
 export function findApiserverProcesses(procRoot = '/proc'): ApiserverProcess[] {
   const found: ApiserverProcess[] = [];
@@ -155,6 +157,14 @@ export function findApiserverProcesses(procRoot = '/proc'): ApiserverProcess[] {
   } catch {
     return found;
   }
+  const netns = (pid: string): string | undefined => {
+    try {
+      return readlinkSync(join(procRoot, pid, 'ns', 'net'));
+    } catch {
+      return undefined;
+    }
+  };
+  const own = netns('self');
   for (const entry of entries) {
     if (!/^\d+$/.test(entry)) continue;
     let argv: string[];
@@ -164,7 +174,10 @@ export function findApiserverProcesses(procRoot = '/proc'): ApiserverProcess[] {
       continue; // exited meanwhile, or not ours to read
     }
     if (argv.at(-1) === '') argv.pop();
-    if (argv.length > 0 && basename(argv[0]!) === 'kube-apiserver') found.push({ pid: Number(entry), argv });
+    if (argv.length === 0 || basename(argv[0]!) !== 'kube-apiserver') continue;
+    const theirs = netns(entry);
+    if (own !== undefined && theirs !== undefined && own !== theirs) continue;
+    found.push({ pid: Number(entry), argv });
   }
   return found.sort((a, b) => a.pid - b.pid);
 }

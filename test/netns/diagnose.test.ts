@@ -198,6 +198,49 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
     expect(none.stderr).to.match(/--side node .*--side control-plane/);
   });
 
+  it("checks the flags of the kube-apiserver in the server's network namespace, and only that one", async function () {
+    const t = H();
+    const checks = async (): Promise<Array<[string, string]>> =>
+      (await onControlPlane()).report.checks
+        .filter((c) => c.id.startsWith('apiserver'))
+        .map((c): [string, string] => [c.id, c.status]);
+    expect((await checks())[0], 'no apiserver here yet').to.deep.equal(['apiserver', 'skip']);
+    // One with the built-in defaults beside the server, and a well-set one in another namespace.
+    const elsewhere = await t.startApiserver(t.ns.node(1));
+    const defaults = await t.startApiserver(t.ns.cp, ['--secure-port=6443']);
+    try {
+      const { code, report } = await onControlPlane();
+      expect(code).to.equal(1);
+      expect(check(report, 'apiserver').detail).to.equal(`pid ${defaults.process.pid}`);
+      expect(check(report, 'apiserver:kubelet-preferred-address-types').fix).to.equal(
+        'set --kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname on kube-apiserver',
+      );
+      expect(check(report, 'apiserver:enable-aggregator-routing').fix).to.equal(
+        'set --enable-aggregator-routing=true on kube-apiserver',
+      );
+      expect(check(report, 'apiserver:egress-selector-config-file').status).to.equal('pass');
+      const text = await runCli(['diagnose', '--side', 'control-plane', '--admin-socket', C().serverSocket], {
+        ns: t.ns.cp,
+        timeoutMs: 30_000,
+      });
+      expect(text.stdout).to.match(/✗ kube-apiserver --enable-aggregator-routing +unset \(default false\)/);
+    } finally {
+      await defaults.process.stop();
+    }
+    const good = await t.startApiserver();
+    try {
+      expect(await checks()).to.deep.equal([
+        ['apiserver', 'pass'],
+        ['apiserver:kubelet-preferred-address-types', 'pass'],
+        ['apiserver:enable-aggregator-routing', 'pass'],
+        ['apiserver:egress-selector-config-file', 'pass'],
+      ]);
+    } finally {
+      await good.process.stop();
+      await elsewhere.process.stop();
+    }
+  });
+
   it('server down: the first failure is the server port, refused', async function () {
     await C().server!.stop();
     const { code, report } = await onNode();

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
@@ -9,6 +9,8 @@ import {
   parseFlags,
   readAsProcess,
 } from '../../src/cli/apiserver-flags.js';
+import { runChecks } from '../../src/cli/diagnose/checks.js';
+import { controlPlaneChecks } from '../../src/cli/diagnose/control-plane.js';
 
 /** kubeadm's kube-apiserver command, trimmed, with nodelink's two flags right. */
 const GOOD = [
@@ -95,15 +97,22 @@ egressSelections:
   it('finds kube-apiserver processes in a /proc tree and reads files as they see them', function () {
     const root = mkdtempSync(path.join(os.tmpdir(), 'nodelink-proc-'));
     try {
-      const proc = (pid: number, argv: string[]): void => {
+      const proc = (pid: number, argv: string[], netns?: string): void => {
         mkdirSync(path.join(root, String(pid), 'root', 'etc'), { recursive: true });
         writeFileSync(path.join(root, String(pid), 'cmdline'), `${argv.join('\0')}\0`);
+        if (netns) {
+          mkdirSync(path.join(root, String(pid), 'ns'));
+          symlinkSync(netns, path.join(root, String(pid), 'ns', 'net'));
+        }
       };
-      proc(40, ['/usr/local/bin/kube-apiserver', '--secure-port=6443']);
+      proc(40, ['/usr/local/bin/kube-apiserver', '--secure-port=6443'], 'net:[4026531840]');
       proc(7, ['kube-apiserver', ...GOOD.slice(1)]);
       proc(9, ['/usr/bin/nodelink', 'server']);
       proc(11, ['kube-apiserver-proxy']);
-      mkdirSync(path.join(root, 'self'));
+      // Another network namespace's apiserver does not dial through this server's routes.
+      proc(13, ['kube-apiserver', '--secure-port=6443'], 'net:[4026532999]');
+      mkdirSync(path.join(root, 'self', 'ns'), { recursive: true });
+      symlinkSync('net:[4026531840]', path.join(root, 'self', 'ns', 'net'));
       writeFileSync(path.join(root, '40', 'root', 'etc', 'egress.yaml'), 'egressSelections: []\n');
       const found = findApiserverProcesses(root);
       expect(found.map((p) => p.pid)).to.deep.equal([7, 40]);
@@ -111,6 +120,38 @@ egressSelections:
       expect(readAsProcess(40, '/etc/egress.yaml', root)).to.equal('egressSelections: []\n');
       expect(readAsProcess(40, '/etc/missing.yaml', root)).to.equal(undefined);
       expect(findApiserverProcesses(path.join(root, 'nothing-here'))).to.deep.equal([]);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('diagnose on the control plane: one check per flag with its fix, skipped when no apiserver is visible', async function () {
+    const root = mkdtempSync(path.join(os.tmpdir(), 'nodelink-proc-'));
+    try {
+      // No nodelink server here: its checks fail or skip; only the apiserver's are looked at.
+      const ctx = { daemon: { socket: 'none' }, kubeletPort: 1, timeoutMs: 1 };
+      const apiserver = async (): Promise<Array<[string, string, string | undefined]>> =>
+        (await runChecks('control-plane', controlPlaneChecks(ctx, root), ctx)).checks
+          .filter((check) => check.id.startsWith('apiserver'))
+          .map((check) => [check.id, check.status, check.fix]);
+      expect(await apiserver()).to.deep.equal([
+        ['apiserver', 'skip', undefined],
+        ['apiserver:kubelet-preferred-address-types', 'skip', undefined],
+        ['apiserver:enable-aggregator-routing', 'skip', undefined],
+        ['apiserver:egress-selector-config-file', 'skip', undefined],
+      ]);
+      mkdirSync(path.join(root, '321'));
+      writeFileSync(path.join(root, '321', 'cmdline'), 'kube-apiserver\0--secure-port=6443\0');
+      expect(await apiserver()).to.deep.equal([
+        ['apiserver', 'pass', undefined],
+        [
+          'apiserver:kubelet-preferred-address-types',
+          'fail',
+          'set --kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname on kube-apiserver',
+        ],
+        ['apiserver:enable-aggregator-routing', 'fail', 'set --enable-aggregator-routing=true on kube-apiserver'],
+        ['apiserver:egress-selector-config-file', 'pass', undefined],
+      ]);
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

@@ -216,6 +216,10 @@ describe('diagnose', function () {
         'peer:node-1:routes',
         'peer:node-1:node_ip',
         'peer:node-1:pod:198.19.1.0/24',
+        'apiserver',
+        'apiserver:kubelet-preferred-address-types',
+        'apiserver:enable-aggregator-routing',
+        'apiserver:egress-selector-config-file',
       ]);
     });
 

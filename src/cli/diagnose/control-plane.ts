@@ -1,6 +1,12 @@
 import type { DaemonStatus, PeerStatus } from '../../admin/index.js';
 import { Prefix, formatEndpoint } from '../../routing/index.js';
 import { serverRouteCommand } from '../../tun/index.js';
+import {
+  checkApiserverFlags,
+  findApiserverProcesses,
+  readAsProcess,
+  type ApiserverProcess,
+} from '../apiserver-flags.js';
 import { parseEndpoint } from '../config.js';
 import { deviceUp, nodeIp } from '../observe.js';
 import { fail, pass, skip, type CheckDefinition, type LocalDaemon, type Outcome } from './checks.js';
@@ -10,7 +16,8 @@ import { describeConnectError, ping, routeDevice, sampleAddress, tcpConnect, wro
  * The control-plane side of `nodelink diagnose`: the server runs, its port answers, its TUN is
  * up, and for each peer in its peers file: connected, the kernel routes its allowedIPs into the
  * TUN, and its node IP and pod CIDRs answer through the link. The server's own status (asked on
- * its admin socket) is the source of all of it.
+ * its admin socket) is the source of all of it. Last, where a kube-apiserver in this network
+ * namespace is visible, the flags it needs for nodelink (apiserver-flags.ts).
  */
 
 export interface ControlPlaneContext {
@@ -139,13 +146,53 @@ function peerChecks(peer: PeerStatus, tun: string, listen: string | undefined): 
   ];
 }
 
-/** The control plane's checks, in the order they run and print: the server's, then each peer's. */
-export function controlPlaneChecks(ctx: ControlPlaneContext): CheckDefinition<ControlPlaneContext>[] {
+const APISERVER_FLAGS = ['kubelet-preferred-address-types', 'enable-aggregator-routing', 'egress-selector-config-file'];
+
+/** kube-apiserver's checks: found (or skipped, saying where to run diagnose), then one per flag. */
+function apiserverChecks(procRoot: string): CheckDefinition<ControlPlaneContext>[] {
+  let found: ApiserverProcess | undefined;
+  return [
+    {
+      id: 'apiserver',
+      title: 'kube-apiserver visible',
+      run() {
+        found = findApiserverProcesses(procRoot)[0];
+        if (!found)
+          return skip(
+            'no kube-apiserver process in this network namespace is visible here: run diagnose on its host, or in its pod with shareProcessNamespace',
+          );
+        return pass(`pid ${found.pid}`);
+      },
+    },
+    ...APISERVER_FLAGS.map((flag): CheckDefinition<ControlPlaneContext> => ({
+      id: `apiserver:${flag}`,
+      title: `kube-apiserver --${flag}`,
+      after: ['apiserver'],
+      run() {
+        const process = found!;
+        const check = checkApiserverFlags(process.argv, (path) => readAsProcess(process.pid, path, procRoot)).find(
+          (c) => c.flag === flag,
+        )!;
+        return check.ok ? pass(check.detail) : fail(check.detail, check.fix!);
+      },
+    })),
+  ];
+}
+
+/**
+ * The control plane's checks, in the order they run and print: the server's, each peer's, then
+ * kube-apiserver's flags (`procRoot` is /proc but in tests).
+ */
+export function controlPlaneChecks(
+  ctx: ControlPlaneContext,
+  procRoot = '/proc',
+): CheckDefinition<ControlPlaneContext>[] {
   const status = ctx.daemon.status?.role === 'server' ? ctx.daemon.status : undefined;
   return [
     { id: 'server', title: 'nodelink server running', run: serverCheck },
     { id: 'listening', title: 'server port answers', after: ['server'], run: listeningCheck },
     { id: 'tun', title: 'TUN device up', after: ['server'], run: tunCheck },
     ...(status?.peers ?? []).flatMap((peer) => peerChecks(peer, status!.tun, status!.listen)),
+    ...apiserverChecks(procRoot),
   ];
 }
