@@ -81,7 +81,7 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
     return (status?.peers ?? []).filter((peer) => peer.connected).map((peer) => peer.name);
   };
   const serverRoutes = async (): Promise<string> =>
-    (await rig.h.exec(rig.h.ns.cp, ['ip', 'route', 'show', 'dev', 'nl0'])).stdout;
+    (await rig.h.exec(rig.h.ns.cp, ['ip', 'route', 'show', 'table', 'all', 'dev', 'nl0'])).stdout;
 
   before(async function () {
     if (!rig.h) return;
