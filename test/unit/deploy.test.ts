@@ -522,6 +522,9 @@ describe('deploy/: Kubernetes manifests, checked offline', function () {
     expect(server.startupProbe?.httpGet).to.deep.equal({ host: '127.0.0.1', path: '/readyz', port });
     expect(server.readinessProbe).to.equal(undefined);
     expect(server.resources?.limits?.['cpu'], 'no CPU limit on the single-threaded data path').to.equal(undefined);
+    // Every node holds a session to each replica: the server count is the Deployment's replicas.
+    const deployment = objects.find((o) => o.kind === 'Deployment') as unknown as { spec: { replicas: number } };
+    expect(envValue(server, 'NODELINK_SERVER_COUNT')).to.equal(String(deployment.spec.replicas));
     expect(pod.terminationGracePeriodSeconds).to.be.within(5, 60);
   });
 
