@@ -12,19 +12,33 @@
 //                    --spoof S1,S2 --own S --dst D [--count N]
 //                    a compromised node: authenticates with its real key, then sends ICMP echo
 //                    requests from spoofed sources and from its own; reports the replies
+//   attacker pingflood --target H:P [--count N] [--size B] [--seconds S] [--spacing-ms T]
+//                    [--server-key K --key FILE --name N --routes A,B]
+//                    Pings of B bytes, as fast as the socket takes them, and never a byte read:
+//                    without --key on N connections before any hello; with it, in one session
+//   attacker stallecho --target H:P --server-key K --key FILE --name N --routes A,B --src S --dst D
+//                    [--seconds S] [--per-ms N]
+//                    an authenticated node that never reads, sending N ICMP echo requests per ms
+//                    from S to D (which keep its session alive): whatever the server has for it
+//                    waits in its queue
+//   attacker replaceloop --target H:P --server-key K --key FILE --name N --routes A,B
+//                    [--rate R] [--seconds S]
+//                    a stolen key: a new session R times a second, each replacing the last
 
 import { randomBytes } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { EXPORTER_BYTES, EXPORTER_LABEL, decodeKey, encodeHello, keysEqual, readKeyFile } from '../src/auth/index.js';
-import { FrameDecoder, FrameType, encodeFrame } from '../src/protocol/index.js';
+import { FrameDecoder, FrameType, closeCodeName, decodeCodePayload, encodeFrame } from '../src/protocol/index.js';
 import { parseAddress } from '../src/routing/index.js';
 import { serverPublicKey } from '../src/link-client/trust.js';
 import { icmpEchoRequest } from '../test/support/packets.js';
 
 const MAX_COUNT = 1000;
 const MAX_WAIT_MS = 20_000;
+/** The longest flood a mode runs, so that it ends well inside the 30 s guard. */
+const MAX_FLOOD_S = 20;
 
 function arg(name: string, fallback?: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -177,23 +191,41 @@ async function prehello(): Promise<object> {
   return { framesSent: n, closedMs };
 }
 
-async function node(): Promise<object> {
+function floodSeconds(fallback: number): number {
+  return Math.min(MAX_FLOOD_S, Number(arg('seconds', String(fallback))));
+}
+
+/** A TLS 1.3 connection to the target, once its handshake is done; nothing sent yet. */
+async function tlsSession(): Promise<TLSSocket> {
   const { host, port } = target();
-  const serverKey = decodeKey(arg('server-key'), '--server-key');
-  const keyPair = readKeyFile(arg('key'));
-  const spoof = arg('spoof').split(',').filter(Boolean);
-  const own = arg('own');
-  const dst = arg('dst');
-  const n = count(10);
   const socket: TLSSocket = tlsConnect({ host, port, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
   socket.on('error', () => undefined);
   await new Promise<void>((resolve, reject) => {
     socket.once('secureConnect', resolve);
     socket.once('error', reject);
+    socket.once('close', () => reject(new Error('closed before the TLS handshake ended')));
   });
+  return socket;
+}
+
+interface Session {
+  readonly socket: TLSSocket;
+  readonly frames: Array<{ type: FrameType; payload: Buffer }>;
+}
+
+/**
+ * A session of the node --key names, with --name and --routes: resolves once welcomed, with every
+ * frame read so far (and later, while the socket is read). Rejects with the Reject's reason.
+ */
+async function authenticated(serverKey = decodeKey(arg('server-key'), '--server-key')): Promise<Session> {
+  const keyPair = readKeyFile(arg('key'));
+  const socket = await tlsSession();
   const presented = serverPublicKey(socket);
-  if (!presented || !keysEqual(presented, serverKey)) throw new Error('not the server we were told to attack');
-  const frames: Array<{ type: FrameType; payload: Buffer }> = [];
+  if (!presented || !keysEqual(presented, serverKey)) {
+    socket.destroy();
+    throw new Error('not the server we were told to attack');
+  }
+  const frames: Session['frames'] = [];
   const decoder = new FrameDecoder((type, payload) => frames.push({ type, payload: Buffer.from(payload) }));
   socket.on('data', (chunk: Buffer) => decoder.push(chunk));
   const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
@@ -204,9 +236,33 @@ async function node(): Promise<object> {
     ),
   );
   const deadline = Date.now() + 5000;
-  while (!frames.some((f) => f.type === FrameType.Welcome || f.type === FrameType.Reject) && Date.now() < deadline)
-    await sleep(20);
-  if (!frames.some((f) => f.type === FrameType.Welcome)) throw new Error('no welcome');
+  const answer = (): { type: FrameType; payload: Buffer } | undefined =>
+    frames.find((f) => f.type === FrameType.Welcome || f.type === FrameType.Reject || f.type === FrameType.Close);
+  while (!answer() && !socket.destroyed && Date.now() < deadline) await sleep(5);
+  const frame = answer();
+  if (frame?.type !== FrameType.Welcome) {
+    socket.destroy();
+    const refusal = frame ? decodeCodePayload(frame.payload) : undefined;
+    throw new RefusedError(refusal ? closeCodeName(refusal.code) : 'no_welcome', refusal?.reason ?? 'no welcome');
+  }
+  return { socket, frames };
+}
+
+class RefusedError extends Error {
+  constructor(
+    readonly code: string,
+    reason: string,
+  ) {
+    super(`refused (${code}): ${reason}`);
+  }
+}
+
+async function node(): Promise<object> {
+  const spoof = arg('spoof').split(',').filter(Boolean);
+  const own = arg('own');
+  const dst = arg('dst');
+  const n = count(10);
+  const { socket, frames } = await authenticated();
   let seq = 0;
   for (let i = 0; i < n; i++) {
     for (const src of spoof) socket.write(encodeFrame(FrameType.Data, echoRequest(src, dst, seq++)));
@@ -226,7 +282,137 @@ async function node(): Promise<object> {
   };
 }
 
-const MODES: Record<string, () => Promise<object>> = { random, http, tls12, slow, flood, prehello, node };
+/** Resolves after the socket drains, closes, or the deadline passes, whichever comes first. */
+function drainedOrDone(socket: TLSSocket, deadline: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    const timer = setTimeout(done, Math.max(0, deadline - Date.now()));
+    socket.once('drain', done);
+    socket.once('close', done);
+  });
+}
+
+/** Writes `frame` over and over until the deadline, as fast as the socket takes it; never reads. */
+async function writeUntil(socket: TLSSocket, frame: Buffer, deadline: number): Promise<number> {
+  socket.pause();
+  let sent = 0;
+  while (Date.now() < deadline && !socket.destroyed) {
+    sent++;
+    if (!socket.write(frame)) await drainedOrDone(socket, deadline);
+    else if (sent % 64 === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+  return sent;
+}
+
+async function pingflood(): Promise<object> {
+  const seconds = floodSeconds(5);
+  const withKey = process.argv.includes('--key');
+  const size = Number(arg('size', withKey ? '65000' : '4090'));
+  const frame = encodeFrame(FrameType.Ping, randomBytes(size));
+  const started = Date.now();
+  const deadline = started + seconds * 1000;
+  const flood = async (socket: TLSSocket): Promise<{ frames: number; closedMs: number | null }> => {
+    let closedMs: number | null = null;
+    socket.once('close', () => (closedMs = Date.now() - started));
+    const frames = await writeUntil(socket, frame, deadline);
+    await sleep(50);
+    socket.destroy();
+    return { frames, closedMs };
+  };
+  if (withKey) {
+    const { socket } = await authenticated();
+    const { frames, closedMs } = await flood(socket);
+    return { authenticated: true, seconds, size, framesSent: frames, closedByServerAfterMs: closedMs };
+  }
+  const n = count(60);
+  const spacingMs = Number(arg('spacing-ms', '25'));
+  const results = await Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      await sleep(i * spacingMs);
+      if (Date.now() >= deadline) return null;
+      const socket = await tlsSession().catch(() => undefined);
+      return socket ? flood(socket) : null;
+    }),
+  );
+  const opened = results.filter((r) => r !== null);
+  return {
+    authenticated: false,
+    seconds,
+    size,
+    connections: n,
+    opened: opened.length,
+    framesSent: opened.reduce((sum, r) => sum + r.frames, 0),
+    closedByServer: opened.filter((r) => r.closedMs !== null).length,
+  };
+}
+
+async function stallecho(): Promise<object> {
+  const seconds = floodSeconds(10);
+  const perMs = Math.min(100, Number(arg('per-ms', '1')));
+  const src = arg('src');
+  const dst = arg('dst');
+  const { socket } = await authenticated();
+  socket.pause();
+  const started = Date.now();
+  let sent = 0;
+  for (let elapsed = 0; elapsed < seconds * 1000 && !socket.destroyed; elapsed = Date.now() - started) {
+    const due = elapsed * perMs;
+    while (sent < due) socket.write(encodeFrame(FrameType.Data, echoRequest(src, dst, sent++ & 0xffff)));
+    await sleep(1);
+  }
+  const closedByServer = socket.destroyed;
+  socket.destroy();
+  return { seconds, echoesSent: sent, closedByServer };
+}
+
+async function replaceloop(): Promise<object> {
+  const seconds = floodSeconds(5);
+  const rate = Math.min(50, Number(arg('rate', '50')));
+  const serverKey = decodeKey(arg('server-key'), '--server-key');
+  const started = Date.now();
+  const sockets: TLSSocket[] = [];
+  const refused = new Map<string, number>();
+  let attempts = 0;
+  let welcomed = 0;
+  const pending: Array<Promise<void>> = [];
+  while (Date.now() - started < seconds * 1000) {
+    attempts++;
+    pending.push(
+      authenticated(serverKey).then(
+        ({ socket }) => {
+          welcomed++;
+          sockets.push(socket);
+        },
+        (err: unknown) => {
+          const code = err instanceof RefusedError ? err.code : 'connection_error';
+          refused.set(code, (refused.get(code) ?? 0) + 1);
+        },
+      ),
+    );
+    await sleep(1000 / rate);
+  }
+  await Promise.all(pending);
+  for (const socket of sockets) socket.destroy();
+  return { seconds, attempts, welcomed, refused: Object.fromEntries(refused) };
+}
+
+const MODES: Record<string, () => Promise<object>> = {
+  random,
+  http,
+  tls12,
+  slow,
+  flood,
+  prehello,
+  node,
+  pingflood,
+  stallecho,
+  replaceloop,
+};
 
 const mode = process.argv[2] ?? '';
 const run = MODES[mode];

@@ -1,0 +1,231 @@
+// What a peer can make either end hold: every byte bounded and counted, control frames included.
+// A peer that sends Pings and never reads, one that pings before its hello, one that pings far
+// faster than any keepalive, and a stalled queue beside other peers' traffic, first over a fake
+// stream that never reads, then against the real server over loopback TLS.
+
+import { expect } from 'chai';
+import { Duplex, PassThrough } from 'node:stream';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { encodeKey, parsePeers } from '../../src/auth/index.js';
+import {
+  CloseCode,
+  FrameDecoder,
+  FrameType,
+  HEADER_SIZE,
+  closeCodeName,
+  decodeCodePayload,
+  encodeFrame,
+} from '../../src/protocol/index.js';
+import { FramedConnection, type ConnectionEvents, type ConnectionOptions } from '../../src/link/connection.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { APISERVER, Rigs, TUNNEL_CIDRS, newPair } from '../support/link-rig.js';
+import { ipv4 } from '../support/packets.js';
+import { waitFor } from '../support/wait.js';
+
+const MiB = 1024 * 1024;
+
+/**
+ * The near end of a connection whose peer never reads: no write ever completes, as on a socket
+ * whose peer's receive window is closed, and the chunks handed to it stay referenced (a socket's
+ * write request keeps them too). Frames from that peer arrive through `inject`.
+ */
+class StalledStream extends Duplex {
+  readonly held: Buffer[] = [];
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, _done: (error?: Error | null) => void): void {
+    this.held.push(chunk);
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer }>, _done: (error?: Error | null) => void): void {
+    for (const { chunk } of chunks) this.held.push(chunk);
+  }
+
+  override _read(): void {}
+
+  inject(bytes: Buffer): void {
+    this.push(bytes);
+  }
+}
+
+/** Two ends that pass bytes both ways, as a socket pair does. */
+function streamPair(): [Duplex, Duplex] {
+  const aToB = new PassThrough();
+  const bToA = new PassThrough();
+  const ends: [Duplex, Duplex] = [
+    Duplex.from({ readable: bToA, writable: aToB }),
+    Duplex.from({ readable: aToB, writable: bToA }),
+  ];
+  for (const stream of [aToB, bToA, ...ends]) stream.on('error', () => {});
+  return ends;
+}
+
+function events(): ConnectionEvents & { closes: Array<{ code: CloseCode; reason: string }> } {
+  const closes: Array<{ code: CloseCode; reason: string }> = [];
+  return {
+    closes,
+    onData: () => undefined,
+    onControl: () => undefined,
+    onClose: (code, reason) => closes.push({ code, reason }),
+  };
+}
+
+const OPTIONS: ConnectionOptions = {
+  maxQueueBytes: 4096,
+  keepaliveIntervalMs: 60_000,
+  deadAfterMs: 120_000,
+  maxInitialPayload: 65_599,
+};
+
+const ping = (size = 8): Buffer => encodeFrame(FrameType.Ping, Buffer.alloc(size, 1));
+
+/** The garbage collector, which mocha does not expose: enough to measure what stays reachable. */
+function collector(): () => void {
+  setFlagsFromString('--expose-gc');
+  return runInNewContext('gc') as () => void;
+}
+
+describe('bounded memory: peers that send and never read', function () {
+  this.timeout(10_000);
+  const connections: FramedConnection[] = [];
+  const streams: Duplex[] = [];
+
+  function connect(stream: Duplex, options: ConnectionOptions = OPTIONS) {
+    const recorded = events();
+    const connection = new FramedConnection(stream, recorded, options);
+    connections.push(connection);
+    streams.push(stream);
+    return { connection, recorded };
+  }
+
+  afterEach(function () {
+    for (const c of connections.splice(0)) c.destroy('test over');
+    for (const s of streams.splice(0)) s.destroy();
+  });
+
+  describe('FramedConnection, both ends', function () {
+    it('a peer that sends Pings and never reads costs at most --max-queue-bytes: the Pongs are not queued past it', async function () {
+      const stream = new StalledStream();
+      const { connection } = connect(stream);
+      connection.startKeepalive();
+      for (let round = 0; round < 50; round++) {
+        stream.inject(Buffer.concat(Array.from({ length: 200 }, () => ping())));
+        await sleep(25);
+      }
+      expect(connection.queuedBytes, 'bytes queued for a peer that reads nothing').to.be.at.most(
+        OPTIONS.maxQueueBytes + 64,
+      );
+      expect(connection.isClosed).to.equal(false);
+    });
+
+    it('answers a reading peer at most 20 Pings a second, and counts the rest (ping_flood)', async function () {
+      const [near, far] = streamPair();
+      streams.push(far);
+      const { connection } = connect(near);
+      let pongs = 0;
+      const decoder = new FrameDecoder((type) => {
+        if (type === FrameType.Pong) pongs++;
+      });
+      far.on('data', (chunk: Buffer) => decoder.push(chunk));
+      connection.startKeepalive();
+      far.write(Buffer.concat(Array.from({ length: 500 }, () => ping())));
+      await waitFor('the Pings to be read', () => connection.counters.rxBytes === 0 && pongs > 0);
+      await sleep(100);
+      expect(pongs, 'Pongs for 500 Pings sent at once').to.be.at.least(1).and.at.most(20);
+      expect(connection.counters.dropsByReason()['ping_flood']).to.equal(500 - pongs);
+    });
+
+    it('closes on a Ping that is not 8 bytes (protocol_error) instead of echoing it', async function () {
+      const stream = new StalledStream();
+      const { connection, recorded } = connect(stream);
+      connection.startKeepalive();
+      stream.inject(ping(60_000));
+      await waitFor('the close', () => recorded.closes.length > 0);
+      expect(closeCodeName(recorded.closes[0]!.code)).to.equal('protocol_error');
+      expect(recorded.closes[0]!.reason).to.match(/Ping of 60000 bytes/);
+    });
+
+    it('closing a connection whose peer reads nothing frees it at once, not after the goodbye grace', async function () {
+      const stream = new StalledStream();
+      const { connection } = connect(stream);
+      connection.startKeepalive();
+      const packet = ipv4('198.19.1.5', APISERVER, Buffer.alloc(1000));
+      for (let i = 0; i < 20; i++) {
+        connection.sendData(packet);
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+      expect(connection.queuedBytes).to.be.above(OPTIONS.maxQueueBytes);
+      connection.close(CloseCode.Timeout, 'test');
+      await sleep(50);
+      expect(stream.destroyed, 'destroyed within 50 ms').to.equal(true);
+    });
+
+    it('a packet that has to wait in a stalled queue is copied: the batch it was read in is freed', async function () {
+      const gc = collector();
+      const stream = new StalledStream();
+      const { connection } = connect(stream, { ...OPTIONS, maxQueueBytes: MiB });
+      const packet = ipv4(APISERVER, '198.19.1.5', Buffer.alloc(80, 3));
+      gc();
+      const before = process.memoryUsage().arrayBuffers;
+      for (let i = 0; i < 64; i++) {
+        // One TUN read: a packet for the stalled peer beside a megabyte of other peers' traffic.
+        const batch = Buffer.alloc(MiB, 7);
+        packet.copy(batch, 0);
+        expect(connection.sendData(batch.subarray(0, packet.length))).to.equal(true);
+        await new Promise<void>((resolve) => setImmediate(resolve)); // each read is a tick of its own
+      }
+      gc();
+      const pinned = process.memoryUsage().arrayBuffers - before;
+      expect(connection.counters.txPackets).to.equal(64);
+      expect(connection.queuedBytes).to.equal(64 * (HEADER_SIZE + packet.length));
+      expect(pinned, 'bytes kept alive by 64 queued packets of 100 bytes').to.be.below(4 * MiB);
+    });
+
+    it('a packet for a stream with nothing waiting is written as it is: no copy on the fast path', async function () {
+      const [near, far] = streamPair();
+      streams.push(far);
+      const { connection } = connect(near);
+      const written: Buffer[] = [];
+      const write = near.write.bind(near);
+      near.write = ((chunk: Buffer, ...rest: never[]) => {
+        written.push(chunk);
+        return write(chunk, ...rest);
+      }) as typeof near.write;
+      far.resume();
+      const batch = Buffer.alloc(4096, 9);
+      ipv4('198.19.1.5', APISERVER, Buffer.alloc(80)).copy(batch, 0);
+      connection.sendData(batch.subarray(0, 100));
+      expect(written.some((chunk) => chunk.buffer === batch.buffer)).to.equal(true);
+    });
+  });
+
+  describe('the server over loopback TLS', function () {
+    const rigs = new Rigs();
+    const serverPair = newPair();
+    const pairA = newPair();
+    const registry = parsePeers(
+      JSON.stringify({
+        peers: [{ name: 'node-a', publicKey: encodeKey(pairA.publicKey), allowedIPs: ['198.19.1.0/24'] }],
+      }),
+      'peers.json',
+      TUNNEL_CIDRS,
+    );
+
+    afterEach(async function () {
+      await rigs.stopAll();
+    });
+
+    it('no Pong before the hello: a Ping on a connection without one closes it (protocol_error)', async function () {
+      const s = await rigs.server({ registry, keyPair: serverPair, handshakeTimeoutMs: 3000 });
+      const raw = await rigs.raw(s.port);
+      const started = Date.now();
+      raw.socket.write(ping());
+      await raw.closedPromise;
+      expect(Date.now() - started, 'closed at once, not at the handshake deadline').to.be.below(1000);
+      expect(raw.frame(FrameType.Pong), 'a Pong').to.equal(undefined);
+      const close = raw.frame(FrameType.Close);
+      expect(close, 'a Close frame').to.not.equal(undefined);
+      expect(closeCodeName(decodeCodePayload(close!.payload).code)).to.equal('protocol_error');
+    });
+  });
+});
