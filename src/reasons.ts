@@ -85,8 +85,9 @@ export const HANDSHAKE_FAILURES: readonly HandshakeFailure[] = [
 ];
 
 /**
- * Why a packet was dropped. Every drop is counted under one of these names, per peer when one is
- * to blame: `status` dropsByReason and the label of `nodelink_dropped_packets_total`.
+ * Why a packet was dropped, or a keepalive frame not sent. Every drop is counted under one of
+ * these names, per peer when one is to blame: `status` dropsByReason and the label of
+ * `nodelink_dropped_packets_total`.
  */
 export const DROP_REASONS = [
   'queue_full', // the peer's TLS stream is not keeping up; its bounded send queue is full
@@ -98,6 +99,7 @@ export const DROP_REASONS = [
   'unannounced_source', // a node's kernel sent from an address the node does not announce
   'replica_offline', // a node's packet of a flow whose server replica it holds no session to now
   'tun_error', // the TUN device refused a write
+  'ping_flood', // a Ping beyond what any keepalive sends (MAX_PONGS_PER_SECOND): not answered
 ] as const;
 
 export type DropReason = (typeof DROP_REASONS)[number];

@@ -4,6 +4,7 @@ import {
   FrameDecoder,
   FrameType,
   HEADER_SIZE,
+  PING_PAYLOAD_SIZE,
   decodeCodePayload,
   encodeCode,
   encodeFrame,
@@ -12,7 +13,7 @@ import {
 import { TrafficCounters } from './counters.js';
 
 export interface ConnectionOptions {
-  /** Bytes the TLS stream may hold unsent before data packets are dropped (queue_full). */
+  /** Bytes the TLS stream may hold unsent before packets, Pings and Pongs are dropped (queue_full). */
   readonly maxQueueBytes: number;
   readonly keepaliveIntervalMs: number;
   /** No frame at all from the peer for this long means it is dead: closed as `timeout`. */
@@ -38,13 +39,32 @@ export interface ConnectionEvents {
 }
 
 /**
+ * Pings answered per second, at most. A keepalive pings once per --keepalive-ms (100 ms or
+ * more); a peer that pings faster wants replies queued, not round trips.
+ */
+export const MAX_PONGS_PER_SECOND = 20;
+
+/** How long a closed stream stays open for the peer to read the Close frame. */
+const CLOSE_GRACE_MS = 2000;
+
+/**
  * One framed stream between a node and the server, shared by both ends: decoding, batched
  * writes, keepalive, counters. It knows nothing of authentication or routing.
  *
  * Outbound: frames written in one tick are corked into one TLS record and one syscall, and
- * uncorked in process.nextTick. A data packet is dropped (queue_full) rather than queued when
- * the stream already holds maxQueueBytes, so a slow peer costs bounded memory and stalls
- * nobody else. Control frames are never dropped.
+ * uncorked in process.nextTick. Whatever a peer makes this end write is bounded, so a peer that
+ * does not read costs bounded memory and stalls nobody else:
+ *  - a data packet is dropped (queue_full) rather than queued once the stream holds
+ *    maxQueueBytes; so are Pings and Pongs. The frames that open and close a connection (Hello,
+ *    Welcome, Reject, Close: one of each at most) are always written;
+ *  - a Ping is answered only once the session is open (startKeepalive), only if it is
+ *    PING_PAYLOAD_SIZE bytes, and at most MAX_PONGS_PER_SECOND a second (ping_flood beyond);
+ *  - a packet that would wait behind unsent bytes of an earlier tick is copied when the tick
+ *    ends, all of them into one buffer: a packet is usually a view into a larger buffer (a TUN
+ *    read batch holding other peers' packets, a TLS record), which a waiting view would keep
+ *    alive. A packet written to an empty stream goes as it is, uncopied;
+ *  - a stream closed while holding more than maxQueueBytes is destroyed at once: a peer that
+ *    does not read would never see the goodbye.
  */
 export class FramedConnection {
   /** Replaceable: a server session adopts the counters of its peer once it knows who it is. */
@@ -55,7 +75,16 @@ export class FramedConnection {
 
   private readonly decoder: FrameDecoder;
   private corked = false;
+  /** The stream held unsent bytes when this tick's first frame was written. */
+  private backlogged = false;
+  /** Packets of this tick that wait to be copied, and their frames' bytes. */
+  private readonly waiting: Buffer[] = [];
+  private waitingBytes = 0;
   private closed = false;
+  /** Set by startKeepalive: the session is open and Pings get answered. */
+  private sessionOpen = false;
+  private pongsLeft = MAX_PONGS_PER_SECOND;
+  private pongWindowStartedAt = 0;
   private lastRxAt = Date.now();
   private keepaliveTimer: NodeJS.Timeout | undefined;
   private readonly pingPayload = Buffer.alloc(8);
@@ -78,7 +107,7 @@ export class FramedConnection {
   }
 
   get queuedBytes(): number {
-    return this.stream.writableLength;
+    return this.stream.writableLength + this.waitingBytes;
   }
 
   /** After authentication the limit rises from the tight hello cap to a full packet. */
@@ -86,7 +115,9 @@ export class FramedConnection {
     this.decoder.setMaxPayload(maxPayload);
   }
 
+  /** The session is open: keepalive starts, and the peer's Pings are answered from now on. */
   startKeepalive(): void {
+    this.sessionOpen = true;
     this.lastRxAt = Date.now();
     this.keepaliveTimer = setInterval(() => this.keepaliveTick(), this.options.keepaliveIntervalMs);
     this.sendPing(); // an RTT right away, not one interval later
@@ -95,23 +126,29 @@ export class FramedConnection {
   sendControl(type: FrameType, payload?: Uint8Array): void {
     if (this.closed) return;
     this.cork();
+    this.flushWaiting();
     this.stream.write(encodeFrame(type, payload));
   }
 
   /** Returns false when the packet was dropped. */
   sendData(packet: Buffer): boolean {
     if (this.closed) return false;
-    if (this.stream.writableLength > this.options.maxQueueBytes) {
+    if (this.queuedBytes > this.options.maxQueueBytes) {
       this.counters.drop('queue_full');
       return false;
     }
     this.cork();
-    // A few bytes from Node's shared pool: no new memory block per packet, only a small view
-    // object; the payload itself is written as is, never copied here.
-    const header = Buffer.allocUnsafe(HEADER_SIZE);
-    writeHeader(header, 0, FrameType.Data, packet.length);
-    this.stream.write(header);
-    this.stream.write(packet);
+    if (this.backlogged) {
+      this.waiting.push(packet);
+      this.waitingBytes += HEADER_SIZE + packet.length;
+    } else {
+      // A few bytes from Node's shared pool: no new memory block per packet, only a small view
+      // object; the payload itself is written as is, never copied here.
+      const header = Buffer.allocUnsafe(HEADER_SIZE);
+      writeHeader(header, 0, FrameType.Data, packet.length);
+      this.stream.write(header);
+      this.stream.write(packet);
+    }
     this.counters.txPackets++;
     this.counters.txBytes += packet.length;
     return true;
@@ -121,11 +158,13 @@ export class FramedConnection {
   close(code: CloseCode, reason: string, frameType: FrameType.Close | FrameType.Reject = FrameType.Close): void {
     if (this.closed) return;
     this.cork();
+    this.flushWaiting();
     this.stream.write(encodeCode(frameType, code, reason));
     this.stream.end();
     this.finish(code, reason, false);
+    if (this.stream.writableLength > this.options.maxQueueBytes) this.stream.destroy();
     // A peer that never reads must not hold the socket open forever.
-    setTimeout(() => this.stream.destroy(), 2000).unref();
+    else setTimeout(() => this.stream.destroy(), CLOSE_GRACE_MS).unref();
   }
 
   /** Drops the connection without a goodbye (used when the peer is already gone). */
@@ -137,14 +176,34 @@ export class FramedConnection {
   private cork(): void {
     if (this.corked) return;
     this.corked = true;
+    this.backlogged = this.stream.writableLength > 0;
     this.stream.cork();
-    process.nextTick(() => {
-      this.corked = false;
-      this.stream.uncork();
-    });
+    process.nextTick(this.uncork);
+  }
+
+  private readonly uncork = (): void => {
+    this.flushWaiting();
+    this.corked = false;
+    this.stream.uncork();
+  };
+
+  /** Copies the packets that wait into one buffer of their own, and writes it. */
+  private flushWaiting(): void {
+    if (this.waitingBytes === 0 || this.closed) return;
+    const frames = Buffer.allocUnsafeSlow(this.waitingBytes);
+    let offset = 0;
+    for (const packet of this.waiting) {
+      writeHeader(frames, offset, FrameType.Data, packet.length);
+      packet.copy(frames, offset + HEADER_SIZE);
+      offset += HEADER_SIZE + packet.length;
+    }
+    this.waiting.length = 0;
+    this.waitingBytes = 0;
+    this.stream.write(frames);
   }
 
   private onChunk(chunk: Buffer): void {
+    if (this.closed) return; // nothing read after the goodbye is acted on: do not buffer it
     this.lastRxAt = Date.now();
     try {
       this.decoder.push(chunk);
@@ -162,7 +221,7 @@ export class FramedConnection {
         this.events.onData(payload);
         return;
       case FrameType.Ping:
-        this.sendControl(FrameType.Pong, payload);
+        this.onPing(payload);
         return;
       case FrameType.Pong:
         this.onPong(payload);
@@ -170,6 +229,7 @@ export class FramedConnection {
       case FrameType.Close:
       case FrameType.Reject: {
         const { code, reason } = decodeCodePayload(payload);
+        this.flushWaiting();
         this.stream.end();
         this.finish(code, reason, true);
         return;
@@ -189,8 +249,38 @@ export class FramedConnection {
   }
 
   private sendPing(): void {
+    // A peer that has not read the queue has not read the last Ping either.
+    if (this.queuedBytes > this.options.maxQueueBytes) return;
     this.pingPayload.writeDoubleBE(performance.now(), 0);
     this.sendControl(FrameType.Ping, this.pingPayload);
+  }
+
+  private onPing(payload: Buffer): void {
+    // Nothing pings before the session opens (keepalive starts with it): a Ping then would
+    // make a connection that has not authenticated queue replies.
+    if (!this.sessionOpen) {
+      this.close(CloseCode.ProtocolError, 'Ping before the session opened');
+      return;
+    }
+    if (payload.length !== PING_PAYLOAD_SIZE) {
+      this.close(CloseCode.ProtocolError, `Ping of ${payload.length} bytes (a Ping carries ${PING_PAYLOAD_SIZE})`);
+      return;
+    }
+    const now = Date.now();
+    if (now - this.pongWindowStartedAt >= 1000) {
+      this.pongWindowStartedAt = now;
+      this.pongsLeft = MAX_PONGS_PER_SECOND;
+    }
+    if (this.pongsLeft === 0) {
+      this.counters.drop('ping_flood');
+      return;
+    }
+    this.pongsLeft--;
+    if (this.queuedBytes > this.options.maxQueueBytes) {
+      this.counters.drop('queue_full');
+      return;
+    }
+    this.sendControl(FrameType.Pong, payload);
   }
 
   private onPong(payload: Buffer): void {
@@ -208,6 +298,8 @@ export class FramedConnection {
   private finish(code: CloseCode, reason: string, byPeer: boolean): void {
     if (this.closed) return;
     this.closed = true;
+    this.waiting.length = 0;
+    this.waitingBytes = 0;
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
     this.events.onClose(code, reason, byPeer);
   }
