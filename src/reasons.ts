@@ -21,6 +21,7 @@ export const CLOSE_REASONS = [
   'timeout', // a deadline passed: no frame from a peer for --dead-after-ms, or no hello in time
   'internal', // the other end failed on its own (a route it could not install, a backend down)
   'already_held', // a server replica refused a node that already holds a session to it (no failure)
+  'replace_limited', // the key replaced its session too often: a new one is refused, the live one stays
 ] as const;
 
 /** A close code this version does not know (a newer peer sent it). */

@@ -83,6 +83,10 @@ function formatPeer(peer: PeerStatus, now: number): string[] {
   );
   if (peer.connected) lines.push(`  queue: ${formatBytes(peer.queuedBytes)}`);
   lines.push(`  drops: ${formatDrops(peer.dropsByReason)}`);
+  if (peer.replacements || peer.replacementsRefused)
+    lines.push(
+      `  replacements: ${peer.replacements ?? 0} sessions replaced by a new one with this key, ${peer.replacementsRefused ?? 0} refused (replace_limited)`,
+    );
   if (peer.lastError && !peer.connected) lines.push(`  last error: ${peer.lastError}`);
   return lines;
 }

@@ -153,9 +153,36 @@ export class LinkMetrics {
         }
       },
     });
+    const replacements: Array<[string, string, (peer: DaemonStatus['peers'][number]) => number | undefined]> = [
+      [
+        'nodelink_peer_replacements_total',
+        "Server: sessions of the peer replaced by a newer connection with the peer's key.",
+        (peer) => peer.replacements,
+      ],
+      [
+        'nodelink_peer_replacements_refused_total',
+        "Server: connections with the peer's key refused because it replaced its session too often (replace_limited).",
+        (peer) => peer.replacementsRefused,
+      ],
+    ];
+    for (const [name, help, value] of replacements) {
+      new Counter({
+        name,
+        help,
+        labelNames: ['peer'],
+        registers,
+        collect() {
+          this.reset();
+          for (const peer of peers()) {
+            const count = value(peer);
+            if (count !== undefined) this.inc({ peer: peer.name }, count);
+          }
+        },
+      });
+    }
     new Gauge({
       name: 'nodelink_peer_queued_bytes',
-      help: "Bytes waiting in the peer's TLS stream (send queue depth; data is dropped past --max-queue-bytes).",
+      help: "Bytes waiting in the peer's TLS stream (send queue depth; data, Pings and Pongs are dropped past --max-queue-bytes).",
       labelNames: ['peer'],
       registers,
       collect() {

@@ -20,6 +20,10 @@ export interface PeerStatus {
   drops: number;
   dropsByReason: Partial<Record<DropReason, number>>;
   queuedBytes: number;
+  /** Server: sessions of this peer replaced by a newer connection with its key. */
+  replacements?: number;
+  /** Server: connections with its key refused because it replaced its session too often (replace_limited). */
+  replacementsRefused?: number;
   // ---- filled in by the daemon's observability wiring (src/cli/observe.ts) ----
   /** When the last keepalive pong arrived (ISO-8601); null before the first. */
   lastPongAt?: string | null;

@@ -212,6 +212,10 @@ export class NodeConnection {
   /** The hello is accepted: the session opens, replacing the peer's previous one. */
   private open(peer: PeerState, routes: readonly Prefix[]): void {
     const { ctx, connection, endpoint } = this;
+    if (!ctx.peers.mayReplace(peer)) {
+      this.refuseReplacement(peer);
+      return;
+    }
     const session: Session = { peer, connection, endpoint, routes };
     connection.counters = peer.counters;
     this.session = session;
@@ -225,6 +229,22 @@ export class NodeConnection {
       'peer connected',
     );
     ctx.observer?.connected?.(peer.config.name);
+  }
+
+  /**
+   * The key replaced its live session too often (peers.ts mayReplace): the live session stays,
+   * this connection is refused. The node is not told to exit; it redials with backoff.
+   */
+  private refuseReplacement(peer: PeerState): void {
+    const { name } = peer.config;
+    const current = peer.session?.endpoint ?? '?';
+    const detail =
+      `peer "${name}" already has a session (from ${current}) and its key replaced sessions too often: ` +
+      `that session stays; if two machines use this key, give each its own`;
+    this.ctx.log.warn({ peer: name, endpoint: this.endpoint, current, reason: 'replace_limited' }, 'peer refused');
+    this.ctx.observer?.handshakeFailed?.('replace_limited', name, detail);
+    this.rejected = true;
+    this.connection.close(CloseCode.ReplaceLimited, detail, FrameType.Reject);
   }
 
   /** Tells the node why not (it exits) and counts the rejection under its precise reason. */

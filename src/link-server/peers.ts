@@ -10,11 +10,30 @@ import type { FramedConnection } from '../link/connection.js';
 import { TrafficCounters } from '../link/counters.js';
 import { PrefixTable, type Prefix } from '../routing/index.js';
 
+/**
+ * How often one key may replace its own live session: REPLACEMENT_BURST times in a row, then once
+ * more every REPLACEMENT_REFILL_MS. A node that redials while the server still holds its old
+ * session (a NAT rebinding, a quick restart) replaces it once; a key used in two places at once
+ * (stolen, or copied to a second machine) would replace back and forth without end, and each
+ * side would be offline most of the time.
+ */
+export const REPLACEMENT_BURST = 5;
+export const REPLACEMENT_REFILL_MS = 10_000;
+
 /** A node as the server knows it, connected or not. */
 export interface PeerState {
   config: PeerConfig; // its peers-file entry; replaced when a reload changes it
   readonly counters: TrafficCounters; // outlive its sessions, as in `wg show`
   session: Session | undefined; // the live one; set by Peers.open, cleared by Peers.close
+  readonly replacements: Replacements; // how often its key replaced its session, and may again
+}
+
+/** A token bucket of session replacements, and what became of them (status, metrics). */
+export interface Replacements {
+  tokens: number;
+  refilledAt: number;
+  done: number; // sessions replaced by a newer one with the same key
+  refused: number; // new connections refused because no token was left (replace_limited)
 }
 
 /** One authenticated connection of a node. */
@@ -61,6 +80,27 @@ export class Peers {
     return previous;
   }
 
+  /**
+   * Whether `peer`'s live session may be replaced now, counting the answer. Without a live
+   * session there is nothing to replace: always yes, and no token spent.
+   */
+  mayReplace(peer: PeerState, now = Date.now()): boolean {
+    if (!peer.session) return true;
+    const bucket = peer.replacements;
+    const refills = Math.floor((now - bucket.refilledAt) / REPLACEMENT_REFILL_MS);
+    if (refills > 0) {
+      bucket.tokens = Math.min(REPLACEMENT_BURST, bucket.tokens + refills);
+      bucket.refilledAt += refills * REPLACEMENT_REFILL_MS;
+    }
+    if (bucket.tokens === 0) {
+      bucket.refused++;
+      return false;
+    }
+    bucket.tokens--;
+    bucket.done++;
+    return true;
+  }
+
   /** A session ended: its routes that no newer session took over are withdrawn. */
   close(session: Session): void {
     for (const route of session.routes) {
@@ -77,5 +117,10 @@ export class Peers {
 }
 
 export function newPeerState(config: PeerConfig): PeerState {
-  return { config, counters: new TrafficCounters(), session: undefined };
+  return {
+    config,
+    counters: new TrafficCounters(),
+    session: undefined,
+    replacements: { tokens: REPLACEMENT_BURST, refilledAt: Date.now(), done: 0, refused: 0 },
+  };
 }

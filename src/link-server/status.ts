@@ -23,7 +23,7 @@ export interface ServerView {
 
 export function serverStatus(view: ServerView): DaemonStatus {
   const peers: PeerStatus[] = [];
-  for (const { session, counters, config } of view.peers.byKey.values()) {
+  for (const { session, counters, config, replacements } of view.peers.byKey.values()) {
     peers.push({
       name: config.name,
       publicKey: config.publicKeyText,
@@ -32,6 +32,8 @@ export function serverStatus(view: ServerView): DaemonStatus {
       routes: session ? session.routes.map(String) : [],
       allowedIPs: config.allowedIPs.map(String),
       ...trafficStatus(counters, session?.connection),
+      replacements: replacements.done,
+      replacementsRefused: replacements.refused,
     });
   }
   return {

@@ -67,6 +67,7 @@ export enum CloseCode {
   Timeout = 6,
   Internal = 7,
   AlreadyHeld = 8, // the node already holds a session to this replica: it keeps that one
+  ReplaceLimited = 9, // a new connection refused: its key replaced its session too often
 }
 
 /** The code's name in logs, metrics and `status` (src/reasons.ts); a newer peer's code is 'unknown'. */
