@@ -193,9 +193,9 @@ export class LinkClient {
 
   /** Dials after `delay` ms, or sooner if a dial is already due sooner; undefined: no dial needed. */
   /** Returns the wait until the next dial, if one is due (for the log line that says so). */
-  private scheduleDial(outcome: DialOutcome): number | undefined {
+  private scheduleDial(outcome: DialOutcome, sessionMs?: number): number | undefined {
     if (this.stopped) return undefined;
-    const delay = this.policy.next(this.replicas, outcome);
+    const delay = this.policy.next(this.replicas, outcome, sessionMs);
     if (delay === undefined || this.dialing) return undefined;
     const at = Date.now() + delay;
     if (at >= this.dialAt) return this.dialAt - Date.now();
@@ -300,7 +300,7 @@ export class LinkClient {
       this.choosePrimary();
       this.scheduleExpiry();
       if (!this.stopped) options.observer?.disconnected?.(replica.peerName, closeCodeName(code));
-      const retryInMs = rejected ? undefined : this.scheduleDial('lost');
+      const retryInMs = rejected ? undefined : this.scheduleDial('lost', Date.now() - session.welcomedAt);
       options.log[this.stopped ? 'info' : 'warn'](
         { server: session.endpoint, serverId: replica.id || undefined, code: failure, reason, byPeer, retryInMs },
         'disconnected from server',

@@ -179,12 +179,20 @@ export interface DialPolicyOptions {
 }
 
 /**
+ * A session that lasted this long worked, and the connect backoff starts over after it. One that
+ * ended sooner (replaced by a loop with the same key, closed by a server that cannot keep it)
+ * counts as one more failed dial, so such a loop is not redialed at full speed.
+ */
+export const STABLE_SESSION_MS = 10_000;
+
+/**
  * When to dial the address again. With no session at all the node redials as any client does
- * (exponential backoff with full jitter up to capMs). Holding some replicas, it looks for the
- * rest with its own backoff, capped lower, because each search dial lands on a replica at the
- * load balancer's choice: a lost session or a newly found replica starts that search from the
- * base again, and each dial that lands on a held replica or fails doubles its ceiling. Holding
- * every replica, it does not dial.
+ * (exponential backoff with full jitter up to capMs), and starts that backoff over only after a
+ * session that lasted STABLE_SESSION_MS. Holding some replicas, it looks for the rest with its
+ * own backoff, capped lower, because each search dial lands on a replica at the load balancer's
+ * choice: a lost session or a newly found replica starts that search from the base again, and
+ * each dial that lands on a held replica or fails doubles its ceiling. Holding every replica, it
+ * does not dial.
  */
 export class DialPolicy {
   private readonly connect: Backoff;
@@ -195,9 +203,12 @@ export class DialPolicy {
     this.search = new Backoff(options.baseMs, Math.min(options.searchCapMs, options.capMs), options.random);
   }
 
-  /** The wait before the next dial, or undefined when the node holds every replica it wants. */
-  next(replicas: ReplicaSet, outcome: DialOutcome): number | undefined {
-    if (outcome === 'new_replica') this.connect.reset();
+  /**
+   * The wait before the next dial, or undefined when the node holds every replica it wants.
+   * `sessionMs`: for a lost session, how long it lasted from its welcome.
+   */
+  next(replicas: ReplicaSet, outcome: DialOutcome, sessionMs = 0): number | undefined {
+    if (outcome === 'lost' && sessionMs >= STABLE_SESSION_MS) this.connect.reset();
     if (outcome === 'new_replica' || outcome === 'lost') this.search.reset();
     const held = replicas.held;
     if (held >= replicas.wanted) return undefined;

@@ -53,6 +53,8 @@ export class ClientSession {
   /** The server's key or certificate fingerprint as presented (status in --ca mode). */
   presentedIdentity: string | undefined;
   welcome: Welcome | undefined;
+  /** When the welcome arrived (Date.now()); 0 before. */
+  welcomedAt = 0;
 
   constructor(options: SessionOptions, events: SessionEvents) {
     const server = formatEndpoint(options);
@@ -117,6 +119,7 @@ export class ClientSession {
             return;
           }
           this.welcome = welcome;
+          this.welcomedAt = Date.now();
           this.connection.startKeepalive();
           events.welcomed(this, welcome);
         },

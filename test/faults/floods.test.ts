@@ -191,7 +191,7 @@ describe('faults: memory floods (peers that never read)', function () {
     const iperfServer = t.spawn(t.ns.pod(2, 1), ['iperf3', '-s', '-1', '-p', '5201', '--forceflush'], {
       name: 'iperf3-server',
     });
-    await t.waitForOutput(iperfServer, 'Server listening', 10_000);
+    await iperfServer.waitForOutput('Server listening', 10_000);
     let maxQueued = 0;
     const { peak } = await measure(
       'stalled node 3 beside bulk traffic to node 2',

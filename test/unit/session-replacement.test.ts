@@ -16,17 +16,11 @@ import {
 } from '../../src/protocol/index.js';
 import { createServerCertificate } from '../../src/link-server/index.js';
 import { LinkClient } from '../../src/link-client/index.js';
+import { DialPolicy, ReplicaSet, STABLE_SESSION_MS } from '../../src/link-client/replica-set.js';
+import { silentLogger } from '../../src/log.js';
 import { Prefix } from '../../src/routing/index.js';
 import { FakeTun } from '../support/fake-tun.js';
-import {
-  APISERVER,
-  CONNECTION,
-  RawSession,
-  Rigs,
-  TUNNEL_CIDRS,
-  newPair,
-  recordingLogger,
-} from '../support/link-rig.js';
+import { APISERVER, CONNECTION, RawSession, Rigs, TUNNEL_CIDRS, newPair } from '../support/link-rig.js';
 import { ipv4 } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
 
@@ -99,8 +93,10 @@ describe('session replacement storms', function () {
     it('keeps backing off after each welcome instead of starting over', async function () {
       // A server that welcomes every node and replaces it 30 ms later, as a thief's loop does.
       const certificate = await createServerCertificate(serverPair);
+      const dials: number[] = [];
       server = createTlsServer({ cert: certificate.certPem, key: certificate.keyPem, minVersion: 'TLSv1.3' });
       server.on('secureConnection', (socket: TLSSocket) => {
+        dials.push(Date.now());
         socket.on('error', () => undefined);
         const decoder = new FrameDecoder((type) => {
           if (type !== FrameType.Hello) return;
@@ -115,33 +111,52 @@ describe('session replacement storms', function () {
         socket.on('data', (chunk: Buffer) => decoder.push(chunk));
       });
       await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
-      const { log, lines } = recordingLogger();
-      client = new LinkClient({
-        host: '127.0.0.1',
-        port: (server.address() as { port: number }).port,
-        serverKey: serverPair.publicKey,
-        keyPair: pairA,
-        name: 'node-a',
-        routes: A_ROUTES.map((route) => Prefix.parse(route)),
-        tun: new FakeTun('node-a-tun'),
-        connection: CONNECTION,
-        handshakeTimeoutMs: 2000,
-        backoffBaseMs: 10,
-        backoffCapMs: 10_000,
-        installRoutes: async () => undefined,
-        onRejected: () => undefined,
-        log,
-      });
+      // Every backoff draw at the top of its range, so the waits are the ceilings: 10, 20, 40 ms…
+      const random = Math.random;
+      Math.random = () => 0.999999;
+      try {
+        client = new LinkClient({
+          host: '127.0.0.1',
+          port: (server.address() as { port: number }).port,
+          serverKey: serverPair.publicKey,
+          keyPair: pairA,
+          name: 'node-a',
+          routes: A_ROUTES.map((route) => Prefix.parse(route)),
+          tun: new FakeTun('node-a-tun'),
+          connection: CONNECTION,
+          handshakeTimeoutMs: 2000,
+          log: silentLogger(),
+          backoffBaseMs: 10,
+          backoffCapMs: 10_000,
+          installRoutes: async () => undefined,
+          onRejected: () => undefined,
+        });
+      } finally {
+        Math.random = random;
+      }
       client.start();
-      const retries = (): number[] =>
-        lines
-          .map((line) => JSON.parse(line) as { msg: string; retryInMs?: number; wasAuthenticated?: boolean })
-          .filter((entry) => entry.msg === 'disconnected from server' && entry.wasAuthenticated === true)
-          .map((entry) => entry.retryInMs!);
-      await waitFor('7 sessions ended', () => retries().length >= 7, 10_000);
-      // Starting over after each welcome draws every wait below the 10 ms base; backing off draws
-      // the 4th to 7th from up to 80, 160, 320 and 640 ms.
-      expect(Math.max(...retries().slice(3, 7)), `waits ${retries().join(', ')} ms`).to.be.above(10);
+      await waitFor('7 dials', () => dials.length >= 7, 10_000);
+      // Each gap is a 30 ms session, a TLS handshake and the wait. Starting over after every
+      // welcome waits 10 ms each time; backing off waits 640 ms before the 7th dial.
+      const gaps = dials.slice(1).map((at, i) => at - dials[i]!);
+      expect(gaps[5], `gaps between dials ${gaps.join(', ')} ms`).to.be.above(400);
+    });
+  });
+
+  describe('DialPolicy', function () {
+    const options = { baseMs: 100, capMs: 10_000, searchCapMs: 800, random: () => 0.999999 };
+
+    it('starts the connect backoff over after a session that lasted, not after one that ended at once', function () {
+      const set = new ReplicaSet(1000);
+      const policy = new DialPolicy(options);
+      const session = (lastedMs: number): number | undefined => {
+        set.admit('a', 1, 0);
+        expect(policy.next(set, 'new_replica')).to.equal(undefined);
+        set.lost('a', 1);
+        return policy.next(set, 'lost', lastedMs);
+      };
+      expect([30, 30, 30].map(session), 'sessions of 30 ms').to.deep.equal([99, 199, 399]);
+      expect(session(STABLE_SESSION_MS), 'a session that lasted').to.equal(99);
     });
   });
 });
