@@ -63,8 +63,8 @@ const CLOSE_GRACE_MS = 2000;
  *    ends, all of them into one buffer: a packet is usually a view into a larger buffer (a TUN
  *    read batch holding other peers' packets, a TLS record), which a waiting view would keep
  *    alive. A packet written to an empty stream goes as it is, uncopied;
- *  - a stream closed while holding more than maxQueueBytes is destroyed at once: a peer that
- *    does not read would never see the goodbye.
+ *  - after a close nothing more is read; a stream closed while holding more than maxQueueBytes
+ *    is destroyed at once: a peer that does not read would never see the goodbye.
  */
 export class FramedConnection {
   /** Replaceable: a server session adopts the counters of its peer once it knows who it is. */
@@ -161,6 +161,8 @@ export class FramedConnection {
     this.flushWaiting();
     this.stream.write(encodeCode(frameType, code, reason));
     this.stream.end();
+    // Nothing the peer sends after the goodbye is acted on: do not even decrypt it.
+    this.stream.pause();
     this.finish(code, reason, false);
     if (this.stream.writableLength > this.options.maxQueueBytes) this.stream.destroy();
     // A peer that never reads must not hold the socket open forever.
@@ -203,7 +205,7 @@ export class FramedConnection {
   }
 
   private onChunk(chunk: Buffer): void {
-    if (this.closed) return; // nothing read after the goodbye is acted on: do not buffer it
+    if (this.closed) return; // the rest of a chunk read before the goodbye
     this.lastRxAt = Date.now();
     try {
       this.decoder.push(chunk);
