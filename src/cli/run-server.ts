@@ -1,5 +1,5 @@
 import { defaultServerId } from '../link-server/replica-id.js';
-import { readKeyFile, readPeersFile, type PeerRegistry } from '../auth/index.js';
+import { PeerRegistry, readKeyFile, readPeersFile } from '../auth/index.js';
 import { processDebug } from '../admin/index.js';
 import { LinkServer, loadServerCertificate } from '../link-server/index.js';
 import { LinuxTun, ServerRoutes } from '../tun/index.js';
@@ -19,6 +19,23 @@ function allowedIPs(registry: PeerRegistry): { cidrs: string[]; label: (cidr: st
   return { cidrs: [...owners.keys()], label: (cidr) => `peer "${owners.get(cidr) ?? '?'}" allowedIPs ${cidr}` };
 }
 
+/**
+ * Kubernetes mode: a Node whose addresses would take over a route of this host (a CNI route on
+ * a control-plane host, say) is left out, named in the log, and every other Node joins. A peers
+ * file is the operator's own list, refused whole instead (routes.check).
+ */
+async function withoutClashes(registry: PeerRegistry, routes: ServerRoutes, log: Logger): Promise<PeerRegistry> {
+  const clashing = await routes.conflicting(allowedIPs(registry).cidrs);
+  if (clashing.size === 0) return registry;
+  const kept = registry.peers.filter((peer) => !peer.allowedIPs.some((cidr) => clashing.has(String(cidr))));
+  for (const peer of registry.peers) {
+    if (kept.includes(peer)) continue;
+    const cidrs = peer.allowedIPs.map(String).filter((cidr) => clashing.has(cidr));
+    log.warn({ node: peer.name, cidrs }, "a Node cannot join the link: its addresses cover a route of this host's");
+  }
+  return new PeerRegistry(kept);
+}
+
 function serverRoutes(config: ServerConfig): ServerRoutes {
   return new ServerRoutes({
     tun: config.tun,
@@ -32,7 +49,11 @@ async function initRoutes(config: ServerConfig, log: Logger): Promise<void> {
   const kubernetes = config.nodeAuth === 'kubernetes' ? await kubernetesNodeAuth(config, log) : undefined;
   try {
     const routes = serverRoutes(config);
-    const allowed = allowedIPs(kubernetes?.registry ?? readPeersFile(config.peersFile, config.tunnelCidrs));
+    const allowed = allowedIPs(
+      kubernetes
+        ? await withoutClashes(kubernetes.registry, routes, log)
+        : readPeersFile(config.peersFile, config.tunnelCidrs),
+    );
     await routes.check(allowed.cidrs, allowed.label);
     const summary = await routes.failClosed(allowed.cidrs, { prune: true });
     log.info({ tun: config.tun, table: routes.table, ...summary }, 'fail-closed routes in place');
@@ -47,8 +68,10 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   // Everything that can be wrong with the input is checked before any device is created.
   const keyPair = readKeyFile(config.keyFile);
   const kubernetes = config.nodeAuth === 'kubernetes' ? await kubernetesNodeAuth(config, log) : undefined;
-  const registry = kubernetes?.registry ?? readPeersFile(config.peersFile, config.tunnelCidrs);
   const routes = serverRoutes(config);
+  const registry = kubernetes
+    ? await withoutClashes(kubernetes.registry, routes, log)
+    : readPeersFile(config.peersFile, config.tunnelCidrs);
   const allowed = allowedIPs(registry);
   await routes.check(allowed.cidrs, allowed.label);
   const loadCertificate = () =>
@@ -110,12 +133,13 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     throw err;
   }
   // Kubernetes mode: Nodes that come, go or change move the peers and their kernel routes.
-  // A Node whose addresses would take over a route of the host's holds back the change, named.
+  // A Node whose addresses would take over a route of the host's is left out, named.
+  // One change at a time, in the order the watch saw them.
+  let applying: Promise<unknown> = Promise.resolve();
   kubernetes?.follow((nodes) => {
-    const next = allowedIPs(nodes);
-    routes
-      .check(next.cidrs, next.label)
-      .then(() => server.reload(nodes, 'nodes'))
+    applying = applying
+      .then(() => withoutClashes(nodes, routes, log))
+      .then((usable) => server.reload(usable, 'nodes'))
       .catch((err: unknown) => log.error({ err: userMessage(err) }, 'cannot apply Node changes'));
   });
   // SIGHUP: bad settings, a bad peers file or a bad certificate are refused with one line and the

@@ -318,6 +318,12 @@ export class ServerRoutes {
    * Throws a RouteConflictError for the first allowedIP that would cover or equal a route the
    * host already has. `label` names where a CIDR came from (`peer "node-a" allowedIPs …`).
    */
+  /** The CIDRs among `cidrs` that `check` would refuse (Kubernetes mode leaves their Nodes out). */
+  async conflicting(cidrs: readonly string[]): Promise<Set<string>> {
+    const families = [...new Set(cidrs.map((cidr) => parseCidr(cidr).family))];
+    return new Set(routeConflicts(cidrs, await readRoutes(this.run, families), this.owner).map((c) => c.cidr));
+  }
+
   async check(
     cidrs: readonly string[],
     label: (cidr: string) => string = (cidr) => `allowedIPs ${cidr}`,
