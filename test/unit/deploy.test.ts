@@ -243,6 +243,13 @@ function assertKeyVolume(pod: Pod, c: Container, secretName: string): { mountPat
   return mount;
 }
 
+/** Kubernetes mode on the server: TokenReview, a watch of Nodes, and pods for tokens without a node claim. */
+const SERVER_RULES = [
+  { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
+  { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'list', 'watch'] },
+  { apiGroups: [''], resources: ['pods'], verbs: ['get'] },
+];
+
 function rbacRules(objects: readonly K8sObject[], name: string, serviceAccount: string, namespace: string): unknown {
   const role = objects.find((o) => o.kind === 'ClusterRole' && o.metadata.name === name) as unknown as {
     rules: unknown;
@@ -318,12 +325,7 @@ describe('deploy/: Kubernetes manifests, checked offline', function () {
         .map((o) => `${o.kind}/${o.metadata.name}`)
         .sort();
     expect(names('')).to.deep.equal(names('base'));
-    expect(names('base')).to.deep.equal([
-      'ClusterRole/nodelink-client',
-      'ClusterRoleBinding/nodelink-client',
-      'DaemonSet/nodelink-client',
-      'ServiceAccount/nodelink-client',
-    ]);
+    expect(names('base')).to.deep.equal(['DaemonSet/nodelink-client', 'ServiceAccount/nodelink-client']);
     expect(names('server')).to.deep.equal([
       'ClusterRole/nodelink-server',
       'ClusterRoleBinding/nodelink-server',
@@ -413,33 +415,35 @@ describe('deploy/: Kubernetes manifests, checked offline', function () {
     expect(spec.updateStrategy.rollingUpdate.maxUnavailable).to.match(/^([1-9]|[1-9][0-9]?%)$/);
     expect(pod.serviceAccountName).to.equal('nodelink-client');
     expect(c.args).to.deep.equal(['client']);
-    // Its name from the downward API, its key from the Secret by that name, the server from the ConfigMap.
+    // Its name from the downward API, its identity from its own projected token, the server from the ConfigMap.
     expect(c.env![0]).to.deep.equal({ name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } });
-    const mount = assertKeyVolume(pod, c, 'nodelink-node-keys');
-    expect(envValue(c, 'NODELINK_KEY')).to.equal(`${mount.mountPath}/$(NODE_NAME)`);
-    expect(envValue(c, 'NODELINK_ROUTES_FROM_NODE')).to.equal('true');
-    expect(c.envFrom).to.deep.equal([{ configMapRef: { name: 'nodelink-client' } }]);
-    // Least RBAC: get nodes, nothing else.
-    expect(rbacRules(rendered.get('base')!, 'nodelink-client', 'nodelink-client', 'kube-system')).to.deep.equal([
-      { apiGroups: [''], resources: ['nodes'], verbs: ['get'] },
+    const token = (pod.volumes as any[]).find((v) => v.projected)!;
+    expect(token.projected.sources).to.deep.equal([
+      { serviceAccountToken: { audience: 'nodelink', expirationSeconds: 600, path: 'token' } },
     ]);
+    const mount = c.volumeMounts!.find((m) => m.name === token.name)!;
+    expect(mount.readOnly).to.equal(true);
+    expect(envValue(c, 'NODELINK_TOKEN_FILE')).to.equal(`${mount.mountPath}/token`);
+    expect(envValue(c, 'NODELINK_KEY'), 'no key file: nothing a node holds works for another').to.equal(undefined);
+    expect(c.envFrom).to.deep.equal([{ configMapRef: { name: 'nodelink-client' } }]);
+    // No key material anywhere on the node side: no Secret volume, no API token, no RBAC at all.
+    expect((pod.volumes as any[]).some((v) => v.secret)).to.equal(false);
+    expect((pod as any).automountServiceAccountToken).to.equal(false);
+    expect(rendered.get('base')!.filter((o) => /Role/.test(o.kind))).to.deep.equal([]);
   });
 
-  it('server DaemonSet: control-plane nodes only, the same privileges, peers and key mounted, --authorize-from-nodes', function () {
+  it('server DaemonSet: control-plane nodes only, the same privileges, its key, Kubernetes mode and its RBAC', function () {
     const { pod, container: c } = daemonSet(rendered.get('server')!, 'nodelink-server');
     assertPrivilegeAndProbes(pod, c);
     expect(pod.nodeSelector).to.include({ 'node-role.kubernetes.io/control-plane': '' });
     expect(c.args).to.deep.equal(['server']);
     const mount = assertKeyVolume(pod, c, 'nodelink-server-key');
     expect(envValue(c, 'NODELINK_KEY')).to.equal(`${mount.mountPath}/server.key`);
-    const peers = pod.volumes!.find((v) => v['configMap']?.name === 'nodelink-peers')!;
-    expect(envValue(c, 'NODELINK_PEERS')).to.equal(
-      `${c.volumeMounts!.find((m) => m.name === peers['name'])!.mountPath}/peers.json`,
+    expect(envValue(c, 'NODELINK_NODE_AUTH')).to.equal('kubernetes');
+    expect(envValue(c, 'NODELINK_PEERS')).to.equal(undefined);
+    expect(rbacRules(rendered.get('server')!, 'nodelink-server', 'nodelink-server', 'kube-system')).to.deep.equal(
+      SERVER_RULES,
     );
-    expect(envValue(c, 'NODELINK_AUTHORIZE_FROM_NODES')).to.equal('true');
-    expect(rbacRules(rendered.get('server')!, 'nodelink-server', 'nodelink-server', 'kube-system')).to.deep.equal([
-      { apiGroups: [''], resources: ['nodes'], verbs: ['get'] },
-    ]);
     // A client never lands on a control-plane node, where the server already owns nl0.
     const client = daemonSet(rendered.get('base')!, 'nodelink-client').pod as any;
     expect(
@@ -452,8 +456,8 @@ describe('deploy/: Kubernetes manifests, checked offline', function () {
     const { spec, container: c } = daemonSet(objects, 'nodelink-client');
     expect(c.image).to.equal('registry.example.com/platform/nodelink:0.1.0');
     expect(spec.updateStrategy.rollingUpdate.maxUnavailable).to.equal('5%');
-    expect(envValue(c, 'NODELINK_NODE_POLL_MS')).to.equal('120000');
-    expect(envValue(c, 'NODELINK_ROUTES_FROM_NODE'), 'the patch merged env by name').to.equal('true');
+    expect(envValue(c, 'NODELINK_LOG_FORMAT')).to.equal('json');
+    expect(envValue(c, 'NODELINK_TOKEN_FILE'), 'the patch merged env by name').to.match(/\/token$/);
     expect(c.resources).to.deep.equal({
       requests: { cpu: '50m', memory: '64Mi' },
       limits: { cpu: '1', memory: '384Mi' },
@@ -501,18 +505,19 @@ describe('deploy/: Kubernetes manifests, checked offline', function () {
     const init = pod.initContainers!.find((c) => c.name === 'nodelink-routes')!;
     expect(server.args).to.deep.equal(['server']);
     expect(init.args).to.deep.equal(['server', '--init-routes']);
-    // The init step reads the same settings as the server: same tunnel CIDR, listen port and peers.
-    for (const name of ['NODELINK_LISTEN', 'NODELINK_PEERS'])
+    // The init step reads the same settings as the server: same tunnel CIDR, listen port, Nodes.
+    for (const name of ['NODELINK_LISTEN', 'NODELINK_NODE_AUTH', 'NODELINK_KUBECONFIG'])
       expect(envValue(init, name), name).to.equal(envValue(server, name));
     expect(init.envFrom).to.deep.equal(server.envFrom);
     expect(server.envFrom).to.deep.equal([{ configMapRef: { name: 'nodelink-server' } }]);
     for (const c of [server, init]) assertNetAdminOnly(c);
     const mount = assertKeyVolume(pod, server, 'nodelink-server-key');
     expect(envValue(server, 'NODELINK_KEY')).to.equal(`${mount.mountPath}/server.key`);
+    expect(envValue(server, 'NODELINK_NODE_AUTH')).to.equal('kubernetes');
     expect(
       init.volumeMounts!.map((m) => m.name),
       'the init step reads no key',
-    ).to.deep.equal(['nodelink-peers']);
+    ).to.deep.equal(['nodelink-kubeconfig']);
     assertTunOnlyHostPath(pod, server);
     // Liveness and startup probes on --metrics; no readiness probe that could take the apiserver out of service.
     const metrics = envValue(server, 'NODELINK_METRICS')!;
