@@ -191,8 +191,10 @@ export class LinkClient {
     });
   }
 
-  /** Dials after `delay` ms, or sooner if a dial is already due sooner; undefined: no dial needed. */
-  /** Returns the wait until the next dial, if one is due (for the log line that says so). */
+  /**
+   * Dials after the policy's delay, or sooner if a dial is already due sooner. Returns the wait
+   * until the next dial, or undefined when none is needed (for the log line that says so).
+   */
   private scheduleDial(outcome: DialOutcome, sessionMs?: number): number | undefined {
     if (this.stopped) return undefined;
     const delay = this.policy.next(this.replicas, outcome, sessionMs);
