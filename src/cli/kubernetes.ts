@@ -95,9 +95,6 @@ export interface KubernetesNodeAuth {
   stop(): void;
 }
 
-/** How long Node events are gathered before the peers change: one reload for a burst of joins. */
-const NODE_BATCH_MS = 200;
-
 /**
  * Starts Kubernetes mode: one list of Nodes (a failure here fails the start with one line, so
  * missing RBAC or credentials show at once), then a watch that keeps the peers current.
@@ -120,8 +117,8 @@ export async function kubernetesNodeAuth(
   });
   let current: PeerRegistry | undefined;
   let listener: ((registry: PeerRegistry) => void) | undefined;
-  let batch: NodeJS.Timeout | undefined;
   const reported = new Map<string, string>();
+  // The watch batches its events: each call here is one pass over all Nodes.
   const watch = new NodeWatch(kc, {
     log,
     onNodes: (nodes) => {
@@ -136,11 +133,7 @@ export async function kubernetesNodeAuth(
       for (const peer of previous?.peers ?? []) {
         if (!registry.findByName(peer.name)) verifier.forgetNode(peer.name);
       }
-      if (!previous || !listener || batch) return;
-      batch = setTimeout(() => {
-        batch = undefined;
-        listener?.(current!);
-      }, NODE_BATCH_MS);
+      if (previous) listener?.(registry);
     },
   });
   await watch.start();
@@ -158,7 +151,6 @@ export async function kubernetesNodeAuth(
     },
     verifier,
     stop() {
-      if (batch) clearTimeout(batch);
       watch.stop();
     },
   };

@@ -86,11 +86,17 @@ export class NodeWatch {
   private failing = false;
   private listed = false;
   private firstList: { resolve: () => void; reject: (err: Error) => void } | undefined;
+  private batch: NodeJS.Timeout | undefined;
 
+  /**
+   * `batchMs`: events are gathered this long before onNodes runs, so a thousand Nodes joining at
+   * once cost one pass over all Nodes, not a thousand.
+   */
   constructor(
     kc: KubeConfig,
     private readonly handlers: NodeWatchHandlers,
     private readonly maxRetryMs = 30_000,
+    private readonly batchMs = 200,
   ) {
     const core = kc.makeApiClient(CoreV1Api);
     const server = kc.getCurrentCluster()?.server ?? '?';
@@ -104,7 +110,7 @@ export class NodeWatch {
         });
       }
     });
-    const changed = (): void => this.publish();
+    const changed = (): void => this.publishSoon();
     this.informer.on('add', changed);
     this.informer.on('update', changed);
     this.informer.on('delete', changed);
@@ -125,6 +131,7 @@ export class NodeWatch {
   stop(): void {
     this.stopped = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.batch) clearTimeout(this.batch);
     void this.informer.stop();
   }
 
@@ -139,6 +146,14 @@ export class NodeWatch {
   private publish(): void {
     if (!this.listed || this.stopped) return;
     this.handlers.onNodes(this.informer.list());
+  }
+
+  private publishSoon(): void {
+    if (!this.listed || this.stopped || this.batch) return;
+    this.batch = setTimeout(() => {
+      this.batch = undefined;
+      this.publish();
+    }, this.batchMs);
   }
 
   private onError(err: unknown): void {

@@ -27,41 +27,44 @@ export interface NodePeers {
  * out with its reason, never failing the others: one odd Node must not take every node down.
  */
 export function peersFromNodes(nodes: readonly NodeLike[], tunnelCidrs: readonly Prefix[]): NodePeers {
-  const peers: PeerConfig[] = [];
   const skipped: Array<{ node: string; why: string }> = [];
-  const claimed = new PrefixTable<string>();
-  const sorted = [...nodes].sort((a, b) => (a.metadata?.name ?? '').localeCompare(b.metadata?.name ?? ''));
-  for (const node of sorted) {
+  const usable: Array<{ name: string; routes: readonly Prefix[] }> = [];
+  for (const node of [...nodes].sort((a, b) => (a.metadata?.name ?? '').localeCompare(b.metadata?.name ?? ''))) {
     const name = node.metadata?.name ?? '';
     if (!name) continue;
-    let routes: readonly Prefix[];
     try {
-      routes = routesFromNode(node, name).routes;
+      const { routes } = routesFromNode(node, name);
+      const inTunnel = routes.find((route) => tunnelCidrs.some((cidr) => cidr.overlaps(route)));
+      if (inTunnel) skipped.push({ node: name, why: `${inTunnel} is inside the tunnel CIDR` });
+      else usable.push({ name, routes });
     } catch (err) {
       skipped.push({ node: name, why: (err as Error).message });
-      continue;
     }
-    const clash =
-      routes.flatMap((route) =>
-        tunnelCidrs.filter((cidr) => cidr.overlaps(route)).map((cidr) => `${route} is inside the tunnel CIDR ${cidr}`),
-      )[0] ?? routes.map((route) => overlapWith(claimed, route)).find((why) => why !== undefined);
-    if (clash) {
-      skipped.push({ node: name, why: clash });
-      continue;
-    }
-    for (const route of routes) claimed.insert(route, name);
-    peers.push({ name, publicKey: NO_KEY, publicKeyText: nodePeerKey(name), allowedIPs: routes });
   }
+  // Overlaps in one pass: shortest prefixes first, so a prefix overlaps an earlier one exactly
+  // when the table already holds one containing its network address. The later Node (the more
+  // specific claim) is the one left out.
+  const claims = usable.flatMap(({ name, routes }) => routes.map((route) => ({ name, route })));
+  claims.sort((a, b) => a.route.length - b.route.length);
+  const claimed = new PrefixTable<{ name: string; route: Prefix }>();
+  const clashing = new Map<string, string>();
+  for (const claim of claims) {
+    const owner = claimed.lookup(claim.route.family, claim.route.bytes);
+    if (owner && owner.name !== claim.name) {
+      if (!clashing.has(claim.name))
+        clashing.set(claim.name, `${claim.route} overlaps Node "${owner.name}" (${owner.route})`);
+      continue;
+    }
+    if (claimed.get(claim.route) === undefined) claimed.insert(claim.route, claim);
+  }
+  const peers: PeerConfig[] = [];
+  for (const { name, routes } of usable) {
+    const why = clashing.get(name);
+    if (why) skipped.push({ node: name, why });
+    else peers.push({ name, publicKey: NO_KEY, publicKeyText: nodePeerKey(name), allowedIPs: routes });
+  }
+  skipped.sort((a, b) => a.node.localeCompare(b.node));
   return { registry: new PeerRegistry(peers), skipped };
-}
-
-function overlapWith(claimed: PrefixTable<string>, route: Prefix): string | undefined {
-  const inside = claimed.lookup(route.family, route.bytes);
-  if (inside !== undefined) return `${route} overlaps Node "${inside}"`;
-  for (const [prefix, owner] of claimed.entries()) {
-    if (route.contains(prefix)) return `${route} overlaps Node "${owner}" (${prefix})`;
-  }
-  return undefined;
 }
 
 /** Decides, on the peers in force, what a node whose identity is proven may carry. */
