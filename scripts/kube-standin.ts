@@ -72,7 +72,7 @@ export class KubeApiStandin {
   private downUntil = 0;
   private server: Server | undefined;
   private certPem = '';
-  readonly counts = { tokenReviews: 0, podReads: 0, nodeLists: 0, nodeWatches: 0, unauthorized: 0 };
+  readonly counts = { tokenReviews: 0, podReads: 0, nodeLists: 0, nodeWatches: 0, unauthorized: 0, connections: 0 };
   url = '';
 
   async start(host = '127.0.0.1', port = 0): Promise<void> {
@@ -84,6 +84,7 @@ export class KubeApiStandin {
         socket.destroy();
         return;
       }
+      this.counts.connections++;
       this.sockets.add(socket);
       socket.on('close', () => this.sockets.delete(socket));
     });

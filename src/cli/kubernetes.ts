@@ -111,7 +111,8 @@ export async function kubernetesNodeAuth(
   const { loadKubeConfig } = await import('../k8s/api.js');
   const { KubeIdentityApi, NodeWatch } = await import('../k8s/kube-identity.js');
   const kc = loadKubeConfig(config.kubeconfig || undefined);
-  const verifier = new NodeIdentityVerifier(new KubeIdentityApi(kc), {
+  const identityApi = new KubeIdentityApi(kc);
+  const verifier = new NodeIdentityVerifier(identityApi, {
     audience: config.tokenAudience,
     serviceAccount: config.serviceAccount,
   });
@@ -152,6 +153,7 @@ export async function kubernetesNodeAuth(
     verifier,
     stop() {
       watch.stop();
+      identityApi.close();
     },
   };
 }

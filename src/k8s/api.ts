@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { Agent as HttpsAgent } from 'node:https';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -103,8 +104,29 @@ export interface RequestHints {
   readonly notFound: string;
 }
 
-/** Request options that abort one API call after `timeoutMs`. */
-export function deadlineOptions(timeoutMs: number) {
+/**
+ * One keep-alive connection pool for many API calls. The generated client makes a new agent,
+ * and so a new TLS connection, for every request: a reconnect storm of thousands of nodes, each
+ * asking for a TokenReview, would pay a TLS handshake per node on top of the node's own.
+ */
+export class KeepAlivePool {
+  private agent: HttpsAgent | undefined;
+
+  /** Swaps the request's fresh agent for the pool's one, built once with the same TLS options. */
+  apply(context: RequestContext): void {
+    const given = context.getAgent();
+    if (!(given instanceof HttpsAgent)) return;
+    this.agent ??= new HttpsAgent({ ...given.options, keepAlive: true, maxSockets: 32 });
+    context.setAgent(this.agent);
+  }
+
+  close(): void {
+    this.agent?.destroy();
+  }
+}
+
+/** Request options that abort one API call after `timeoutMs` (and use `pool`'s connections). */
+export function deadlineOptions(timeoutMs: number, pool?: KeepAlivePool) {
   const deadline = AbortSignal.timeout(timeoutMs);
   // The object-style API takes the generated client's Observable-based middleware.
   return {
@@ -112,6 +134,7 @@ export function deadlineOptions(timeoutMs: number) {
       {
         pre: (context: RequestContext) => {
           context.setSignal(deadline);
+          pool?.apply(context);
           return new Observable(Promise.resolve(context));
         },
         post: (context: ResponseContext) => new Observable(Promise.resolve(context)),

@@ -11,7 +11,7 @@ import {
   type ObjectCache,
 } from '@kubernetes/client-node';
 import type { Logger } from '../log.js';
-import { DEFAULT_REQUEST_TIMEOUT_MS, deadlineOptions, describeApiError } from './api.js';
+import { DEFAULT_REQUEST_TIMEOUT_MS, KeepAlivePool, deadlineOptions, describeApiError } from './api.js';
 import { KubernetesError } from './errors.js';
 import type { IdentityApi, TokenReviewStatus } from './identity.js';
 import type { NodeLike } from './node-routes.js';
@@ -21,6 +21,7 @@ export class KubeIdentityApi implements IdentityApi {
   private readonly auth: AuthenticationV1Api;
   private readonly core: CoreV1Api;
   private readonly server: string;
+  private readonly pool = new KeepAlivePool();
 
   constructor(
     kc: KubeConfig,
@@ -41,7 +42,7 @@ export class KubeIdentityApi implements IdentityApi {
             spec: { token, audiences: [...audiences] },
           },
         },
-        deadlineOptions(this.timeoutMs),
+        deadlineOptions(this.timeoutMs, this.pool),
       );
       return review.status ?? {};
     } catch (err) {
@@ -52,9 +53,13 @@ export class KubeIdentityApi implements IdentityApi {
     }
   }
 
+  close(): void {
+    this.pool.close();
+  }
+
   async getPod(namespace: string, name: string): Promise<{ uid?: string; nodeName?: string } | undefined> {
     try {
-      const pod = await this.core.readNamespacedPod({ namespace, name }, deadlineOptions(this.timeoutMs));
+      const pod = await this.core.readNamespacedPod({ namespace, name }, deadlineOptions(this.timeoutMs, this.pool));
       return { uid: pod.metadata?.uid, nodeName: pod.spec?.nodeName };
     } catch (err) {
       const failure = describeApiError(err, `get Pod ${namespace}/${name}`, this.server, this.timeoutMs, {

@@ -95,6 +95,17 @@ describe('Kubernetes identity: projected tokens checked by TokenReview (kube-api
     expect(standin.counts.tokenReviews).to.equal(2);
   });
 
+  it('asks over one kept-alive connection, not a TLS handshake per review', async () => {
+    const v = verifier();
+    const before = standin.counts.connections;
+    for (let i = 0; i < 20; i++) {
+      await v.verify(standin.mint({ namespace: NS, serviceAccount: SA, pod: 'client-a', expiresInSec: 600 + i }));
+    }
+    expect(standin.counts.tokenReviews).to.equal(20);
+    expect(standin.counts.connections - before).to.be.at.most(2);
+    api.close();
+  });
+
   it('keeps serving cached verdicts while kube-apiserver is away; a new token fails as transient', async () => {
     const v = verifier();
     const token = standin.mint({ namespace: NS, serviceAccount: SA, pod: 'client-a' });
