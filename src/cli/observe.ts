@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import { Gauge } from 'prom-client';
 import {
   AdminServer,
@@ -16,9 +15,10 @@ import {
 } from '../admin/index.js';
 import { encodeKey } from '../auth/index.js';
 import { PathChecker, type PathTarget } from '../link-server/path-check.js';
-import { Prefix, formatEndpoint } from '../routing/index.js';
-import { ip, routeDestinations } from '../tun/index.js';
+import { Prefix, formatEndpoint, nodeIp } from '../routing/index.js';
+import { deviceUp, kernelRoutes } from '../tun/index.js';
 import type { Logger } from '../log.js';
+import { VERSION } from '../version.js';
 import { tunnelSource, type ClientConfig, type LinkTunables, type ServerConfig } from './config.js';
 import { effectiveConfig } from './config-file.js';
 
@@ -29,56 +29,8 @@ import { effectiveConfig } from './config-file.js';
  * this; nothing here is on the data path.
  */
 
-export const VERSION = readVersion();
-
-function readVersion(): string {
-  for (const candidate of ['../../package.json', '../../../package.json']) {
-    try {
-      const pkg = JSON.parse(readFileSync(new URL(candidate, import.meta.url), 'utf8')) as {
-        name?: string;
-        version?: string;
-      };
-      if (pkg.name === 'nodelink' && pkg.version) return pkg.version;
-    } catch {
-      // try the next
-    }
-  }
-  return 'unknown';
-}
-
-/** Kernel routes on a device, as canonical CIDR text; undefined when `ip` could not say. */
-export async function kernelRoutes(dev: string): Promise<Set<string> | undefined> {
-  try {
-    const [v4, v6] = await Promise.all([
-      // The server's routes live in a table of their own (tun/routes.ts), the node's in main.
-      ip(['-j', '-4', 'route', 'show', 'table', 'all', 'dev', dev]),
-      ip(['-j', '-6', 'route', 'show', 'table', 'all', 'dev', dev]),
-    ]);
-    const routes = new Set<string>();
-    for (const text of [v4, v6]) {
-      for (const dst of routeDestinations(text)) {
-        try {
-          routes.add(Prefix.parse(dst).toString());
-        } catch {
-          // not a network route we could have installed
-        }
-      }
-    }
-    return routes;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Whether the device exists and is administratively up. */
-export async function deviceUp(dev: string): Promise<HealthCheck> {
-  try {
-    const [link] = JSON.parse(await ip(['-j', 'link', 'show', 'dev', dev])) as Array<{ flags?: string[] }>;
-    const up = link?.flags?.includes('UP') === true;
-    return { ok: up, detail: up ? `${dev} is up` : `${dev} exists but is down` };
-  } catch {
-    return { ok: false, detail: `${dev} does not exist` };
-  }
+function kernelSet(texts: string[] | undefined): Set<string> | undefined {
+  return texts && new Set(texts.map(canonical));
 }
 
 function canonical(text: string): string {
@@ -245,7 +197,7 @@ export function serverObservability(
     enrich(base) {
       return async () => {
         const status = base();
-        const kernel = await kernelRoutes(config.tun);
+        const kernel = kernelSet(await kernelRoutes(config.tun));
         for (const peer of status.peers) {
           addPeerEvents(peer, metrics);
           peer.path = pathChecker.health(peer.name);
@@ -266,12 +218,6 @@ export function serverObservability(
       };
     },
   };
-}
-
-/** A node's node IP among the routes it announces: its first host route, IPv4 first. */
-export function nodeIp(routes: readonly Prefix[]): Prefix | undefined {
-  const hosts = routes.filter((route) => route.length === route.bits);
-  return hosts.find((route) => route.family === 4) ?? hosts[0];
 }
 
 /** Each connected node's node IP. */
@@ -349,7 +295,7 @@ export function clientObservability(
     enrich(base) {
       return async () => {
         const status = base();
-        const kernel = await kernelRoutes(config.tun);
+        const kernel = kernelSet(await kernelRoutes(config.tun));
         status.publicKey = encodeKey(publicKey);
         status.server = formatEndpoint(config.server);
         status.serverTunnelAddresses = [...side.serverTunnelAddresses()];

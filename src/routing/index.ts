@@ -14,5 +14,6 @@ export {
 } from './packet.js';
 export { Prefix, type ParsedAddress, parseAddress } from './prefix.js';
 export { formatEndpoint } from './endpoint.js';
+export { nodeIp } from './node-ip.js';
 export { PrefixTable } from './table.js';
 export { buildUnreachable, internetChecksum } from './icmp.js';

@@ -32,6 +32,34 @@ export function routeDestinations(json: string): string[] {
   return destinations;
 }
 
+/**
+ * The destinations routed on a device, both families, as CIDR text the way `ip route` prints
+ * them (routeDestinations); undefined when `ip` could not say.
+ */
+export async function kernelRoutes(dev: string): Promise<string[] | undefined> {
+  try {
+    const [v4, v6] = await Promise.all([
+      // The server's routes live in a table of their own (routes.ts), the node's in main.
+      ip(['-j', '-4', 'route', 'show', 'table', 'all', 'dev', dev]),
+      ip(['-j', '-6', 'route', 'show', 'table', 'all', 'dev', dev]),
+    ]);
+    return [...routeDestinations(v4), ...routeDestinations(v6)];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether the device exists and is administratively up, as a health check reads it. */
+export async function deviceUp(dev: string): Promise<{ ok: boolean; detail: string }> {
+  try {
+    const [link] = JSON.parse(await ip(['-j', 'link', 'show', 'dev', dev])) as Array<{ flags?: string[] }>;
+    const up = link?.flags?.includes('UP') === true;
+    return { ok: up, detail: up ? `${dev} is up` : `${dev} exists but is down` };
+  } catch {
+    return { ok: false, detail: `${dev} does not exist` };
+  }
+}
+
 /** For exit paths, where the event loop may not run again. */
 export function ipSync(args: readonly string[]): void {
   try {

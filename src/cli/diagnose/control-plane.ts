@@ -1,6 +1,6 @@
 import type { DaemonStatus, PeerStatus } from '../../admin/index.js';
-import { Prefix, formatEndpoint } from '../../routing/index.js';
-import { serverRouteCommand } from '../../tun/index.js';
+import { Prefix, formatEndpoint, nodeIp } from '../../routing/index.js';
+import { deviceUp, serverRouteCommand } from '../../tun/index.js';
 import {
   checkApiserverFlags,
   findApiserverProcesses,
@@ -8,7 +8,6 @@ import {
   type ApiserverProcess,
 } from '../apiserver-flags.js';
 import { parseEndpoint } from '../config.js';
-import { deviceUp, nodeIp } from '../observe.js';
 import { fail, pass, skip, type CheckDefinition, type LocalDaemon, type Outcome } from './checks.js';
 import { describeConnectError, ping, routeDevice, sampleAddress, tcpConnect, wrongWay } from './probes.js';
 

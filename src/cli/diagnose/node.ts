@@ -5,10 +5,9 @@ import { decodeKey, encodeKey, readKeyFile, type KeyPair } from '../../auth/inde
 import { userMessage } from '../../errors.js';
 import { probeHandshake, type ProbeResult } from '../../link-client/probe.js';
 import { readCaFile, type ServerTrust } from '../../link-client/trust.js';
-import { Prefix, formatEndpoint } from '../../routing/index.js';
-import { nodeRouteCommand } from '../../tun/index.js';
+import { Prefix, formatEndpoint, nodeIp } from '../../routing/index.js';
+import { deviceUp, nodeRouteCommand } from '../../tun/index.js';
 import { parseEndpoint, type Endpoint } from '../config.js';
-import { deviceUp, nodeIp } from '../observe.js';
 import { FORWARDING_SYSCTL } from '../run-client.js';
 import { fail, pass, skip, type CheckDefinition, type LocalDaemon, type Outcome } from './checks.js';
 import { describeConnectError, ping, readSysctl, routeDevice, sampleAddress, tcpConnect, wrongWay } from './probes.js';
