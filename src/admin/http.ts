@@ -2,21 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { formatEndpoint } from '../routing/index.js';
 import { AdminError } from './errors.js';
-
-/** One named check of a health report, with what it found. */
-export interface HealthCheck {
-  ok: boolean;
-  detail: string;
-}
-
-export interface HealthReport {
-  ok: boolean;
-  checks: Record<string, HealthCheck>;
-}
-
-export function report(checks: Record<string, HealthCheck>): HealthReport {
-  return { ok: Object.values(checks).every((check) => check.ok), checks };
-}
+import { report, type HealthReport } from './health.js';
 
 export interface ObservabilityServerOptions {
   readonly host: string;

@@ -4,5 +4,7 @@ export * from './server.js';
 export * from './format.js';
 export * from './debug.js';
 export * from './metrics.js';
+export * from './peer-events.js';
+export * from './health.js';
 export * from './http.js';
 export * from './endpoint.js';

@@ -6,16 +6,8 @@ import {
   type CloseReason,
   type HandshakeFailure,
 } from '../reasons.js';
+import { PeerEventLog, type PeerEvents } from './peer-events.js';
 import type { DaemonStatus, PathHealth } from './status.js';
-
-/** What status shows of a peer and the link's counters cannot tell: kept by LinkMetrics. */
-export interface PeerEvents {
-  handshakes: number;
-  reconnects: number;
-  lastError: string | null;
-  lastPongAt: number | null;
-  lastRttMs: number | null;
-}
 
 /** Seconds; keepalive round trips from a LAN (sub-ms) to a congested WAN link (seconds). */
 const RTT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -28,6 +20,8 @@ export interface LinkMetricsOptions {
   readonly version: string;
   /** The daemon's status, read at scrape time. Must be cheap and synchronous. */
   readonly status: () => DaemonStatus;
+  /** Where the link's events are recorded; its own log when not given. */
+  readonly events?: PeerEventLog;
   /** Current readiness for the `nodelink_ready` gauge. */
   readonly ready?: () => Promise<boolean>;
   /** Process and Node.js runtime metrics (default true; tests turn them off for speed). */
@@ -44,12 +38,12 @@ export interface LinkMetricsOptions {
  *   LinkObserver methods below, a few per peer per keepalive interval at most. Their reason
  *   labels come from src/reasons.ts.
  *
- * The same object keeps, per peer, what status shows and metrics cannot derive from the link's
- * counters: handshakes, reconnects, the last error and the last pong.
+ * Each event is recorded in the PeerEventLog (status and readiness read it there) before it is
+ * counted; the per-peer round-trip and last-pong gauges read that log.
  */
 export class LinkMetrics {
   readonly registry = new Registry();
-  private readonly events = new Map<string, PeerEvents>();
+  readonly events: PeerEventLog;
   private snapshot: { at: number; status: DaemonStatus } | undefined;
 
   private readonly handshakes: Counter<'peer'>;
@@ -61,6 +55,7 @@ export class LinkMetrics {
   private readonly lastPath = new Map<string, PathHealth>();
 
   constructor(private readonly options: LinkMetricsOptions) {
+    this.events = options.events ?? new PeerEventLog();
     const registers = [this.registry];
     const status = (): DaemonStatus => this.status();
     const peers = (): DaemonStatus['peers'] => status().peers;
@@ -221,7 +216,7 @@ export class LinkMetrics {
       registers,
       collect() {
         this.reset();
-        for (const [peer, record] of events)
+        for (const [peer, record] of events.entries())
           if (record.lastPongAt !== null) this.set({ peer }, record.lastPongAt / 1000);
       },
     });
@@ -301,30 +296,23 @@ export class LinkMetrics {
   // ---- LinkObserver ---------------------------------------------------------------------------
 
   connected(peer: string): void {
-    const record = this.record(peer);
-    record.handshakes++;
-    if (record.handshakes > 1) {
-      record.reconnects++;
-      this.reconnects.inc({ peer });
-    }
-    record.lastError = null;
+    this.events.connected(peer);
     this.handshakes.inc({ peer });
+    if (this.events.get(peer)!.handshakes > 1) this.reconnects.inc({ peer });
   }
 
   handshakeFailed(reason: HandshakeFailure, peer?: string, detail?: string): void {
+    this.events.handshakeFailed(reason, peer, detail);
     this.handshakeFailures.inc({ reason });
-    if (peer) this.record(peer).lastError = detail ? `${reason}: ${detail}` : reason;
   }
 
   disconnected(peer: string, reason: CloseReason): void {
+    this.events.disconnected(peer, reason);
     this.disconnects.inc({ peer, reason });
-    this.record(peer).lastError = `disconnected: ${reason}`;
   }
 
   pong(peer: string, rttMs: number): void {
-    const record = this.record(peer);
-    record.lastPongAt = Date.now();
-    record.lastRttMs = rttMs;
+    this.events.pong(peer, rttMs);
     this.rtt.observe({ peer }, rttMs / 1000);
   }
 
@@ -334,8 +322,9 @@ export class LinkMetrics {
     if (health.state !== 'unknown') this.pathChecks.inc({ peer, result: health.state === 'ok' ? 'ok' : 'failed' });
   }
 
-  // ---- for status -----------------------------------------------------------------------------
+  // ---- reading --------------------------------------------------------------------------------
 
+  /** The peer's entry in the event log (which status reads directly). */
   peerEvents(peer: string): PeerEvents | undefined {
     return this.events.get(peer);
   }
@@ -346,15 +335,6 @@ export class LinkMetrics {
 
   get contentType(): string {
     return this.registry.contentType;
-  }
-
-  private record(peer: string): PeerEvents {
-    let record = this.events.get(peer);
-    if (!record) {
-      record = { handshakes: 0, reconnects: 0, lastError: null, lastPongAt: null, lastRttMs: null };
-      this.events.set(peer, record);
-    }
-    return record;
   }
 
   private status(): DaemonStatus {

@@ -3,14 +3,14 @@ import {
   AdminServer,
   ObservabilityServer,
   LinkMetrics,
+  PeerEventLog,
   RetryingEndpoint,
-  report,
+  cached,
+  clientReadiness,
+  serverReadiness,
   type EndpointStatus,
   type DaemonStatus,
-  type HealthCheck,
   type HealthReport,
-  type PeerStatus,
-  type ReplicaStatus,
   type RouteState,
 } from '../admin/index.js';
 import { encodeKey } from '../auth/index.js';
@@ -39,16 +39,6 @@ function canonical(text: string): string {
   } catch {
     return text;
   }
-}
-
-/** A short cache, so a burst of probes or scrapes runs `ip` once. */
-function cached<T>(ms: number, read: () => Promise<T>): () => Promise<T> {
-  let last: { at: number; value: Promise<T> } | undefined;
-  return () => {
-    const now = Date.now();
-    if (!last || now - last.at > ms) last = { at: now, value: read() };
-    return last.value;
-  };
 }
 
 interface Common {
@@ -155,15 +145,16 @@ export function serverObservability(
   const tunUp = cached(1000, () => deviceUp(config.tun));
   // Set once the server listens: a scrape of /readyz need not build the status of every peer.
   let listening: string | undefined;
-  const ready = async (): Promise<HealthReport> =>
-    report({
-      listening:
-        listening !== undefined
-          ? { ok: true, detail: `accepting nodes on ${listening}` }
-          : { ok: false, detail: 'not listening yet' },
-      tun: await tunUp(),
-    });
-  const pathChecker: PathChecker = new PathChecker({
+  const ready = async (): Promise<HealthReport> => serverReadiness(listening, await tunUp());
+  const events = new PeerEventLog();
+  const metrics = new LinkMetrics({
+    role: 'server',
+    version: VERSION,
+    events,
+    status: () => side.status(),
+    ready: async () => (await ready()).ok,
+  });
+  const pathChecker = new PathChecker({
     intervalMs: config.pathCheckIntervalMs,
     timeoutMs: config.pathCheckTimeoutMs,
     port: config.pathCheckPort,
@@ -171,12 +162,6 @@ export function serverObservability(
     sourceAddress: (family) => tunnelSource(config.tunnelAddresses, family),
     log,
     onResult: (peer, health) => metrics.pathChecked(peer, health),
-  });
-  const metrics: LinkMetrics = new LinkMetrics({
-    role: 'server',
-    version: VERSION,
-    status: () => side.status(),
-    ready: async () => (await ready()).ok,
   });
   const endpoints = new Endpoints(config, metrics, log);
   return {
@@ -199,7 +184,7 @@ export function serverObservability(
         const status = base();
         const kernel = kernelSet(await kernelRoutes(config.tun));
         for (const peer of status.peers) {
-          addPeerEvents(peer, metrics);
+          events.addTo(peer);
           peer.path = pathChecker.health(peer.name);
           const announced = peer.routes.map((route) => Prefix.parse(route));
           peer.routeStates = (peer.allowedIPs ?? []).map((text): RouteState => {
@@ -247,40 +232,16 @@ export function clientObservability(
   side: ClientSide,
 ): Common {
   const tunUp = cached(1000, () => deviceUp(config.tun));
-  const metrics: LinkMetrics = new LinkMetrics({
+  const events = new PeerEventLog();
+  const ready = async (): Promise<HealthReport> =>
+    clientReadiness({ status: side.status(), events, deadAfterMs: config.deadAfterMs, tun: await tunUp() });
+  const metrics = new LinkMetrics({
     role: 'client',
     version: VERSION,
+    events,
     status: () => side.status(),
     ready: async () => (await ready()).ok,
   });
-  /** Authenticated, and the server answered a ping within --dead-after-ms. */
-  const ready = async (): Promise<HealthReport> => {
-    // With several servers, one live session is enough to be reachable.
-    const status = side.status();
-    const peers = status.peers;
-    const server = peers.find((peer) => peer.connected) ?? peers[0];
-    const serverName = server?.name ?? 'server';
-    const lastPongAt = metrics.peerEvents(serverName)?.lastPongAt ?? null;
-    const age = lastPongAt === null ? Infinity : Date.now() - lastPongAt;
-    const checks: Record<string, HealthCheck> = {
-      authenticated: server?.connected
-        ? { ok: true, detail: `session with ${server.endpoint ?? 'the server'} since ${server.connectedSince ?? '?'}` }
-        : { ok: false, detail: metrics.peerEvents(serverName)?.lastError ?? 'not connected to the server yet' },
-      pong:
-        server?.connected && age <= config.deadAfterMs
-          ? { ok: true, detail: `last pong ${Math.round(age)} ms ago` }
-          : {
-              ok: false,
-              detail:
-                lastPongAt === null
-                  ? 'no pong yet'
-                  : `last pong ${Math.round(age)} ms ago (limit ${config.deadAfterMs} ms)`,
-            },
-      tun: await tunUp(),
-      replicas: replicaCheck(status.replicas ?? []),
-    };
-    return report(checks);
-  };
   const endpoints = new Endpoints(config, metrics, log);
   return {
     metrics,
@@ -301,7 +262,7 @@ export function clientObservability(
         status.serverTunnelAddresses = [...side.serverTunnelAddresses()];
         status.announcedRoutes = side.announcedRoutes().map(String);
         for (const peer of status.peers) {
-          addPeerEvents(peer, metrics);
+          events.addTo(peer);
           peer.routeStates = peer.routes.map((text): RouteState => {
             const route = canonical(text);
             const inKernel = kernel ? kernel.has(route) : null;
@@ -319,31 +280,4 @@ function addEndpoints(status: DaemonStatus, endpoints: Endpoints): void {
   const address = endpoints.httpAddress;
   if (address) status.metrics = address;
   status.endpoints = endpoints.list();
-}
-
-/** The per-event facts metrics keep about a peer (pongs, handshakes, last error), onto its status entry. */
-function addPeerEvents(peer: PeerStatus, metrics: LinkMetrics): void {
-  const events = metrics.peerEvents(peer.name);
-  peer.lastPongAt = peer.connected && events?.lastPongAt ? new Date(events.lastPongAt).toISOString() : null;
-  peer.handshakes = events?.handshakes ?? 0;
-  peer.reconnects = events?.reconnects ?? 0;
-  peer.lastError = events?.lastError ?? null;
-}
-
-/**
- * Ready only with a session to every replica behind each address, once the replicas have said how
- * many there are: an apiserver replica the node misses cannot reach it.
- */
-function replicaCheck(replicas: readonly ReplicaStatus[]): HealthCheck {
-  const short = replicas.filter((entry) => entry.count > 0 && !entry.complete);
-  if (short.length === 0) {
-    const held = replicas.map((entry) => `${entry.held.length}/${Math.max(entry.count, 1)} at ${entry.server}`);
-    return { ok: true, detail: `server replicas held: ${held.join(', ')}` };
-  }
-  const detail = short.map((entry) => {
-    const missing = [...entry.missing.map((replica) => replica.id || '(unnamed)')];
-    if (entry.unseen > 0) missing.push(`${entry.unseen} not reached yet`);
-    return `${entry.held.length}/${entry.count} at ${entry.server}, missing ${missing.join(', ')}`;
-  });
-  return { ok: false, detail: `server replicas held: ${detail.join('; ')}` };
 }
