@@ -5,6 +5,8 @@ export * from './format.js';
 export * from './debug.js';
 export * from './metrics.js';
 export * from './peer-events.js';
+export * from './route-states.js';
 export * from './health.js';
 export * from './http.js';
 export * from './endpoint.js';
+export * from './endpoints.js';

@@ -112,8 +112,7 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
     clients.push(client);
   }
   try {
-    await observe.serveAdmin(observe.enrich(() => ({ ...combinedStatus(clients), debug: processDebug() })));
-    await observe.start();
+    await observe.start(() => ({ ...combinedStatus(clients), debug: processDebug() }));
   } catch (err) {
     observe.close();
     await tun.close();

@@ -93,7 +93,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     await tun.close();
     throw err;
   }
-  const observe = serverObservability(config, log, { status: () => server.status() });
+  const observe = serverObservability(config, log);
   const server = new LinkServer({
     host: config.listen.host,
     port: config.listen.port,
@@ -121,10 +121,10 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   });
   try {
     await server.start();
-    await observe.serveAdmin(
-      observe.enrich(() => ({ ...server.status(), debug: { ...processDebug(), ...server.connectionCounts() } })),
-    );
-    await observe.start();
+    await observe.start(server, () => ({
+      ...server.status(),
+      debug: { ...processDebug(), ...server.connectionCounts() },
+    }));
   } catch (err) {
     kubernetes?.stop();
     observe.close();

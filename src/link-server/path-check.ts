@@ -1,7 +1,7 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import type { PathHealth } from '../admin/index.js';
-import { formatEndpoint } from '../routing/index.js';
+import { formatEndpoint, nodeIp, type Prefix } from '../routing/index.js';
 import type { Logger } from '../log.js';
 
 /** A connected node and the address its path is checked at (its announced node IP). */
@@ -9,6 +9,18 @@ export interface PathTarget {
   readonly peer: string;
   readonly address: string;
   readonly family: 4 | 6;
+}
+
+/** Each connected node's node IP (the first host route it announced, IPv4 first), if it has one. */
+export function pathTargets(
+  connected: Iterable<{ readonly name: string; readonly routes: readonly Prefix[] }>,
+): PathTarget[] {
+  const targets: PathTarget[] = [];
+  for (const { name, routes } of connected) {
+    const host = nodeIp(routes);
+    if (host) targets.push({ peer: name, address: host.address, family: host.family });
+  }
+  return targets;
 }
 
 export interface PathCheckOptions {

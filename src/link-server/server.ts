@@ -22,7 +22,7 @@ import { CloseCode } from '../protocol/index.js';
 import { formatEndpoint, type Prefix } from '../routing/index.js';
 import type { Refusal } from '../reasons.js';
 import type { TunDevice } from '../tun/index.js';
-import type { DaemonStatus } from '../admin/index.js';
+import type { DaemonStatus, KernelRoutes, RouteState } from '../admin/index.js';
 import type { ConnectionOptions } from '../link/connection.js';
 import type { LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
@@ -33,7 +33,8 @@ import { Forwarder } from './forward.js';
 import { NodeConnection, type HandshakeContext } from './handshake.js';
 import { Peers } from './peers.js';
 import { reloadPeers, type PeerSource, type ReloadSummary } from './reload.js';
-import { serverStatus } from './status.js';
+import { pathTargets, type PathTarget } from './path-check.js';
+import { serverRouteStates, serverStatus } from './status.js';
 
 export type { ReloadSummary };
 
@@ -195,6 +196,20 @@ export class LinkServer {
       serverId: this.options.serverId ?? '',
       serverCount: this.options.serverCount ?? 1,
     });
+  }
+
+  /** Each peer's allowed routes with their state, by peer name; `kernel` as `ip route` shows the TUN. */
+  routeStates(kernel: KernelRoutes | undefined): Map<string, RouteState[]> {
+    return serverRouteStates(this.peers, kernel);
+  }
+
+  /** Where the path checker probes: each connected node's node IP. */
+  pathTargets(): PathTarget[] {
+    const connected: Array<{ name: string; routes: readonly Prefix[] }> = [];
+    for (const { session, config } of this.peers.byKey.values()) {
+      if (session) connected.push({ name: config.name, routes: session.routes });
+    }
+    return pathTargets(connected);
   }
 
   /** Live connection counts for leak checks (the `debug` field of status). */

@@ -1,9 +1,16 @@
 /**
  * The server's side of `nodelink status`: the status document built on demand from the peers
  * table, the packet path's unattributed drops and the listener's refusals, plus the live
- * connection counts that leak checks read. Never on the data path.
+ * connection counts that leak checks read; and each peer's route states, judged on the Prefix
+ * objects the table holds. Never on the data path.
  */
-import type { DaemonStatus, PeerStatus } from '../admin/index.js';
+import {
+  nodeRouteStates,
+  type DaemonStatus,
+  type KernelRoutes,
+  type PeerStatus,
+  type RouteState,
+} from '../admin/index.js';
 import { trafficStatus, type TrafficCounters } from '../link/counters.js';
 import type { Refusal } from '../reasons.js';
 import type { Peers } from './peers.js';
@@ -49,4 +56,13 @@ export function serverStatus(view: ServerView): DaemonStatus {
     serverCount: view.serverCount,
     peers,
   };
+}
+
+/** Each peer's allowed routes with their state, by peer name; `kernel` as `ip route` shows the TUN. */
+export function serverRouteStates(peers: Peers, kernel: KernelRoutes | undefined): Map<string, RouteState[]> {
+  const states = new Map<string, RouteState[]>();
+  for (const { session, config } of peers.byKey.values()) {
+    states.set(config.name, nodeRouteStates(config.allowedIPs, session?.routes, kernel));
+  }
+  return states;
 }

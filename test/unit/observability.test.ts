@@ -14,13 +14,12 @@ import {
   type PeerStatus,
 } from '../../src/admin/index.js';
 import { LinkServer } from '../../src/link-server/index.js';
-import { PathChecker } from '../../src/link-server/path-check.js';
+import { PathChecker, pathTargets } from '../../src/link-server/path-check.js';
 import { LinkClient } from '../../src/link-client/index.js';
 import type { ConnectionOptions } from '../../src/link/connection.js';
 import { Prefix } from '../../src/routing/index.js';
 import { FakeTun } from '../support/fake-tun.js';
 import { silentLogger } from '../../src/log.js';
-import { pathTargets } from '../../src/cli/observe.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { newPair, portOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
@@ -336,13 +335,13 @@ describe('observability', function () {
     });
 
     it('targets each connected node by its first announced host route, IPv4 first', function () {
-      const status = daemonStatus([
-        peerStatus({ routes: ['fd00:19::b/128', '198.19.1.0/24', '198.19.0.11/32'] }),
-        peerStatus({ name: 'node-b', routes: ['fd00:19::c/128'] }),
-        peerStatus({ name: 'node-c', routes: ['198.19.3.0/24'] }),
-        peerStatus({ name: 'node-d', connected: false }),
-      ]);
-      expect(pathTargets(status)).to.deep.equal([
+      const node = (name: string, routes: string[]) => ({ name, routes: routes.map((route) => Prefix.parse(route)) });
+      const connected = [
+        node('node-a', ['fd00:19::b/128', '198.19.1.0/24', '198.19.0.11/32']),
+        node('node-b', ['fd00:19::c/128']),
+        node('node-c', ['198.19.3.0/24']),
+      ];
+      expect(pathTargets(connected)).to.deep.equal([
         { peer: 'node-a', address: '198.19.0.11', family: 4 },
         { peer: 'node-b', address: 'fd00:19::c', family: 6 },
       ]);
