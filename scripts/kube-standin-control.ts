@@ -43,6 +43,11 @@ export class StandinControl {
     return (await this.call<{ token: string }>('POST', '/tokens', options)).token;
   }
 
+  /** Creates all `nodes` and `pods`, then mints one token per entry of `tokens`, in one call. */
+  async bulk(request: { nodes?: StandinNode[]; pods?: StandinPod[]; tokens?: MintOptions[] }): Promise<string[]> {
+    return (await this.call<{ tokens: string[] }>('POST', '/bulk', request)).tokens;
+  }
+
   goDown(ms: number): Promise<unknown> {
     return this.call('POST', '/down', { ms });
   }

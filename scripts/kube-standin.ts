@@ -13,7 +13,7 @@
 // Run as a process (`node dist/scripts/kube-standin.js --listen HOST:PORT --control SOCKET
 // --kubeconfig FILE`), it takes commands as JSON over HTTP on a unix socket, which works across
 // network namespaces: POST /nodes, DELETE /nodes/NAME, POST /pods, DELETE /pods/NS/NAME,
-// POST /tokens (mint), POST /down {ms}, GET /counts.
+// POST /tokens (mint), POST /bulk {nodes, pods, tokens}, POST /down {ms}, GET /counts.
 import 'reflect-metadata';
 import { createHmac, randomBytes, randomUUID, timingSafeEqual, webcrypto } from 'node:crypto';
 import { rmSync, writeFileSync } from 'node:fs';
@@ -340,12 +340,12 @@ function status(res: ServerResponse, code: number, reason: string, message: stri
   send(res, code, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code });
 }
 
-async function readBody(req: IncomingMessage): Promise<Json> {
+async function readBody(req: IncomingMessage, maxBytes = 1 << 20): Promise<Json> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > 1 << 20) break;
+    if (size > maxBytes) break;
     chunks.push(chunk as Buffer);
   }
   try {
@@ -379,10 +379,27 @@ async function selfSigned(host: string): Promise<{ certPem: string; keyPem: stri
   return { certPem: cert.toString('pem'), keyPem };
 }
 
+/** Many Nodes and pods at once, and a token for each pod: what a load test of thousands needs. */
+function bulk(standin: KubeApiStandin, body: Json): { tokens: string[] } {
+  const {
+    nodes = [],
+    pods = [],
+    tokens = [],
+  } = body as {
+    nodes?: StandinNode[];
+    pods?: StandinPod[];
+    tokens?: MintOptions[];
+  };
+  for (const node of nodes) standin.upsertNode(node);
+  for (const pod of pods) standin.upsertPod(pod);
+  return { tokens: tokens.map((options) => standin.mint(options)) };
+}
+
 /** The control socket of the process mode: JSON commands from tests in other namespaces. */
 function controlServer(standin: KubeApiStandin): HttpServer {
   return createHttpServer((req, res) => {
-    void readBody(req).then((body) => {
+    // Bulk requests of a load test carry thousands of objects.
+    void readBody(req, 64 << 20).then((body) => {
       const url = new URL(req.url ?? '/', 'http://control');
       try {
         const parts = url.pathname.split('/').filter(Boolean);
@@ -395,6 +412,7 @@ function controlServer(standin: KubeApiStandin): HttpServer {
         else if (req.method === 'POST' && parts[0] === 'tokens')
           answer = { token: standin.mint(body as unknown as MintOptions) };
         else if (req.method === 'POST' && parts[0] === 'down') standin.goDown(Number(body['ms']));
+        else if (req.method === 'POST' && parts[0] === 'bulk') answer = bulk(standin, body);
         else if (req.method === 'GET' && parts[0] === 'counts') answer = standin.counts;
         else throw new Error(`unknown control request ${req.method} ${url.pathname}`);
         send(res, 200, answer as Json);

@@ -7,6 +7,8 @@
 //   npm run loadtest                 # N=1000
 //   N=5000 npm run loadtest          # the full-size run
 //   SERVER_ARGS='--max-unauthenticated 1024' N=5000 npm run loadtest   # extra server flags
+//   NODE_AUTH=kubernetes N=5000 npm run loadtest   # Kubernetes mode: a token and a TokenReview
+//                                                  # per node (kube-apiserver stand-in)
 //   PROFILE_SERVER=/tmp/prof npm run loadtest                          # CPU profile of the server
 //   PROFILE_LOADGEN=/tmp/prof npm run loadtest                         # ... and of the generator
 //
@@ -23,6 +25,7 @@ import { Prefix } from '../src/routing/index.js';
 import { silentLogger } from '../src/log.js';
 import { Harness, type ManagedProcess } from './harness/index.js';
 import { CLI, runCli } from './cluster.js';
+import { kubernetesLoad, type KubernetesLoad } from './loadtest-kubernetes.js';
 import { cpuSeconds, rssBytes } from './proc.js';
 import { FakeTun } from '../test/support/fake-tun.js';
 import { waitFor } from '../test/support/wait.js';
@@ -52,6 +55,8 @@ async function child(): Promise<void> {
     port: number;
     serverKey: string;
     seeds: string[];
+    /** Kubernetes mode: one projected-style token per node; routes then come from the server. */
+    tokens?: string[];
   };
   const serverKey = new Uint8Array(Buffer.from(input.serverKey, 'base64'));
   const clients = input.seeds.map((seedText, i) => {
@@ -62,7 +67,8 @@ async function child(): Promise<void> {
       serverKey,
       keyPair: keyPairFromSeed(seed),
       name: `load-${i}`,
-      routes: [Prefix.parse(peerRoute(i))],
+      routes: input.tokens ? [] : [Prefix.parse(peerRoute(i))],
+      ...(input.tokens ? { token: () => input.tokens![i]!, routesFromServer: true } : {}),
       tun: new FakeTun(`load${i}`),
       connection: {
         maxQueueBytes: 1 << 20,
@@ -128,11 +134,21 @@ async function parent(): Promise<void> {
   const h = await Harness.create({ nodes: 1, stubs: false });
   let server: ManagedProcess | undefined;
   let generator: ChildProcess | undefined;
+  let kubernetes: KubernetesLoad | undefined;
   try {
     const serverPair = keyPairFromSeed(generateSeed());
     const serverKeyFile = path.join(h.dir, 'server.key');
     writeFileSync(serverKeyFile, `${encodeKey(serverPair.seed)}\n`, { mode: 0o600 });
     const pairs = Array.from({ length: N }, () => keyPairFromSeed(generateSeed()));
+    kubernetes =
+      process.env['NODE_AUTH'] === 'kubernetes'
+        ? await kubernetesLoad(
+            h,
+            pairs.map((_, i) => `load-${i}`),
+            (i) => peerRoute(i).split('/')[0]!,
+          )
+        : undefined;
+    if (kubernetes) say(`kube-apiserver stand-in up with ${N} Nodes and their pods' tokens`);
     const peersFile = path.join(h.dir, 'peers.json');
     writeFileSync(
       peersFile,
@@ -153,6 +169,7 @@ async function parent(): Promise<void> {
         port: Number(port),
         serverKey: encodeKey(serverPair.publicKey),
         seeds: pairs.map((pair) => encodeKey(pair.seed)),
+        ...(kubernetes ? { tokens: kubernetes.tokens } : {}),
       }),
       { mode: 0o600 },
     );
@@ -165,8 +182,7 @@ async function parent(): Promise<void> {
       h.serverEndpoint,
       '--key',
       serverKeyFile,
-      '--peers',
-      peersFile,
+      ...(kubernetes ? kubernetes.serverArgs : ['--peers', peersFile]),
       '--tunnel-cidr',
       h.tunnelCIDR,
       '--admin-socket',
@@ -277,6 +293,8 @@ async function parent(): Promise<void> {
   } finally {
     if (generator && generator.exitCode === null && generator.pid) process.kill(generator.pid, 'SIGKILL');
     await server?.stop();
+    if (kubernetes) say(`TokenReviews answered by the stand-in: ${(await kubernetes.counts())['tokenReviews']}`);
+    await kubernetes?.stop();
     await h.destroy();
   }
 }
