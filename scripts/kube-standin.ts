@@ -76,7 +76,7 @@ export class KubeApiStandin {
   url = '';
 
   async start(host = '127.0.0.1', port = 0): Promise<void> {
-    const { certPem, keyPem } = await selfSigned(host);
+    const { certPem, keyPem } = await selfSignedCertificate(host);
     this.certPem = certPem;
     const server = createServer({ cert: certPem, key: keyPem }, (req, res) => this.handle(req, res));
     server.on('connection', (socket: Socket) => {
@@ -355,13 +355,17 @@ async function readBody(req: IncomingMessage, maxBytes = 1 << 20): Promise<Json>
   }
 }
 
-async function selfSigned(host: string): Promise<{ certPem: string; keyPem: string }> {
+/** A self-signed ECDSA certificate for `host` (an IP address), as a stand-in API server presents. */
+export async function selfSignedCertificate(
+  host: string,
+  commonName = 'kube-apiserver-standin',
+): Promise<{ certPem: string; keyPem: string }> {
   x509.cryptoProvider.set(webcrypto as unknown as Crypto);
   const algorithm = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
   const keys = await webcrypto.subtle.generateKey(algorithm, true, ['sign', 'verify']);
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: '01',
-    name: 'CN=kube-apiserver-standin',
+    name: `CN=${commonName}`,
     notBefore: new Date(Date.now() - 3600_000),
     notAfter: new Date(Date.now() + 86400_000),
     keys: keys as unknown as CryptoKeyPair,

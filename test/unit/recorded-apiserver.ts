@@ -2,14 +2,12 @@
 // bodies of test/fixtures/k8s/api.recording.json on 127.0.0.1, with its own CA-less
 // self-signed certificate and a bearer token, so the real @kubernetes/client-node path runs.
 
-import 'reflect-metadata';
-import { webcrypto } from 'node:crypto';
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as x509 from '@peculiar/x509';
+import { selfSignedCertificate } from '../../scripts/kube-standin.js';
 
 export const RECORDING: Record<string, unknown> = JSON.parse(
   readFileSync(new URL('../../../test/fixtures/k8s/api.recording.json', import.meta.url), 'utf8'),
@@ -31,31 +29,8 @@ export interface RecordedApiServer {
   close(): Promise<void>;
 }
 
-async function selfSignedFor127(): Promise<{ certPem: string; keyPem: string }> {
-  x509.cryptoProvider.set(webcrypto as unknown as Crypto);
-  const algorithm = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
-  const keys = await webcrypto.subtle.generateKey(algorithm, true, ['sign', 'verify']);
-  const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    serialNumber: '01',
-    name: 'CN=recorded-kube-apiserver',
-    notBefore: new Date(Date.now() - 3600_000),
-    notAfter: new Date(Date.now() + 86400_000),
-    keys: keys as unknown as CryptoKeyPair,
-    signingAlgorithm: algorithm,
-    extensions: [
-      new x509.BasicConstraintsExtension(true, undefined, true),
-      new x509.SubjectAlternativeNameExtension([{ type: 'ip', value: '127.0.0.1' }]),
-    ],
-  });
-  const pkcs8 = await webcrypto.subtle.exportKey('pkcs8', keys.privateKey);
-  const keyPem = `-----BEGIN PRIVATE KEY-----\n${Buffer.from(pkcs8)
-    .toString('base64')
-    .replace(/(.{64})/g, '$1\n')}\n-----END PRIVATE KEY-----\n`;
-  return { certPem: cert.toString('pem'), keyPem };
-}
-
 export async function startRecordedApiServer(): Promise<RecordedApiServer> {
-  const { certPem, keyPem } = await selfSignedFor127();
+  const { certPem, keyPem } = await selfSignedCertificate('127.0.0.1', 'recorded-kube-apiserver');
   const answers = new Map<string, Answer>();
   const requests: RecordedApiServer['requests'] = [];
   const sockets = new Set<Socket>();
