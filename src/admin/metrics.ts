@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type LabelValues } from 'prom-client';
 import {
   CLOSE_REASONS,
   DROP_REASONS,
@@ -7,13 +7,189 @@ import {
   type HandshakeFailure,
 } from '../reasons.js';
 import { PeerEventLog, type PeerEvents } from './peer-events.js';
-import type { DaemonStatus, PathHealth } from './status.js';
+import type { DaemonStatus, PathHealth, PeerStatus } from './status.js';
 
 /** Seconds; keepalive round trips from a LAN (sub-ms) to a congested WAN link (seconds). */
 const RTT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
 /** A scrape reads status once even though many collect() callbacks need it. */
 const SNAPSHOT_MS = 200;
+
+/** What a metric read at scrape time reads from. */
+interface Sources {
+  /** The daemon's status, one snapshot per scrape. */
+  status(): DaemonStatus;
+  readonly events: PeerEventLog;
+  /** Server: each node's last path check. */
+  readonly paths: ReadonlyMap<string, PathHealth>;
+}
+
+type Sample = [labels: LabelValues<string>, value: number];
+
+/** A metric whose every series is read from Sources at scrape time. */
+interface ScrapedMetric {
+  readonly name: string;
+  readonly help: string;
+  readonly type: 'gauge' | 'counter';
+  readonly labels?: readonly string[];
+  /** Registered only by the server (the client checks no paths). */
+  readonly serverOnly?: true;
+  read(from: Sources): Sample[];
+}
+
+/** One series per peer in status, labelled `peer`; a peer whose value is undefined has none. */
+function perPeer(value: (peer: PeerStatus, from: Sources) => number | null | undefined) {
+  return (from: Sources): Sample[] => {
+    const samples: Sample[] = [];
+    for (const peer of from.status().peers) {
+      const v = value(peer, from);
+      if (v !== undefined && v !== null) samples.push([{ peer: peer.name }, v]);
+    }
+    return samples;
+  };
+}
+
+/** One series per peer with a last path check, where `value` says one. */
+function perPath(value: (health: PathHealth) => number | undefined) {
+  return (from: Sources): Sample[] => {
+    const samples: Sample[] = [];
+    for (const [peer, health] of from.paths) {
+      const v = value(health);
+      if (v !== undefined) samples.push([{ peer }, v]);
+    }
+    return samples;
+  };
+}
+
+const SCRAPED: readonly ScrapedMetric[] = [
+  {
+    name: 'nodelink_peers',
+    help: 'Peers known to this daemon (server: peers file entries; client: 1, the server).',
+    type: 'gauge',
+    read: (from) => [[{}, from.status().peers.length]],
+  },
+  {
+    name: 'nodelink_peers_connected',
+    help: 'Peers with an authenticated session right now.',
+    type: 'gauge',
+    read: (from) => [[{}, from.status().peers.filter((peer) => peer.connected).length]],
+  },
+  {
+    name: 'nodelink_peer_connected',
+    help: 'Whether the peer has an authenticated session (1) or not (0).',
+    type: 'gauge',
+    labels: ['peer'],
+    read: perPeer((peer) => (peer.connected ? 1 : 0)),
+  },
+  {
+    name: 'nodelink_peer_receive_bytes_total',
+    help: 'IP packet bytes received from the peer over the link.',
+    type: 'counter',
+    labels: ['peer'],
+    read: perPeer((peer) => peer.rxBytes),
+  },
+  {
+    name: 'nodelink_peer_transmit_bytes_total',
+    help: 'IP packet bytes sent to the peer over the link.',
+    type: 'counter',
+    labels: ['peer'],
+    read: perPeer((peer) => peer.txBytes),
+  },
+  {
+    name: 'nodelink_peer_receive_packets_total',
+    help: 'IP packets received from the peer over the link.',
+    type: 'counter',
+    labels: ['peer'],
+    read: perPeer((peer) => peer.rxPackets),
+  },
+  {
+    name: 'nodelink_peer_transmit_packets_total',
+    help: 'IP packets sent to the peer over the link.',
+    type: 'counter',
+    labels: ['peer'],
+    read: perPeer((peer) => peer.txPackets),
+  },
+  {
+    name: 'nodelink_dropped_packets_total',
+    help: `Packets dropped, by reason (${DROP_REASONS.join(', ')}); peer is empty when no peer is to blame.`,
+    type: 'counter',
+    labels: ['peer', 'reason'],
+    read: (from) => {
+      const status = from.status();
+      const samples: Sample[] = [];
+      for (const [reason, count] of Object.entries(status.dropsByReason)) samples.push([{ peer: '', reason }, count]);
+      for (const peer of status.peers) {
+        for (const [reason, count] of Object.entries(peer.dropsByReason))
+          samples.push([{ peer: peer.name, reason }, count]);
+      }
+      return samples;
+    },
+  },
+  {
+    name: 'nodelink_peer_replacements_total',
+    help: "Server: sessions of the peer replaced by a newer connection with the peer's key.",
+    type: 'counter',
+    labels: ['peer'],
+    read: perPeer((peer) => peer.replacements),
+  },
+  {
+    name: 'nodelink_peer_replacements_refused_total',
+    help: "Server: connections with the peer's key refused because it replaced its session too often (replace_limited).",
+    type: 'counter',
+    labels: ['peer'],
+    read: perPeer((peer) => peer.replacementsRefused),
+  },
+  {
+    name: 'nodelink_peer_queued_bytes',
+    help: "Bytes waiting in the peer's TLS stream (send queue depth; data, Pings and Pongs are dropped past --max-queue-bytes).",
+    type: 'gauge',
+    labels: ['peer'],
+    read: perPeer((peer) => peer.queuedBytes),
+  },
+  {
+    name: 'nodelink_peer_routes',
+    help: 'Routes the peer announced in its current session.',
+    type: 'gauge',
+    labels: ['peer'],
+    read: perPeer((peer) => (peer.connected ? peer.routes.length : 0)),
+  },
+  {
+    name: 'nodelink_peer_rtt_seconds',
+    help: 'Round trip of the last keepalive ping to the peer.',
+    type: 'gauge',
+    labels: ['peer'],
+    read: perPeer((peer, from) => {
+      const rtt = peer.connected ? from.events.get(peer.name)?.lastRttMs : undefined;
+      return rtt === undefined || rtt === null ? undefined : rtt / 1000;
+    }),
+  },
+  {
+    name: 'nodelink_peer_last_pong_timestamp_seconds',
+    help: 'Unix time of the last keepalive pong from the peer.',
+    type: 'gauge',
+    labels: ['peer'],
+    read: (from) =>
+      [...from.events.entries()]
+        .filter(([, record]) => record.lastPongAt !== null)
+        .map(([peer, record]): Sample => [{ peer }, record.lastPongAt! / 1000]),
+  },
+  {
+    name: 'nodelink_path_up',
+    help: 'Whether the last end-to-end path check to the node passed (1) or failed (0); absent before the first check.',
+    type: 'gauge',
+    labels: ['peer'],
+    serverOnly: true,
+    read: perPath((health) => (health.state === 'unknown' ? undefined : health.state === 'ok' ? 1 : 0)),
+  },
+  {
+    name: 'nodelink_path_check_duration_seconds',
+    help: 'How long the last successful path check took to connect through the link.',
+    type: 'gauge',
+    labels: ['peer'],
+    serverOnly: true,
+    read: perPath((health) => (health.state === 'ok' && health.rttMs !== null ? health.rttMs / 1000 : undefined)),
+  },
+];
 
 export interface LinkMetricsOptions {
   readonly role: 'server' | 'client';
@@ -32,33 +208,35 @@ export interface LinkMetricsOptions {
  * Prometheus metrics of one daemon (prom-client), all named `nodelink_…`.
  *
  * Two kinds of sources, and nothing on the data path:
- * - traffic (bytes, packets, drops, queue depth, peers) is read from the daemon's status at
- *   scrape time, in collect() callbacks — the counters the link keeps anyway;
+ * - traffic (bytes, packets, drops, queue depth, peers), the event log's last pongs and the last
+ *   path checks are read at scrape time, as the SCRAPED table says, from the daemon's status
+ *   (the counters the link keeps anyway) and the PeerEventLog;
  * - events (handshakes, failures, disconnects, pongs, path checks) arrive through the
  *   LinkObserver methods below, a few per peer per keepalive interval at most. Their reason
  *   labels come from src/reasons.ts.
  *
  * Each event is recorded in the PeerEventLog (status and readiness read it there) before it is
- * counted; the per-peer round-trip and last-pong gauges read that log.
+ * counted. Path metrics exist only on the server, which checks paths.
  */
 export class LinkMetrics {
   readonly registry = new Registry();
   readonly events: PeerEventLog;
   private snapshot: { at: number; status: DaemonStatus } | undefined;
+  private readonly lastPath = new Map<string, PathHealth>();
 
   private readonly handshakes: Counter<'peer'>;
   private readonly handshakeFailures: Counter<'reason'>;
   private readonly reconnects: Counter<'peer'>;
   private readonly disconnects: Counter<'peer' | 'reason'>;
   private readonly rtt: Histogram<'peer'>;
-  private readonly pathChecks: Counter<'peer' | 'result'>;
-  private readonly lastPath = new Map<string, PathHealth>();
+  /** Server only. */
+  private readonly pathChecks: Counter<'peer' | 'result'> | undefined;
 
   constructor(private readonly options: LinkMetricsOptions) {
     this.events = options.events ?? new PeerEventLog();
     const registers = [this.registry];
-    const status = (): DaemonStatus => this.status();
-    const peers = (): DaemonStatus['peers'] => status().peers;
+    const server = options.role === 'server';
+    const sources: Sources = { status: () => this.status(), events: this.events, paths: this.lastPath };
 
     new Gauge({
       name: 'nodelink_info',
@@ -67,7 +245,7 @@ export class LinkMetrics {
       registers,
       collect() {
         this.reset();
-        this.set({ role: options.role, version: options.version, tun: status().tun }, 1);
+        this.set({ role: options.role, version: options.version, tun: sources.status().tun }, 1);
       },
     });
     if (options.ready) {
@@ -81,145 +259,28 @@ export class LinkMetrics {
         },
       });
     }
-    new Gauge({
-      name: 'nodelink_peers',
-      help: 'Peers known to this daemon (server: peers file entries; client: 1, the server).',
-      registers,
-      collect() {
-        this.set(peers().length);
-      },
-    });
-    new Gauge({
-      name: 'nodelink_peers_connected',
-      help: 'Peers with an authenticated session right now.',
-      registers,
-      collect() {
-        this.set(peers().filter((peer) => peer.connected).length);
-      },
-    });
-    new Gauge({
-      name: 'nodelink_peer_connected',
-      help: 'Whether the peer has an authenticated session (1) or not (0).',
-      labelNames: ['peer'],
-      registers,
-      collect() {
-        this.reset();
-        for (const peer of peers()) this.set({ peer: peer.name }, peer.connected ? 1 : 0);
-      },
-    });
-    const traffic: Array<[string, string, (peer: DaemonStatus['peers'][number]) => number]> = [
-      [
-        'nodelink_peer_receive_bytes_total',
-        'IP packet bytes received from the peer over the link.',
-        (peer) => peer.rxBytes,
-      ],
-      ['nodelink_peer_transmit_bytes_total', 'IP packet bytes sent to the peer over the link.', (peer) => peer.txBytes],
-      [
-        'nodelink_peer_receive_packets_total',
-        'IP packets received from the peer over the link.',
-        (peer) => peer.rxPackets,
-      ],
-      ['nodelink_peer_transmit_packets_total', 'IP packets sent to the peer over the link.', (peer) => peer.txPackets],
-    ];
-    for (const [name, help, value] of traffic) {
-      new Counter({
-        name,
-        help,
-        labelNames: ['peer'],
-        registers,
-        collect() {
-          this.reset();
-          for (const peer of peers()) this.inc({ peer: peer.name }, value(peer));
-        },
-      });
+    for (const metric of SCRAPED) {
+      if (metric.serverOnly && !server) continue;
+      const config = { name: metric.name, help: metric.help, labelNames: [...(metric.labels ?? [])], registers };
+      if (metric.type === 'gauge') {
+        new Gauge({
+          ...config,
+          collect() {
+            this.reset();
+            for (const [labels, value] of metric.read(sources)) this.set(labels, value);
+          },
+        });
+      } else {
+        new Counter({
+          ...config,
+          collect() {
+            this.reset();
+            for (const [labels, value] of metric.read(sources)) this.inc(labels, value);
+          },
+        });
+      }
     }
-    new Counter({
-      name: 'nodelink_dropped_packets_total',
-      help: `Packets dropped, by reason (${DROP_REASONS.join(', ')}); peer is empty when no peer is to blame.`,
-      labelNames: ['peer', 'reason'],
-      registers,
-      collect() {
-        this.reset();
-        const s = status();
-        for (const [reason, count] of Object.entries(s.dropsByReason)) this.inc({ peer: '', reason }, count);
-        for (const peer of s.peers) {
-          for (const [reason, count] of Object.entries(peer.dropsByReason))
-            this.inc({ peer: peer.name, reason }, count);
-        }
-      },
-    });
-    const replacements: Array<[string, string, (peer: DaemonStatus['peers'][number]) => number | undefined]> = [
-      [
-        'nodelink_peer_replacements_total',
-        "Server: sessions of the peer replaced by a newer connection with the peer's key.",
-        (peer) => peer.replacements,
-      ],
-      [
-        'nodelink_peer_replacements_refused_total',
-        "Server: connections with the peer's key refused because it replaced its session too often (replace_limited).",
-        (peer) => peer.replacementsRefused,
-      ],
-    ];
-    for (const [name, help, value] of replacements) {
-      new Counter({
-        name,
-        help,
-        labelNames: ['peer'],
-        registers,
-        collect() {
-          this.reset();
-          for (const peer of peers()) {
-            const count = value(peer);
-            if (count !== undefined) this.inc({ peer: peer.name }, count);
-          }
-        },
-      });
-    }
-    new Gauge({
-      name: 'nodelink_peer_queued_bytes',
-      help: "Bytes waiting in the peer's TLS stream (send queue depth; data, Pings and Pongs are dropped past --max-queue-bytes).",
-      labelNames: ['peer'],
-      registers,
-      collect() {
-        this.reset();
-        for (const peer of peers()) this.set({ peer: peer.name }, peer.queuedBytes);
-      },
-    });
-    new Gauge({
-      name: 'nodelink_peer_routes',
-      help: 'Routes the peer announced in its current session.',
-      labelNames: ['peer'],
-      registers,
-      collect() {
-        this.reset();
-        for (const peer of peers()) this.set({ peer: peer.name }, peer.connected ? peer.routes.length : 0);
-      },
-    });
-    const events = this.events;
-    new Gauge({
-      name: 'nodelink_peer_rtt_seconds',
-      help: 'Round trip of the last keepalive ping to the peer.',
-      labelNames: ['peer'],
-      registers,
-      collect() {
-        this.reset();
-        for (const peer of peers()) {
-          const rtt = peer.connected ? events.get(peer.name)?.lastRttMs : undefined;
-          if (rtt !== undefined && rtt !== null) this.set({ peer: peer.name }, rtt / 1000);
-        }
-      },
-    });
-    new Gauge({
-      name: 'nodelink_peer_last_pong_timestamp_seconds',
-      help: 'Unix time of the last keepalive pong from the peer.',
-      labelNames: ['peer'],
-      registers,
-      collect() {
-        this.reset();
-        for (const [peer, record] of events.entries())
-          if (record.lastPongAt !== null) this.set({ peer }, record.lastPongAt / 1000);
-      },
-    });
+
     this.handshakes = new Counter({
       name: 'nodelink_handshakes_total',
       help: 'Sessions established (hello verified and welcome sent or received).',
@@ -251,45 +312,14 @@ export class LinkMetrics {
       buckets: RTT_BUCKETS,
       registers,
     });
-    if (options.role === 'server') {
-      const lastPath = this.lastPath;
-      this.pathChecks = new Counter({
-        name: 'nodelink_path_checks_total',
-        help: 'End-to-end checks of the data path to the node through the TUN, by result (ok, failed).',
-        labelNames: ['peer', 'result'],
-        registers,
-      });
-      new Gauge({
-        name: 'nodelink_path_up',
-        help: 'Whether the last end-to-end path check to the node passed (1) or failed (0); absent before the first check.',
-        labelNames: ['peer'],
-        registers,
-        collect() {
-          this.reset();
-          for (const [peer, health] of lastPath)
-            if (health.state !== 'unknown') this.set({ peer }, health.state === 'ok' ? 1 : 0);
-        },
-      });
-      new Gauge({
-        name: 'nodelink_path_check_duration_seconds',
-        help: 'How long the last successful path check took to connect through the link.',
-        labelNames: ['peer'],
-        registers,
-        collect() {
-          this.reset();
-          for (const [peer, health] of lastPath)
-            if (health.state === 'ok' && health.rttMs !== null) this.set({ peer }, health.rttMs / 1000);
-        },
-      });
-    } else {
-      // Clients do not check paths: an unregistered counter keeps pathChecked() harmless.
-      this.pathChecks = new Counter({
-        name: 'nodelink_path_checks_total',
-        help: 'Path checks (server only).',
-        labelNames: ['peer', 'result'],
-        registers: [],
-      });
-    }
+    this.pathChecks = server
+      ? new Counter({
+          name: 'nodelink_path_checks_total',
+          help: 'End-to-end checks of the data path to the node through the TUN, by result (ok, failed).',
+          labelNames: ['peer', 'result'],
+          registers,
+        })
+      : undefined;
     if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'nodelink_' });
   }
 
@@ -316,8 +346,11 @@ export class LinkMetrics {
     this.rtt.observe({ peer }, rttMs / 1000);
   }
 
-  /** From the server's PathChecker, once per check. */
+  // ---- the server's PathChecker (onResult) ----------------------------------------------------
+
+  /** Once per check; a client, which checks no paths, keeps none. */
   pathChecked(peer: string, health: PathHealth): void {
+    if (!this.pathChecks) return;
     this.lastPath.set(peer, health);
     if (health.state !== 'unknown') this.pathChecks.inc({ peer, result: health.state === 'ok' ? 'ok' : 'failed' });
   }

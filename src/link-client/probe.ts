@@ -4,13 +4,7 @@ import { FramedConnection, type ConnectionOptions } from '../link/connection.js'
 import { CloseCode, DEFAULT_MAX_PAYLOAD, FrameType, closeCodeName, decodeWelcome } from '../protocol/index.js';
 import { checkServer, clientTlsOptions, serverIdentity, type ServerTrust, type Untrusted } from './trust.js';
 
-/**
- * One dial to a server made the way the client makes it (the same TLS options, the same trust
- * decision, the same framed stream), stopped after the answer: for `nodelink diagnose`. It says
- * how far the handshake got: TLS, trust in the server, and whether the server accepted our key
- * and routes. On a welcome the session is closed at once (Close, normal), so the probe costs the
- * server one log line, not a lasting session.
- */
+/** Where to dial, what to trust, and who to say we are. */
 export interface ProbeOptions {
   readonly host: string;
   readonly port: number;
@@ -43,6 +37,13 @@ const PROBE_CONNECTION: ConnectionOptions = {
   deadAfterMs: 120_000,
 };
 
+/**
+ * One dial to a server made the way the client makes it (the same TLS options, the same trust
+ * decision, the same framed stream), stopped after the answer: for `nodelink diagnose`. It says
+ * how far the handshake got: TLS, trust in the server, and whether the server accepted our key
+ * and routes. On a welcome the session is closed at once (Close, normal), so the probe costs the
+ * server one log line, not a lasting session.
+ */
 export function probeHandshake(options: ProbeOptions): Promise<ProbeResult> {
   return new Promise((resolve) => {
     let result: ProbeResult | undefined;

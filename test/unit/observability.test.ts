@@ -7,6 +7,7 @@ import { encodeKey, generateSeed, keyPairFromSeed, parsePeers, type KeyPair } fr
 import {
   LinkMetrics,
   ObservabilityServer,
+  PeerEventLog,
   formatStatus,
   formatSummary,
   report,
@@ -123,6 +124,42 @@ describe('observability', function () {
       expect(metricValue(later, 'nodelink_peer_receive_bytes_total{peer="node-a"}')).to.equal(5000);
       expect(metricValue(later, 'nodelink_peer_connected{peer="node-b"}')).to.equal(undefined);
       expect(metrics.peerEvents('node-a')).to.include({ handshakes: 2, reconnects: 1, lastRttMs: 2.5 });
+    });
+
+    it('registers path metrics only on the server, and records events in the log it is given', async function () {
+      const health = {
+        state: 'failing' as const,
+        target: '198.19.0.11:10250',
+        checkedAt: null,
+        lastOkAt: null,
+        rttMs: null,
+        error: 'no answer',
+        checks: 1,
+        failures: 1,
+      };
+      const events = new PeerEventLog();
+      const client = new LinkMetrics({
+        role: 'client',
+        version: 'x',
+        events,
+        status: () => daemonStatus([peerStatus({ name: 'server' })]),
+        processMetrics: false,
+      });
+      client.pathChecked('server', health);
+      client.connected('server');
+      expect(await client.text()).not.to.contain('nodelink_path_');
+      expect(events.get('server')).to.include({ handshakes: 1 });
+      const server = new LinkMetrics({
+        role: 'server',
+        version: 'x',
+        status: () => daemonStatus([peerStatus()]),
+        processMetrics: false,
+      });
+      expect(await server.text()).to.contain('# TYPE nodelink_path_up gauge');
+      server.pathChecked('node-a', health);
+      const text = await server.text();
+      expect(metricValue(text, 'nodelink_path_up{peer="node-a"}')).to.equal(0);
+      expect(metricValue(text, 'nodelink_path_checks_total{peer="node-a",result="failed"}')).to.equal(1);
     });
 
     it('includes process metrics under the nodelink_ prefix', async function () {
