@@ -1,5 +1,5 @@
 import type { Logger } from '../log.js';
-import { NodelinkError } from '../errors.js';
+import { NodelinkError, userMessage } from '../errors.js';
 
 /** An endpoint's health, in status (`endpoints`) and in metrics (`nodelink_endpoint_up`). */
 export interface EndpointStatus {
@@ -102,7 +102,7 @@ export class RetryingEndpoint<T extends Closable> {
   }
 
   private failed(err: unknown): void {
-    const message = err instanceof NodelinkError ? err.message : `unexpected error: ${String(err)}`;
+    const message = userMessage(err);
     if (this.error === null) {
       this.since = new Date().toISOString();
       this.log.error(

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { Prefix, PrefixTable } from '../routing/index.js';
-import { NodelinkError } from '../errors.js';
+import { userMessage } from '../errors.js';
 import { AuthError } from './errors.js';
 import { decodeKey, encodeKey, keysEqual } from './keys.js';
 import { whereJsonFails } from './file-errors.js';
@@ -109,7 +109,7 @@ export function parsePeers(text: string, source: string, tunnelCidrs: readonly P
       publicKey = decodeKey(entry.publicKey as string, `${label} publicKey`);
       allowedIPs = (entry.allowedIPs as unknown[]).map((cidr) => Prefix.parse(String(cidr)));
     } catch (err) {
-      fail(`${label}: ${err instanceof NodelinkError ? err.message : String(err)}`);
+      fail(`${label}: ${userMessage(err)}`);
     }
     peers.push({
       name: entry.name as string,

@@ -4,7 +4,7 @@
 import type { Logger } from '../log.js';
 import type { Prefix } from '../routing/index.js';
 import { NodeRoutesWatcher, dedupe, nodeRouteChecker, routesFromNode, type NodeSource } from '../k8s/index.js';
-import { NodelinkError } from '../errors.js';
+import { NodelinkError, userMessage } from '../errors.js';
 import type { Hello, PeerRegistry } from '../auth/index.js';
 import { NodeIdentityVerifier } from '../k8s/identity.js';
 import { authorizeNode, peersFromNodes, type NodeGrant } from '../k8s/node-peers.js';
@@ -73,10 +73,7 @@ export async function nodeRouteCheck(
     } catch (err) {
       const code = err instanceof NodelinkError ? err.code : '';
       if (code === 'k8s_config' || code === 'k8s_unauthorized' || code === 'k8s_forbidden') throw err;
-      log.warn(
-        { node: probeName, err: err instanceof NodelinkError ? err.message : String(err) },
-        'first Node read failed; checking each node as it connects',
-      );
+      log.warn({ node: probeName, err: userMessage(err) }, 'first Node read failed; checking each node as it connects');
     }
   }
   log.info({ api: api.server }, 'routes are checked against Node objects (--authorize-from-nodes)');

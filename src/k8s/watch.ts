@@ -2,7 +2,7 @@ import type { Logger } from '../log.js';
 import type { Prefix } from '../routing/index.js';
 import type { NodeSource } from './api.js';
 import { routesFromNode, sameRoutes } from './node-routes.js';
-import { NodelinkError } from '../errors.js';
+import { userMessage } from '../errors.js';
 
 export interface NodeRoutesWatcherOptions {
   readonly source: NodeSource;
@@ -64,7 +64,7 @@ export class NodeRoutesWatcher {
     } catch (err) {
       if (!this.failing) {
         options.log.warn(
-          { node: options.name, err: err instanceof NodelinkError ? err.message : String(err) },
+          { node: options.name, err: userMessage(err) },
           'cannot read the Node object: keeping the routes announced now',
         );
       }

@@ -6,7 +6,7 @@ import type { DaemonStatus, PeerStatus, ReplicaStatus } from '../admin/index.js'
 import { TrafficCounters, trafficStatus } from '../link/counters.js';
 import type { LinkObserver } from '../link/observer.js';
 import type { HandshakeFailure } from '../reasons.js';
-import { NodelinkError } from '../errors.js';
+import { userMessage } from '../errors.js';
 import { ReplyFlows, DEFAULT_REPLY_FLOWS, type ReplyFlowOptions } from './reply-flows.js';
 import { DialPolicy, ReplicaSet, type DialOutcome } from './replica-set.js';
 import { ClientSession, type SessionOptions } from './session.js';
@@ -277,10 +277,7 @@ export class LinkClient {
         'routes to the control plane installed',
       );
     } catch (err) {
-      this.options.log.error(
-        { err: err instanceof NodelinkError ? err.message : String(err) },
-        'cannot install routes to the control plane',
-      );
+      this.options.log.error({ err: userMessage(err) }, 'cannot install routes to the control plane');
       session.close(CloseCode.Internal, 'node could not install its routes');
     }
   }
