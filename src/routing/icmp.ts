@@ -10,7 +10,8 @@ import {
 
 /**
  * ICMP "unreachable" replies for packets the server cannot deliver (offline or unknown node), so
- * a client fails fast instead of waiting for a timeout.
+ * a client fails fast instead of waiting for a timeout; and the check that an ICMP error from a
+ * node speaks only about that node's own traffic.
  */
 
 const PROTO_ICMP = 1;
@@ -140,6 +141,55 @@ function upperLayerV6(packet: Uint8Array): { proto: number; offset: number } | u
       return { proto, offset };
     }
   }
+}
+
+/**
+ * Whether the address at `bytes[offset]` (4 bytes for family 4, 16 for family 6) lies in the
+ * routes of the node a packet came from.
+ */
+export type PeerAddressCheck = (family: 4 | 6, bytes: Uint8Array, offset: number) => boolean;
+
+/**
+ * Whether an ICMP or ICMPv6 packet a node sent may enter the control plane as far as its quote
+ * goes. An error (unreachable, packet too big / fragmentation needed, time exceeded, parameter
+ * problem, redirect, source quench) speaks about a packet the control plane sent; the kernel
+ * acts on it for that packet's destination (a lower path MTU, a refused connection), and its
+ * connection tracking relates it to that flow whoever sent it. So an error from node A is let
+ * through only when the packet it quotes was addressed to A's own routes: A may not lower the
+ * path MTU toward node B or reset the control plane's flows to B. An error whose quote is too
+ * short to name its destination is refused too.
+ *
+ * Everything that is not an ICMP error (other protocols, echo replies, non-first fragments,
+ * which carry no ICMP header) is true: other checks judge it. The packet must have passed
+ * `checkPacket`. Reads the buffer in place and allocates nothing: it runs on every packet
+ * from a node.
+ */
+export function icmpErrorQuotesPeer(packet: Uint8Array, isPeerAddress: PeerAddressCheck): boolean {
+  const version = packet[0] >> 4;
+  if (version === 4) {
+    if (packet[9] !== PROTO_ICMP) return true;
+    if ((((packet[6] & 0x1f) << 8) | packet[7]) !== 0) return true; // non-first fragment
+    const icmp = (packet[0] & 0x0f) * 4;
+    if (icmp >= packet.length || !ICMPV4_ERROR_TYPES.has(packet[icmp])) return true;
+    const quoted = icmp + ICMP_HEADER_LEN;
+    if (quoted + IPV4_HEADER_MIN > packet.length || packet[quoted] >> 4 !== 4) return false;
+    return isPeerAddress(4, packet, quoted + DST_OFFSET_V4);
+  }
+  if (version === 6) {
+    let icmp = IPV6_HEADER_LEN;
+    const next = packet[6];
+    if (next !== PROTO_ICMPV6) {
+      if (next !== 0 && next !== 43 && next !== 44 && next !== 60) return true; // no extension header
+      const upper = upperLayerV6(packet);
+      if (upper === undefined || upper.proto !== PROTO_ICMPV6) return true;
+      icmp = upper.offset;
+    }
+    if (icmp >= packet.length || packet[icmp] >= 128) return true; // informational
+    const quoted = icmp + ICMP_HEADER_LEN;
+    if (quoted + IPV6_HEADER_LEN > packet.length || packet[quoted] >> 4 !== 6) return false;
+    return isPeerAddress(6, packet, quoted + DST_OFFSET_V6);
+  }
+  return true;
 }
 
 function isZero(bytes: Uint8Array, offset: number, len: number): boolean {

@@ -16,4 +16,4 @@ export { Prefix, type ParsedAddress, parseAddress } from './prefix.js';
 export { formatEndpoint } from './endpoint.js';
 export { nodeIp } from './node-ip.js';
 export { PrefixTable } from './table.js';
-export { buildUnreachable, internetChecksum } from './icmp.js';
+export { buildUnreachable, icmpErrorQuotesPeer, internetChecksum, type PeerAddressCheck } from './icmp.js';
