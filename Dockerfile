@@ -20,10 +20,12 @@ COPY src/ ./src/
 RUN npm ci --no-audit --no-fund \
     && npm prune --omit=dev --no-audit --no-fund
 
-# ---- runtime: node, iproute2 (nodelink configures routes with `ip`), the built app
+# ---- runtime: node, iproute2 (nodelink configures routes with `ip`), nftables (the server drops
+# flows nodes open with an nftables table; without nft it refuses to start unless
+# --allow-node-initiated), the built app
 FROM ${NODE_IMAGE} AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 \
+    && apt-get install -y --no-install-recommends iproute2 nftables \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 ENV NODE_ENV=production

@@ -24,6 +24,10 @@
 //   attacker replaceloop --target H:P --server-key K --key FILE --name N --routes A,B
 //                    [--rate R] [--seconds S]
 //                    a stolen key: a new session R times a second, each replacing the last
+//   attacker ptb     --target H:P --server-key K --key FILE --name N --routes A,B --own S
+//                    --quote QSRC:QSPORT>QDST:QDPORT[;...] [--mtu M] [--count N]
+//                    a compromised node sending ICMP "fragmentation needed" errors from its own
+//                    address, each quoting a UDP datagram the control plane may have sent
 
 import { randomBytes } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
@@ -31,7 +35,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { EXPORTER_BYTES, EXPORTER_LABEL, decodeKey, encodeHello, keysEqual, readKeyFile } from '../src/auth/index.js';
 import { FrameDecoder, FrameType, closeCodeName, decodeCodePayload, encodeFrame } from '../src/protocol/index.js';
-import { parseAddress } from '../src/routing/index.js';
+import { internetChecksum, parseAddress } from '../src/routing/index.js';
 import { serverPublicKey } from '../src/link-client/trust.js';
 import { icmpEchoRequest } from '../test/support/packets.js';
 
@@ -401,6 +405,65 @@ async function replaceloop(): Promise<object> {
   return { seconds, attempts, welcomed, refused: Object.fromEntries(refused) };
 }
 
+/**
+ * An ICMP "fragmentation needed" (IPv4, next-hop MTU --mtu) from src to the quoted packet's
+ * source, quoting a UDP datagram qsrc:qsport → qdst:qdport of 1500 bytes with DF set.
+ */
+function fragNeeded(
+  src: string,
+  quoted: { src: string; sport: number; dst: string; dport: number },
+  mtu: number,
+): Buffer {
+  const p = Buffer.alloc(20 + 8 + 20 + 8);
+  p[0] = 0x45;
+  p.writeUInt16BE(p.length, 2);
+  p[8] = 64;
+  p[9] = 1;
+  p.set(parseAddress(src).bytes, 12);
+  p.set(parseAddress(quoted.src).bytes, 16);
+  p.writeUInt16BE(internetChecksum(p, 0, 20), 10);
+  p[20] = 3; // destination unreachable
+  p[21] = 4; // fragmentation needed and DF set
+  p.writeUInt16BE(mtu, 26);
+  const inner = 28;
+  p[inner] = 0x45;
+  p.writeUInt16BE(1500, inner + 2);
+  p[inner + 6] = 0x40; // DF
+  p[inner + 8] = 64;
+  p[inner + 9] = 17;
+  p.set(parseAddress(quoted.src).bytes, inner + 12);
+  p.set(parseAddress(quoted.dst).bytes, inner + 16);
+  p.writeUInt16BE(internetChecksum(p, inner, inner + 20), inner + 10);
+  p.writeUInt16BE(quoted.sport, inner + 20);
+  p.writeUInt16BE(quoted.dport, inner + 22);
+  p.writeUInt16BE(1480, inner + 24);
+  p.writeUInt16BE(internetChecksum(p, 20, p.length), 22);
+  return p;
+}
+
+/** ICMP "fragmentation needed" errors from --own, each quoting one of --quote QSRC:QSPORT>QDST:QDPORT;... */
+async function ptb(): Promise<object> {
+  const own = arg('own');
+  const mtu = Number(arg('mtu', '552'));
+  const quotes = arg('quote')
+    .split(';')
+    .filter(Boolean)
+    .map((text) => {
+      const m = /^([^:>]+):(\d+)>([^:>]+):(\d+)$/.exec(text);
+      if (!m) throw new Error(`--quote ${text}: expected QSRC:QSPORT>QDST:QDPORT (IPv4)`);
+      return { src: m[1]!, sport: Number(m[2]), dst: m[3]!, dport: Number(m[4]) };
+    });
+  const n = count(3);
+  const { socket } = await authenticated();
+  for (let i = 0; i < n; i++) {
+    for (const quoted of quotes) socket.write(encodeFrame(FrameType.Data, fragNeeded(own, quoted, mtu)));
+  }
+  await sleep(500);
+  socket.end(encodeFrame(FrameType.Close, Buffer.from([0, 0])));
+  socket.destroy();
+  return { ptbSent: n * quotes.length };
+}
+
 const MODES: Record<string, () => Promise<object>> = {
   random,
   http,
@@ -412,6 +475,7 @@ const MODES: Record<string, () => Promise<object>> = {
   pingflood,
   stallecho,
   replaceloop,
+  ptb,
 };
 
 const mode = process.argv[2] ?? '';

@@ -95,6 +95,8 @@ export const DROP_REASONS = [
   'no_route', // the destination matches no route a connected peer announced
   'peer_offline', // the destination belongs to a peer that is not connected
   'spoofed_source', // a node sent a packet whose source is outside its announced routes
+  'foreign_icmp_error', // a node sent an ICMP error about a packet that was not addressed to it
+  'node_initiated', // a node's packet belongs to no flow the control plane opened (counted by the kernel)
   'malformed', // truncated header, wrong IP version, or a length that does not match
   'disconnected', // a node read a packet from its TUN while it had no session to the server
   'unannounced_source', // a node's kernel sent from an address the node does not announce

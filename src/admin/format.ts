@@ -150,6 +150,10 @@ export function formatStatus(status: DaemonStatus, now = Date.now()): string {
       `  replicas at ${entry.server}: ${entry.held.length} of ${entry.count} held${entry.held.length > 0 ? ` (${entry.held.join(', ')})` : ''}${missing.length > 0 ? `, MISSING ${missing.join(', ')}` : ''}`,
     );
   }
+  if (status.flowFilter)
+    lines.push(
+      `  node-initiated flows: ${status.flowFilter.active ? `dropped (nft table ${status.flowFilter.table}, at most ${status.flowFilter.maxFlowsPerNode} tracked flows per node)` : 'ALLOWED (--allow-node-initiated)'}`,
+    );
   if (status.metrics) lines.push(`  metrics: http://${status.metrics}/metrics`);
   for (const endpoint of status.endpoints ?? []) {
     if (endpoint.state === 'failed')

@@ -198,6 +198,8 @@ export interface LinkMetricsOptions {
   readonly status: () => DaemonStatus;
   /** Where the link's events are recorded; its own log when not given. */
   readonly events?: PeerEventLog;
+  /** Reads what status() takes from outside the process (kernel counters) before a scrape. */
+  readonly refresh?: () => Promise<void>;
   /** Current readiness for the `nodelink_ready` gauge. */
   readonly ready?: () => Promise<boolean>;
   /** Process and Node.js runtime metrics (default true; tests turn them off for speed). */
@@ -363,6 +365,10 @@ export class LinkMetrics {
   }
 
   async text(): Promise<string> {
+    if (this.options.refresh) {
+      await this.options.refresh();
+      this.snapshot = undefined;
+    }
     return this.registry.metrics();
   }
 

@@ -83,6 +83,14 @@ export interface ReplicaStatus {
   flows: number;
 }
 
+export interface FlowFilterStatus {
+  active: boolean;
+  /** e.g. `inet nodelink_nl0`; null when not active. */
+  table: string | null;
+  /** Tracked flows toward one node before the control plane's next one is refused. */
+  maxFlowsPerNode: number | null;
+}
+
 export interface DaemonStatus {
   role: 'server' | 'client';
   tun: string;
@@ -107,6 +115,11 @@ export interface DaemonStatus {
   serverCount?: number;
   /** Client: the routes it announces (node IP, pod CIDRs). */
   announcedRoutes?: string[];
+  /**
+   * Server: whether packets from nodes that open a flow are dropped (the default) and by which
+   * nftables table; `active` false under --allow-node-initiated.
+   */
+  flowFilter?: FlowFilterStatus;
   /** HOST:PORT of the Prometheus / health endpoint, when --metrics is set. */
   metrics?: string;
   /** The metrics endpoint and the admin socket: serving, or failed and retried (the link runs either way). */

@@ -50,6 +50,8 @@ export interface ServerConfig extends LinkTunables {
   readonly serviceAccount: string;
   /** Kubernetes mode: the audience client tokens must carry. */
   readonly tokenAudience: string;
+  /** --allow-node-initiated: no flow filter; nodes may open flows toward the control plane. */
+  readonly allowNodeInitiated: boolean;
   /** --kubeconfig; '' means in-cluster, then $KUBECONFIG or ~/.kube/config. */
   readonly kubeconfig: string;
   /** --cert / --cert-key: a CA-signed certificate chain instead of the self-signed one ('' = none). */
@@ -202,6 +204,12 @@ export const SERVER_SETTINGS: SettingsSpec = {
     type: 'boolean',
     default: false,
     describe: "also require a node's routes to be its Node object's InternalIPs and pod CIDRs",
+  },
+  'allow-node-initiated': {
+    type: 'boolean',
+    default: false,
+    describe:
+      'let nodes open connections to the control plane and, through it, to other nodes (default: only flows the control plane opened pass; that needs nft)',
   },
   kubeconfig: {
     type: 'string',
@@ -503,6 +511,7 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
     tunnelAddresses,
     ...pathCheckSettings(raw),
     authorizeFromNodes: bool(raw, 'authorize-from-nodes', false),
+    allowNodeInitiated: bool(raw, 'allow-node-initiated', false),
     kubeconfig: str(raw, 'kubeconfig', false),
     ...serverSecurity(raw),
     ...replicaIdentity(raw),

@@ -33,6 +33,8 @@ export interface ServerSide {
   status(): DaemonStatus;
   routeStates(kernel: KernelRoutes | undefined): Map<string, RouteState[]>;
   pathTargets(): PathTarget[];
+  /** Reads the kernel's counters that status() reports (the flow filter's), before it is served. */
+  refresh?(): Promise<void>;
 }
 
 /**
@@ -51,6 +53,7 @@ export function serverObservability(config: ServerConfig, log: Logger) {
     version: VERSION,
     events,
     status: () => side().status(),
+    refresh: async () => server?.refresh?.(),
     ready: async () => (await ready()).ok,
   });
   const pathChecker = new PathChecker({
@@ -80,7 +83,10 @@ export function serverObservability(config: ServerConfig, log: Logger) {
     async start(linkServer: ServerSide, base: () => DaemonStatus): Promise<void> {
       server = linkServer;
       listening = linkServer.status().listen ?? '?';
-      await endpoints.startAdmin(() => enrich(base()));
+      await endpoints.startAdmin(async () => {
+        await linkServer.refresh?.();
+        return enrich(base());
+      });
       await endpoints.startHttp(ready);
       pathChecker.start();
       logEffectiveConfig('server', config, log);

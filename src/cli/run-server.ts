@@ -1,7 +1,7 @@
 import { defaultServerId } from '../link-server/replica-id.js';
 import { PeerRegistry, readKeyFile, readPeersFile } from '../auth/index.js';
-import { processDebug } from '../admin/index.js';
-import { LinkServer, loadServerCertificate } from '../link-server/index.js';
+import { processDebug, type DaemonStatus } from '../admin/index.js';
+import { FlowFilter, LinkServer, loadServerCertificate } from '../link-server/index.js';
 import { LinuxTun, ServerRoutes } from '../tun/index.js';
 import { createLogger } from '../log.js';
 import { userMessage } from '../errors.js';
@@ -85,14 +85,26 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     mtu: config.mtu,
     addresses: config.tunnelCidrs.map((cidr) => `${cidr.firstHost()}/${cidr.length}`),
   });
+  // Once the TUN name is ours (a live server holding it makes open() fail), so is its table.
+  let filter: FlowFilter | undefined;
   try {
     // From here on a node's packets go into the TUN or nowhere, never by another route.
     await routes.failClosed(allowed.cidrs, { prune: true });
+    if (config.allowNodeInitiated) await FlowFilter.removeLeftover(config.tun);
+    else filter = await FlowFilter.install({ tun: config.tun, peers: registry.peers, log });
   } catch (err) {
     kubernetes?.stop();
     await tun.close();
     throw err;
   }
+  const flowFilter = filter
+    ? { active: true, table: `inet ${filter.table}`, maxFlowsPerNode: filter.limits.maxFlowsPerNode }
+    : { active: false, table: null, maxFlowsPerNode: null };
+  // Status with the kernel's node_initiated counts (as last read) and the filter's state.
+  const withFilter = (status: DaemonStatus): DaemonStatus => ({
+    ...(filter ? filter.annotate(status) : status),
+    flowFilter,
+  });
   const observe = serverObservability(config, log);
   const server = new LinkServer({
     host: config.listen.host,
@@ -121,15 +133,21 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   });
   try {
     await server.start();
-    await observe.start(server, () => ({
-      ...server.status(),
-      debug: { ...processDebug(), ...server.connectionCounts() },
-    }));
+    await observe.start(
+      {
+        status: () => withFilter(server.status()),
+        routeStates: (kernel) => server.routeStates(kernel),
+        pathTargets: () => server.pathTargets(),
+        refresh: () => filter?.refresh() ?? Promise.resolve(),
+      },
+      () => ({ ...withFilter(server.status()), debug: { ...processDebug(), ...server.connectionCounts() } }),
+    );
   } catch (err) {
     kubernetes?.stop();
     observe.close();
     await server.stop();
     await tun.close();
+    await filter?.remove();
     throw err;
   }
   // Kubernetes mode: Nodes that come, go or change move the peers and their kernel routes.
@@ -139,7 +157,10 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   kubernetes?.follow((nodes) => {
     applying = applying
       .then(() => withoutClashes(nodes, routes, log))
-      .then((usable) => server.reload(usable, 'nodes'))
+      .then(async (usable) => {
+        await filter?.setPeers(usable.peers);
+        await server.reload(usable, 'nodes');
+      })
       .catch((err: unknown) => log.error({ err: userMessage(err) }, 'cannot apply Node changes'));
   });
   // SIGHUP: bad settings, a bad peers file or a bad certificate are refused with one line and the
@@ -169,6 +190,8 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
         const next = readPeersFile(config.peersFile, config.tunnelCidrs);
         const nextAllowed = allowedIPs(next);
         await routes.check(nextAllowed.cidrs, nextAllowed.label);
+        // The filter learns new peers' addresses first, so their counts are never lost.
+        await filter?.setPeers(next.peers);
         await server.reload(next);
       },
       log,
@@ -184,6 +207,12 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
       log,
     );
   }
+  if (filter)
+    log.info(
+      { table: flowFilter.table, maxFlowsPerNode: flowFilter.maxFlowsPerNode },
+      'dropping packets from nodes that do not belong to a flow the control plane opened',
+    );
+  else log.warn({ tun: config.tun }, '--allow-node-initiated: nodes may open flows toward the control plane');
   log.info(
     {
       tun: config.tun,
@@ -200,5 +229,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     // The backstops stay: until a server runs again, a dial to a node fails at once.
     await routes.withdraw();
     await tun.close();
+    // Conntrack keeps the flows the control plane opened: they go on after a restart.
+    await filter?.remove();
   });
 }

@@ -25,14 +25,24 @@
  *   2. FramedConnection.onFrame counts a Data frame and hands it to the session's onData
  *      (handshake.ts), which calls Forwarder.fromNode.
  *   3. fromNode (here): checkPacket (else malformed); the longest match of the source in the
- *      announced routes must be this very session (else spoofed_source).
+ *      announced routes must be this very session (else spoofed_source); an ICMP error must
+ *      quote a packet sent to this session's own routes (else foreign_icmp_error).
  *   4. TunDevice.write: exactly one packet per write into the kernel (tun_error if refused).
+ *   5. The kernel: the server's nftables table (flow-filter.ts) passes only packets of flows the
+ *      control plane opened; the rest is counted there as node_initiated and dropped.
  *
  * Kernel routes for every allowedIP of the peers file stay on the TUN whether its peer is online
  * or not, so traffic for an offline node reaches step 3 and is answered, never leaking to the
  * default route.
  */
-import { DST_OFFSET_V4, DST_OFFSET_V6, buildUnreachable, checkPacket } from '../routing/index.js';
+import {
+  DST_OFFSET_V4,
+  DST_OFFSET_V6,
+  buildUnreachable,
+  checkPacket,
+  icmpErrorQuotesPeer,
+  type PeerAddressCheck,
+} from '../routing/index.js';
 import type { TunDevice } from '../tun/index.js';
 import { TrafficCounters } from '../link/counters.js';
 import type { Peers, Session } from './peers.js';
@@ -44,6 +54,10 @@ export class Forwarder {
   readonly unattributed = new TrafficCounters(); // drops no peer is to blame for; status shows them
   private icmpBudget = ICMP_ERRORS_PER_SECOND; // ICMP errors left this second; spent by fromTun
   private icmpRefillTimer: NodeJS.Timeout | undefined; // refills the budget; from start to stop
+  private quoting: Session | undefined; // the session fromNode checks an ICMP error of, for ownsQuote
+  /** Whether an address lies in the routes `quoting` announced; one function, so no per-packet closure. */
+  private readonly ownsQuote: PeerAddressCheck = (family, bytes, offset) =>
+    this.peers.announced.lookup(family, bytes, offset) === this.quoting;
 
   constructor(
     private readonly peers: Peers,
@@ -88,6 +102,13 @@ export class Forwarder {
     }
     if (this.peers.announced.lookupSource(packet) !== session) {
       session.peer.counters.drop('spoofed_source');
+      return;
+    }
+    this.quoting = session;
+    const ownQuote = icmpErrorQuotesPeer(packet, this.ownsQuote);
+    this.quoting = undefined;
+    if (!ownQuote) {
+      session.peer.counters.drop('foreign_icmp_error');
       return;
     }
     if (!this.tun.write(packet)) session.peer.counters.drop('tun_error');

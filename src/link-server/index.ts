@@ -1,2 +1,3 @@
 export * from './server.js';
 export * from './certificate.js';
+export * from './flow-filter.js';

@@ -627,14 +627,14 @@ describe('Dockerfile and .dockerignore', function () {
     expect(lintDockerfile('FROM scratch\nCOPYY a b\n'), 'the linter bites').to.have.length.greaterThan(0);
   });
 
-  it('is multi-stage on a Node LTS slim base: toolchain only in the build stage, iproute2 in the runtime', function () {
+  it('is multi-stage on a Node LTS slim base: toolchain only in the build stage, iproute2 and nftables in the runtime', function () {
     expect(dockerfile).to.match(/^ARG NODE_IMAGE=node:(22|24)-[a-z]+-slim$/m);
     expect(stages).to.have.length(2);
     expect(stages[0]).to.match(/^\$\{NODE_IMAGE\} AS build/);
     expect(stages[0]).to.match(/python3 make g\+\+/);
     expect(stages[0]).to.match(/npm ci/);
     expect(stages[1]).to.match(/^\$\{NODE_IMAGE\} AS runtime/);
-    expect(stages[1]).to.match(/apt-get install -y --no-install-recommends iproute2/);
+    expect(stages[1]).to.match(/apt-get install -y --no-install-recommends iproute2 nftables/);
     expect(stages[1]).to.not.match(/g\+\+|make|python3/);
     expect(stages[1]).to.match(/COPY --from=build \/src\/native\/build\/Release\/tunio\.node/);
     expect(stages[1]).to.match(/^ENTRYPOINT \["nodelink"\]$/m);
