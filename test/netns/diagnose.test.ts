@@ -67,6 +67,8 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
   }
 
   it('passes every check on a healthy node and control plane', async function () {
+    // Traffic the control plane opened, which is what the node side sees of the path.
+    expect((await H().curl(H().ns.cp, H().kubeletURL(1), { timeoutS: 5 })).ok).to.equal(true);
     const node = await onNode();
     expect(failed(node.report), JSON.stringify(failed(node.report))).to.deep.equal([]);
     expect(node.code).to.equal(0);
@@ -86,13 +88,19 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
       'kubelet',
       'client',
     ]);
+    // The server drops what nodes open, ping to its tunnel address included: the node sees the
+    // path in the control plane's packets instead.
+    expect(check(node.report, 'tunnel_ping')).to.include({ status: 'pass' });
+    expect(check(node.report, 'tunnel_ping').detail).to.match(/packets from the control plane arrived/);
     const cp = await onControlPlane();
     expect(failed(cp.report), JSON.stringify(failed(cp.report))).to.deep.equal([]);
+    expect(check(cp.report, 'flow_filter').detail).to.match(/^on: table inet nodelink_nl0 drops what nodes open/);
     expect(cp.code).to.equal(0);
     expect(cp.report.checks.map((check) => check.id)).to.include.members([
       'server',
       'listening',
       'tun',
+      'flow_filter',
       'peer:node-1:connected',
       'peer:node-1:routes',
       'peer:node-1:node_ip',

@@ -212,6 +212,7 @@ describe('diagnose', function () {
         'server',
         'listening',
         'tun',
+        'flow_filter',
         'peer:node-1:connected',
         'peer:node-1:routes',
         'peer:node-1:node_ip',

@@ -1,6 +1,7 @@
 import type { DaemonStatus, PeerStatus } from '../../admin/index.js';
 import { Prefix, formatEndpoint, nodeIp } from '../../routing/index.js';
-import { deviceUp, serverRouteCommand } from '../../tun/index.js';
+import { flowFilterTable } from '../../link-server/flow-filter.js';
+import { NFT_MISSING, TunError, deviceUp, nftJson, serverRouteCommand } from '../../tun/index.js';
 import {
   checkApiserverFlags,
   findApiserverProcesses,
@@ -13,10 +14,11 @@ import { describeConnectError, ping, routeDevice, sampleAddress, tcpConnect, wro
 
 /**
  * The control-plane side of `nodelink diagnose`: the server runs, its port answers, its TUN is
- * up, and for each peer in its peers file: connected, the kernel routes its allowedIPs into the
- * TUN, and its node IP and pod CIDRs answer through the link. The server's own status (asked on
- * its admin socket) is the source of all of it. Last, where a kube-apiserver in this network
- * namespace is visible, the flags it needs for nodelink (apiserver-flags.ts).
+ * up, its flow filter is in place (or deliberately off), and for each peer in its peers file:
+ * connected, the kernel routes its allowedIPs into the TUN, and its node IP and pod CIDRs answer
+ * through the link. The server's own status (asked on its admin socket) is the source of all of
+ * it. Last, where a kube-apiserver in this network namespace is visible, the flags it needs for
+ * nodelink (apiserver-flags.ts).
  */
 
 export interface ControlPlaneContext {
@@ -61,6 +63,34 @@ async function tunCheck(ctx: ControlPlaneContext): Promise<Outcome> {
   const device = await deviceUp(tun);
   if (device.ok) return pass(device.detail);
   return fail(device.detail, `restart nodelink server: it creates ${tun}`);
+}
+
+/**
+ * Whether packets from nodes are held to flows the control plane opened: the server says so in
+ * its status, and the kernel must have its table (an operator's `nft flush ruleset` removes it).
+ */
+async function flowFilterCheck(ctx: ControlPlaneContext): Promise<Outcome> {
+  const { flowFilter, tun, peers } = server(ctx);
+  if (!flowFilter) return skip('this server does not report a flow filter (an older nodelink)');
+  if (!flowFilter.active)
+    return pass(
+      'OFF (--allow-node-initiated): nodes may open connections to the control plane and, through it, to other nodes',
+    );
+  const table = flowFilterTable(tun);
+  try {
+    const items = await nftJson(['list', 'chain', 'inet', table, 'from_nodes']);
+    if (!items.some((item) => item.chain?.name === 'from_nodes')) throw new Error('no chain');
+  } catch (err) {
+    if (err instanceof TunError && err.code === NFT_MISSING) return skip('nft is not installed here');
+    return fail(
+      `the server filters, but the kernel has no chain from_nodes in table inet ${table}: flows nodes open reach the control plane`,
+      `restart nodelink server: it installs the table at start (check: nft list table inet ${table})`,
+    );
+  }
+  const dropped = peers.reduce((sum, peer) => sum + (peer.dropsByReason['node_initiated'] ?? 0), 0);
+  return pass(
+    `on: table inet ${table} drops what nodes open (${dropped} packets so far), at most ${flowFilter.maxFlowsPerNode} tracked flows per node`,
+  );
 }
 
 /** One peer's checks: ids `peer:NAME:…`, titles `NAME: …`. */
@@ -191,6 +221,7 @@ export function controlPlaneChecks(
     { id: 'server', title: 'nodelink server running', run: serverCheck },
     { id: 'listening', title: 'server port answers', after: ['server'], run: listeningCheck },
     { id: 'tun', title: 'TUN device up', after: ['server'], run: tunCheck },
+    { id: 'flow_filter', title: 'node-initiated flows dropped', after: ['server'], run: flowFilterCheck },
     ...(status?.peers ?? []).flatMap((peer) => peerChecks(peer, status!.tun, status!.listen)),
     ...apiserverChecks(procRoot),
   ];

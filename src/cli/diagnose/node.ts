@@ -321,6 +321,12 @@ function rpFilterCheck(ctx: NodeContext): Outcome {
   );
 }
 
+/**
+ * A ping to the server's tunnel address proves the path only where the server lets nodes open
+ * flows (--allow-node-initiated). By default it drops them, ping included: then the control
+ * plane's own packets having arrived through the tunnel, and this node's having gone back, is
+ * what this side can see of the path.
+ */
 async function tunnelPingCheck(ctx: NodeContext): Promise<Outcome> {
   const serverAddress = serverAddresses(ctx)[0];
   if (!serverAddress) return skip("the server's tunnel address is unknown");
@@ -329,10 +335,15 @@ async function tunnelPingCheck(ctx: NodeContext): Promise<Outcome> {
   const echo = await ping(serverAddress, ctx.input.timeoutMs, source);
   const what = `ping ${serverAddress}${source ? ` from ${source}` : ''}`;
   if (echo.missing) return skip('ping is not installed');
-  if (echo.ok) return pass(`${what}: ${echo.detail}`);
-  return fail(
-    `${what}: ${echo.detail}`,
-    'the session may be up but packets do not cross: compare `nodelink status` drops on both sides (spoofed_source, unannounced_source) and check firewalls on the TUN',
+  if (echo.ok) return pass(`${what}: ${echo.detail} (the server lets nodes open flows: --allow-node-initiated)`);
+  const received = ctx.serverPeer?.rxPackets ?? 0;
+  const sent = ctx.serverPeer?.txPackets ?? 0;
+  if (received > 0 && sent > 0)
+    return pass(
+      `${received} packets from the control plane arrived through the tunnel and ${sent} went back; ${what} gets no reply, as the server drops flows nodes open (its default)`,
+    );
+  return skip(
+    `${what} gets no reply, as the server drops flows nodes open (its default), and no packet from the control plane has arrived yet to show the path: run \`nodelink diagnose\` on the control plane`,
   );
 }
 
@@ -384,7 +395,7 @@ export const NODE_CHECKS: readonly CheckDefinition<NodeContext>[] = [
   forwardingCheck(4),
   forwardingCheck(6),
   { id: 'rp_filter', title: 'rp_filter compatible', after: ['routes'], run: rpFilterCheck },
-  { id: 'tunnel_ping', title: 'server reachable through the tunnel', after: ['routes'], run: tunnelPingCheck },
+  { id: 'tunnel_ping', title: 'traffic crosses the tunnel', after: ['routes'], run: tunnelPingCheck },
   { id: 'kubelet', title: 'kubelet port open', run: kubeletCheck },
   { id: 'client', title: 'nodelink client connected', run: clientCheck },
 ];
