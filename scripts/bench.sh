@@ -25,6 +25,7 @@
 #                SYSTEMS="veth nodelink ovpn-tcp wg-go" (any of: veth nodelink ovpn-tcp ovpn-udp wg-go)
 #                BENCH_JSON=/path/result.json (default /tmp/nodelink-bench-<UTC time>.json)
 #                BENCH_NODELINK_ARGS="--mtu 1420"  extra flags for both nodelink ends
+#                BENCH_SERVER_ARGS="--allow-node-initiated"  extra flags for the nodelink server only
 #                NODELINK_ROOT=/path/to/checkout     (default: the checkout holding this script)
 # Needs:         iproute2, iperf3, iputils-ping, jq, coreutils timeout; per system: node (and a
 #                built checkout), openvpn + openssl, wireguard-go + wg. A system whose binary is
@@ -37,6 +38,7 @@ PINGS=${PINGS:-20}
 PING_INTERVAL=${PING_INTERVAL:-0.05}
 SYSTEMS=${SYSTEMS:-"veth nodelink ovpn-tcp wg-go"}
 BENCH_NODELINK_ARGS=${BENCH_NODELINK_ARGS:-}
+BENCH_SERVER_ARGS=${BENCH_SERVER_ARGS:-}
 NODELINK_ROOT=${NODELINK_ROOT:-$(cd "$(dirname "$0")/.." && pwd)}
 STARTED=$(date -u +%Y%m%dT%H%M%SZ)
 BENCH_JSON=${BENCH_JSON:-/tmp/nodelink-bench-$STARTED.json}
@@ -189,7 +191,7 @@ start_nodelink() {
   ip -n "$NS_NODE" addr add $NL_NODE/32 dev lo        # the "node IP" that only the link reaches
   # shellcheck disable=SC2086 # BENCH_NODELINK_ARGS is a list of flags
   spawn "$NS_CP" nodelink-server node "$R/$bin" server --listen $UL_CP:8443 --key "$K/cp.key" \
-    --peers "$K/peers.json" --tunnel-cidr $NL_NET/24 --tun "$tun_cp" --admin-socket "$K/server.sock" $BENCH_NODELINK_ARGS
+    --peers "$K/peers.json" --tunnel-cidr $NL_NET/24 --tun "$tun_cp" --admin-socket "$K/server.sock" $BENCH_NODELINK_ARGS $BENCH_SERVER_ARGS
   spid=$LASTPID
   PIDS_OF[nodelink]=$spid
   wait_while_alive 20 "$spid" listening "$NS_CP" 8443 || { FAIL="the server did not listen on $UL_CP:8443"; return 1; }
@@ -202,6 +204,7 @@ start_nodelink() {
   DST[nodelink]=$NL_NODE; DEVS[nodelink]="$tun_cp $tun_node"
   info nodelink tun_mtu "$(if_mtu "$NS_CP" "$tun_cp")"
   info nodelink extra_args "$BENCH_NODELINK_ARGS"
+  info nodelink server_args "$BENCH_SERVER_ARGS"
   say "# nodelink: up; pids $(comms $spid $cpid); node address $NL_NODE; tun mtu $(if_mtu "$NS_CP" "$tun_cp")${BENCH_NODELINK_ARGS:+; extra flags: $BENCH_NODELINK_ARGS}"
 }
 
