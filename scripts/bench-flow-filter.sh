@@ -6,6 +6,8 @@
 #
 # Usage (root):  bash scripts/bench-flow-filter.sh        (uses dist/ as it is: npm run build first)
 # Environment:   REPS=3 DURATION=5 MTUS="default 1500" OVPN=1 (0: no OpenVPN runs)
+#                MODES="filter off" (add off-ct: the filter off, but connection tracking on in the
+#                control plane's namespace anyway, as kube-proxy or a firewall has it on a real host)
 # Prints one line per run, then medians per MTU and mode: iperf3 Mbit/s cp→node and node→cp,
 # tunnel CPU s/GB, and the ratios filter/off and nodelink (filter)/ovpn-tcp.
 set -euo pipefail
@@ -14,6 +16,10 @@ REPS=${REPS:-3}
 DURATION=${DURATION:-5}
 MTUS=${MTUS:-"default 1500"}
 OVPN=${OVPN:-1}
+MODES=${MODES:-"filter off"}
+CONNTRACK_ONLY='table inet bench_conntrack {
+  chain c { type filter hook prerouting priority 0; ct state invalid counter; }
+}'
 [[ $REPS =~ ^[1-9][0-9]?$ ]] || { echo "REPS must be 1..99" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "needs root (bench.sh creates network namespaces)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "needs jq: apt-get install -y jq" >&2; exit 1; }
@@ -25,14 +31,15 @@ for mtu in $MTUS; do
   args=""
   [ "$mtu" = default ] || args="--mtu $mtu"
   for r in $(seq "$REPS"); do
-    for mode in filter off; do
-      server=""
-      [ "$mode" = off ] && server="--allow-node-initiated"
+    for mode in $MODES; do
+      server="" cpnft=""
+      [ "$mode" != filter ] && server="--allow-node-initiated"
+      [ "$mode" = off-ct ] && cpnft=$CONNTRACK_ONLY
       systems=nodelink
       [ "$mode" = filter ] && [ "$OVPN" = 1 ] && systems="nodelink ovpn-tcp"
       name=$mtu-$mode-$r
       if ! ROUNDS=1 DURATION=$DURATION PINGS=5 SYSTEMS="$systems" BENCH_NODELINK_ARGS="$args" \
-        BENCH_SERVER_ARGS="$server" BENCH_JSON="$out/$name.json" bash "$here/bench.sh" >"$out/$name.log" 2>&1; then
+        BENCH_SERVER_ARGS="$server" BENCH_CP_NFT="$cpnft" BENCH_JSON="$out/$name.json" bash "$here/bench.sh" >"$out/$name.log" 2>&1; then
         echo "bench.sh failed ($name); its output:" >&2
         tail -n 20 "$out/$name.log" >&2
         exit 1
@@ -59,6 +66,7 @@ jq -rs '
       cpu_c2n: (map(.cpu_c2n) | median | r2), cpu_n2c: (map(.cpu_n2c) | median | r2)}}) | from_entries) as $m
   | ($m | to_entries[] | "  mtu \($mtu) \(.key): cp→node \(.value.c2n) Mbit/s, node→cp \(.value.n2c) Mbit/s, CPU \(.value.cpu_c2n) / \(.value.cpu_n2c) s/GB"),
     "  mtu \($mtu) filter/off: throughput cp→node \(ratio($m.filter.c2n; $m.off.c2n)), node→cp \(ratio($m.filter.n2c; $m.off.n2c)); CPU s/GB cp→node \(ratio($m.filter.cpu_c2n; $m.off.cpu_c2n)), node→cp \(ratio($m.filter.cpu_n2c; $m.off.cpu_n2c))",
+    "  mtu \($mtu) filter/off-ct: throughput cp→node \(ratio($m.filter.c2n; $m["off-ct"].c2n)), node→cp \(ratio($m.filter.n2c; $m["off-ct"].n2c)); CPU s/GB cp→node \(ratio($m.filter.cpu_c2n; $m["off-ct"].cpu_c2n)), node→cp \(ratio($m.filter.cpu_n2c; $m["off-ct"].cpu_n2c))",
     "  mtu \($mtu) nodelink (filter) / ovpn-tcp throughput: cp→node \(ratio($m.filter.c2n; $m["ovpn-tcp"].c2n)), node→cp \(ratio($m.filter.n2c; $m["ovpn-tcp"].n2c))"
 ' "$rows"
 echo

@@ -26,6 +26,7 @@
 #                BENCH_JSON=/path/result.json (default /tmp/nodelink-bench-<UTC time>.json)
 #                BENCH_NODELINK_ARGS="--mtu 1420"  extra flags for both nodelink ends
 #                BENCH_SERVER_ARGS="--allow-node-initiated"  extra flags for the nodelink server only
+#                BENCH_CP_NFT="table inet t { ... }"  an nftables ruleset for the control-plane namespace
 #                NODELINK_ROOT=/path/to/checkout     (default: the checkout holding this script)
 # Needs:         iproute2, iperf3, iputils-ping, jq, coreutils timeout; per system: node (and a
 #                built checkout), openvpn + openssl, wireguard-go + wg. A system whose binary is
@@ -162,6 +163,7 @@ say "# rounds $ROUNDS, iperf3 -t $DURATION, 1 TCP stream; ping -c $PINGS -i $PIN
 ip netns add "$NS_CP"; NS_MADE+=("$NS_CP")
 ip netns add "$NS_NODE"; NS_MADE+=("$NS_NODE")
 ip -n "$NS_CP" link set lo up
+if [ -n "${BENCH_CP_NFT:-}" ]; then ip netns exec "$NS_CP" nft -f - <<<"$BENCH_CP_NFT" || die "BENCH_CP_NFT: nft refused it"; fi
 ip -n "$NS_NODE" link set lo up
 ip -n "$NS_CP" link add "$IF_CP" type veth peer name "$IF_NODE" netns "$NS_NODE"
 ip -n "$NS_CP" addr add $UL_CP/24 dev "$IF_CP"
