@@ -12,9 +12,7 @@ import {
   type KernelRoutes,
   type RouteState,
 } from '../admin/index.js';
-import { encodeKey } from '../auth/index.js';
 import { PathChecker, type PathTarget } from '../link-server/path-check.js';
-import { formatEndpoint, type Prefix } from '../routing/index.js';
 import { deviceUp, kernelRoutes } from '../tun/index.js';
 import type { Logger } from '../log.js';
 import { VERSION } from '../version.js';
@@ -44,7 +42,10 @@ export interface ServerSide {
 export function serverObservability(config: ServerConfig, log: Logger) {
   let server: ServerSide | undefined; // handed over by start()
   let listening: string | undefined; // its address, so /readyz need not build every peer's status
-  const side = (): ServerSide => server ?? notStarted();
+  const side = (): ServerSide => {
+    if (!server) throw new Error('server observability read before start() handed it the server');
+    return server;
+  };
   const tunUp = cached(1000, () => deviceUp(config.tun));
   const ready = async (): Promise<HealthReport> => serverReadiness(listening, await tunUp());
   const events = new PeerEventLog();
@@ -99,33 +100,22 @@ export function serverObservability(config: ServerConfig, log: Logger) {
   };
 }
 
-/** What the node's LinkClients tell its observability. */
-export interface ClientSide {
-  status(): DaemonStatus;
-  /** The server's addresses inside the tunnel, from its welcome. */
-  serverTunnelAddresses(): readonly string[];
-  announcedRoutes(): readonly Prefix[];
-}
-
-export function clientObservability(config: ClientConfig, log: Logger, publicKey: Uint8Array, side: ClientSide) {
+/** `linkStatus` is the node's LinkClients' status, as cheap and synchronous as metrics need. */
+export function clientObservability(config: ClientConfig, log: Logger, linkStatus: () => DaemonStatus) {
   const tunUp = cached(1000, () => deviceUp(config.tun));
   const events = new PeerEventLog();
   const ready = async (): Promise<HealthReport> =>
-    clientReadiness({ status: side.status(), events, deadAfterMs: config.deadAfterMs, tun: await tunUp() });
+    clientReadiness({ status: linkStatus(), events, deadAfterMs: config.deadAfterMs, tun: await tunUp() });
   const metrics = new LinkMetrics({
     role: 'client',
     version: VERSION,
     events,
-    status: () => side.status(),
+    status: linkStatus,
     ready: async () => (await ready()).ok,
   });
   const endpoints = new DaemonEndpoints({ metrics: config.metrics, adminSocket: config.adminSocket, log }, metrics);
   const enrich = async (status: DaemonStatus): Promise<DaemonStatus> => {
     const kernel = kernelRouteSet(await kernelRoutes(config.tun));
-    status.publicKey = encodeKey(publicKey);
-    status.server = formatEndpoint(config.server);
-    status.serverTunnelAddresses = [...side.serverTunnelAddresses()];
-    status.announcedRoutes = side.announcedRoutes().map(String);
     for (const peer of status.peers) {
       events.addTo(peer);
       peer.routeStates = tunnelRouteStates(peer.routes, kernel);
@@ -149,8 +139,4 @@ export function clientObservability(config: ClientConfig, log: Logger, publicKey
 
 function logEffectiveConfig(command: string, config: object, log: Logger): void {
   log.info({ config: { command, ...effectiveConfig(config) } }, 'effective config');
-}
-
-function notStarted(): never {
-  throw new Error('the server observability is read before start() handed it the server');
 }

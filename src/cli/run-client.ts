@@ -1,5 +1,13 @@
 import { writeFileSync } from 'node:fs';
-import { AuthError, decodeKey, generateSeed, keyPairFromSeed, readKeyFile, readNamedFile } from '../auth/index.js';
+import {
+  AuthError,
+  decodeKey,
+  encodeKey,
+  generateSeed,
+  keyPairFromSeed,
+  readKeyFile,
+  readNamedFile,
+} from '../auth/index.js';
 import { processDebug } from '../admin/index.js';
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
@@ -61,11 +69,7 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
   // its own server's tunnel CIDRs.
   const fanout = targets.length > 1 ? new TunFanout(tun) : undefined;
   const clients: LinkClient[] = [];
-  const observe = clientObservability(config, log, keyPair.publicKey, {
-    status: () => combinedStatus(clients),
-    serverTunnelAddresses: () => clients.flatMap((client) => client.serverTunnelAddresses),
-    announcedRoutes: () => clients[0]!.announcedRoutes,
-  });
+  const observe = clientObservability(config, log, () => combinedStatus(clients));
   for (const target of targets) {
     const view = fanout?.view();
     const serverRoutes = new ClientRoutes({ tun: config.tun });
@@ -112,7 +116,14 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
     clients.push(client);
   }
   try {
-    await observe.start(() => ({ ...combinedStatus(clients), debug: processDebug() }));
+    await observe.start(() => ({
+      ...combinedStatus(clients),
+      publicKey: encodeKey(keyPair.publicKey),
+      server: formatEndpoint(config.server),
+      serverTunnelAddresses: clients.flatMap((client) => client.serverTunnelAddresses),
+      announcedRoutes: clients[0]!.announcedRoutes.map(String),
+      debug: processDebug(),
+    }));
   } catch (err) {
     observe.close();
     await tun.close();
