@@ -77,7 +77,8 @@ export interface SettingsReloadOptions {
   readonly configFile: string | null;
   readonly start: StartSettings;
   readonly log: Logger;
-  readonly apply: (next: LiveSettings) => void;
+  /** Applies the daemon's own live settings; the log level is applied for every daemon. */
+  readonly apply?: (next: LiveSettings) => void;
 }
 
 /**
@@ -100,7 +101,7 @@ export function settingsReloader(options: SettingsReloadOptions): ReloadStep {
       Object.entries(next).filter(([key, value]) => live[key as keyof LiveSettings] !== value),
     );
     const stale = restartNeeded(settings, nextSettings);
-    options.apply(next);
+    options.apply?.(next);
     settings = nextSettings;
     live = next;
     log.info(
@@ -109,5 +110,12 @@ export function settingsReloader(options: SettingsReloadOptions): ReloadStep {
     );
     if (stale.length > 0)
       log.warn({ settings: stale }, 'these settings changed in the config file but take effect only after a restart');
+    // Last, so that the lines about this reload are written at the level that asked for it.
+    log.level = next.logLevel;
   };
+}
+
+/** Registers the settings reload step of a daemon for SIGHUP. */
+export function reloadSettingsOnSighup(options: SettingsReloadOptions): void {
+  onReload('settings', settingsReloader(options), options.log);
 }

@@ -22,7 +22,7 @@ import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { clientObservability } from './observe.js';
 import { routesFromKubernetes } from './kubernetes.js';
 import { formatEndpoint, type Prefix } from '../routing/index.js';
-import { onReload, settingsReloader, type StartSettings } from './reload.js';
+import { reloadSettingsOnSighup, type StartSettings } from './reload.js';
 
 /** The kernel's forwarding switch for each family (diagnose reads the same ones). */
 export const FORWARDING_SYSCTL: Readonly<Record<4 | 6, string>> = {
@@ -129,19 +129,7 @@ export async function runClient(config: ClientConfig, start: StartSettings): Pro
     await tun.close();
     throw err instanceof NodelinkError ? err : new NodelinkError('admin_socket', String(err));
   }
-  onReload(
-    'settings',
-    settingsReloader({
-      role: 'client',
-      configFile: config.configFile,
-      start,
-      log,
-      apply: (next) => {
-        log.level = next.logLevel;
-      },
-    }),
-    log,
-  );
+  reloadSettingsOnSighup({ role: 'client', configFile: config.configFile, start, log });
   for (const client of clients) client.start();
   const stopFollowing = fromNode?.follow((changed) => {
     for (const client of clients) client.setRoutes(changed);

@@ -10,7 +10,7 @@ import { tunnelSource, type ServerConfig } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { serverObservability } from './observe.js';
 import { kubernetesNodeAuth, nodeRouteCheck } from './kubernetes.js';
-import { onReload, settingsReloader, type StartSettings } from './reload.js';
+import { onReload, reloadSettingsOnSighup, type StartSettings } from './reload.js';
 
 /** Every allowedIP of the peers, and where each came from, for the route checks. */
 function allowedIPs(registry: PeerRegistry): { cidrs: string[]; label: (cidr: string) => string } {
@@ -165,24 +165,18 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   });
   // SIGHUP: bad settings, a bad peers file or a bad certificate are refused with one line and the
   // old ones stay.
-  onReload(
-    'settings',
-    settingsReloader({
-      role: 'server',
-      configFile: config.configFile,
-      start,
-      log,
-      apply: (next) => {
-        log.level = next.logLevel;
-        observe.pathChecker.reconfigure({
-          intervalMs: next.pathCheckIntervalMs!,
-          timeoutMs: next.pathCheckTimeoutMs!,
-          port: next.pathCheckPort!,
-        });
-      },
-    }),
+  reloadSettingsOnSighup({
+    role: 'server',
+    configFile: config.configFile,
+    start,
     log,
-  );
+    apply: (next) =>
+      observe.pathChecker.reconfigure({
+        intervalMs: next.pathCheckIntervalMs!,
+        timeoutMs: next.pathCheckTimeoutMs!,
+        port: next.pathCheckPort!,
+      }),
+  });
   if (!kubernetes) {
     onReload(
       'peers',
