@@ -3,6 +3,12 @@
 // no TUN device.
 
 import { once } from 'node:events';
+import {
+  createServer as createTcpServer,
+  connect as tcpConnect,
+  type Server as TcpServer,
+  type Socket,
+} from 'node:net';
 import { Writable } from 'node:stream';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { pino } from 'pino';
@@ -20,6 +26,7 @@ import { LinkServer, type ServerCertificate } from '../../src/link-server/index.
 import type { AdmissionLimits } from '../../src/link-server/admission.js';
 import { LinkClient } from '../../src/link-client/index.js';
 import type { ConnectionOptions } from '../../src/link/connection.js';
+import type { LinkObserver } from '../../src/link/observer.js';
 import { silentLogger, type Logger } from '../../src/log.js';
 import type { DaemonStatus, PeerStatus } from '../../src/admin/index.js';
 import { FakeTun } from './fake-tun.js';
@@ -81,6 +88,7 @@ export class Rigs {
   private readonly servers: LinkServer[] = [];
   private readonly clients: LinkClient[] = [];
   private readonly sockets: TLSSocket[] = [];
+  private readonly balancers: LoadBalancer[] = [];
 
   async server(opts: {
     registry: PeerRegistry;
@@ -90,6 +98,9 @@ export class Rigs {
     handshakeTimeoutMs?: number;
     connection?: ConnectionOptions;
     log?: Logger;
+    /** A replica's name and the replica count it announces (several servers behind one address). */
+    serverId?: string;
+    serverCount?: number;
   }): Promise<ServerRig> {
     const tun = new FakeTun('srv0');
     const installed: string[][] = [];
@@ -113,6 +124,8 @@ export class Rigs {
       certificate: opts.certificate,
       limits: opts.limits,
       log: opts.log ?? silentLogger(),
+      serverId: opts.serverId,
+      serverCount: opts.serverCount,
     });
     this.servers.push(server);
     await server.start();
@@ -143,6 +156,7 @@ export class Rigs {
     log?: Logger;
     tunName?: string;
     connection?: ConnectionOptions;
+    observer?: LinkObserver;
   }): ClientRig {
     const tun = new FakeTun(opts.tunName ?? `${opts.name}-tun`);
     const installed: string[][] = [];
@@ -167,6 +181,7 @@ export class Rigs {
       onRejected: (reason) => {
         rejected.push(reason);
       },
+      observer: opts.observer,
       log: opts.log ?? silentLogger(),
     });
     this.clients.push(client);
@@ -186,6 +201,13 @@ export class Rigs {
     return RawSession.over(socket);
   }
 
+  /** A TCP load balancer on loopback in front of `ports`: several server replicas behind one address. */
+  async loadBalancer(ports: readonly number[]): Promise<LoadBalancer> {
+    const balancer = await LoadBalancer.start(ports);
+    this.balancers.push(balancer);
+    return balancer;
+  }
+
   adopt(socket: TLSSocket): void {
     this.sockets.push(socket);
   }
@@ -194,6 +216,69 @@ export class Rigs {
     for (const socket of this.sockets.splice(0)) socket.destroy();
     await Promise.all(this.clients.splice(0).map((client) => client.stop()));
     await Promise.all(this.servers.splice(0).map((server) => server.stop()));
+    await Promise.all(this.balancers.splice(0).map((balancer) => balancer.close()));
+  }
+}
+
+/**
+ * Hands each new TCP connection to the next of `backends` in turn (round robin), as a Service's
+ * load balancer does at random; a test sets `backends` to steer where dials land. Bytes are
+ * piped unchanged, so TLS runs end to end between the client and the chosen replica.
+ */
+export class LoadBalancer {
+  backends: number[];
+  /** Connections handed to each backend port. */
+  readonly handed = new Map<number, number>();
+  private next = 0;
+  private readonly open = new Set<Socket>();
+
+  private constructor(
+    private readonly listener: TcpServer,
+    backends: readonly number[],
+  ) {
+    this.backends = [...backends];
+  }
+
+  static async start(backends: readonly number[]): Promise<LoadBalancer> {
+    const listener = createTcpServer();
+    const balancer = new LoadBalancer(listener, backends);
+    listener.on('connection', (socket) => balancer.accept(socket));
+    listener.listen(0, '127.0.0.1');
+    await once(listener, 'listening');
+    return balancer;
+  }
+
+  get port(): number {
+    const address = this.listener.address();
+    if (address === null || typeof address === 'string') throw new Error('load balancer is not listening');
+    return address.port;
+  }
+
+  private accept(socket: Socket): void {
+    if (this.backends.length === 0) {
+      socket.destroy();
+      return;
+    }
+    const port = this.backends[this.next++ % this.backends.length]!;
+    this.handed.set(port, (this.handed.get(port) ?? 0) + 1);
+    const upstream = tcpConnect(port, '127.0.0.1');
+    for (const [one, other] of [
+      [socket, upstream],
+      [upstream, socket],
+    ] as const) {
+      this.open.add(one);
+      one.on('error', () => other.destroy());
+      one.on('close', () => {
+        this.open.delete(one);
+        other.destroy();
+      });
+      one.pipe(other);
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const socket of this.open) socket.destroy();
+    await new Promise<void>((resolve) => this.listener.close(() => resolve()));
   }
 }
 
