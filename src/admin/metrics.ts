@@ -7,7 +7,7 @@ import {
   type HandshakeFailure,
 } from '../reasons.js';
 import { PeerEventLog, type PeerEvents } from './peer-events.js';
-import type { DaemonStatus, PathHealth, PeerStatus } from './status.js';
+import type { DaemonStatus, PathHealth, PeerStatus, ReplicaStatus } from './status.js';
 
 /** Seconds; keepalive round trips from a LAN (sub-ms) to a congested WAN link (seconds). */
 const RTT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -32,8 +32,8 @@ interface ScrapedMetric {
   readonly help: string;
   readonly type: 'gauge' | 'counter';
   readonly labels?: readonly string[];
-  /** Registered only by the server (the client checks no paths). */
-  readonly serverOnly?: true;
+  /** Registered only by this role: the server checks paths, a client holds server replicas. */
+  readonly only?: 'server' | 'client';
   read(from: Sources): Sample[];
 }
 
@@ -61,10 +61,16 @@ function perPath(value: (health: PathHealth) => number | undefined) {
   };
 }
 
+/** One series per server address a client dials, labelled `server`. */
+function perServerAddress(value: (entry: ReplicaStatus) => number) {
+  return (from: Sources): Sample[] =>
+    (from.status().replicas ?? []).map((entry): Sample => [{ server: entry.server }, value(entry)]);
+}
+
 const SCRAPED: readonly ScrapedMetric[] = [
   {
     name: 'nodelink_peers',
-    help: 'Peers known to this daemon (server: peers file entries; client: 1, the server).',
+    help: 'Peers known to this daemon (server: peers file entries; client: its servers, one per server replica).',
     type: 'gauge',
     read: (from) => [[{}, from.status().peers.length]],
   },
@@ -178,7 +184,7 @@ const SCRAPED: readonly ScrapedMetric[] = [
     help: 'Whether the last end-to-end path check to the node passed (1) or failed (0); absent before the first check.',
     type: 'gauge',
     labels: ['peer'],
-    serverOnly: true,
+    only: 'server',
     read: perPath((health) => (health.state === 'unknown' ? undefined : health.state === 'ok' ? 1 : 0)),
   },
   {
@@ -186,8 +192,33 @@ const SCRAPED: readonly ScrapedMetric[] = [
     help: 'How long the last successful path check took to connect through the link.',
     type: 'gauge',
     labels: ['peer'],
-    serverOnly: true,
+    only: 'server',
     read: perPath((health) => (health.state === 'ok' && health.rttMs !== null ? health.rttMs / 1000 : undefined)),
+  },
+  // Server replicas are counted per server address, never labelled by server ID: a replica
+  // names itself anew at every start, so such series would pile up with each restart.
+  {
+    name: 'nodelink_server_count',
+    help: 'Server: the replica count it tells nodes (--server-count); each node holds a session to this many.',
+    type: 'gauge',
+    only: 'server',
+    read: (from) => [[{}, from.status().serverCount ?? 1]],
+  },
+  {
+    name: 'nodelink_replicas_held',
+    help: 'Client: server replicas behind the server address that this node holds a session to.',
+    type: 'gauge',
+    labels: ['server'],
+    only: 'client',
+    read: perServerAddress((entry) => entry.held.length),
+  },
+  {
+    name: 'nodelink_replicas_expected',
+    help: 'Client: server replicas behind the server address, as their welcomes count them; 0 before any welcome.',
+    type: 'gauge',
+    labels: ['server'],
+    only: 'client',
+    read: perServerAddress((entry) => entry.count),
   },
 ];
 
@@ -262,7 +293,7 @@ export class LinkMetrics {
       });
     }
     for (const metric of SCRAPED) {
-      if (metric.serverOnly && !server) continue;
+      if (metric.only && metric.only !== options.role) continue;
       const config = { name: metric.name, help: metric.help, labelNames: [...(metric.labels ?? [])], registers };
       if (metric.type === 'gauge') {
         new Gauge({

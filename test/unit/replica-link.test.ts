@@ -7,7 +7,7 @@ import { expect } from 'chai';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { encodeKey, parsePeers } from '../../src/auth/index.js';
 import type { HandshakeFailure } from '../../src/reasons.js';
-import type { ReplicaStatus } from '../../src/admin/index.js';
+import { LinkMetrics, type DaemonStatus, type ReplicaStatus } from '../../src/admin/index.js';
 import {
   Rigs,
   TUNNEL_ADDRESSES,
@@ -47,6 +47,12 @@ function flow(remotePort: number, v6 = false): { request: Buffer; reply: Buffer 
         request: ipv4(TUNNEL, NODE_IP, tcp(remotePort, KUBELET), TCP),
         reply: ipv4(NODE_IP, TUNNEL, tcp(KUBELET, remotePort), TCP),
       };
+}
+
+/** The samples of one metric in a fresh scrape of a daemon with this status. */
+async function samples(role: 'server' | 'client', status: () => DaemonStatus, metric: string): Promise<string[]> {
+  const text = await new LinkMetrics({ role, version: 'x', status, processMetrics: false }).text();
+  return text.split('\n').filter((line) => line.startsWith(`${metric}{`) || line.startsWith(`${metric} `));
 }
 
 describe('a node and two server replicas behind one address', function () {
@@ -130,6 +136,29 @@ describe('a node and two server replicas behind one address', function () {
     expect(failures).to.deep.equal([]);
   });
 
+  it('exports replicas held and expected per server address, and the server count, never a server ID', async function () {
+    const node = await holdingBoth();
+    const nodeStatus = () => node.client.status();
+    const address = `127.0.0.1:${balancer.port}`;
+    expect(await samples('client', nodeStatus, 'nodelink_replicas_held')).to.deep.equal([
+      `nodelink_replicas_held{server="${address}"} 2`,
+    ]);
+    expect(await samples('client', nodeStatus, 'nodelink_replicas_expected')).to.deep.equal([
+      `nodelink_replicas_expected{server="${address}"} 2`,
+    ]);
+    expect(await samples('client', nodeStatus, 'nodelink_server_count')).to.deep.equal([]);
+    expect(await samples('server', a.status, 'nodelink_server_count')).to.deep.equal(['nodelink_server_count 2']);
+    expect(await samples('server', a.status, 'nodelink_replicas_held')).to.deep.equal([]);
+    // Neither gauge carries a label whose values would change at every replica restart.
+    const scrape = await new LinkMetrics({
+      role: 'client',
+      version: 'x',
+      status: nodeStatus,
+      processMetrics: false,
+    }).text();
+    expect(scrape.split('\n').filter((line) => /^nodelink_replicas_\w+\{[^}]*replica-/.test(line))).to.deep.equal([]);
+  });
+
   it('sends each reply back on the session its flow came in on', async function () {
     const node = await holdingBoth();
     const viaA = flow(40000);
@@ -171,6 +200,13 @@ describe('a node and two server replicas behind one address', function () {
     expect(status.unseen).to.equal(1);
     expect(status.complete).to.equal(false);
     expect(node.client.holdsEveryReplica).to.equal(false);
+    const nodeStatus = () => node.client.status();
+    expect(await samples('client', nodeStatus, 'nodelink_replicas_held')).to.deep.equal([
+      `nodelink_replicas_held{server="127.0.0.1:${balancer.port}"} 1`,
+    ]);
+    expect(await samples('client', nodeStatus, 'nodelink_replicas_expected')).to.deep.equal([
+      `nodelink_replicas_expected{server="127.0.0.1:${balancer.port}"} 2`,
+    ]);
     // The session it holds was neither replaced nor closed by the refused dials.
     const peer = a.peer('node-1');
     expect(peer.connected).to.equal(true);
