@@ -15,8 +15,10 @@ import { pino } from 'pino';
 import {
   EXPORTER_BYTES,
   EXPORTER_LABEL,
+  encodeKey,
   generateSeed,
   keyPairFromSeed,
+  parsePeers,
   type KeyPair,
   type PeerRegistry,
 } from '../../src/auth/index.js';
@@ -33,6 +35,20 @@ import { FakeTun } from './fake-tun.js';
 
 export function newPair(): KeyPair {
   return keyPairFromSeed(generateSeed());
+}
+
+/** A peers file naming each entry's key and allowed IPs, parsed as the server parses its own. */
+export function registryOf(
+  entries: Array<{ name: string; pair: KeyPair; allowedIPs: string[] }>,
+  tunnelCidrs: readonly Prefix[] = TUNNEL_CIDRS,
+): PeerRegistry {
+  return parsePeers(
+    JSON.stringify({
+      peers: entries.map((e) => ({ name: e.name, publicKey: encodeKey(e.pair.publicKey), allowedIPs: e.allowedIPs })),
+    }),
+    'peers.json',
+    tunnelCidrs,
+  );
 }
 
 export function portOf(listenAddress: string): number {

@@ -5,7 +5,7 @@
 
 import { expect } from 'chai';
 import { createServer as createNetServer } from 'node:net';
-import { encodeKey, parsePeers, type KeyPair, type PeerRegistry } from '../../src/auth/index.js';
+import { encodeKey, type KeyPair, type PeerRegistry } from '../../src/auth/index.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
 import { probeHandshake, type ProbeOptions } from '../../src/link-client/probe.js';
 import {
@@ -20,7 +20,7 @@ import {
 } from '../../src/cli/diagnose/checks.js';
 import { NODE_CHECKS, nodeContext, type NodeInput } from '../../src/cli/diagnose/node.js';
 import { controlPlaneChecks } from '../../src/cli/diagnose/control-plane.js';
-import { Rigs, TUNNEL_CIDRS, newPair } from '../support/link-rig.js';
+import { Rigs, TUNNEL_CIDRS, newPair, registryOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
 import { caSignedEcdsaCertificate, type CaSignedCertificate } from '../support/certificates.js';
 
@@ -267,11 +267,7 @@ describe('diagnose', function () {
     const serverPair = newPair();
     const nodePair = newPair();
     const ROUTES = ['198.19.0.11/32'];
-    const registry: PeerRegistry = parsePeers(
-      JSON.stringify({ peers: [{ name: 'node-a', publicKey: encodeKey(nodePair.publicKey), allowedIPs: ROUTES }] }),
-      'peers.json',
-      TUNNEL_CIDRS,
-    );
+    const registry: PeerRegistry = registryOf([{ name: 'node-a', pair: nodePair, allowedIPs: ROUTES }]);
     const hello = (keyPair: KeyPair = nodePair, name = 'node-a'): ProbeOptions['hello'] => ({
       keyPair,
       name,

@@ -4,7 +4,7 @@
 import { expect } from 'chai';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
-import { encodeKey, parsePeers, type KeyPair } from '../../src/auth/index.js';
+import { type KeyPair } from '../../src/auth/index.js';
 import { LinkServer, createServerCertificate } from '../../src/link-server/index.js';
 import { LinkClient } from '../../src/link-client/index.js';
 import { DialError, dialFailureOf } from '../../src/link-client/dial-error.js';
@@ -13,7 +13,7 @@ import type { HandshakeFailure } from '../../src/reasons.js';
 import { Prefix } from '../../src/routing/index.js';
 import { FakeTun } from '../support/fake-tun.js';
 import { silentLogger } from '../../src/log.js';
-import { CONNECTION, TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf } from '../support/link-rig.js';
+import { CONNECTION, TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf, registryOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
 
 interface Failure {
@@ -79,13 +79,7 @@ describe('dial failures, named by cause', function () {
   }
 
   async function linkServer(): Promise<number> {
-    const registry = parsePeers(
-      JSON.stringify({
-        peers: [{ name: 'node-a', publicKey: encodeKey(nodePair.publicKey), allowedIPs: ['198.19.0.11/32'] }],
-      }),
-      'peers.json',
-      TUNNEL_CIDRS,
-    );
+    const registry = registryOf([{ name: 'node-a', pair: nodePair, allowedIPs: ['198.19.0.11/32'] }]);
     const server = new LinkServer({
       host: '127.0.0.1',
       port: 0,

@@ -3,7 +3,7 @@
 // (what the table actually drops) is tested in namespaces: test/netns/node-initiated.test.ts.
 
 import { expect } from 'chai';
-import { encodeHello, encodeKey, parsePeers, type KeyPair, type PeerRegistry } from '../../src/auth/index.js';
+import { encodeHello, encodeKey, type KeyPair, type PeerRegistry } from '../../src/auth/index.js';
 import { LinkMetrics, type DaemonStatus, type PeerStatus } from '../../src/admin/index.js';
 import { runChecks } from '../../src/cli/diagnose/checks.js';
 import { controlPlaneChecks } from '../../src/cli/diagnose/control-plane.js';
@@ -18,7 +18,7 @@ import {
 } from '../../src/link-server/index.js';
 import { FrameType, encodeFrame } from '../../src/protocol/index.js';
 import { Prefix, PrefixTable, icmpErrorQuotesPeer, internetChecksum } from '../../src/routing/index.js';
-import { APISERVER, Rigs, TUNNEL_CIDRS, newPair } from '../support/link-rig.js';
+import { APISERVER, Rigs, newPair, registryOf } from '../support/link-rig.js';
 import { ipv4, ipv6 } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
 
@@ -125,16 +125,10 @@ describe('flow filter: the server drops a forged ICMP error about another node',
   const serverPair = newPair();
   const pairA = newPair();
   const pairB = newPair();
-  const registry: PeerRegistry = parsePeers(
-    JSON.stringify({
-      peers: [
-        { name: 'node-a', publicKey: encodeKey(pairA.publicKey), allowedIPs: A_ROUTES },
-        { name: 'node-b', publicKey: encodeKey(pairB.publicKey), allowedIPs: B_ROUTES },
-      ],
-    }),
-    'peers.json',
-    TUNNEL_CIDRS,
-  );
+  const registry: PeerRegistry = registryOf([
+    { name: 'node-a', pair: pairA, allowedIPs: A_ROUTES },
+    { name: 'node-b', pair: pairB, allowedIPs: B_ROUTES },
+  ]);
 
   afterEach(() => rigs.stopAll());
 

@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { encodeKey, generateSeed, keyPairFromSeed, parsePeers, AuthError } from '../../src/auth/index.js';
+import { encodeKey, generateSeed, keyPairFromSeed, AuthError } from '../../src/auth/index.js';
 import { Prefix } from '../../src/routing/index.js';
 import {
   KubernetesError,
@@ -30,7 +30,7 @@ import { parseClientConfig, parseServerConfig } from '../../src/cli/config.js';
 import { routesFromKubernetes } from '../../src/cli/kubernetes.js';
 import { RECORDING, startRecordedApiServer, type RecordedApiServer } from './recorded-apiserver.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { newPair, portOf } from '../support/link-rig.js';
+import { newPair, portOf, registryOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
 
 const recorded = (key: string): NodeLike => RECORDING[key] as NodeLike;
@@ -395,13 +395,8 @@ describe('k8s: LinkServer checkRoutes and LinkClient.setRoutes over loopback TLS
   const announced = (): string[] => server.status().peers.find((p) => p.name === 'node-1')?.routes ?? [];
 
   before(async function () {
-    const registry = parsePeers(
-      JSON.stringify({
-        peers: [
-          { name: 'node-1', publicKey: encodeKey(nodePair.publicKey), allowedIPs: ['198.19.0.11/32', '198.19.0.0/16'] },
-        ],
-      }),
-      'peers.json',
+    const registry = registryOf(
+      [{ name: 'node-1', pair: nodePair, allowedIPs: ['198.19.0.11/32', '198.19.0.0/16'] }],
       TUNNEL,
     );
     server = new LinkServer({

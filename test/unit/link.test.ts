@@ -4,7 +4,7 @@
 import { expect } from 'chai';
 import { Duplex, PassThrough } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { encodeHello, encodeKey, parsePeers, type KeyPair } from '../../src/auth/index.js';
+import { encodeHello, encodeKey, type KeyPair } from '../../src/auth/index.js';
 import {
   CloseCode,
   FrameDecoder,
@@ -25,6 +25,7 @@ import {
   Rigs,
   TUNNEL_CIDRS,
   newPair,
+  registryOf,
   type ClientRig,
   type ServerRig,
 } from '../support/link-rig.js';
@@ -53,16 +54,10 @@ describe('link over FakeTun and loopback TLS', function () {
   const serverPair = newPair();
   const pairA = newPair();
   const pairB = newPair();
-  const registry = parsePeers(
-    JSON.stringify({
-      peers: [
-        { name: 'node-a', publicKey: encodeKey(pairA.publicKey), allowedIPs: NODE_A_ROUTES },
-        { name: 'node-b', publicKey: encodeKey(pairB.publicKey), allowedIPs: NODE_B_ROUTES },
-      ],
-    }),
-    'peers.json',
-    TUNNEL_CIDRS,
-  );
+  const registry = registryOf([
+    { name: 'node-a', pair: pairA, allowedIPs: NODE_A_ROUTES },
+    { name: 'node-b', pair: pairB, allowedIPs: NODE_B_ROUTES },
+  ]);
 
   // Every test gets its own server with node-a and node-b connected, so each runs alone.
   const rigs = new Rigs();

@@ -7,7 +7,6 @@ import { expect } from 'chai';
 import { Duplex, PassThrough } from 'node:stream';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { encodeKey, parsePeers } from '../../src/auth/index.js';
 import {
   CloseCode,
   FrameDecoder,
@@ -19,7 +18,7 @@ import {
 } from '../../src/protocol/index.js';
 import { FramedConnection, type ConnectionEvents, type ConnectionOptions } from '../../src/link/connection.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { APISERVER, Rigs, TUNNEL_CIDRS, newPair } from '../support/link-rig.js';
+import { APISERVER, Rigs, newPair, registryOf } from '../support/link-rig.js';
 import { ipv4 } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
 
@@ -221,13 +220,7 @@ describe('bounded memory: peers that send and never read', function () {
     const rigs = new Rigs();
     const serverPair = newPair();
     const pairA = newPair();
-    const registry = parsePeers(
-      JSON.stringify({
-        peers: [{ name: 'node-a', publicKey: encodeKey(pairA.publicKey), allowedIPs: ['198.19.1.0/24'] }],
-      }),
-      'peers.json',
-      TUNNEL_CIDRS,
-    );
+    const registry = registryOf([{ name: 'node-a', pair: pairA, allowedIPs: ['198.19.1.0/24'] }]);
 
     afterEach(async function () {
       await rigs.stopAll();

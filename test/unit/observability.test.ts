@@ -3,7 +3,7 @@
 
 import { expect } from 'chai';
 import { createServer as createNetServer } from 'node:net';
-import { encodeKey, generateSeed, keyPairFromSeed, parsePeers, type KeyPair } from '../../src/auth/index.js';
+import { generateSeed, keyPairFromSeed, type KeyPair } from '../../src/auth/index.js';
 import {
   LinkMetrics,
   ObservabilityServer,
@@ -22,7 +22,7 @@ import { Prefix } from '../../src/routing/index.js';
 import { FakeTun } from '../support/fake-tun.js';
 import { silentLogger } from '../../src/log.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { newPair, portOf } from '../support/link-rig.js';
+import { newPair, portOf, registryOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
 
 function peerStatus(overrides: Partial<PeerStatus> = {}): PeerStatus {
@@ -235,13 +235,7 @@ describe('observability', function () {
     };
     const serverPair = newPair();
     const nodePair = newPair();
-    const registry = parsePeers(
-      JSON.stringify({
-        peers: [{ name: 'node-a', publicKey: encodeKey(nodePair.publicKey), allowedIPs: ['198.19.0.11/32'] }],
-      }),
-      'peers.json',
-      TUNNEL_CIDRS,
-    );
+    const registry = registryOf([{ name: 'node-a', pair: nodePair, allowedIPs: ['198.19.0.11/32'] }], TUNNEL_CIDRS);
     let server: LinkServer | undefined;
     let port = 0;
     const clients: LinkClient[] = [];

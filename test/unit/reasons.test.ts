@@ -8,7 +8,7 @@ import path from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { PassThrough, Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { encodeKey, parsePeers, type KeyPair } from '../../src/auth/index.js';
+import { type KeyPair } from '../../src/auth/index.js';
 import { LinkMetrics, type DaemonStatus } from '../../src/admin/index.js';
 import { LinkServer } from '../../src/link-server/index.js';
 import { LinkClient } from '../../src/link-client/index.js';
@@ -27,7 +27,7 @@ import { Prefix } from '../../src/routing/index.js';
 import { FakeTun } from '../support/fake-tun.js';
 import { silentLogger } from '../../src/log.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf } from '../support/link-rig.js';
+import { TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf, registryOf } from '../support/link-rig.js';
 import { ipv4 } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
 
@@ -103,13 +103,7 @@ describe('reason vocabulary', function () {
   this.timeout(20_000);
   const serverPair = newPair();
   const nodePair = newPair();
-  const registry = parsePeers(
-    JSON.stringify({
-      peers: [{ name: 'node-a', publicKey: encodeKey(nodePair.publicKey), allowedIPs: ['198.19.0.11/32'] }],
-    }),
-    'peers.json',
-    TUNNEL_CIDRS,
-  );
+  const registry = registryOf([{ name: 'node-a', pair: nodePair, allowedIPs: ['198.19.0.11/32'] }]);
   const cleanup: Array<() => unknown> = [];
 
   afterEach(async function () {

@@ -3,10 +3,9 @@
 // its observability: route states per peer and the path checker's targets.
 
 import { expect } from 'chai';
-import { encodeKey, parsePeers } from '../../src/auth/index.js';
 import { kernelRouteSet, nodeRouteStates, tunnelRouteStates } from '../../src/admin/index.js';
 import { Prefix } from '../../src/routing/index.js';
-import { Rigs, TUNNEL_CIDRS, newPair } from '../support/link-rig.js';
+import { Rigs, newPair, registryOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
 
 const prefixes = (...texts: string[]): Prefix[] => texts.map((text) => Prefix.parse(text));
@@ -71,16 +70,10 @@ describe('route states', function () {
       const serverPair = newPair();
       const nodeA = newPair();
       const nodeB = newPair();
-      const registry = parsePeers(
-        JSON.stringify({
-          peers: [
-            { name: 'node-a', publicKey: encodeKey(nodeA.publicKey), allowedIPs: ['198.19.0.11/32', '198.19.1.0/24'] },
-            { name: 'node-b', publicKey: encodeKey(nodeB.publicKey), allowedIPs: ['198.19.0.12/32'] },
-          ],
-        }),
-        'peers.json',
-        TUNNEL_CIDRS,
-      );
+      const registry = registryOf([
+        { name: 'node-a', pair: nodeA, allowedIPs: ['198.19.0.11/32', '198.19.1.0/24'] },
+        { name: 'node-b', pair: nodeB, allowedIPs: ['198.19.0.12/32'] },
+      ]);
       const { server, port } = await rigs.server({ registry, keyPair: serverPair });
       const a = rigs.client({
         port,

@@ -8,16 +8,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
-import {
-  encodeHello,
-  encodeKey,
-  keysEqual,
-  parsePeers,
-  privateKeyObject,
-  readKeyFile,
-  type KeyPair,
-  type PeerRegistry,
-} from '../../src/auth/index.js';
+import { encodeHello, encodeKey, keysEqual, privateKeyObject, readKeyFile } from '../../src/auth/index.js';
 import {
   CloseCode,
   DEFAULT_MAX_HELLO_PAYLOAD,
@@ -35,9 +26,9 @@ import {
   APISERVER,
   RawSession,
   Rigs,
-  TUNNEL_CIDRS,
   newPair,
   recordingLogger,
+  registryOf,
   type ClientRig,
 } from '../support/link-rig.js';
 import { ipv4, malformedPackets } from '../support/packets.js';
@@ -46,16 +37,6 @@ import { waitFor } from '../support/wait.js';
 const A_ROUTES = ['198.19.0.11/32', '198.19.1.0/24', 'fd00:19:1::/64'];
 const B_ROUTES = ['198.19.0.12/32', '198.19.2.0/24'];
 const C_ROUTES = ['198.19.0.13/32', '198.19.3.0/24'];
-
-function registryOf(entries: Array<{ name: string; pair: KeyPair; allowedIPs: string[] }>): PeerRegistry {
-  return parsePeers(
-    JSON.stringify({
-      peers: entries.map((e) => ({ name: e.name, publicKey: encodeKey(e.pair.publicKey), allowedIPs: e.allowedIPs })),
-    }),
-    'peers.json',
-    TUNNEL_CIDRS,
-  );
-}
 
 /** Opens a plain TCP connection and resolves once connected. */
 function tcp(port: number): Promise<Socket> {

@@ -4,7 +4,7 @@
 
 import { expect } from 'chai';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
-import { encodeHello, encodeKey, parsePeers } from '../../src/auth/index.js';
+import { encodeHello } from '../../src/auth/index.js';
 import {
   CloseCode,
   FrameDecoder,
@@ -20,7 +20,7 @@ import { DialPolicy, ReplicaSet, STABLE_SESSION_MS } from '../../src/link-client
 import { silentLogger } from '../../src/log.js';
 import { Prefix } from '../../src/routing/index.js';
 import { FakeTun } from '../support/fake-tun.js';
-import { APISERVER, CONNECTION, RawSession, Rigs, TUNNEL_CIDRS, newPair } from '../support/link-rig.js';
+import { APISERVER, CONNECTION, RawSession, Rigs, TUNNEL_CIDRS, newPair, registryOf } from '../support/link-rig.js';
 import { ipv4 } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
 
@@ -31,11 +31,7 @@ describe('session replacement storms', function () {
   const rigs = new Rigs();
   const serverPair = newPair();
   const pairA = newPair();
-  const registry = parsePeers(
-    JSON.stringify({ peers: [{ name: 'node-a', publicKey: encodeKey(pairA.publicKey), allowedIPs: A_ROUTES }] }),
-    'peers.json',
-    TUNNEL_CIDRS,
-  );
+  const registry = registryOf([{ name: 'node-a', pair: pairA, allowedIPs: A_ROUTES }]);
 
   afterEach(async function () {
     await rigs.stopAll();
