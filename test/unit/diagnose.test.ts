@@ -23,6 +23,7 @@ import { controlPlaneChecks } from '../../src/cli/diagnose/control-plane.js';
 import { Rigs, TUNNEL_CIDRS, newPair, registryOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
 import { caSignedEcdsaCertificate, type CaSignedCertificate } from '../support/certificates.js';
+import { idlePeerStatus } from '../support/status.js';
 
 /** A table of fake checks: each returns its scripted outcome and records that it ran. */
 function fakeTable(
@@ -184,23 +185,11 @@ describe('diagnose', function () {
       startedAt: new Date().toISOString(),
       dropsByReason: {},
       peers: [
-        {
-          name: 'node-1',
-          publicKey: 'KEY',
+        idlePeerStatus({
           connected: true,
-          endpoint: null,
           routes: ['198.19.0.11/32', '198.19.1.0/24'],
           allowedIPs: ['198.19.0.11/32', '198.19.1.0/24'],
-          connectedSince: null,
-          lastPongMs: null,
-          rxBytes: 0,
-          txBytes: 0,
-          rxPackets: 0,
-          txPackets: 0,
-          drops: 0,
-          dropsByReason: {},
-          queuedBytes: 0,
-        },
+        }),
       ],
     };
 

@@ -21,6 +21,7 @@ import { Prefix, PrefixTable, icmpErrorQuotesPeer, internetChecksum } from '../.
 import { APISERVER, Rigs, newPair, registryOf } from '../support/link-rig.js';
 import { ipv4, ipv6 } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
+import { idlePeerStatus, serverStatus } from '../support/status.js';
 
 const A_ROUTES = ['198.19.0.11/32', '198.19.1.0/24', 'fd00:19::b/128', 'fd00:19:1::/64'];
 const B_ROUTES = ['198.19.0.12/32', '198.19.2.0/24', 'fd00:19::c/128'];
@@ -254,31 +255,8 @@ describe('flow filter: status', function () {
 
 describe('flow filter: metrics', function () {
   it('read the kernel counters before each scrape, and show node_initiated per peer', async function () {
-    const peer: PeerStatus = {
-      name: 'node-1',
-      publicKey: 'K',
-      connected: false,
-      endpoint: null,
-      routes: [],
-      connectedSince: null,
-      lastPongMs: null,
-      rxBytes: 0,
-      txBytes: 0,
-      rxPackets: 0,
-      txPackets: 0,
-      drops: 0,
-      dropsByReason: {},
-      queuedBytes: 0,
-    };
-    const status: DaemonStatus = {
-      role: 'server',
-      tun: 'nl0',
-      tunnelAddress: null,
-      tunnelAddresses: [],
-      startedAt: new Date().toISOString(),
-      dropsByReason: {},
-      peers: [peer],
-    };
+    const peer = idlePeerStatus({ publicKey: 'K' });
+    const status = serverStatus({ peers: [peer] });
     let reads = 0;
     const metrics = new LinkMetrics({
       role: 'server',

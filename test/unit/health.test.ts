@@ -11,29 +11,22 @@ import {
   type PeerStatus,
   type ReplicaStatus,
 } from '../../src/admin/index.js';
+import { idlePeerStatus } from '../support/status.js';
 
 const TUN_UP = { ok: true, detail: 'nl0 is up' };
 const TUN_DOWN = { ok: false, detail: 'nl0 does not exist' };
 const NOW = Date.parse('2030-01-01T00:00:00Z');
 
 function server(overrides: Partial<PeerStatus> = {}): PeerStatus {
-  return {
+  return idlePeerStatus({
     name: 'server',
-    publicKey: 'KEY',
     connected: true,
     endpoint: '198.18.0.2:8443',
     routes: ['198.18.255.0/24'],
     connectedSince: '2029-12-31T23:59:00.000Z',
     lastPongMs: 1,
-    rxBytes: 0,
-    txBytes: 0,
-    rxPackets: 0,
-    txPackets: 0,
-    drops: 0,
-    dropsByReason: {},
-    queuedBytes: 0,
     ...overrides,
-  };
+  });
 }
 
 function replicas(overrides: Partial<ReplicaStatus> = {}): ReplicaStatus {

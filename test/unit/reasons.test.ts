@@ -30,6 +30,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf, registryOf } from '../support/link-rig.js';
 import { ipv4 } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
+import { serverStatus } from '../support/status.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const DISCONNECT_REASONS: readonly string[] = [...CLOSE_REASONS, UNKNOWN_CLOSE_REASON];
@@ -300,15 +301,7 @@ describe('reason vocabulary', function () {
   });
 
   it("the metrics' help texts list each vocabulary exactly", async function () {
-    const scrape = await metricsFor('server', () => ({
-      role: 'server',
-      tun: 'nl0',
-      tunnelAddress: null,
-      tunnelAddresses: [],
-      startedAt: new Date().toISOString(),
-      dropsByReason: {},
-      peers: [],
-    })).text();
+    const scrape = await metricsFor('server', () => serverStatus()).text();
     expect(listedNames(helpText(scrape, 'nodelink_dropped_packets_total'))).to.deep.equal([...DROP_REASONS]);
     expect(listedNames(helpText(scrape, 'nodelink_handshake_failures_total'))).to.deep.equal([...HANDSHAKE_FAILURES]);
     expect(listedNames(helpText(scrape, 'nodelink_disconnects_total'))).to.deep.equal([...DISCONNECT_REASONS]);
