@@ -12,6 +12,7 @@ import { authorizeNode, peersFromNodes } from '../../src/k8s/node-peers.js';
 import { Prefix } from '../../src/routing/index.js';
 import { KubernetesError } from '../../src/k8s/errors.js';
 import { silentLogger } from '../../src/log.js';
+import { rejection } from '../support/rejection.js';
 
 const NS = 'nodelink';
 const SA = 'nodelink-client';
@@ -20,15 +21,6 @@ function kubeConfigFor(standin: KubeApiStandin): KubeConfig {
   const kc = new KubeConfig();
   kc.loadFromString(standin.kubeconfig());
   return kc;
-}
-
-async function rejection(promise: Promise<unknown>): Promise<Error> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as Error;
-  }
-  throw new Error('expected a rejection');
 }
 
 describe('Kubernetes identity: projected tokens checked by TokenReview (kube-apiserver stand-in)', function () {

@@ -32,18 +32,10 @@ import { RECORDING, startRecordedApiServer, type RecordedApiServer } from './rec
 import { setTimeout as sleep } from 'node:timers/promises';
 import { newPair, portOf, registryOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
+import { rejection } from '../support/rejection.js';
 
 const recorded = (key: string): NodeLike => RECORDING[key] as NodeLike;
 const strings = (routes: readonly Prefix[]): string[] => routes.map(String);
-
-async function rejection(promise: Promise<unknown>): Promise<Error> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as Error;
-  }
-  throw new Error('expected a rejection');
-}
 
 /** A NodeSource over the recordings without HTTP, for the watcher and checker logic. */
 class FakeNodeSource implements NodeSource {

@@ -2,7 +2,7 @@
 // in-memory streams and the reconnect Backoff. No TUN device, namespace or root needed.
 
 import { expect } from 'chai';
-import { Duplex, PassThrough } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { encodeHello, encodeKey, type KeyPair } from '../../src/auth/index.js';
 import {
@@ -31,6 +31,7 @@ import {
 } from '../support/link-rig.js';
 import { ipv4, ipv6 } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
+import { duplexPair } from '../support/streams.js';
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -459,20 +460,6 @@ describe('link over FakeTun and loopback TLS', function () {
 
 // ---------------------------------------------------------------------------------------------
 // FramedConnection alone, over in-memory streams
-
-/** Two Duplex ends joined crosswise: what one writes, the other reads. */
-function duplexPair(): [Duplex, Duplex] {
-  const aToB = new PassThrough();
-  const bToA = new PassThrough();
-  const ends: [Duplex, Duplex] = [
-    Duplex.from({ readable: bToA, writable: aToB }),
-    Duplex.from({ readable: aToB, writable: bToA }),
-  ];
-  // Destroying one Duplex.from() end destroys the inner streams with an AbortError, which then
-  // reaches the other end too; a test end without a FramedConnection on it must not crash on it.
-  for (const stream of [aToB, bToA, ...ends]) stream.on('error', () => {});
-  return ends;
-}
 
 interface Recorder extends ConnectionEvents {
   readonly data: Buffer[];

@@ -4,7 +4,7 @@
 // stream that never reads, then against the real server over loopback TLS.
 
 import { expect } from 'chai';
-import { Duplex, PassThrough } from 'node:stream';
+import { Duplex } from 'node:stream';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import {
@@ -21,6 +21,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { APISERVER, Rigs, newPair, registryOf } from '../support/link-rig.js';
 import { ipv4 } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
+import { duplexPair } from '../support/streams.js';
 
 const MiB = 1024 * 1024;
 
@@ -45,18 +46,6 @@ class StalledStream extends Duplex {
   inject(bytes: Buffer): void {
     this.push(bytes);
   }
-}
-
-/** Two ends that pass bytes both ways, as a socket pair does. */
-function streamPair(): [Duplex, Duplex] {
-  const aToB = new PassThrough();
-  const bToA = new PassThrough();
-  const ends: [Duplex, Duplex] = [
-    Duplex.from({ readable: bToA, writable: aToB }),
-    Duplex.from({ readable: aToB, writable: bToA }),
-  ];
-  for (const stream of [aToB, bToA, ...ends]) stream.on('error', () => {});
-  return ends;
 }
 
 function events(): ConnectionEvents & { closes: Array<{ code: CloseCode; reason: string }> } {
@@ -130,7 +119,7 @@ describe('bounded memory: peers that send and never read', function () {
     });
 
     it('answers a reading peer at most 20 Pings a second, and counts the rest (ping_flood)', async function () {
-      const [near, far] = streamPair();
+      const [near, far] = duplexPair();
       streams.push(far);
       const { connection } = connect(near);
       let pongs = 0;
@@ -199,7 +188,7 @@ describe('bounded memory: peers that send and never read', function () {
     });
 
     it('a packet for a stream with nothing waiting is written as it is: no copy on the fast path', async function () {
-      const [near, far] = streamPair();
+      const [near, far] = duplexPair();
       streams.push(far);
       const { connection } = connect(near);
       const written: Buffer[] = [];

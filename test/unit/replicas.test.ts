@@ -7,6 +7,7 @@ import { ReplyFlows, WAYS } from '../../src/link-client/reply-flows.js';
 import { DialPolicy, MAX_REPLICAS, ReplicaSet } from '../../src/link-client/replica-set.js';
 import { internetChecksum } from '../../src/routing/index.js';
 import { ipv4, ipv6 } from '../support/packets.js';
+import { prng } from '../support/random.js';
 
 const TUNNEL = '198.18.255.1';
 const TUNNEL6 = 'fd00:18:ff::1';
@@ -50,18 +51,6 @@ function icmp6(src: string, dst: string, type: number, id: number, quoted: Uint8
   icmp.writeUInt16BE(id, 4);
   icmp.set(quoted, 8);
   return ipv6(src, dst, icmp, 58);
-}
-
-/** mulberry32: seeded, so a failing random case reproduces from the printed seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 describe('ReplyFlows: the replica a reply goes back to', function () {

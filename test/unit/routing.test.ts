@@ -11,18 +11,7 @@ import {
   packetFamily,
 } from '../../src/routing/index.js';
 import { ipv4, ipv6 } from '../support/packets.js';
-
-/** mulberry32: small, seeded, so a failing random case reproduces from the printed seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from '../support/random.js';
 
 function expectRoutingError(fn: () => unknown, code: string, message: RegExp | string): void {
   try {
