@@ -206,19 +206,8 @@ function assertTunOnlyHostPath(pod: Pod, c: Container): void {
 /** The settings both daemons need to run safely with NET_ADMIN in the host network. */
 function assertPrivilegeAndProbes(pod: Pod, c: Container): void {
   expect(pod.hostNetwork, 'hostNetwork').to.equal(true);
-  const sc = c.securityContext!;
-  expect(sc['privileged'] ?? false, 'not privileged').to.equal(false);
-  expect(sc['allowPrivilegeEscalation'], 'allowPrivilegeEscalation').to.equal(false);
-  expect(sc['readOnlyRootFilesystem'], 'readOnlyRootFilesystem').to.equal(true);
-  expect(sc['capabilities'], 'capabilities').to.deep.equal({ drop: ['ALL'], add: ['NET_ADMIN'] });
-  // /dev/net/tun from the host, as a character device, at the same path.
-  const tun = pod.volumes!.find((v) => v['hostPath']?.path === '/dev/net/tun');
-  expect(tun?.['hostPath'], '/dev/net/tun hostPath').to.deep.equal({ path: '/dev/net/tun', type: 'CharDevice' });
-  expect(
-    pod.volumes!.filter((v) => v['hostPath']),
-    'no other hostPath',
-  ).to.have.length(1);
-  expect(c.volumeMounts!.find((m) => m.name === tun!['name'])?.mountPath).to.equal('/dev/net/tun');
+  assertNetAdminOnly(c);
+  assertTunOnlyHostPath(pod, c);
   // Probes on the --metrics endpoint: /healthz and /readyz on its port, on loopback.
   const metrics = envValue(c, 'NODELINK_METRICS');
   expect(metrics, 'NODELINK_METRICS').to.match(/^127\.0\.0\.1:\d+$/);

@@ -5,7 +5,7 @@ import { expect } from 'chai';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { type KeyPair } from '../../src/auth/index.js';
-import { LinkServer, createServerCertificate } from '../../src/link-server/index.js';
+import { createServerCertificate } from '../../src/link-server/index.js';
 import { LinkClient } from '../../src/link-client/index.js';
 import { DialError, dialFailureOf } from '../../src/link-client/dial-error.js';
 import { FrameDecoder, FrameType, encodeFrame } from '../../src/protocol/index.js';
@@ -13,7 +13,7 @@ import type { HandshakeFailure } from '../../src/reasons.js';
 import { Prefix } from '../../src/routing/index.js';
 import { FakeTun } from '../support/fake-tun.js';
 import { silentLogger } from '../../src/log.js';
-import { CONNECTION, TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf, registryOf } from '../support/link-rig.js';
+import { CONNECTION, Rigs, newPair, registryOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
 
 interface Failure {
@@ -79,23 +79,11 @@ describe('dial failures, named by cause', function () {
   }
 
   async function linkServer(): Promise<number> {
+    const rigs = new Rigs();
+    cleanup.push(() => rigs.stopAll());
     const registry = registryOf([{ name: 'node-a', pair: nodePair, allowedIPs: ['198.19.0.11/32'] }]);
-    const server = new LinkServer({
-      host: '127.0.0.1',
-      port: 0,
-      keyPair: serverPair,
-      registry,
-      tun: new FakeTun('srv0'),
-      tunnelCidrs: TUNNEL_CIDRS,
-      tunnelAddresses: TUNNEL_ADDRESSES,
-      connection: CONNECTION,
-      handshakeTimeoutMs: 2000,
-      installRoutes: async () => undefined,
-      log: silentLogger(),
-    });
-    await server.start();
-    cleanup.push(() => server.stop());
-    return portOf(server.listenAddress);
+    const { port } = await rigs.server({ registry, keyPair: serverPair });
+    return port;
   }
 
   it('connection_refused: nothing listens on the port', async function () {
