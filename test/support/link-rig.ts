@@ -32,6 +32,7 @@ import type { LinkObserver } from '../../src/link/observer.js';
 import { silentLogger, type Logger } from '../../src/log.js';
 import type { DaemonStatus, PeerStatus } from '../../src/admin/index.js';
 import { FakeTun } from './fake-tun.js';
+import { waitFor } from './wait.js';
 
 export function newPair(): KeyPair {
   return keyPairFromSeed(generateSeed());
@@ -49,6 +50,14 @@ export function registryOf(
     'peers.json',
     tunnelCidrs,
   );
+}
+
+/** Resolves once this process holds no TCP socket; after 2 s rejects naming the ones left open. */
+export async function expectNoSocketLeft(): Promise<void> {
+  const sockets = (): string[] => process.getActiveResourcesInfo().filter((r) => r.startsWith('TCP'));
+  await waitFor('no socket left open', () => sockets().length === 0, 2000).catch(() => {
+    throw new Error(`sockets left open: ${sockets().join(', ')}`);
+  });
 }
 
 export function portOf(listenAddress: string): number {

@@ -20,6 +20,7 @@ import { Backoff } from '../../src/link-client/index.js';
 import { FramedConnection, type ConnectionEvents, type ConnectionOptions } from '../../src/link/connection.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
 import {
+  expectNoSocketLeft,
   APISERVER,
   CONNECTION as RIG_CONNECTION,
   Rigs,
@@ -91,10 +92,7 @@ describe('link over FakeTun and loopback TLS', function () {
   afterEach(async function () {
     await rigs.stopAll();
     // stop() waits for the server's side of every connection; the client sides follow at once.
-    const sockets = (): string[] => process.getActiveResourcesInfo().filter((r) => r.startsWith('TCP'));
-    await waitFor('no socket left open', () => sockets().length === 0, 2000).catch(() => {
-      throw new Error(`sockets left open: ${sockets().join(', ')}`);
-    });
+    await expectNoSocketLeft();
   });
 
   it('authenticates both clients and installs routes on both sides', async function () {

@@ -9,6 +9,7 @@ import { encodeKey, parsePeers } from '../../src/auth/index.js';
 import type { HandshakeFailure } from '../../src/reasons.js';
 import { LinkMetrics, type DaemonStatus, type ReplicaStatus } from '../../src/admin/index.js';
 import {
+  expectNoSocketLeft,
   Rigs,
   TUNNEL_ADDRESSES,
   TUNNEL_CIDRS,
@@ -113,10 +114,7 @@ describe('a node and two server replicas behind one address', function () {
 
   afterEach(async function () {
     await rigs.stopAll();
-    const sockets = (): string[] => process.getActiveResourcesInfo().filter((r) => r.startsWith('TCP'));
-    await waitFor('no socket left open', () => sockets().length === 0, 2000).catch(() => {
-      throw new Error(`sockets left open: ${sockets().join(', ')}`);
-    });
+    await expectNoSocketLeft();
   });
 
   it('holds one session to each replica, both on one tunnel CIDR, and says so', async function () {
