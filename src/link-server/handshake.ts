@@ -1,7 +1,8 @@
 /**
  * One node's connection on the server, from the end of its TLS handshake to its close: the
  * deadline for the hello, hello verification (signed over this very TLS session), authorization
- * against the peers file and the optional route check, the Welcome that opens the session, and
+ * (the key in the peers file, or in Kubernetes mode the Node the hello's token speaks for) and the
+ * optional route check, the Welcome that opens the session, and
  * the session's end. The listener (server.ts) creates one NodeConnection per TLS connection that
  * admission let through; forward.ts carries the session's packets.
  */
