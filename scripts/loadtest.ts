@@ -2,7 +2,7 @@
 // harness's control-plane namespace, real TUN, N kernel routes), each a real LinkClient with an
 // in-memory TUN announcing its own /32. Reports handshakes per second, server RSS per idle peer,
 // server CPU, pings answered during a reconnect storm, and the time for all N to come back after
-// the server restarts.
+// the server restarts, with how often each node's dials failed on the way back.
 //
 //   npm run loadtest                 # N=1000
 //   N=5000 npm run loadtest          # the full-size run
@@ -16,6 +16,7 @@
 
 import { spawn as spawnChild, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -43,6 +44,22 @@ function procStat(pid: number): { rssKiB: number; cpuSeconds: number } {
   return { rssKiB: rssBytes(pid) / 1024, cpuSeconds: cpuSeconds(pid) };
 }
 
+function cpuSecondsOfSelf(): number {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) / 1e6;
+}
+
+/** Whether something accepts connections on this Unix socket (the server's admin socket). */
+function answers(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect(socketPath, () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.on('error', () => resolve(false));
+  });
+}
+
 /**
  * The generator's sessions must start inside a namespace (the root namespace has no route to
  * the harness, and gets none), so this script runs twice: the parent builds the harness and
@@ -59,6 +76,16 @@ async function child(): Promise<void> {
     tokens?: string[];
   };
   const serverKey = new Uint8Array(Buffer.from(input.serverKey, 'base64'));
+  // What happens to each session during a restart, from the observer's per-event hooks (no
+  // polling of 5,000 status objects, which would take CPU from the server being measured).
+  const storm = {
+    active: false,
+    upAt: 0,
+    worstRttMs: 0,
+    failuresBeforeUp: new Uint16Array(input.seeds.length),
+    failuresAfterUp: new Uint16Array(input.seeds.length),
+    reasonsAfterUp: new Map<string, number>(),
+  };
   const clients = input.seeds.map((seedText, i) => {
     const seed = new Uint8Array(Buffer.from(seedText, 'base64'));
     const client = new LinkClient({
@@ -83,32 +110,59 @@ async function child(): Promise<void> {
         process.stdout.write(`REJECTED load-${i} ${reason}\n`);
       },
       log: silentLogger(),
+      observer: {
+        handshakeFailed: (reason) => {
+          if (!storm.active) return;
+          if (storm.upAt === 0) {
+            storm.failuresBeforeUp[i]!++;
+            return;
+          }
+          storm.failuresAfterUp[i]!++;
+          storm.reasonsAfterUp.set(reason, (storm.reasonsAfterUp.get(reason) ?? 0) + 1);
+        },
+        pong: (_peer, rttMs) => {
+          if (storm.active && rttMs > storm.worstRttMs) storm.worstRttMs = rttMs;
+        },
+      },
     });
     return client;
   });
   const connected = (): number => clients.reduce((count, client) => count + (client.isAuthenticated ? 1 : 0), 0);
-  const started = Date.now();
+  const cpuAtStart = cpuSecondsOfSelf();
   for (const client of clients) client.start();
   const allConnected = (): Promise<number> =>
     waitFor('every session to authenticate', () => connected() === clients.length, settleTimeoutMs).catch(() => -1);
   const settleMs = await allConnected();
-  process.stdout.write(`AUTH ${settleMs} ${Date.now() - started}\n`);
+  process.stdout.write(`AUTH ${settleMs} ${(cpuSecondsOfSelf() - cpuAtStart).toFixed(3)}\n`);
+  let downAt = 0;
   for await (const line of lines(process.stdin)) {
-    if (line === 'STORM') {
-      // The server was just restarted: time until every session is back, and the worst ping
-      // RTT seen meanwhile by the sessions that are already back.
-      const stormStart = Date.now();
-      let worstRtt = 0;
-      const rttTimer = setInterval(() => {
-        for (const client of clients) {
-          const rtt = client.isAuthenticated ? client.status().peers[0]!.lastPongMs : null;
-          if (rtt !== null && rtt > worstRtt) worstRtt = rtt;
-        }
-      }, 250);
-      await sleep(1000); // every session notices the shutdown first
+    if (line === 'DOWN') {
+      // The server is about to stop: from now on every failed dial of a session is counted.
+      downAt = Date.now();
+      storm.active = true;
+    } else if (line === 'UP') {
+      // The new server answers: the time until every session is back, how often each one's
+      // dials failed on the way, and the worst ping RTT seen meanwhile by those already back.
+      storm.upAt = Date.now();
+      const cpuAtUp = cpuSecondsOfSelf();
       const backMs = await allConnected();
-      clearInterval(rttTimer);
-      process.stdout.write(`BACK ${backMs < 0 ? -1 : Date.now() - stormStart} ${worstRtt.toFixed(1)}\n`);
+      storm.active = false;
+      const back = backMs < 0 ? -1 : Date.now();
+      const total = storm.failuresBeforeUp.map((n, i) => n + storm.failuresAfterUp[i]!);
+      const most = (counts: Uint16Array): number => counts.reduce((max, n) => Math.max(max, n), 0);
+      const overTwo = (counts: Uint16Array): number => counts.reduce((sum, n) => sum + (n > 2 ? 1 : 0), 0);
+      const result = {
+        fromDownMs: back < 0 ? -1 : back - downAt,
+        fromUpMs: back < 0 ? -1 : back - storm.upAt,
+        generatorCpuSeconds: Number((cpuSecondsOfSelf() - cpuAtUp).toFixed(3)),
+        worstRttMs: Number(storm.worstRttMs.toFixed(1)),
+        mostFailuresAfterUp: most(storm.failuresAfterUp),
+        mostFailures: most(total),
+        nodesFailedMoreThanTwiceAfterUp: overTwo(storm.failuresAfterUp),
+        nodesFailedMoreThanTwice: overTwo(total),
+        failuresAfterUp: Object.fromEntries(storm.reasonsAfterUp),
+      };
+      process.stdout.write(`BACK ${JSON.stringify(result)}\n`);
     } else if (line === 'QUIT') {
       break;
     }
@@ -212,11 +266,9 @@ async function parent(): Promise<void> {
         profile ? [serverArgs[0]!, '--cpu-prof', `--cpu-prof-dir=${profile}`, ...serverArgs.slice(1)] : serverArgs,
         { name: 'server' },
       );
-      await waitFor(
-        'server admin socket',
-        async () => (await runCli(['status', '--json', '--admin-socket', socket])).code === 0,
-        60_000,
-      );
+      // The admin socket opens right after the listener: connecting to it says when the server
+      // takes connections, without the second of a CLI start per poll.
+      await waitFor('server admin socket', () => answers(socket), 60_000);
       say(`server up in ${Date.now() - started} ms with ${N} peers`);
       return proc;
     };
@@ -245,12 +297,13 @@ async function parent(): Promise<void> {
         if (value.startsWith(prefix)) return value.split(' ').slice(1);
       }
     };
-    const [settleText] = await next('AUTH');
+    const [settleText, generatorCpuText] = await next('AUTH');
     const settleMs = Number(settleText);
+    const generatorCpu = Number(generatorCpuText);
     if (settleMs < 0) throw new Error(`not all ${N} sessions authenticated within ${settleTimeoutMs} ms`);
     const handshakeCpu = procStat(server.pid).cpuSeconds - idle.cpuSeconds;
     say(
-      `${N} sessions authenticated in ${settleMs} ms: ${Math.round(N / (settleMs / 1000))} handshakes/s; server CPU ${handshakeCpu.toFixed(2)} s`,
+      `${N} sessions authenticated in ${settleMs} ms: ${Math.round(N / (settleMs / 1000))} handshakes/s; CPU per handshake ${((handshakeCpu / N) * 1000).toFixed(2)} ms in the server, ${((generatorCpu / N) * 1000).toFixed(2)} ms in the generator`,
     );
     await sleep(3 * KEEPALIVE_MS);
     const loaded = procStat(server.pid);
@@ -259,15 +312,37 @@ async function parent(): Promise<void> {
       `server RSS ${idle.rssKiB} KiB idle → ${loaded.rssKiB} KiB with ${N} idle sessions: ${perPeerKiB.toFixed(1)} KiB per peer; idle CPU ${(((loaded.cpuSeconds - idle.cpuSeconds - handshakeCpu) / ((3 * KEEPALIVE_MS) / 1000)) * 100).toFixed(1)}% of a core`,
     );
 
+    generator.stdin!.write('DOWN\n');
+    await sleep(200);
+    const restartedAt = Date.now();
     await server.stop('SIGTERM');
     server = await startServer();
-    generator.stdin!.write('STORM\n');
-    const [backText, worstRtt] = await next('BACK');
-    const backMs = Number(backText);
+    say(`restart: old server stopped and new one answering ${Date.now() - restartedAt} ms after SIGTERM`);
+    const serverCpuAtUp = procStat(server.pid).cpuSeconds;
+    generator.stdin!.write('UP\n');
+    const [backText] = await next('BACK');
+    const serverStormCpu = procStat(server.pid).cpuSeconds - serverCpuAtUp;
+    const storm = JSON.parse(backText!) as {
+      fromDownMs: number;
+      fromUpMs: number;
+      generatorCpuSeconds: number;
+      worstRttMs: number;
+      mostFailuresAfterUp: number;
+      mostFailures: number;
+      nodesFailedMoreThanTwiceAfterUp: number;
+      nodesFailedMoreThanTwice: number;
+      failuresAfterUp: Record<string, number>;
+    };
     say(
-      backMs < 0
+      storm.fromUpMs < 0
         ? `after a restart NOT all ${N} came back within ${settleTimeoutMs} ms`
-        : `after a server restart all ${N} sessions were back within ${backMs} ms; worst ping RTT of sessions already back meanwhile: ${worstRtt} ms`,
+        : `after a server restart all ${N} sessions were back ${storm.fromUpMs} ms after the new server answered (${storm.fromDownMs} ms after the old one was told to stop); worst ping RTT of sessions already back meanwhile: ${storm.worstRttMs} ms`,
+    );
+    say(
+      `CPU from the new server answering until all were back: ${serverStormCpu.toFixed(2)} s in the server, ${storm.generatorCpuSeconds.toFixed(2)} s in the generator`,
+    );
+    say(
+      `failed dials per node: at most ${storm.mostFailuresAfterUp} once the new server answered (${storm.nodesFailedMoreThanTwiceAfterUp} nodes more than twice: ${JSON.stringify(storm.failuresAfterUp)}); at most ${storm.mostFailures} counting those while no server listened (${storm.nodesFailedMoreThanTwice} nodes more than twice)`,
     );
     // Connections the restarted server turned away during the storm (each one a client backing off).
     const stormRefused =
@@ -281,9 +356,16 @@ async function parent(): Promise<void> {
       n: N,
       handshakesPerSecond: Math.round(N / (settleMs / 1000)),
       handshakeCpuSeconds: Number(handshakeCpu.toFixed(2)),
+      generatorHandshakeCpuSeconds: generatorCpu,
+      stormServerCpuSeconds: Number(serverStormCpu.toFixed(2)),
+      stormGeneratorCpuSeconds: storm.generatorCpuSeconds,
       rssPerIdlePeerKiB: Number(perPeerKiB.toFixed(1)),
-      stormSettleMs: backMs,
-      worstRttDuringStormMs: Number(worstRtt),
+      stormSettleMs: storm.fromUpMs,
+      stormSettleFromStopMs: storm.fromDownMs,
+      worstRttDuringStormMs: storm.worstRttMs,
+      mostFailedDialsPerNode: storm.mostFailuresAfterUp,
+      nodesFailedMoreThanTwice: storm.nodesFailedMoreThanTwiceAfterUp,
+      mostFailedDialsPerNodeWithDowntime: storm.mostFailures,
       stormRefused,
       kernelRoutes: routes,
     };
