@@ -10,6 +10,8 @@
  *
  * JS API:
  *   attach(fd, mtu, onPackets(buffer, lengths: Uint32Array, count)) -> handle
+ *                     `lengths` is one array per handle, refilled for every batch: read it
+ *                     during the call, never keep it.
  *   write(fd, buffer) -> bytes written, or -errno
  *   detach(handle)    stops polling (the fd itself is closed by its owner)
  */
@@ -32,7 +34,8 @@ typedef struct {
   napi_ref callback;
   napi_async_context async_context;
   unsigned char *scratch;   /* BATCH_PACKETS * mtu bytes */
-  uint32_t lengths[BATCH_PACKETS];
+  uint32_t *lengths;        /* the data of `lengths_array`, BATCH_PACKETS entries */
+  napi_ref lengths_array;   /* a Uint32Array made once: no allocation per batch for it */
   int active;
 } tun_poller;
 
@@ -51,7 +54,7 @@ static void deliver(tun_poller *p, int count, size_t total) {
   napi_env env = p->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value buffer, lengths_ab, lengths, callback, global, argv[3], result;
+  napi_value buffer, lengths, callback, global, argv[3], result;
   void *data;
   /* One allocation per batch: packets become views into it and may be retained by writers. */
   napi_create_buffer(env, total, &data, &buffer);
@@ -60,10 +63,7 @@ static void deliver(tun_poller *p, int count, size_t total) {
     memcpy((unsigned char *)data + offset, p->scratch + (size_t)i * p->mtu, p->lengths[i]);
     offset += p->lengths[i];
   }
-  void *lengths_data;
-  napi_create_arraybuffer(env, sizeof(uint32_t) * count, &lengths_data, &lengths_ab);
-  memcpy(lengths_data, p->lengths, sizeof(uint32_t) * count);
-  napi_create_typedarray(env, napi_uint32_array, count, lengths_ab, 0, &lengths);
+  napi_get_reference_value(env, p->lengths_array, &lengths);
   argv[0] = buffer;
   argv[1] = lengths;
   napi_create_uint32(env, (uint32_t)count, &argv[2]);
@@ -125,11 +125,20 @@ static napi_value attach(napi_env env, napi_callback_info info) {
     free(p->scratch); free(p);
     return throw_error(env, "uv_poll_init failed on the TUN fd");
   }
+  p->poll.data = p;
+  napi_value lengths_buffer, lengths;
+  void *lengths_data;
+  if (napi_create_arraybuffer(env, sizeof(uint32_t) * BATCH_PACKETS, &lengths_data, &lengths_buffer) != napi_ok ||
+      napi_create_typedarray(env, napi_uint32_array, BATCH_PACKETS, lengths_buffer, 0, &lengths) != napi_ok) {
+    uv_close((uv_handle_t *)&p->poll, on_closed);
+    return throw_error(env, "out of memory");
+  }
+  p->lengths = lengths_data;
+  napi_create_reference(env, lengths, 1, &p->lengths_array);
   napi_create_reference(env, argv[2], 1, &p->callback);
   napi_value resource_name;
   napi_create_string_utf8(env, "nodelink.tunio", NAPI_AUTO_LENGTH, &resource_name);
   napi_async_init(env, NULL, resource_name, &p->async_context);
-  p->poll.data = p;
   uv_poll_start(&p->poll, UV_READABLE, on_readable);
   napi_value handle;
   napi_create_external(env, p, NULL, NULL, &handle);
@@ -146,6 +155,7 @@ static napi_value detach(napi_env env, napi_callback_info info) {
   p->active = 0;
   uv_poll_stop(&p->poll);
   napi_delete_reference(env, p->callback);
+  napi_delete_reference(env, p->lengths_array);
   napi_async_destroy(env, p->async_context);
   uv_close((uv_handle_t *)&p->poll, on_closed);
   return NULL;
