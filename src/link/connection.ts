@@ -65,6 +65,9 @@ const CLOSE_GRACE_MS = 2000;
  *    alive. A packet written to an empty stream goes as it is, uncopied;
  *  - after a close nothing more is read; a stream closed while holding more than maxQueueBytes
  *    is destroyed at once: a peer that does not read would never see the goodbye.
+ *
+ * Inbound: the stream's 'data' events, or `receive` for a stream that hands its bytes over
+ * otherwise (the client's TLS socket, read into a buffer of its own).
  */
 export class FramedConnection {
   /** Replaceable: a server session adopts the counters of its peer once it knows who it is. */
@@ -173,6 +176,11 @@ export class FramedConnection {
   destroy(reason: string, code = CloseCode.Normal): void {
     this.stream.destroy();
     this.finish(code, reason, false);
+  }
+
+  /** Bytes read from the stream outside its 'data' events (a socket opened with `onread`). */
+  receive(chunk: Buffer): void {
+    this.onChunk(chunk);
   }
 
   private cork(): void {
