@@ -1,4 +1,5 @@
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import type { OnReadOpts } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions as TlsConnectOptions, type TLSSocket } from 'node:tls';
 import { EXPORTER_BYTES, EXPORTER_LABEL, encodeHello, type HelloBody, type KeyPair } from '../auth/index.js';
 import { CloseCode, FrameType, closeCodeName, decodeWelcome, type Welcome } from '../protocol/index.js';
 import { formatEndpoint } from '../routing/index.js';
@@ -8,6 +9,9 @@ import type { Logger } from '../log.js';
 import { userMessage } from '../errors.js';
 import { DialError, dialFailureOf } from './dial-error.js';
 import { checkServer, clientTlsOptions, serverIdentity } from './trust.js';
+
+/** TLS hands the cleartext over one record at a time, and a record holds at most 16 KiB. */
+const readBuffer = Buffer.alloc(16 * 1024);
 
 export interface SessionOptions {
   readonly host: string;
@@ -67,7 +71,14 @@ export class ClientSession {
       options.log.warn({ server }, message);
       socket.destroy(new DialError('handshake_timeout', message));
     }, options.handshakeTimeoutMs);
-    const socket: TLSSocket = tlsConnect(clientTlsOptions(options.host, options.port, options));
+    // Decrypted bytes go straight to the frame decoder, without the stream's push and 'data'
+    // machinery, which an idle packet would otherwise go through on its way to the TUN. Node
+    // documents `onread` for tls.connect; its type declarations do not have it yet.
+    const tlsOptions: TlsConnectOptions & { onread: OnReadOpts } = {
+      ...clientTlsOptions(options.host, options.port, options),
+      onread: { buffer: readBuffer, callback: (length, buffer) => this.onRead(length, buffer) },
+    };
+    const socket: TLSSocket = tlsConnect(tlsOptions);
     socket.setNoDelay(true);
     // Registered before the connection's own listener, so the cause is known when it closes.
     socket.on('error', (err) => {
@@ -134,6 +145,16 @@ export class ClientSession {
       },
       options.connection,
     );
+  }
+
+  /**
+   * The read buffer is shared by every session of the process and reused at the next read: the
+   * decoder may keep what it was given (a frame's first part, waiting for the rest), so it gets a
+   * copy.
+   */
+  private onRead(length: number, buffer: Uint8Array): boolean {
+    this.connection.receive(Buffer.from(buffer.subarray(0, length)));
+    return true; // keep reading, as the stream did for its 'data' listener
   }
 
   get isWelcomed(): boolean {
