@@ -13,6 +13,7 @@ import {
   parseServerConfig,
   type RawOptions,
 } from './config.js';
+import { tierUpEarly } from './daemon.js';
 import { runServer } from './run-server.js';
 import { runClient } from './run-client.js';
 import { formatPrintConfig, readSettings } from './config-file.js';
@@ -68,6 +69,7 @@ async function startDaemon<C extends object>(
     process.stdout.write(formatPrintConfig(command, settings, config));
     return;
   }
+  tierUpEarly();
   await run(config, { settings, reread: () => readSettings(request) });
 }
 
