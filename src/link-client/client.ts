@@ -9,7 +9,7 @@ import type { HandshakeFailure } from '../reasons.js';
 import { userMessage } from '../errors.js';
 import { ReplyFlows, DEFAULT_REPLY_FLOWS, type ReplyFlowOptions } from './reply-flows.js';
 import { DialPolicy, ReplicaSet, type DialOutcome } from './replica-set.js';
-import { ClientSession, type SessionOptions } from './session.js';
+import { ClientSession, type SessionOptions, type SessionTicket } from './session.js';
 
 export interface LinkClientOptions extends SessionOptions {
   readonly name: string;
@@ -105,6 +105,8 @@ export class LinkClient {
   private installedCidrs = ''; // the tunnel CIDRs last routed into the TUN, joined
   private lastEndpoint: string | null = null;
   private lastIdentity: string | undefined;
+  /** The newest ticket a trusted server gave: the next dial resumes with it, cheaper at both ends. */
+  private ticket: SessionTicket | undefined;
 
   constructor(private readonly options: LinkClientOptions) {
     this.useRoutes(options.routes);
@@ -188,6 +190,10 @@ export class LinkClient {
         const replica = this.replicaOf(session);
         if (replica) options.observer?.pong?.(replica.peerName, rttMs);
       },
+      resume: () => this.ticket,
+      ticket: (_session, ticket) => {
+        this.ticket = ticket;
+      },
     });
   }
 
@@ -240,6 +246,7 @@ export class LinkClient {
         serverId: welcome.serverId || undefined,
         replicas: `${this.replicas.held}/${this.replicas.count}`,
         tunnelCidrs: welcome.tunnelCidrs,
+        resumed: session.resumed,
       },
       'connected to server',
     );

@@ -29,6 +29,15 @@ export interface SessionOptions {
   readonly log: Logger;
 }
 
+/**
+ * A TLS session ticket from a server this node trusted, to resume with at the next dial, and who
+ * the server was (a resumed session shows no certificate: status keeps naming it).
+ */
+export interface SessionTicket {
+  readonly ticket: Buffer;
+  readonly identity: string | undefined;
+}
+
 export interface SessionEvents {
   /** What the hello says, asked when TLS is up (the routes and held replicas may have changed). */
   hello(): HelloBody;
@@ -42,6 +51,10 @@ export interface SessionEvents {
    */
   closed(session: ClientSession, code: CloseCode, reason: string, byPeer: boolean, failure: HandshakeFailure): void;
   pong?(session: ClientSession, rttMs: number): void;
+  /** A ticket to resume with, asked as the dial starts. */
+  resume?(): SessionTicket | undefined;
+  /** The server, trusted, gave a ticket to resume with. */
+  ticket?(session: ClientSession, ticket: SessionTicket): void;
 }
 
 /**
@@ -59,10 +72,13 @@ export class ClientSession {
   welcome: Welcome | undefined;
   /** When the welcome arrived (Date.now()); 0 before. */
   welcomedAt = 0;
+  /** TLS resumed a session from a ticket (no certificate was sent). */
+  resumed = false;
 
   constructor(options: SessionOptions, events: SessionEvents) {
     const server = formatEndpoint(options);
     this.endpoint = server;
+    const resume = events.resume?.();
     // Why this dial failed, from the first error the socket reports: a DialError raised here,
     // or the socket's own errno.
     let failure: DialFailure | undefined;
@@ -76,6 +92,7 @@ export class ClientSession {
     // documents `onread` for tls.connect; its type declarations do not have it yet.
     const tlsOptions: TlsConnectOptions & { onread: OnReadOpts } = {
       ...clientTlsOptions(options.host, options.port, options),
+      session: resume?.ticket,
       onread: { buffer: readBuffer, callback: (length, buffer) => this.onRead(length, buffer) },
     };
     const socket: TLSSocket = tlsConnect(tlsOptions);
@@ -84,6 +101,11 @@ export class ClientSession {
     socket.on('error', (err) => {
       failure ??= dialFailureOf(err);
     });
+    let trusted = false;
+    // Only a ticket from a server checked here may ever be offered to one (see checkServer).
+    socket.on('session', (ticket: Buffer) => {
+      if (trusted) events.ticket?.(this, { ticket, identity: this.presentedIdentity });
+    });
     socket.once('secureConnect', () => {
       const untrusted = checkServer(socket, options);
       if (untrusted) {
@@ -91,8 +113,10 @@ export class ClientSession {
         socket.destroy(new DialError(untrusted.failure, untrusted.message));
         return;
       }
+      trusted = true;
+      this.resumed = socket.isSessionReused();
       // Status shows the pinned key when there is one; only --ca mode needs what was presented.
-      if (!options.serverKey) this.presentedIdentity = serverIdentity(socket);
+      if (!options.serverKey) this.presentedIdentity = this.resumed ? resume?.identity : serverIdentity(socket);
       this.remoteAddress = socket.remoteAddress;
       this.endpoint = formatEndpoint({
         host: socket.remoteAddress ?? options.host,

@@ -134,6 +134,10 @@ export interface Untrusted {
  * could say why.
  */
 export function checkServer(socket: TLSSocket, trust: ServerTrust): Untrusted | undefined {
+  // A resumed session shows no certificate, and needs none: a client offers only tickets from
+  // sessions it checked, against this same trust, and resuming one proves the server opened it,
+  // which takes the key its tickets are sealed with (derived from the server key).
+  if (socket.isSessionReused()) return undefined;
   if (trust.ca !== undefined && !socket.authorized) {
     const why = String(socket.authorizationError ?? 'unverified');
     return {

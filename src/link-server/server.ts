@@ -10,6 +10,7 @@
  * - reload.ts: a new peers file on SIGHUP;
  * - status.ts: the status document.
  */
+import { hkdfSync } from 'node:crypto';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
 import {
   createServer as createTlsServer,
@@ -73,9 +74,33 @@ export interface LinkServerOptions {
   readonly serverCount?: number;
 }
 
+/**
+ * How long a node may resume its TLS session from a ticket: TLS 1.3's longest. A resumption
+ * skips the certificate, its signature and their checks on both ends; the key exchange (ECDHE)
+ * still runs afresh, so traffic keys stay forward secret.
+ */
+export const SESSION_TICKET_LIFETIME_S = 7 * 24 * 3600;
+
+/**
+ * Session tickets are sealed with keys derived from the server's own key, not random ones: a
+ * restarted server, or another replica with the same key, opens the tickets its predecessor
+ * issued, so nodes come back from a restart resuming, with no state kept anywhere. Whoever can
+ * open them holds the server key already.
+ */
+export function sessionTicketKeys(pair: Pick<KeyPair, 'seed'>): Buffer {
+  return Buffer.from(hkdfSync('sha256', pair.seed, Buffer.alloc(0), 'nodelink session ticket keys v1', 48));
+}
+
 /** What the server's TLS presents, at start and after a certificate renewal: TLS 1.3 only. */
-function tlsOptions(certificate: ServerCertificate): SecureContextOptions {
-  return { cert: certificate.certPem, key: certificate.keyPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' };
+function tlsOptions(certificate: ServerCertificate, pair: KeyPair): SecureContextOptions & { ticketKeys: Buffer } {
+  return {
+    cert: certificate.certPem,
+    key: certificate.keyPem,
+    minVersion: 'TLSv1.3',
+    maxVersion: 'TLSv1.3',
+    ticketKeys: sessionTicketKeys(pair),
+    sessionTimeout: SESSION_TICKET_LIFETIME_S,
+  };
 }
 
 /**
@@ -140,7 +165,10 @@ export class LinkServer {
     await options.installRoutes(this.peers.registry.peers.flatMap((peer) => peer.allowedIPs));
     this.forwarder.attach();
     const certificate = options.certificate ?? (await createServerCertificate(options.keyPair));
-    const tls = createTlsServer({ ...tlsOptions(certificate), handshakeTimeout: options.handshakeTimeoutMs });
+    const tls = createTlsServer({
+      ...tlsOptions(certificate, options.keyPair),
+      handshakeTimeout: options.handshakeTimeoutMs,
+    });
     tls.on('secureConnection', (socket) => this.onSecureConnection(socket));
     tls.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => this.onTlsError(err, socket));
     // pauseOnConnect: a held connection is not read (no TLS work, no buffers) until its turn.
@@ -158,7 +186,7 @@ export class LinkServer {
 
   /** Presents another certificate to new connections (a renewed --cert); sessions keep theirs. */
   setCertificate(certificate: ServerCertificate): void {
-    this.tls?.setSecureContext(tlsOptions(certificate));
+    this.tls?.setSecureContext(tlsOptions(certificate, this.options.keyPair));
   }
 
   get listenAddress(): string {

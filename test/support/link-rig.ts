@@ -126,13 +126,15 @@ export class Rigs {
     /** A replica's name and the replica count it announces (several servers behind one address). */
     serverId?: string;
     serverCount?: number;
+    /** A fixed port (a restarted server on its predecessor's); default any free one. */
+    port?: number;
   }): Promise<ServerRig> {
     const tun = new FakeTun('srv0');
     const installed: string[][] = [];
     const removed: string[][] = [];
     const server = new LinkServer({
       host: '127.0.0.1',
-      port: 0,
+      port: opts.port ?? 0,
       keyPair: opts.keyPair,
       registry: opts.registry,
       tun,
@@ -215,12 +217,13 @@ export class Rigs {
   }
 
   /** A TLS connection that speaks the protocol by hand. */
-  async raw(port: number, opts: { maxVersion?: 'TLSv1.2' | 'TLSv1.3' } = {}): Promise<RawSession> {
+  async raw(port: number, opts: { maxVersion?: 'TLSv1.2' | 'TLSv1.3'; session?: Buffer } = {}): Promise<RawSession> {
     const socket = tlsConnect({
       host: '127.0.0.1',
       port,
       rejectUnauthorized: false,
       maxVersion: opts.maxVersion ?? 'TLSv1.3',
+      session: opts.session,
     });
     this.sockets.push(socket);
     return RawSession.over(socket);
@@ -309,6 +312,8 @@ export class LoadBalancer {
 
 export class RawSession {
   readonly frames: Array<{ type: FrameType; payload: Buffer }> = [];
+  /** Session tickets the server gave, to resume with. */
+  readonly tickets: Buffer[] = [];
   closed = false;
   readonly closedPromise: Promise<void>;
   exporter: Buffer = Buffer.alloc(0);
@@ -325,6 +330,7 @@ export class RawSession {
     socket.on('error', () => {
       /* tests look at frames and `closed` */
     });
+    socket.on('session', (ticket: Buffer) => this.tickets.push(ticket));
     this.closedPromise = new Promise<void>((resolve) =>
       socket.once('close', () => {
         this.closed = true;

@@ -285,6 +285,66 @@ describe('security: the attacks of docs/security.md against server and client', 
     });
   });
 
+  describe('transport: session resumption (TLS 1.3 tickets)', function () {
+    /** The JSON log lines of a recording logger with this message. */
+    function logged(lines: string[], msg: string): Array<Record<string, unknown>> {
+      return lines.map((line) => JSON.parse(line) as Record<string, unknown>).filter((entry) => entry.msg === msg);
+    }
+
+    it('a node resumes its TLS session when it reconnects, also to a server restarted with the same key', async function () {
+      const { log, lines } = recordingLogger();
+      const first = await rigs.server({ registry: registryAB, keyPair: serverPair });
+      const a = node(first.port, 'node-a', { log });
+      await waitFor('node-a to authenticate', () => a.client.isAuthenticated);
+      await sleep(50); // the tickets follow the handshake
+      await first.server.stop();
+      await waitFor('node-a to notice', () => !a.client.isAuthenticated);
+      const second = await rigs.server({ registry: registryAB, keyPair: serverPair, port: first.port });
+      await waitFor('node-a back', () => a.client.isAuthenticated && second.peer('node-a').connected, 5000);
+      const connects = logged(lines, 'connected to server');
+      expect(connects.map((entry) => entry.resumed)).to.deep.equal([false, true]);
+    });
+
+    it('every resumed connection has an exporter of its own: a hello from one is refused in another', async function () {
+      const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
+      const full = await rigs.raw(s.port);
+      await waitFor('a ticket', () => full.tickets.length > 0);
+      const one = await rigs.raw(s.port, { session: full.tickets[0] });
+      const two = await rigs.raw(s.port, { session: full.tickets[0] });
+      expect(one.socket.isSessionReused() && two.socket.isSessionReused(), 'both resumed').to.equal(true);
+      // a fresh key exchange every time: a stolen ticket key opens no recorded traffic
+      expect(one.socket.getEphemeralKeyInfo()).to.include({ name: 'X25519' });
+      expect(one.exporter.equals(two.exporter)).to.equal(false);
+      expect(one.exporter.equals(full.exporter)).to.equal(false);
+      two.socket.write(
+        encodeFrame(FrameType.Hello, encodeHello(pairA, one.exporter, { name: 'node-a', routes: A_ROUTES })),
+      );
+      await two.closedPromise;
+      const { code, reason } = decodeCodePayload(two.frame(FrameType.Reject)!.payload);
+      expect(code).to.equal(CloseCode.AuthFailed);
+      expect(reason).to.match(/replayed or forged/);
+      one.socket.write(
+        encodeFrame(FrameType.Hello, encodeHello(pairA, one.exporter, { name: 'node-a', routes: A_ROUTES })),
+      );
+      await waitFor('node-a over the resumed session', () => s.peer('node-a').connected);
+    });
+
+    it('a ticket does not open a server with another key: the node checks the certificate and refuses it', async function () {
+      const { log, lines } = recordingLogger();
+      const real = await rigs.server({ registry: registryAB, keyPair: serverPair });
+      const a = node(real.port, 'node-a', { log });
+      await waitFor('node-a to authenticate', () => a.client.isAuthenticated);
+      await sleep(50);
+      await real.server.stop();
+      const impostor = await rigs.server({ registry: registryAB, keyPair: newPair(), port: real.port });
+      await waitFor('node-a to refuse the impostor', () =>
+        lines.some((line) => line.includes('does not match --server-key')),
+      );
+      expect(a.client.isAuthenticated).to.equal(false);
+      expect(impostor.peer('node-a').connected).to.equal(false);
+    });
+  });
+
   describe('handshake limits', function () {
     describe('Admission (pure)', function () {
       it('caps connections pending authentication, and frees a slot when one settles', function () {
