@@ -22,6 +22,8 @@
 # Usage (root):  npm run bench          (builds, then runs this script)
 #                bash scripts/bench.sh  (uses dist/ as it is)
 # Environment:   ROUNDS=3 DURATION=5 (s per iperf3 run) PINGS=20 PING_INTERVAL=0.05
+#                THROUGHPUT=0  pings only: the idle round trip of links that carry nothing else
+#                  (with iperf3 between the rounds, nodelink's code is hot when it is pinged)
 #                SYSTEMS="veth nodelink ovpn-tcp wg-go" (any of: veth nodelink ovpn-tcp ovpn-udp wg-go)
 #                BENCH_JSON=/path/result.json (default /tmp/nodelink-bench-<UTC time>.json)
 #                BENCH_NODELINK_ARGS="--mtu 1420"  extra flags for both nodelink ends
@@ -37,6 +39,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 PINGS=${PINGS:-20}
 PING_INTERVAL=${PING_INTERVAL:-0.05}
+THROUGHPUT=${THROUGHPUT:-1}
 SYSTEMS=${SYSTEMS:-"veth nodelink ovpn-tcp wg-go"}
 BENCH_NODELINK_ARGS=${BENCH_NODELINK_ARGS:-}
 BENCH_SERVER_ARGS=${BENCH_SERVER_ARGS:-}
@@ -51,6 +54,7 @@ nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 for v in ROUNDS DURATION PINGS; do
   [[ ${!v} =~ ^[1-9][0-9]{0,3}$ ]] || die "$v must be a whole number from 1 to 9999, got '${!v}'"
 done
+[[ $THROUGHPUT =~ ^[01]$ ]] || die "THROUGHPUT must be 1 (iperf3 and pings) or 0 (pings only), got '$THROUGHPUT'"
 [[ $PING_INTERVAL =~ ^[0-9]*\.?[0-9]+$ ]] || die "PING_INTERVAL must be a number of seconds, got '$PING_INTERVAL'"
 [ "$(id -u)" = 0 ] || die "needs root (it creates network namespaces): sudo npm run bench"
 for c in ip iperf3 ping jq timeout awk od; do
@@ -157,7 +161,11 @@ $(git -C "$NODELINK_ROOT" describe --always --dirty 2>/dev/null || echo 'no git'
 say "nodelink bench, $(date -u +%Y-%m-%dT%H:%M:%SZ), run id $ID"
 say "# machine: $CPU_MODEL × $CPUS CPUs (aes: $AES), kernel $(uname -r), $(uname -m)"
 say "# versions: node ${V_NODE:-none}, nodelink $V_NL, ${V_OVPN:-openvpn none}, ${V_WG:-wireguard-go none}, ${V_IPERF:-iperf3}"
-say "# rounds $ROUNDS, iperf3 -t $DURATION, 1 TCP stream; ping -c $PINGS -i $PING_INTERVAL; tcp cc $(sysctl -n net.ipv4.tcp_congestion_control)"
+if [ "$THROUGHPUT" = 1 ]; then
+  say "# rounds $ROUNDS, iperf3 -t $DURATION, 1 TCP stream; ping -c $PINGS -i $PING_INTERVAL; tcp cc $(sysctl -n net.ipv4.tcp_congestion_control)"
+else
+  say "# rounds $ROUNDS, pings only (THROUGHPUT=0): ping -c $PINGS -i $PING_INTERVAL; tcp cc $(sysctl -n net.ipv4.tcp_congestion_control)"
+fi
 
 # ---------------------------------------------------------------- namespaces + veth underlay
 ip netns add "$NS_CP"; NS_MADE+=("$NS_CP")
@@ -383,6 +391,7 @@ for r in $(seq "$ROUNDS"); do
   say "round $r/$ROUNDS"
   for sys in "${MEASURED[@]}"; do
     measure_ping "$sys" "$r"
+    [ "$THROUGHPUT" = 1 ] || continue
     measure_iperf "$sys" "$r" fwd; sleep 1
     measure_iperf "$sys" "$r" rev; sleep 1
   done
@@ -411,7 +420,8 @@ jq -n --rawfile raw "$RAW" --rawfile infos "$INFO" --rawfile skips "$SKIP" \
   --arg cpu "$CPU_MODEL" --argjson cpus "$CPUS" --arg aes "$AES" --arg kernel "$(uname -r)" \
   --arg node "$V_NODE" --arg nodelink "$V_NL" --arg openvpn "$V_OVPN" --arg wgv "$V_WG" --arg iperf "$V_IPERF" \
   --arg cc "$(sysctl -n net.ipv4.tcp_congestion_control)" \
-  --argjson rounds "$ROUNDS" --argjson duration "$DURATION" --argjson pings "$PINGS" --arg interval "$PING_INTERVAL" '
+  --argjson rounds "$ROUNDS" --argjson duration "$DURATION" --argjson pings "$PINGS" --arg interval "$PING_INTERVAL" \
+  --argjson throughput "$THROUGHPUT" '
   def rows($s): $s | split("\n") | map(select(length > 0) | split("\t"));
   def median: map(select(. != null)) | sort
     | if length == 0 then null elif length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
@@ -431,6 +441,7 @@ jq -n --rawfile raw "$RAW" --rawfile infos "$INFO" --rawfile skips "$SKIP" \
     machine: {cpu: $cpu, cpus: $cpus, aes: ($aes == "yes"), kernel: $kernel, node: $node, nodelink: $nodelink,
               openvpn: $openvpn, wireguard_go: $wgv, iperf3: $iperf, tcp_congestion_control: $cc},
     params: {rounds: $rounds, duration_s: $duration, pings: $pings, ping_interval_s: ($interval | tonumber),
+             throughput_measured: ($throughput == 1),
              iperf3: "one TCP stream; cp_to_node = client in cp sends, node_to_cp = -R",
              rtt_ms: "median of the idle ping replies of a round (rtt_avg_ms, rtt_min_ms: ping summary)",
              cpu_s_per_gb: "utime+stime of the tunnel processes at both ends / GB received (1e9 bytes)",
