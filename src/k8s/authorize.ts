@@ -2,6 +2,7 @@ import { AuthError } from '../auth/index.js';
 import type { Prefix } from '../routing/index.js';
 import type { NodeSource } from './api.js';
 import { KubernetesError } from './errors.js';
+import { ApiCallLimit } from './limit.js';
 import { routesFromNode, routesOutsideNode, type NodeLike } from './node-routes.js';
 
 /**
@@ -31,15 +32,19 @@ const MAX_CACHED = 16_384;
  */
 export class CachedNodeReader {
   private readonly cache = new Map<string, { at: number; node: Promise<NodeLike> }>();
-  private readonly waiting: Array<() => void> = [];
-  private active = 0;
   private readonly limits: NodeCheckLimits;
+  private readonly limit: ApiCallLimit;
 
   constructor(
     private readonly source: NodeSource,
     limits: Partial<NodeCheckLimits> = {},
   ) {
     this.limits = { ...NODE_CHECK_LIMITS, ...limits };
+    this.limit = new ApiCallLimit(
+      this.limits.maxConcurrent,
+      this.limits.maxWaiting,
+      (waiting) => `${waiting} Node reads are already waiting for the API server: the node retries`,
+    );
   }
 
   getNode(name: string, notBefore = 0): Promise<NodeLike> {
@@ -47,35 +52,13 @@ export class CachedNodeReader {
     const hit = this.cache.get(name);
     if (hit && now - hit.at < this.limits.cacheMs && hit.at >= notBefore) return hit.node;
     if (this.cache.size >= MAX_CACHED) this.cache.clear();
-    const entry = { at: now, node: this.limited(name) };
+    const entry = { at: now, node: this.limit.run(() => this.source.getNode(name)) };
     this.cache.set(name, entry);
     entry.node.catch((err: unknown) => {
       const absent = err instanceof KubernetesError && err.code === 'k8s_not_found';
       if (!absent && this.cache.get(name) === entry) this.cache.delete(name);
     });
     return entry.node;
-  }
-
-  private async limited(name: string): Promise<NodeLike> {
-    if (this.active < this.limits.maxConcurrent) {
-      this.active++;
-    } else {
-      if (this.waiting.length >= this.limits.maxWaiting) {
-        throw new KubernetesError(
-          'k8s_busy',
-          `${this.waiting.length} Node reads are already waiting for the API server: the node retries`,
-        );
-      }
-      // A finishing read hands its slot over directly, so `active` never passes the limit.
-      await new Promise<void>((resolve) => this.waiting.push(resolve));
-    }
-    try {
-      return await this.source.getNode(name);
-    } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.active--;
-    }
   }
 }
 

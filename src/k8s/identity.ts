@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto';
 import { AuthError } from '../auth/errors.js';
 import { MAX_HELLO_TOKEN_BYTES } from '../auth/hello.js';
 import { KubernetesError } from './errors.js';
+import { ApiCallLimit } from './limit.js';
 
 /** The parts of a TokenReview status (authentication.k8s.io/v1) that decide a node's identity. */
 export interface TokenReviewStatus {
@@ -72,13 +73,10 @@ type Cached = { identity: NodeIdentity } | { refusal: AuthError; until: number }
 export class NodeIdentityVerifier {
   private readonly cache = new Map<string, Cached>();
   private readonly inFlight = new Map<string, Promise<NodeIdentity>>();
-  private readonly line: Array<() => void> = [];
-  private running = 0;
+  private readonly limit: ApiCallLimit;
   private readonly now: () => number;
   private readonly namespace: string;
   private readonly accountName: string;
-  /** Counters for status and tests: reviews asked of the API, answers served from the cache. */
-  readonly counts = { reviews: 0, cacheHits: 0, refused: 0, unavailable: 0 };
 
   constructor(
     private readonly api: IdentityApi,
@@ -94,6 +92,11 @@ export class NodeIdentityVerifier {
     }
     this.namespace = namespace;
     this.accountName = name;
+    this.limit = new ApiCallLimit(
+      options.maxConcurrent ?? 16,
+      options.maxWaiting ?? 4096,
+      () => 'too many token reviews waiting for kube-apiserver: retrying',
+    );
   }
 
   /**
@@ -108,34 +111,27 @@ export class NodeIdentityVerifier {
     const cached = this.cache.get(key);
     const now = this.now();
     if (cached) {
-      if ('identity' in cached && cached.identity.validUntil > now) {
-        this.counts.cacheHits++;
-        return cached.identity;
-      }
-      if ('refusal' in cached && cached.until > now) {
-        this.counts.cacheHits++;
-        throw cached.refusal;
-      }
+      if ('identity' in cached && cached.identity.validUntil > now) return cached.identity;
+      if ('refusal' in cached && cached.until > now) throw cached.refusal;
       this.cache.delete(key);
     }
     // Many connections of one node during a storm share one review.
     const pending = this.inFlight.get(key);
     if (pending) return pending;
-    const review = this.withSlot(() => this.review(token)).then(
-      (identity) => {
-        this.remember(key, { identity });
-        return identity;
-      },
-      (err: unknown) => {
-        if (err instanceof AuthError) {
-          this.counts.refused++;
-          this.remember(key, { refusal: err, until: this.now() + (this.options.refusalCacheMs ?? 10_000) });
-        } else {
-          this.counts.unavailable++;
-        }
-        throw err;
-      },
-    );
+    const review = this.limit
+      .run(() => this.review(token))
+      .then(
+        (identity) => {
+          this.remember(key, { identity });
+          return identity;
+        },
+        (err: unknown) => {
+          if (err instanceof AuthError) {
+            this.remember(key, { refusal: err, until: this.now() + (this.options.refusalCacheMs ?? 10_000) });
+          }
+          throw err;
+        },
+      );
     this.inFlight.set(key, review);
     return review.finally(() => this.inFlight.delete(key));
   }
@@ -156,26 +152,8 @@ export class NodeIdentityVerifier {
     this.cache.set(key, entry);
   }
 
-  private async withSlot<T>(work: () => Promise<T>): Promise<T> {
-    const maxConcurrent = this.options.maxConcurrent ?? 16;
-    if (this.running >= maxConcurrent) {
-      if (this.line.length >= (this.options.maxWaiting ?? 4096)) {
-        throw new KubernetesError('k8s_busy', 'too many token reviews waiting for kube-apiserver: retrying');
-      }
-      await new Promise<void>((resolve) => this.line.push(resolve));
-    }
-    this.running++;
-    try {
-      return await work();
-    } finally {
-      this.running--;
-      this.line.shift()?.();
-    }
-  }
-
   private async review(token: string): Promise<NodeIdentity> {
     const { audience } = this.options;
-    this.counts.reviews++;
     const status = await this.api.reviewToken(token, [audience]);
     if (!status.authenticated) {
       throw new AuthError(
