@@ -1,7 +1,33 @@
 // Drives a kube-apiserver stand-in process (scripts/kube-standin.ts) over its control socket,
 // which works from any network namespace because it is a unix socket in the filesystem.
 import { request } from 'node:http';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Harness, ManagedProcess } from './harness/index.js';
 import type { MintOptions, StandinNode, StandinPod } from './kube-standin.js';
+
+const STANDIN = path.join(path.dirname(fileURLToPath(import.meta.url)), 'kube-standin.js');
+
+/** The stand-in as a process in the harness's control-plane namespace, where the server runs. */
+export interface RunningStandin {
+  readonly process: ManagedProcess;
+  readonly control: StandinControl;
+  /** A kubeconfig for the server, in the harness's directory. */
+  readonly kubeconfig: string;
+}
+
+/** Starts the stand-in on 127.0.0.1:6443 of the control-plane namespace and waits until it answers. */
+export async function startKubeStandin(h: Harness): Promise<RunningStandin> {
+  const socket = path.join(h.dir, 'kube-standin.sock');
+  const kubeconfig = path.join(h.dir, 'kubeconfig.json');
+  const proc = h.spawn(
+    h.ns.cp,
+    [process.execPath, STANDIN, '--listen', '127.0.0.1:6443', '--control', socket, '--kubeconfig', kubeconfig],
+    { name: 'kube-standin' },
+  );
+  await proc.waitForOutput('kube-standin ready', 20_000);
+  return { process: proc, control: new StandinControl(socket), kubeconfig };
+}
 
 export class StandinControl {
   constructor(readonly socketPath: string) {}

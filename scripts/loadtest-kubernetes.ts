@@ -3,12 +3,8 @@
 // per generated node, and mints each pod's token; the server runs with --node-auth kubernetes, so
 // every handshake of the reconnect storm costs a TokenReview (the server's cache does not survive
 // its restart).
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import type { Harness, ManagedProcess } from './harness/index.js';
-import { StandinControl } from './kube-standin-control.js';
-
-const STANDIN = path.join(path.dirname(fileURLToPath(import.meta.url)), 'kube-standin.js');
+import type { Harness } from './harness/index.js';
+import { startKubeStandin } from './kube-standin-control.js';
 const NAMESPACE = 'kube-system';
 const SERVICE_ACCOUNT = 'nodelink-client';
 
@@ -27,15 +23,7 @@ export async function kubernetesLoad(
   names: readonly string[],
   address: (i: number) => string,
 ): Promise<KubernetesLoad> {
-  const socket = path.join(h.dir, 'kube-standin.sock');
-  const kubeconfig = path.join(h.dir, 'kubeconfig.json');
-  const standin: ManagedProcess = h.spawn(
-    h.ns.cp,
-    [process.execPath, STANDIN, '--listen', '127.0.0.1:6443', '--control', socket, '--kubeconfig', kubeconfig],
-    { name: 'kube-standin' },
-  );
-  await standin.waitForOutput('kube-standin ready', 20_000);
-  const control = new StandinControl(socket);
+  const { process: standin, control, kubeconfig } = await startKubeStandin(h);
   const tokens = await control.bulk({
     nodes: names.map((name, i) => ({ name, internalIPs: [address(i)], podCIDRs: [] })),
     pods: names.map((name) => ({ namespace: NAMESPACE, name: `client-${name}`, nodeName: name })),

@@ -5,15 +5,13 @@
 import { expect } from 'chai';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CLI } from '../../scripts/cluster.js';
 import type { ManagedProcess } from '../../scripts/harness/index.js';
-import { StandinControl } from '../../scripts/kube-standin-control.js';
+import { startKubeStandin, type StandinControl } from '../../scripts/kube-standin-control.js';
 import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
 import { waitFor } from '../support/wait.js';
 
-const STANDIN = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'kube-standin.js');
 const NS = 'nodelink';
 const SA = 'nodelink-client';
 
@@ -85,15 +83,7 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
 
   before(async function () {
     if (!rig.h) return;
-    const socket = path.join(rig.h.dir, 'kube-standin.sock');
-    kubeconfig = path.join(rig.h.dir, 'kubeconfig.json');
-    standin = rig.h.spawn(
-      rig.h.ns.cp,
-      [process.execPath, STANDIN, '--listen', '127.0.0.1:6443', '--control', socket, '--kubeconfig', kubeconfig],
-      { name: 'kube-standin' },
-    );
-    await standin.waitForOutput('kube-standin ready', 15_000);
-    control = new StandinControl(socket);
+    ({ process: standin, control, kubeconfig } = await startKubeStandin(rig.h));
     await addNode(1);
     await addNode(2);
     server = rig.h.spawn(
