@@ -1,5 +1,5 @@
-import { execFile, execFileSync } from 'node:child_process';
-import { TunError } from './errors.js';
+import { execFileSync } from 'node:child_process';
+import { runTool } from './exec.js';
 
 /**
  * Kernel addresses and routes go through iproute2, the tool operators use to inspect them,
@@ -7,16 +7,7 @@ import { TunError } from './errors.js';
  * never per packet.
  */
 export function ip(args: readonly string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile('ip', args, { timeout: 10_000 }, (err, stdout, stderr) => {
-      if (err) {
-        const detail = (stderr || err.message).trim().split('\n')[0];
-        reject(new TunError('iproute2', `ip ${args.join(' ')} failed: ${detail}`));
-      } else {
-        resolve(stdout);
-      }
-    });
-  });
+  return runTool('ip', args, { code: 'iproute2', timeoutMs: 10_000 });
 }
 
 /**
@@ -70,15 +61,10 @@ export function ipSync(args: readonly string[]): void {
 }
 
 /** Runs many `ip` commands in one process (`ip -batch`), for route sets of many peers. */
-export function ipBatch(commands: readonly string[]): Promise<void> {
-  if (commands.length === 0) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const child = execFile('ip', ['-force', '-batch', '-'], { timeout: 30_000 }, (err, _stdout, stderr) => {
-      if (err) reject(new TunError('iproute2', `ip -batch failed: ${(stderr || err.message).trim().split('\n')[0]}`));
-      else resolve();
-    });
-    child.stdin?.end(commands.join('\n') + '\n');
-  });
+export async function ipBatch(commands: readonly string[]): Promise<void> {
+  if (commands.length === 0) return;
+  const input = commands.join('\n') + '\n';
+  await runTool('ip', ['-force', '-batch', '-'], { code: 'iproute2', label: 'ip -batch', timeoutMs: 30_000, input });
 }
 
 export type ExistingLink = 'none' | 'tun-in-use' | 'tun-persistent' | 'other';

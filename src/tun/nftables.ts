@@ -1,5 +1,5 @@
-import { execFile } from 'node:child_process';
 import { TunError } from './errors.js';
+import { runTool } from './exec.js';
 
 /**
  * nftables through the `nft` tool, as operators inspect it (`nft list table inet nodelink_nl0`).
@@ -14,24 +14,12 @@ export const NFT_MISSING = 'nft_missing';
  * a TunError whose code is NFT_MISSING when the binary is absent, 'nftables' otherwise.
  */
 export function nft(args: readonly string[], input?: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      'nft',
-      args,
-      { timeout: 10_000, maxBuffer: 64 * 1024 * 1024 },
-      (err: (Error & { code?: unknown }) | null, stdout, stderr) => {
-        if (!err) {
-          resolve(stdout);
-        } else if (err.code === 'ENOENT') {
-          reject(new TunError(NFT_MISSING, 'nft is not installed'));
-        } else {
-          const detail = (stderr || err.message).trim().split('\n')[0];
-          reject(new TunError('nftables', `nft ${args.join(' ')} failed: ${detail}`));
-        }
-      },
-    );
-    child.stdin?.on('error', () => undefined); // nft may exit before reading all of it
-    child.stdin?.end(input ?? '');
+  return runTool('nft', args, {
+    code: 'nftables',
+    timeoutMs: 10_000,
+    maxBuffer: 64 * 1024 * 1024,
+    input: input ?? '',
+    missing: () => new TunError(NFT_MISSING, 'nft is not installed'),
   });
 }
 
