@@ -16,7 +16,9 @@ import {
   runChecks,
   skip,
   type CheckDefinition,
+  type DiagnoseReport,
   type Outcome,
+  type Side,
 } from '../../src/cli/diagnose/checks.js';
 import { NODE_CHECKS, nodeContext, type NodeInput } from '../../src/cli/diagnose/node.js';
 import { controlPlaneChecks } from '../../src/cli/diagnose/control-plane.js';
@@ -24,12 +26,12 @@ import { Rigs, TUNNEL_CIDRS, newPair, registryOf } from '../support/link-rig.js'
 import { waitFor } from '../support/wait.js';
 import { caSignedEcdsaCertificate, type CaSignedCertificate } from '../support/certificates.js';
 import { idlePeerStatus } from '../support/status.js';
+import { CONTROL_PLANE_CHECKS_WITH_NODE_1 } from '../support/diagnose.js';
+
+type FakeRow = { id: string; after?: string[]; outcome: Outcome | (() => never) };
 
 /** A table of fake checks: each returns its scripted outcome and records that it ran. */
-function fakeTable(
-  rows: Array<{ id: string; after?: string[]; outcome: Outcome | (() => never) }>,
-  ran: string[],
-): CheckDefinition<null>[] {
+function fakeTable(rows: FakeRow[], ran: string[]): CheckDefinition<null>[] {
   return rows.map((row) => ({
     id: row.id,
     title: `title of ${row.id}`,
@@ -41,22 +43,21 @@ function fakeTable(
   }));
 }
 
+/** Runs a table of fake checks: the report, and the ids of the checks that ran, in order. */
+async function runFakeTable(side: Side, rows: FakeRow[]): Promise<{ report: DiagnoseReport; ran: string[] }> {
+  const ran: string[] = [];
+  const report = await runChecks(side, fakeTable(rows, ran), null);
+  return { report, ran };
+}
+
 describe('diagnose', function () {
   describe('check runner', function () {
     it('runs checks in table order and counts failures', async function () {
-      const ran: string[] = [];
-      const report = await runChecks(
-        'node',
-        fakeTable(
-          [
-            { id: 'a', outcome: pass('fine') },
-            { id: 'b', outcome: fail('broken', 'mend it') },
-            { id: 'c', outcome: skip('not here') },
-          ],
-          ran,
-        ),
-        null,
-      );
+      const { report, ran } = await runFakeTable('node', [
+        { id: 'a', outcome: pass('fine') },
+        { id: 'b', outcome: fail('broken', 'mend it') },
+        { id: 'c', outcome: skip('not here') },
+      ]);
       expect(ran).to.deep.equal(['a', 'b', 'c']);
       expect(report).to.deep.equal({
         side: 'node',
@@ -71,21 +72,13 @@ describe('diagnose', function () {
     });
 
     it('skips, without running, every check after a failed one, naming the failed check', async function () {
-      const ran: string[] = [];
-      const report = await runChecks(
-        'node',
-        fakeTable(
-          [
-            { id: 'tcp', outcome: pass('port answered') },
-            { id: 'tls', after: ['tcp'], outcome: fail('no handshake', 'fix TLS') },
-            { id: 'trust', after: ['tls'], outcome: pass('should not run') },
-            { id: 'hello', after: ['trust', 'tcp'], outcome: pass('should not run') },
-            { id: 'tun', outcome: pass('up') },
-          ],
-          ran,
-        ),
-        null,
-      );
+      const { report, ran } = await runFakeTable('node', [
+        { id: 'tcp', outcome: pass('port answered') },
+        { id: 'tls', after: ['tcp'], outcome: fail('no handshake', 'fix TLS') },
+        { id: 'trust', after: ['tls'], outcome: pass('should not run') },
+        { id: 'hello', after: ['trust', 'tcp'], outcome: pass('should not run') },
+        { id: 'tun', outcome: pass('up') },
+      ]);
       expect(ran).to.deep.equal(['tcp', 'tls', 'tun']);
       const detail = (id: string): string => report.checks.find((check) => check.id === id)!.detail;
       expect(detail('trust')).to.equal('skipped: title of tls failed');
@@ -95,40 +88,25 @@ describe('diagnose', function () {
     });
 
     it("passes a skipped check's own reason on to the checks after it", async function () {
-      const ran: string[] = [];
-      const report = await runChecks(
-        'control-plane',
-        fakeTable(
-          [
-            { id: 'routes', outcome: skip('tunnel CIDRs unknown') },
-            { id: 'ping', after: ['routes'], outcome: fail('no reply', 'x') },
-          ],
-          ran,
-        ),
-        null,
-      );
+      const { report, ran } = await runFakeTable('control-plane', [
+        { id: 'routes', outcome: skip('tunnel CIDRs unknown') },
+        { id: 'ping', after: ['routes'], outcome: fail('no reply', 'x') },
+      ]);
       expect(ran).to.deep.equal(['routes']);
       expect(report.checks[1]).to.deep.include({ status: 'skip', detail: 'skipped: tunnel CIDRs unknown' });
       expect(report.ok).to.equal(true);
     });
 
     it('turns a check that throws into a failure and skips its dependents', async function () {
-      const report = await runChecks(
-        'node',
-        fakeTable(
-          [
-            {
-              id: 'broken',
-              outcome: () => {
-                throw new Error('boom');
-              },
-            },
-            { id: 'next', after: ['broken'], outcome: pass('never') },
-          ],
-          [],
-        ),
-        null,
-      );
+      const { report } = await runFakeTable('node', [
+        {
+          id: 'broken',
+          outcome: () => {
+            throw new Error('boom');
+          },
+        },
+        { id: 'next', after: ['broken'], outcome: pass('never') },
+      ]);
       expect(report.checks[0]).to.deep.include({
         status: 'fail',
         detail: 'the check itself failed: unexpected error: boom',
@@ -150,18 +128,11 @@ describe('diagnose', function () {
     });
 
     it('prints one line per check, the fix under a failure, and the first failure last', async function () {
-      const report = await runChecks(
-        'node',
-        fakeTable(
-          [
-            { id: 'a', outcome: pass('fine') },
-            { id: 'b', outcome: fail('broken', 'mend it') },
-            { id: 'c', after: ['b'], outcome: pass('never') },
-          ],
-          [],
-        ),
-        null,
-      );
+      const { report } = await runFakeTable('node', [
+        { id: 'a', outcome: pass('fine') },
+        { id: 'b', outcome: fail('broken', 'mend it') },
+        { id: 'c', after: ['b'], outcome: pass('never') },
+      ]);
       expect(formatReport(report, 'heading').split('\n')).to.deep.equal([
         'heading',
         '',
@@ -198,14 +169,7 @@ describe('diagnose', function () {
       const cp = controlPlaneChecks({ daemon: { socket: 's', status }, kubeletPort: 1, timeoutMs: 1 });
       expect(() => assertTable(cp)).to.not.throw();
       expect(cp.map((check) => check.id)).to.deep.equal([
-        'server',
-        'listening',
-        'tun',
-        'flow_filter',
-        'peer:node-1:connected',
-        'peer:node-1:routes',
-        'peer:node-1:node_ip',
-        'peer:node-1:pod:198.19.1.0/24',
+        ...CONTROL_PLANE_CHECKS_WITH_NODE_1,
         'apiserver',
         'apiserver:kubelet-preferred-address-types',
         'apiserver:enable-aggregator-routing',
