@@ -14,9 +14,31 @@ import type { Check, DiagnoseReport } from '../../src/cli/diagnose.js';
 import { caSignedEcdsaCertificate } from '../support/certificates.js';
 import { serverRouteCommand } from '../../src/tun/index.js';
 import { clusterRig } from '../support/cluster-rig.js';
+import { CONTROL_PLANE_CHECKS_WITH_NODE_1 } from '../support/diagnose.js';
 
 const failed = (report: DiagnoseReport): Check[] => report.checks.filter((check) => check.status === 'fail');
 const check = (report: DiagnoseReport, id: string): Check => report.checks.find((c) => c.id === id)!;
+
+/** Runs `diagnose --json` in `ns` against the daemon on `socket`, `args` added; its exit code and report. */
+async function diagnoseJson(
+  ns: string,
+  socket: string,
+  args: readonly string[] = [],
+): Promise<{ code: number; report: DiagnoseReport }> {
+  const result = await runCli(['diagnose', '--admin-socket', socket, '--timeout-ms', '1500', '--json', ...args], {
+    ns,
+    timeoutMs: 30_000,
+  });
+  expect(result.stdout, `exit ${result.code}: ${result.stderr}`).to.match(/^\{/);
+  return { code: result.code, report: JSON.parse(result.stdout) as DiagnoseReport };
+}
+
+/** Diagnose passed: no check failed, it exited 0, and its report holds at least the checks `ids`. */
+function expectAllPassed(result: { code: number; report: DiagnoseReport }, ids?: readonly string[]): void {
+  expect(failed(result.report), JSON.stringify(failed(result.report))).to.deep.equal([]);
+  expect(result.code).to.equal(0);
+  if (ids) expect(result.report.checks.map((c) => c.id)).to.include.members(ids);
+}
 
 describe('nodelink diagnose in namespaces (real CLI)', function () {
   this.timeout(60_000);
@@ -58,21 +80,14 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
   }
 
   async function onControlPlane(): Promise<{ code: number; report: DiagnoseReport }> {
-    const result = await runCli(
-      ['diagnose', '--side', 'control-plane', '--admin-socket', C().serverSocket, '--timeout-ms', '1500', '--json'],
-      { ns: H().ns.cp, timeoutMs: 30_000 },
-    );
-    expect(result.stdout, `exit ${result.code}: ${result.stderr}`).to.match(/^\{/);
-    return { code: result.code, report: JSON.parse(result.stdout) as DiagnoseReport };
+    return diagnoseJson(H().ns.cp, C().serverSocket, ['--side', 'control-plane']);
   }
 
   it('passes every check on a healthy node and control plane', async function () {
     // Traffic the control plane opened, which is what the node side sees of the path.
     expect((await H().curl(H().ns.cp, H().kubeletURL(1), { timeoutS: 5 })).ok).to.equal(true);
     const node = await onNode();
-    expect(failed(node.report), JSON.stringify(failed(node.report))).to.deep.equal([]);
-    expect(node.code).to.equal(0);
-    expect(node.report.checks.map((check) => check.id)).to.include.members([
+    expectAllPassed(node, [
       'key_file',
       'dns',
       'tcp',
@@ -93,19 +108,8 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
     expect(check(node.report, 'tunnel_ping')).to.include({ status: 'pass' });
     expect(check(node.report, 'tunnel_ping').detail).to.match(/packets from the control plane arrived/);
     const cp = await onControlPlane();
-    expect(failed(cp.report), JSON.stringify(failed(cp.report))).to.deep.equal([]);
+    expectAllPassed(cp, CONTROL_PLANE_CHECKS_WITH_NODE_1);
     expect(check(cp.report, 'flow_filter').detail).to.match(/^on: table inet nodelink_nl0 drops what nodes open/);
-    expect(cp.code).to.equal(0);
-    expect(cp.report.checks.map((check) => check.id)).to.include.members([
-      'server',
-      'listening',
-      'tun',
-      'flow_filter',
-      'peer:node-1:connected',
-      'peer:node-1:routes',
-      'peer:node-1:node_ip',
-      'peer:node-1:pod:198.19.1.0/24',
-    ]);
     const text = await onNode({}, false);
     expect(text.stdout)
       .to.match(/✓ TLS 1\.3 handshake/)
@@ -186,16 +190,9 @@ describe('nodelink diagnose in namespaces (real CLI)', function () {
   });
 
   it("without --side, asks the daemon on --admin-socket for its role: the server's gets the control-plane checks", async function () {
-    const result = await runCli(['diagnose', '--admin-socket', C().serverSocket, '--timeout-ms', '1500', '--json'], {
-      ns: H().ns.cp,
-      timeoutMs: 30_000,
-    });
-    expect(result.stdout, `exit ${result.code}: ${result.stderr}`).to.match(/^\{/);
-    const report = JSON.parse(result.stdout) as DiagnoseReport;
-    expect(report.side).to.equal('control-plane');
-    expect(failed(report), JSON.stringify(failed(report))).to.deep.equal([]);
-    expect(report.checks.map((c) => c.id)).to.include.members(['server', 'listening', 'peer:node-1:connected']);
-    expect(result.code).to.equal(0);
+    const result = await diagnoseJson(H().ns.cp, C().serverSocket);
+    expect(result.report.side).to.equal('control-plane');
+    expectAllPassed(result, ['server', 'listening', 'peer:node-1:connected']);
 
     const nobody = path.join(H().dir, 'nobody.sock');
     const none = await runCli(['diagnose', '--admin-socket', nobody], { ns: H().ns.cp, timeoutMs: 30_000 });
@@ -298,19 +295,14 @@ describe('nodelink diagnose against a CA-signed server certificate whose key is 
 
   async function diagnose(args: string[]): Promise<{ code: number; report: DiagnoseReport }> {
     const { h, cluster } = rig;
-    const result = await runCli(
-      ['diagnose', '--admin-socket', cluster.clientSocket(1), '--timeout-ms', '1500', '--json', ...args],
-      { ns: h.ns.node(1), timeoutMs: 30_000 },
-    );
-    expect(result.stdout, `exit ${result.code}: ${result.stderr}`).to.match(/^\{/);
-    return { code: result.code, report: JSON.parse(result.stdout) as DiagnoseReport };
+    return diagnoseJson(h.ns.node(1), cluster.clientSocket(1), args);
   }
 
   it("with the client's --ca and --server-name, the TLS and trust checks pass", async function () {
-    const { code, report } = await diagnose([...caFlags(), '--key', rig.cluster.nodeKeys.get(1)!.keyFile]);
+    const result = await diagnose([...caFlags(), '--key', rig.cluster.nodeKeys.get(1)!.keyFile]);
+    const { report } = result;
     expect(report.side).to.equal('node');
-    expect(failed(report), JSON.stringify(failed(report))).to.deep.equal([]);
-    expect(code).to.equal(0);
+    expectAllPassed(result);
     expect(check(report, 'tls').status).to.equal('pass');
     expect(check(report, 'server_key')).to.deep.include({ status: 'pass' });
     expect(check(report, 'server_key').detail).to.match(
