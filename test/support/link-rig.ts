@@ -2,6 +2,7 @@
 // hand-driven TLS connection that speaks the wire protocol itself (the attacker's view). No root,
 // no TUN device.
 
+import { expect } from 'chai';
 import { once } from 'node:events';
 import {
   createServer as createTcpServer,
@@ -15,14 +16,16 @@ import { pino } from 'pino';
 import {
   EXPORTER_BYTES,
   EXPORTER_LABEL,
+  encodeHello,
   encodeKey,
   generateSeed,
   keyPairFromSeed,
   parsePeers,
+  type HelloBody,
   type KeyPair,
   type PeerRegistry,
 } from '../../src/auth/index.js';
-import { FrameDecoder, FrameType } from '../../src/protocol/index.js';
+import { FrameDecoder, FrameType, decodeCodePayload, encodeFrame } from '../../src/protocol/index.js';
 import { Prefix } from '../../src/routing/index.js';
 import { LinkServer, type ServerCertificate } from '../../src/link-server/index.js';
 import type { AdmissionLimits } from '../../src/link-server/admission.js';
@@ -348,5 +351,20 @@ export class RawSession {
 
   frame(type: FrameType): { type: FrameType; payload: Buffer } | undefined {
     return this.frames.find((f) => f.type === type);
+  }
+
+  /**
+   * Sends a hello signed by `pair` and bound to `exporter`: this session's own, or another
+   * session's to replay a hello captured there.
+   */
+  hello(pair: KeyPair, body: HelloBody, exporter: Buffer = this.exporter): void {
+    this.socket.write(encodeFrame(FrameType.Hello, encodeHello(pair, exporter, body)));
+  }
+
+  /** The code and reason of the first Close or Reject frame; fails the test when none came. */
+  codeOf(type: FrameType.Close | FrameType.Reject): { code: number; reason: string } {
+    const frame = this.frame(type);
+    expect(frame, `a ${FrameType[type]} frame`).to.not.equal(undefined);
+    return decodeCodePayload(frame!.payload);
   }
 }

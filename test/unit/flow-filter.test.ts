@@ -3,7 +3,7 @@
 // (what the table actually drops) is tested in namespaces: test/netns/node-initiated.test.ts.
 
 import { expect } from 'chai';
-import { encodeHello, encodeKey, type KeyPair, type PeerRegistry } from '../../src/auth/index.js';
+import { encodeKey, type KeyPair, type PeerRegistry } from '../../src/auth/index.js';
 import { LinkMetrics, type DaemonStatus, type PeerStatus } from '../../src/admin/index.js';
 import { runChecks } from '../../src/cli/diagnose/checks.js';
 import { controlPlaneChecks } from '../../src/cli/diagnose/control-plane.js';
@@ -135,7 +135,7 @@ describe('flow filter: the server drops a forged ICMP error about another node',
 
   async function compromised(port: number, pair: KeyPair, routes: string[]) {
     const raw = await rigs.raw(port);
-    raw.socket.write(encodeFrame(FrameType.Hello, encodeHello(pair, raw.exporter, { name: 'node-a', routes })));
+    raw.hello(pair, { name: 'node-a', routes });
     await waitFor('welcome', () => raw.frame(FrameType.Welcome) !== undefined);
     return raw;
   }

@@ -349,13 +349,10 @@ describe('link over FakeTun and loopback TLS', function () {
     const second = await rigs.raw(server.port);
     expect(first.exporter.equals(second.exporter)).to.equal(false);
     // Signed with node-a's real key, for the first session; presented in the second.
-    const replayed = encodeHello(pairA, first.exporter, { name: 'node-a', routes: NODE_A_ROUTES });
     const endpointBefore = server.peer('node-a').endpoint;
-    second.socket.write(encodeFrame(FrameType.Hello, replayed));
+    second.hello(pairA, { name: 'node-a', routes: NODE_A_ROUTES }, first.exporter);
     await waitFor('the server to reject and close', () => second.closed);
-    const reject = second.frame(FrameType.Reject);
-    expect(reject, 'a Reject frame').to.not.equal(undefined);
-    const { code, reason } = decodeCodePayload(reject!.payload);
+    const { code, reason } = second.codeOf(FrameType.Reject);
     expect(code).to.equal(CloseCode.AuthFailed);
     expect(reason).to.match(/replayed|forged/);
     expect(second.frame(FrameType.Welcome)).to.equal(undefined);
@@ -369,9 +366,7 @@ describe('link over FakeTun and loopback TLS', function () {
     writeHeader(header, 0, FrameType.Hello, 100_000);
     session.socket.write(header);
     await waitFor('the server to close', () => session.closed);
-    const close = session.frame(FrameType.Close);
-    expect(close).to.not.equal(undefined);
-    const { code, reason } = decodeCodePayload(close!.payload);
+    const { code, reason } = session.codeOf(FrameType.Close);
     expect(code).to.equal(CloseCode.ProtocolError);
     expect(reason).to.include('100000');
   });
@@ -381,9 +376,7 @@ describe('link over FakeTun and loopback TLS', function () {
     const started = Date.now();
     await waitFor('the server to close', () => session.closed, 3500);
     expect(Date.now() - started).to.be.at.least(1500);
-    const close = session.frame(FrameType.Close);
-    expect(close).to.not.equal(undefined);
-    expect(decodeCodePayload(close!.payload).code).to.equal(CloseCode.Timeout);
+    expect(session.codeOf(FrameType.Close).code).to.equal(CloseCode.Timeout);
   });
 
   it("a second connection with node-a's key replaces the first, and routes keep working", async function () {
@@ -397,9 +390,7 @@ describe('link over FakeTun and loopback TLS', function () {
 
     // A second connection with node-a's identity (as after a node reboot with a half-open old stream).
     const second = await rigs.raw(server.port);
-    second.socket.write(
-      encodeFrame(FrameType.Hello, encodeHello(pairA, second.exporter, { name: 'node-a', routes: NODE_A_ROUTES })),
-    );
+    second.hello(pairA, { name: 'node-a', routes: NODE_A_ROUTES });
     await waitFor('a Welcome on the second connection', () => second.frame(FrameType.Welcome) !== undefined);
     const welcome = decodeWelcome(second.frame(FrameType.Welcome)!.payload);
     expect(welcome.tunnelCidrs).to.deep.equal(TUNNEL_CIDRS.map(String));
@@ -407,9 +398,7 @@ describe('link over FakeTun and loopback TLS', function () {
     // The first (the LinkClient's) was closed with 'replaced'; the client then redials (backoff
     // 50 ms) and, being the newest, replaces the hand-made connection in turn.
     await waitFor('the hand-made connection to be replaced', () => second.closed);
-    const close = second.frame(FrameType.Close);
-    expect(close).to.not.equal(undefined);
-    const { code, reason } = decodeCodePayload(close!.payload);
+    const { code, reason } = second.codeOf(FrameType.Close);
     expect(code).to.equal(CloseCode.Replaced);
     expect(reason).to.include('replaced');
 

@@ -8,13 +8,12 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
-import { encodeHello, encodeKey, keysEqual, privateKeyObject, readKeyFile } from '../../src/auth/index.js';
+import { encodeKey, keysEqual, privateKeyObject, readKeyFile } from '../../src/auth/index.js';
 import {
   CloseCode,
   DEFAULT_MAX_HELLO_PAYLOAD,
   FrameType,
   HEADER_SIZE,
-  decodeCodePayload,
   encodeFrame,
   writeHeader,
 } from '../../src/protocol/index.js';
@@ -316,16 +315,12 @@ describe('security: the attacks of docs/security.md against server and client', 
       expect(one.socket.getEphemeralKeyInfo()).to.include({ name: 'X25519' });
       expect(one.exporter.equals(two.exporter)).to.equal(false);
       expect(one.exporter.equals(full.exporter)).to.equal(false);
-      two.socket.write(
-        encodeFrame(FrameType.Hello, encodeHello(pairA, one.exporter, { name: 'node-a', routes: A_ROUTES })),
-      );
+      two.hello(pairA, { name: 'node-a', routes: A_ROUTES }, one.exporter);
       await two.closedPromise;
-      const { code, reason } = decodeCodePayload(two.frame(FrameType.Reject)!.payload);
+      const { code, reason } = two.codeOf(FrameType.Reject);
       expect(code).to.equal(CloseCode.AuthFailed);
       expect(reason).to.match(/replayed or forged/);
-      one.socket.write(
-        encodeFrame(FrameType.Hello, encodeHello(pairA, one.exporter, { name: 'node-a', routes: A_ROUTES })),
-      );
+      one.hello(pairA, { name: 'node-a', routes: A_ROUTES });
       await waitFor('node-a over the resumed session', () => s.peer('node-a').connected);
     });
 
@@ -515,7 +510,7 @@ describe('security: the attacks of docs/security.md against server and client', 
       await session.closedPromise;
       const elapsed = Date.now() - started;
       expect(elapsed, 'closed at the deadline, not 400 ms after it').to.be.within(700, 1100);
-      expect(decodeCodePayload(session.frame(FrameType.Close)!.payload).code).to.equal(CloseCode.Timeout);
+      expect(session.codeOf(FrameType.Close).code).to.equal(CloseCode.Timeout);
     });
 
     it('a half-open TLS handshake (a few bytes of ClientHello, then silence) is cut at the deadline', async function () {
@@ -532,13 +527,13 @@ describe('security: the attacks of docs/security.md against server and client', 
       const exact = await rigs.raw(s.port);
       exact.socket.write(encodeFrame(FrameType.Hello, Buffer.alloc(DEFAULT_MAX_HELLO_PAYLOAD, 1)));
       await exact.closedPromise;
-      expect(decodeCodePayload(exact.frame(FrameType.Reject)!.payload).code).to.equal(CloseCode.AuthFailed);
+      expect(exact.codeOf(FrameType.Reject).code).to.equal(CloseCode.AuthFailed);
       const over = await rigs.raw(s.port);
       const header = Buffer.alloc(HEADER_SIZE);
       writeHeader(header, 0, FrameType.Hello, DEFAULT_MAX_HELLO_PAYLOAD + 1);
       over.socket.write(header); // no body: refused on the header alone
       await over.closedPromise;
-      const { code, reason } = decodeCodePayload(over.frame(FrameType.Close)!.payload);
+      const { code, reason } = over.codeOf(FrameType.Close);
       expect(code).to.equal(CloseCode.ProtocolError);
       expect(reason)
         .to.include(String(DEFAULT_MAX_HELLO_PAYLOAD + 1))
@@ -554,7 +549,7 @@ describe('security: the attacks of docs/security.md against server and client', 
       const other = await rigs.raw(s.port);
       other.socket.write(encodeFrame(FrameType.Welcome, Buffer.from('{}')));
       await other.closedPromise;
-      expect(decodeCodePayload(other.frame(FrameType.Close)!.payload).code).to.equal(CloseCode.ProtocolError);
+      expect(other.codeOf(FrameType.Close).code).to.equal(CloseCode.ProtocolError);
       expect(s.tun.written).to.deep.equal([]);
     });
 
@@ -562,11 +557,9 @@ describe('security: the attacks of docs/security.md against server and client', 
       const s = await rigs.server({ registry: registryAB, keyPair: serverPair });
       const first = await rigs.raw(s.port);
       const second = await rigs.raw(s.port);
-      second.socket.write(
-        encodeFrame(FrameType.Hello, encodeHello(pairA, first.exporter, { name: 'node-a', routes: A_ROUTES })),
-      );
+      second.hello(pairA, { name: 'node-a', routes: A_ROUTES }, first.exporter);
       await second.closedPromise;
-      const { code, reason } = decodeCodePayload(second.frame(FrameType.Reject)!.payload);
+      const { code, reason } = second.codeOf(FrameType.Reject);
       expect(code).to.equal(CloseCode.AuthFailed);
       expect(reason).to.match(/replayed or forged/);
       expect(s.peer('node-a').connected).to.equal(false);
@@ -589,16 +582,14 @@ describe('security: the attacks of docs/security.md against server and client', 
       })();
       await sleep(30);
       const second = await rigs.raw(s.port);
-      second.socket.write(
-        encodeFrame(FrameType.Hello, encodeHello(pairA, second.exporter, { name: 'node-a', routes: A_ROUTES })),
-      );
+      second.hello(pairA, { name: 'node-a', routes: A_ROUTES });
       // the LinkClient is replaced, redials after its backoff and replaces the hand-made one
       await second.closedPromise;
       await waitFor('node-a back', () => a.client.isAuthenticated && s.peer('node-a').connected);
       await sleep(30);
       pumping = false;
       await pump;
-      const { code, reason } = decodeCodePayload(second.frame(FrameType.Close)!.payload);
+      const { code, reason } = second.codeOf(FrameType.Close);
       expect(code).to.equal(CloseCode.Replaced);
       expect(reason).to.match(/replaced by a new connection from 127\.0\.0\.1:\d+/);
       expect(
@@ -704,9 +695,7 @@ describe('security: the attacks of docs/security.md against server and client', 
       await a.client.stop();
       await waitFor('node-a gone', () => !s.peer('node-a').connected);
       const evil = await rigs.raw(s.port);
-      evil.socket.write(
-        encodeFrame(FrameType.Hello, encodeHello(pairA, evil.exporter, { name: 'node-a', routes: A_ROUTES })),
-      );
+      evil.hello(pairA, { name: 'node-a', routes: A_ROUTES });
       await waitFor('welcome', () => evil.frame(FrameType.Welcome) !== undefined);
       for (const [, packet] of bad) evil.socket.write(encodeFrame(FrameType.Data, packet));
       await waitFor('node malformed', () => s.peer('node-a').dropsByReason['malformed'] === bad.length);
@@ -755,9 +744,7 @@ describe('security: the attacks of docs/security.md against server and client', 
       await a.client.stop();
       await waitFor('node-a gone', () => !s.peer('node-a').connected);
       const evil = await rigs.raw(s.port);
-      evil.socket.write(
-        encodeFrame(FrameType.Hello, encodeHello(pairA, evil.exporter, { name: 'node-a', routes: A_ROUTES })),
-      );
+      evil.hello(pairA, { name: 'node-a', routes: A_ROUTES });
       await waitFor('welcome', () => evil.frame(FrameType.Welcome) !== undefined);
       const spoofed = [
         ipv4('198.19.2.7', APISERVER),

@@ -4,7 +4,6 @@
 
 import { expect } from 'chai';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
-import { encodeHello } from '../../src/auth/index.js';
 import {
   CloseCode,
   FrameDecoder,
@@ -40,9 +39,7 @@ describe('session replacement storms', function () {
   /** A hand-made session of node-a: resolves once the server welcomed or refused it. */
   async function helloAsNodeA(port: number): Promise<RawSession> {
     const session = await rigs.raw(port);
-    session.socket.write(
-      encodeFrame(FrameType.Hello, encodeHello(pairA, session.exporter, { name: 'node-a', routes: A_ROUTES })),
-    );
+    session.hello(pairA, { name: 'node-a', routes: A_ROUTES });
     await waitFor(
       'a Welcome or a refusal',
       () => session.frames.some((f) => f.type !== FrameType.Ping && f.type !== FrameType.Data) || session.closed,
