@@ -9,8 +9,7 @@ import path from 'node:path';
 import type { Apiserver } from '../../scripts/harness/index.js';
 import { runCli } from '../../scripts/cluster.js';
 import { parseRoutes, routeTableFor, type KernelRoute } from '../../src/tun/index.js';
-import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
-import { waitFor } from '../support/wait.js';
+import { clusterRig, clusterServerFlags, killServer, leavesNothingBehind } from '../support/cluster-rig.js';
 
 const ROGUE = path.join(path.dirname(new URL(import.meta.url).pathname), 'rogue-server.js');
 const LEAK_TABLE = 'nodelink_leakwatch';
@@ -93,6 +92,37 @@ table inet ${LEAK_TABLE} {
     }
   };
 
+  /**
+   * `nodelink server` beside the running one, with the cluster's key and its own port, peers
+   * file, tunnel networks, TUN and admin socket; runs until it exits (these are refused at start).
+   */
+  const otherServer = (server: {
+    port: number;
+    peers: string;
+    tunnelCIDRs: string[];
+    tun: string;
+    socket: string;
+  }): ReturnType<typeof runCli> => {
+    const { h, cluster } = rig;
+    return runCli(
+      [
+        'server',
+        '--listen',
+        `${h.cpAddress}:${server.port}`,
+        '--key',
+        cluster.serverKey.keyFile,
+        '--peers',
+        server.peers,
+        ...server.tunnelCIDRs.flatMap((cidr) => ['--tunnel-cidr', cidr]),
+        '--tun',
+        server.tun,
+        '--admin-socket',
+        path.join(h.dir, server.socket),
+      ],
+      { ns: h.ns.cp },
+    );
+  };
+
   before(async function () {
     api = await rig.h.startApiserver();
     await watchLeaks();
@@ -108,7 +138,7 @@ table inet ${LEAK_TABLE} {
   });
 
   it('`server --init-routes` puts a backstop per allowedIP in place before any server runs, and prunes stale ones', async function () {
-    const { h, cluster } = rig;
+    const { h } = rig;
     // A backstop left by an earlier peers file: not authorized any more, so it goes.
     await h.exec(h.ns.cp, ['ip', 'route', 'add', 'unreachable', '198.19.99.0/24', 'proto', '78', 'table', `${table}`]);
     const result = await runCli(
@@ -119,12 +149,7 @@ table inet ${LEAK_TABLE} {
         h.serverEndpoint,
         '--key',
         path.join(h.dir, 'not-read.key'),
-        '--peers',
-        cluster.peersFile,
-        '--tunnel-cidr',
-        h.tunnelCIDR,
-        '--tunnel-cidr',
-        h.tunnelCIDR6,
+        ...clusterServerFlags(rig),
       ],
       { ns: h.ns.cp },
     );
@@ -154,15 +179,8 @@ table inet ${LEAK_TABLE} {
   });
 
   it('kill -9: the apiserver’s dials to nodes and pods fail in < 100 ms, and no packet leaves by the default route', async function () {
-    const { h, cluster } = rig;
     await watchLeaks();
-    cluster.server!.kill('SIGKILL');
-    await cluster.server!.exited;
-    await waitFor(
-      'nl0 gone with the killed server',
-      async () => (await h.exec(h.ns.cp, ['ip', 'link', 'show', 'nl0'], { allowFail: true })).code !== 0,
-      5000,
-    );
+    await killServer(rig);
     measured.length = 0;
     await failsFast();
     expect(await leaked(), 'packets for nodes on the default route').to.equal(0);
@@ -203,26 +221,13 @@ table inet ${LEAK_TABLE} {
   it('a second server with another TUN name can neither take over nor delete the first one’s routes', async function () {
     const { h, cluster } = rig;
     const before = listed(await ownRoutes());
-    const result = await runCli(
-      [
-        'server',
-        '--listen',
-        `${h.cpAddress}:8444`,
-        '--key',
-        cluster.serverKey.keyFile,
-        '--peers',
-        cluster.peersFile,
-        '--tunnel-cidr',
-        '198.18.254.0/24',
-        '--tunnel-cidr',
-        'fd00:18:fe::/64',
-        '--tun',
-        'nl1',
-        '--admin-socket',
-        path.join(h.dir, 'second.sock'),
-      ],
-      { ns: h.ns.cp },
-    );
+    const result = await otherServer({
+      port: 8444,
+      peers: cluster.peersFile,
+      tunnelCIDRs: ['198.18.254.0/24', 'fd00:18:fe::/64'],
+      tun: 'nl1',
+      socket: 'second.sock',
+    });
     expect(result.code).to.equal(1);
     expect(result.stderr.trim().split('\n')).to.have.length(1);
     expect(result.stderr).to.match(
@@ -243,24 +248,13 @@ table inet ${LEAK_TABLE} {
     const good = JSON.parse(readFileSync(cluster.peersFile, 'utf8')) as { peers: object[] };
     const bad = path.join(h.dir, 'peers-bad.json');
     writeFileSync(bad, JSON.stringify({ peers: [intruder] }));
-    const started = await runCli(
-      [
-        'server',
-        '--listen',
-        `${h.cpAddress}:8446`,
-        '--key',
-        cluster.serverKey.keyFile,
-        '--peers',
-        bad,
-        '--tunnel-cidr',
-        '198.18.253.0/24',
-        '--tun',
-        'nl3',
-        '--admin-socket',
-        path.join(h.dir, 'third.sock'),
-      ],
-      { ns: h.ns.cp },
-    );
+    const started = await otherServer({
+      port: 8446,
+      peers: bad,
+      tunnelCIDRs: ['198.18.253.0/24'],
+      tun: 'nl3',
+      socket: 'third.sock',
+    });
     expect(started.code).to.equal(1);
     expect(started.stderr.trim()).to.match(
       /^nodelink: peer "intruder" allowedIPs 198\.18\.0\.0\/24 covers the host's route 198\.18\.0\.0\/24 dev eth0 proto kernel table main: .+$/,

@@ -6,8 +6,7 @@
 import { expect } from 'chai';
 import type { Apiserver } from '../../scripts/harness/index.js';
 import { OWN_TRAFFIC_RULE_PRIORITY } from '../../src/tun/index.js';
-import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
-import { waitFor } from '../support/wait.js';
+import { clusterRig, killServer, leavesNothingBehind } from '../support/cluster-rig.js';
 
 describe('flat network (no NAT): a node dials the server from an address inside its own allowedIPs', function () {
   this.timeout(120_000);
@@ -89,13 +88,7 @@ describe('flat network (no NAT): a node dials the server from an address inside 
 
   it('after kill -9 the dial fails at once; a restarted server and its nodes come back on the flat network', async function () {
     const { h, cluster } = rig;
-    cluster.server!.kill('SIGKILL');
-    await cluster.server!.exited;
-    await waitFor(
-      'nl0 gone',
-      async () => (await h.exec(h.ns.cp, ['ip', 'link', 'show', 'nl0'], { allowFail: true })).code !== 0,
-      5000,
-    );
+    await killServer(rig);
     const down = await api.dial({ host: h.nodeIP(1), port: h.kubeletPort, tls: true, timeoutMs: 2000 });
     expect(down).to.include({ ok: false, error: 'EHOSTUNREACH' });
     expect(down.ms).to.be.below(100);

@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fetchStatus, type DaemonStatus } from '../../src/admin/index.js';
 import type { ManagedProcess } from '../../scripts/harness/index.js';
 import { CLI } from '../../scripts/cluster.js';
-import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
+import { clusterRig, clusterServerFlags, leavesNothingBehind } from '../support/cluster-rig.js';
 
 const NODES = 5;
 const REPLICAS = 3;
@@ -39,12 +39,7 @@ describe('server replicas behind one load-balanced address', function () {
         `0.0.0.0:${h.serverPort}`,
         '--key',
         cluster.serverKey.keyFile,
-        '--peers',
-        cluster.peersFile,
-        '--tunnel-cidr',
-        h.tunnelCIDR,
-        '--tunnel-cidr',
-        h.tunnelCIDR6,
+        ...clusterServerFlags(rig),
         '--server-count',
         String(count),
         '--path-check-interval-ms',

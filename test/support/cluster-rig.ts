@@ -4,6 +4,7 @@ import { expect } from 'chai';
 import { Harness, leftovers, rootNamespaceViolations, type HarnessOptions } from '../../scripts/harness/index.js';
 import { NodelinkCluster, type ClusterOptions } from '../../scripts/cluster.js';
 import { TEST_TOOLS, preflight } from '../../scripts/preflight.js';
+import { waitFor } from './wait.js';
 
 /**
  * Namespace tests need root; without it they say so loudly and skip, never pass silently. As
@@ -83,6 +84,23 @@ export function clusterRig(
       return h!.prefix;
     },
   };
+}
+
+/** The flags that give a server a test starts itself the cluster's peers file and both tunnel networks. */
+export function clusterServerFlags(rig: ClusterRig): string[] {
+  return ['--peers', rig.cluster.peersFile, '--tunnel-cidr', rig.h.tunnelCIDR, '--tunnel-cidr', rig.h.tunnelCIDR6];
+}
+
+/** kill -9 of the cluster's server; resolves once it exited and its TUN device nl0 is gone with it. */
+export async function killServer(rig: ClusterRig): Promise<void> {
+  const { h, cluster } = rig;
+  cluster.server!.kill('SIGKILL');
+  await cluster.server!.exited;
+  await waitFor(
+    'nl0 gone with the killed server',
+    async () => (await h.exec(h.ns.cp, ['ip', 'link', 'show', 'nl0'], { allowFail: true })).code !== 0,
+    5000,
+  );
 }
 
 /** Nothing of the harness with this prefix is left, and the root namespace has no test address. */
