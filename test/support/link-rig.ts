@@ -131,6 +131,7 @@ export class Rigs {
     serverCount?: number;
     /** A fixed port (a restarted server on its predecessor's); default any free one. */
     port?: number;
+    observer?: LinkObserver;
   }): Promise<ServerRig> {
     const tun = new FakeTun('srv0');
     const installed: string[][] = [];
@@ -156,6 +157,7 @@ export class Rigs {
       log: opts.log ?? silentLogger(),
       serverId: opts.serverId,
       serverCount: opts.serverCount,
+      observer: opts.observer,
     });
     this.servers.push(server);
     await server.start();
@@ -187,6 +189,8 @@ export class Rigs {
     tunName?: string;
     connection?: ConnectionOptions;
     observer?: LinkObserver;
+    handshakeTimeoutMs?: number;
+    backoffCapMs?: number;
   }): ClientRig {
     const tun = new FakeTun(opts.tunName ?? `${opts.name}-tun`);
     const installed: string[][] = [];
@@ -202,9 +206,9 @@ export class Rigs {
       routes: opts.routes.map((r) => Prefix.parse(r)),
       tun,
       connection: opts.connection ?? CONNECTION,
-      handshakeTimeoutMs: 2000,
+      handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 2000,
       backoffBaseMs: 50,
-      backoffCapMs: 200,
+      backoffCapMs: opts.backoffCapMs ?? 200,
       installRoutes: async (cidrs) => {
         installed.push(cidrs.map(String));
       },
@@ -254,7 +258,8 @@ export class Rigs {
 /**
  * Hands each new TCP connection to the next of `backends` in turn (round robin), as a Service's
  * load balancer does at random; a test sets `backends` to steer where dials land. Bytes are
- * piped unchanged, so TLS runs end to end between the client and the chosen replica.
+ * piped unchanged, so TLS runs end to end between the client and the chosen replica, until
+ * `silence()`.
  */
 export class LoadBalancer {
   backends: number[];
@@ -262,6 +267,7 @@ export class LoadBalancer {
   readonly handed = new Map<number, number>();
   private next = 0;
   private readonly open = new Set<Socket>();
+  private silent = false;
 
   private constructor(
     private readonly listener: TcpServer,
@@ -298,13 +304,22 @@ export class LoadBalancer {
       [upstream, socket],
     ] as const) {
       this.open.add(one);
-      one.on('error', () => other.destroy());
+      one.on('error', () => this.silent || other.destroy());
       one.on('close', () => {
         this.open.delete(one);
-        other.destroy();
+        if (!this.silent) other.destroy();
       });
-      one.pipe(other);
+      if (!this.silent) one.pipe(other);
     }
+  }
+
+  /**
+   * From now on no byte passes either way and no close is passed on, on the connections open and
+   * on new ones: both ends keep a connection that has gone quiet, like a peer whose machine froze.
+   */
+  silence(): void {
+    this.silent = true;
+    for (const socket of this.open) socket.unpipe();
   }
 
   async close(): Promise<void> {

@@ -3,7 +3,7 @@
 
 import { expect } from 'chai';
 import { readFileSync, readdirSync } from 'node:fs';
-import { createServer as createNetServer, connect as netConnect, type Server, type Socket } from 'node:net';
+import { createServer as createNetServer, connect as netConnect } from 'node:net';
 import path from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { PassThrough, Duplex } from 'node:stream';
@@ -23,11 +23,9 @@ import {
   REJECTIONS,
   UNKNOWN_CLOSE_REASON,
 } from '../../src/reasons.js';
-import { Prefix } from '../../src/routing/index.js';
 import { FakeTun } from '../support/fake-tun.js';
-import { silentLogger } from '../../src/log.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf, registryOf } from '../support/link-rig.js';
+import { Rigs, newPair, portOf, registryOf } from '../support/link-rig.js';
 import { ipv4 } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
 import { serverStatus } from '../support/status.js';
@@ -61,104 +59,48 @@ function listedNames(text: string): string[] {
   return inner.split(', ');
 }
 
-/**
- * A TCP relay between a node and the server that can go silent: from `silence()` on it carries
- * no byte either way and keeps both connections open, like a peer whose machine froze.
- */
-class Relay {
-  private readonly sockets = new Set<Socket>();
-  private silent = false;
-  private readonly server: Server;
-
-  constructor(targetPort: number) {
-    this.server = createNetServer((inbound) => {
-      const outbound = netConnect(targetPort, '127.0.0.1');
-      for (const [from, to] of [
-        [inbound, outbound],
-        [outbound, inbound],
-      ] as const) {
-        this.sockets.add(from);
-        from.on('error', () => undefined);
-        from.on('data', (chunk: Buffer) => this.silent || to.write(chunk));
-        from.on('close', () => this.silent || to.destroy());
-      }
-    });
-  }
-
-  async listen(): Promise<number> {
-    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
-    return (this.server.address() as { port: number }).port;
-  }
-
-  silence(): void {
-    this.silent = true;
-  }
-
-  close(): void {
-    for (const socket of this.sockets) socket.destroy();
-    this.server.close();
-  }
-}
-
 describe('reason vocabulary', function () {
   this.timeout(20_000);
   const serverPair = newPair();
   const nodePair = newPair();
   const registry = registryOf([{ name: 'node-a', pair: nodePair, allowedIPs: ['198.19.0.11/32'] }]);
   const cleanup: Array<() => unknown> = [];
+  const rigs = new Rigs();
 
   afterEach(async function () {
     for (const step of cleanup.splice(0).reverse()) await step();
+    await rigs.stopAll();
   });
 
   async function startServer(): Promise<{ server: LinkServer; metrics: LinkMetrics; tun: FakeTun }> {
-    const tun = new FakeTun('srv0');
-    const metrics: LinkMetrics = metricsFor('server', () => server.status());
-    const server: LinkServer = new LinkServer({
-      host: '127.0.0.1',
-      port: 0,
-      keyPair: serverPair,
+    const metrics: LinkMetrics = metricsFor('server', () => rig.server.status());
+    const rig = await rigs.server({
       registry,
-      tun,
-      tunnelCidrs: TUNNEL_CIDRS,
-      tunnelAddresses: TUNNEL_ADDRESSES,
+      keyPair: serverPair,
       connection: FAST,
       handshakeTimeoutMs: 1000,
-      installRoutes: async () => undefined,
-      log: silentLogger(),
       observer: metrics,
     });
-    await server.start();
-    cleanup.push(() => server.stop());
-    return { server, metrics, tun };
+    return { server: rig.server, metrics, tun: rig.tun };
   }
 
   function startClient(
     port: number,
     options: { keyPair?: KeyPair; serverKey?: Uint8Array } = {},
   ): { client: LinkClient; metrics: LinkMetrics; tun: FakeTun } {
-    const tun = new FakeTun('node-a-tun');
-    const metrics: LinkMetrics = metricsFor('client', () => client.status());
-    const client: LinkClient = new LinkClient({
-      host: '127.0.0.1',
+    const metrics: LinkMetrics = metricsFor('client', () => rig.client.status());
+    const rig = rigs.client({
       port,
-      serverKey: options.serverKey ?? serverPair.publicKey,
-      keyPair: options.keyPair ?? nodePair,
       name: 'node-a',
-      routes: [Prefix.parse('198.19.0.11/32')],
-      tun,
+      keyPair: options.keyPair ?? nodePair,
+      routes: ['198.19.0.11/32'],
+      serverKey: options.serverKey ?? serverPair.publicKey,
       connection: FAST,
       handshakeTimeoutMs: 1000,
-      backoffBaseMs: 50,
       backoffCapMs: 100,
-      installRoutes: async () => undefined,
-      onRejected: () => undefined,
-      log: silentLogger(),
       observer: metrics,
     });
-    client.start();
-    cleanup.push(() => client.stop());
-    return { client, metrics, tun };
+    return { client: rig.client, metrics, tun: rig.tun };
   }
 
   it('names every wire close code in CloseCode order, and an unknown code `unknown`', function () {
@@ -195,9 +137,8 @@ describe('reason vocabulary', function () {
 
   it('a node and a server that stop hearing each other both record the disconnect as timeout', async function () {
     const { server, metrics: serverMetrics } = await startServer();
-    const relay = new Relay(portOf(server.listenAddress));
-    cleanup.push(() => relay.close());
-    const { client, metrics: clientMetrics } = startClient(await relay.listen());
+    const relay = await rigs.loadBalancer([portOf(server.listenAddress)]);
+    const { client, metrics: clientMetrics } = startClient(relay.port);
     await waitFor('the session', () => client.isAuthenticated && server.status().peers[0]!.connected);
 
     relay.silence();
