@@ -22,7 +22,7 @@ import { Prefix } from '../../src/routing/index.js';
 import { FakeTun } from '../support/fake-tun.js';
 import { silentLogger } from '../../src/log.js';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { newPair, portOf, registryOf } from '../support/link-rig.js';
+import { Rigs, newPair, portOf, registryOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
 
 function peerStatus(overrides: Partial<PeerStatus> = {}): PeerStatus {
@@ -238,7 +238,7 @@ describe('observability', function () {
     const registry = registryOf([{ name: 'node-a', pair: nodePair, allowedIPs: ['198.19.0.11/32'] }], TUNNEL_CIDRS);
     let server: LinkServer | undefined;
     let port = 0;
-    const clients: LinkClient[] = [];
+    const clients = new Rigs();
     const serverMetrics = new LinkMetrics({
       role: 'server',
       version: 'x',
@@ -266,31 +266,22 @@ describe('observability', function () {
     });
 
     after(async function () {
-      await Promise.all(clients.map((client) => client.stop()));
+      await clients.stopAll();
       await server?.stop();
     });
 
     function client(keyPair: KeyPair, metrics: LinkMetrics, serverKey = serverPair.publicKey): LinkClient {
-      const c = new LinkClient({
-        host: '127.0.0.1',
+      return clients.client({
         port,
-        serverKey,
-        keyPair,
         name: 'node-a',
-        routes: [Prefix.parse('198.19.0.11/32')],
-        tun: new FakeTun('c0'),
+        keyPair,
+        routes: ['198.19.0.11/32'],
+        serverKey,
+        tunName: 'c0',
         connection: CONNECTION,
-        handshakeTimeoutMs: 2000,
-        backoffBaseMs: 50,
         backoffCapMs: 100,
-        installRoutes: async () => undefined,
-        onRejected: () => undefined,
-        log: silentLogger(),
         observer: metrics,
-      });
-      clients.push(c);
-      c.start();
-      return c;
+      }).client;
     }
 
     it('counts handshakes, pongs, rejections and key mismatches on both sides', async function () {
