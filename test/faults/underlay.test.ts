@@ -31,42 +31,55 @@ describe('faults: link flap, NAT state flush, bandwidth limit', function () {
     return rig.h.ping(rig.h.ns.cp, rig.h.nodeIP(n), { timeoutS: 1 });
   }
 
-  it('a 10 s link flap: the link recovers and a transfer across it arrives intact', async function () {
-    const { h } = rig;
+  /**
+   * A 16 MiB transfer from node 1's pod, rate-limited so that it is still running when `fault`
+   * strikes `startAfterMs` into it: node 1 answers ping again, every byte arrives intact, and the
+   * report says how long the node took to answer and whether its session survived.
+   */
+  async function acrossFault(run: {
+    startAfterMs: number;
+    fault: () => Promise<unknown>;
+    waitingFor: string;
+    answers: (ms: number) => string;
+  }): Promise<void> {
     const size = 16 * MiB;
     const before = await peer(rig.cluster, 1);
     const transfer = download(size, 90, RATE);
-    await sleep(1000);
-    await rig.underlay.link(1, false);
-    await sleep(10_000);
-    await rig.underlay.link(1, true);
-    const pingMs = await waitFor('node-1 to answer again', () => pingable(1), 30_000);
+    await sleep(run.startAfterMs);
+    await run.fault();
+    const pingMs = await waitFor(run.waitingFor, () => pingable(1), 30_000);
     const result = await transfer;
     expectIntact(result, size);
     const after = await peer(rig.cluster, 1);
     const survived = after!.connectedSince === before!.connectedSince;
     report(
-      `10 s flap: node answers ${pingMs} ms after the link is back; session ${survived ? 'survived' : 'was re-established'}; ` +
+      `${run.answers(pingMs)}; session ${survived ? 'survived' : 'was re-established'}; ` +
         `16 MiB transfer across it intact`,
     );
+  }
+
+  it('a 10 s link flap: the link recovers and a transfer across it arrives intact', async function () {
+    const { h } = rig;
+    await acrossFault({
+      startAfterMs: 1000,
+      fault: async () => {
+        await rig.underlay.link(1, false);
+        await sleep(10_000);
+        await rig.underlay.link(1, true);
+      },
+      waitingFor: 'node-1 to answer again',
+      answers: (ms) => `10 s flap: node answers ${ms} ms after the link is back`,
+    });
     expect(await h.ping(h.ns.cp, h.podIP(1, 1), { timeoutS: 3 })).to.equal(true);
   });
 
   it("a flush of the router's NAT state: the link recovers and a transfer across it arrives intact", async function () {
-    const size = 16 * MiB;
-    const before = await peer(rig.cluster, 1);
-    const transfer = download(size, 90, RATE);
-    await sleep(2000);
-    await rig.underlay.flushConntrack();
-    const pingMs = await waitFor('node-1 to answer after the flush', () => pingable(1), 30_000);
-    const result = await transfer;
-    expectIntact(result, size);
-    const after = await peer(rig.cluster, 1);
-    const survived = after!.connectedSince === before!.connectedSince;
-    report(
-      `conntrack -F in the router: node answers ${pingMs} ms later; session ${survived ? 'survived' : 'was re-established'}; ` +
-        `16 MiB transfer across it intact`,
-    );
+    await acrossFault({
+      startAfterMs: 2000,
+      fault: () => rig.underlay.flushConntrack(),
+      waitingFor: 'node-1 to answer after the flush',
+      answers: (ms) => `conntrack -F in the router: node answers ${ms} ms later`,
+    });
     // Node 2's session went through the same NAT: it is back too.
     expect(await pingable(2)).to.equal(true);
   });
