@@ -20,9 +20,22 @@ export interface RunningStandin {
 export async function startKubeStandin(h: Harness): Promise<RunningStandin> {
   const socket = path.join(h.dir, 'kube-standin.sock');
   const kubeconfig = path.join(h.dir, 'kubeconfig.json');
+  // PROFILE_STANDIN=DIR writes a CPU profile of the stand-in there (node --cpu-prof), like
+  // PROFILE_SERVER for the server: in a load test its reviews take CPU from the same cores.
+  const profile = process.env['PROFILE_STANDIN'];
   const proc = h.spawn(
     h.ns.cp,
-    [process.execPath, STANDIN, '--listen', '127.0.0.1:6443', '--control', socket, '--kubeconfig', kubeconfig],
+    [
+      process.execPath,
+      ...(profile ? ['--cpu-prof', `--cpu-prof-dir=${profile}`] : []),
+      STANDIN,
+      '--listen',
+      '127.0.0.1:6443',
+      '--control',
+      socket,
+      '--kubeconfig',
+      kubeconfig,
+    ],
     { name: 'kube-standin' },
   );
   await proc.waitForOutput('kube-standin ready', 20_000);

@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
-import { Agent as HttpsAgent } from 'node:https';
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest, type RequestOptions as HttpsRequestOptions } from 'node:https';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -104,29 +105,169 @@ export interface RequestHints {
   readonly notFound: string;
 }
 
-/**
- * One keep-alive connection pool for many API calls. The generated client makes a new agent,
- * and so a new TLS connection, for every request: a reconnect storm of thousands of nodes, each
- * asking for a TokenReview, would pay a TLS handshake per node on top of the node's own.
- */
-export class KeepAlivePool {
-  private agent: HttpsAgent | undefined;
+/** How long the kubeconfig's credentials are reused before they are applied again. */
+const CREDENTIALS_REFRESH_MS = 10_000;
 
-  /** Swaps the request's fresh agent for the pool's one, built once with the same TLS options. */
-  apply(context: RequestContext): void {
-    const given = context.getAgent();
-    if (!(given instanceof HttpsAgent)) return;
-    this.agent ??= new HttpsAgent({ ...given.options, keepAlive: true, maxSockets: 32 });
-    context.setAgent(this.agent);
+/** Kept-alive connections to kube-apiserver at most, per KubeJsonClient. */
+const MAX_SOCKETS = 32;
+
+interface PreparedRequests {
+  readonly agent: HttpAgent;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly at: number;
+}
+
+/**
+ * JSON requests to kube-apiserver for the calls a reconnect storm makes by the thousand
+ * (TokenReviews, Pod reads). The generated client spends about as much CPU on each call as
+ * nodelink spends on a node's whole hello: a fetch shim, its serializer, and a new agent and a
+ * CA file read per request. Here the kubeconfig's credentials (bearer token, exec plugin, token
+ * file, client certificate, CA, proxy) are applied by @kubernetes/client-node itself once per
+ * CREDENTIALS_REFRESH_MS (it re-reads token files on its own schedule), and every request goes
+ * over one pool of kept-alive connections. Failures are ApiException (HTTP status) or network errors, as the
+ * generated client's, so describeApiError words them the same way.
+ */
+export class KubeJsonClient {
+  private prepared: Promise<PreparedRequests> | undefined;
+  private keepAlive: { agent: HttpsAgent; tls: readonly unknown[] } | undefined;
+  private readonly base: URL;
+  readonly server: string;
+
+  constructor(private readonly kc: KubeConfig) {
+    this.server = kc.getCurrentCluster()?.server ?? '?';
+    this.base = new URL(this.server);
+  }
+
+  /** `method` `path` (below the server's URL) with `body` as JSON; the parsed answer, or throws. */
+  async request<T>(method: 'GET' | 'POST', path: string, body: unknown, timeoutMs: number): Promise<T> {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const answer = await this.send(await this.prepare(), method, path, payload, timeoutMs);
+    if (answer.status < 200 || answer.status > 299) {
+      throw new ApiException(answer.status, `HTTP ${answer.status}`, answer.text, answer.headers);
+    }
+    try {
+      return JSON.parse(answer.text) as T;
+    } catch {
+      throw new KubernetesError(
+        'k8s_api',
+        `the Kubernetes API at ${this.server} answered ${method} ${path} with something that is not JSON: check the server address`,
+      );
+    }
   }
 
   close(): void {
-    this.agent?.destroy();
+    this.keepAlive?.agent.destroy();
+    this.keepAlive = undefined;
+  }
+
+  private prepare(): Promise<PreparedRequests> {
+    const current = this.prepared;
+    if (current) {
+      return current.then((prepared) => {
+        if (Date.now() - prepared.at < CREDENTIALS_REFRESH_MS || this.prepared !== current) return prepared;
+        this.prepared = undefined;
+        return this.prepare();
+      });
+    }
+    const next = this.build();
+    this.prepared = next;
+    next.catch(() => {
+      if (this.prepared === next) this.prepared = undefined;
+    });
+    return next;
+  }
+
+  private async build(): Promise<PreparedRequests> {
+    const options: HttpsRequestOptions = {};
+    await this.kc.applyToHTTPSOptions(options);
+    const headers: Record<string, string> = { accept: 'application/json', 'content-type': 'application/json' };
+    for (const [name, value] of Object.entries(options.headers ?? {})) {
+      if (value !== undefined) headers[name.toLowerCase()] = Array.isArray(value) ? value.join(', ') : String(value);
+    }
+    if (options.auth) headers['authorization'] = `Basic ${Buffer.from(options.auth).toString('base64')}`;
+    const given = options.agent;
+    // A proxy's agent is used as given; a direct HTTPS connection is kept alive, and is made
+    // again only when the TLS material (a rotated client certificate, a new CA) changes.
+    if (!(given instanceof HttpsAgent)) {
+      return {
+        agent: given instanceof HttpAgent ? given : new HttpAgent({ keepAlive: true }),
+        headers,
+        at: Date.now(),
+      };
+    }
+    const tls = TLS_OPTIONS.map((name) => (given.options as Record<string, unknown>)[name]);
+    if (!this.keepAlive || tls.some((value, i) => !sameOption(value, this.keepAlive!.tls[i]))) {
+      const old = this.keepAlive?.agent;
+      this.keepAlive = {
+        agent: new HttpsAgent({ ...given.options, keepAlive: true, maxSockets: MAX_SOCKETS, scheduling: 'lifo' }),
+        tls,
+      };
+      // Requests still on the old connections finish within their deadline.
+      if (old) setTimeout(() => old.destroy(), 2 * DEFAULT_REQUEST_TIMEOUT_MS).unref();
+    }
+    return { agent: this.keepAlive.agent, headers, at: Date.now() };
+  }
+
+  private send(
+    prepared: PreparedRequests,
+    method: string,
+    path: string,
+    payload: string | undefined,
+    timeoutMs: number,
+  ): Promise<{ status: number; text: string; headers: Record<string, string> }> {
+    const { base } = this;
+    const request = base.protocol === 'http:' ? httpRequest : httpsRequest;
+    const headers =
+      payload === undefined
+        ? prepared.headers
+        : { ...prepared.headers, 'content-length': String(Buffer.byteLength(payload)) };
+    return new Promise((resolve, reject) => {
+      const req = request(
+        {
+          method,
+          host: base.hostname.replace(/^\[|\]$/g, ''),
+          port: base.port || undefined,
+          path: `${base.pathname.replace(/\/$/, '')}${path}`,
+          headers,
+          agent: prepared.agent,
+        },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk: string) => (text += chunk));
+          res.on('end', () => {
+            clearTimeout(timer);
+            resolve({ status: res.statusCode ?? 0, text, headers: res.headers as Record<string, string> });
+          });
+          res.on('error', fail);
+        },
+      );
+      const timer = setTimeout(() => {
+        const err = new Error(`no answer within ${timeoutMs} ms`);
+        err.name = 'TimeoutError';
+        req.destroy(err);
+      }, timeoutMs);
+      function fail(err: Error): void {
+        clearTimeout(timer);
+        reject(err);
+      }
+      req.on('error', fail);
+      req.end(payload);
+    });
   }
 }
 
-/** Request options that abort one API call after `timeoutMs` (and use `pool`'s connections). */
-export function deadlineOptions(timeoutMs: number, pool?: KeepAlivePool) {
+/** The agent options that make a TLS connection what it is; a change of any needs new connections. */
+const TLS_OPTIONS = ['ca', 'cert', 'key', 'pfx', 'passphrase', 'rejectUnauthorized', 'servername'] as const;
+
+function sameOption(a: unknown, b: unknown): boolean {
+  if (Buffer.isBuffer(a) && Buffer.isBuffer(b)) return a.equals(b);
+  if (Array.isArray(a) && Array.isArray(b)) return a.length === b.length && a.every((x, i) => sameOption(x, b[i]));
+  return a === b;
+}
+
+/** Request options that abort one API call of the generated client after `timeoutMs`. */
+export function deadlineOptions(timeoutMs: number) {
   const deadline = AbortSignal.timeout(timeoutMs);
   // The object-style API takes the generated client's Observable-based middleware.
   return {
@@ -134,7 +275,6 @@ export function deadlineOptions(timeoutMs: number, pool?: KeepAlivePool) {
       {
         pre: (context: RequestContext) => {
           context.setSignal(deadline);
-          pool?.apply(context);
           return new Observable(Promise.resolve(context));
         },
         post: (context: ResponseContext) => new Observable(Promise.resolve(context)),

@@ -1,8 +1,8 @@
-// The Kubernetes API calls of Kubernetes mode, through @kubernetes/client-node's own API classes
-// and informer: TokenReview and Pod reads for identity, a watch of Nodes for the routes each node
-// may announce. Loaded with `await import()` (the client library is slow to load).
+// The Kubernetes API calls of Kubernetes mode: TokenReview and Pod reads for identity (over
+// KubeJsonClient, with @kubernetes/client-node applying the kubeconfig's credentials), and
+// client-node's informer watching Nodes for the routes each node may announce. Loaded with
+// `await import()` (the client library is slow to load).
 import {
-  AuthenticationV1Api,
   CoreV1Api,
   makeInformer,
   type KubeConfig,
@@ -11,38 +11,35 @@ import {
   type ObjectCache,
 } from '@kubernetes/client-node';
 import type { Logger } from '../log.js';
-import { DEFAULT_REQUEST_TIMEOUT_MS, KeepAlivePool, deadlineOptions, describeApiError } from './api.js';
+import { DEFAULT_REQUEST_TIMEOUT_MS, KubeJsonClient, deadlineOptions, describeApiError } from './api.js';
 import { KubernetesError } from './errors.js';
 import type { IdentityApi, TokenReviewStatus } from './identity.js';
 import type { NodeLike } from './node-routes.js';
 
-/** TokenReview and Pod reads for NodeIdentityVerifier. */
+/** TokenReview and Pod reads for NodeIdentityVerifier, over KubeJsonClient's kept-alive connections. */
 export class KubeIdentityApi implements IdentityApi {
-  private readonly auth: AuthenticationV1Api;
-  private readonly core: CoreV1Api;
+  private readonly client: KubeJsonClient;
   private readonly server: string;
-  private readonly pool = new KeepAlivePool();
 
   constructor(
     kc: KubeConfig,
     private readonly timeoutMs = DEFAULT_REQUEST_TIMEOUT_MS,
   ) {
-    this.auth = kc.makeApiClient(AuthenticationV1Api);
-    this.core = kc.makeApiClient(CoreV1Api);
-    this.server = kc.getCurrentCluster()?.server ?? '?';
+    this.client = new KubeJsonClient(kc);
+    this.server = this.client.server;
   }
 
   async reviewToken(token: string, audiences: readonly string[]): Promise<TokenReviewStatus> {
     try {
-      const review = await this.auth.createTokenReview(
+      const review = await this.client.request<{ status?: TokenReviewStatus }>(
+        'POST',
+        '/apis/authentication.k8s.io/v1/tokenreviews',
         {
-          body: {
-            apiVersion: 'authentication.k8s.io/v1',
-            kind: 'TokenReview',
-            spec: { token, audiences: [...audiences] },
-          },
+          apiVersion: 'authentication.k8s.io/v1',
+          kind: 'TokenReview',
+          spec: { token, audiences: [...audiences] },
         },
-        deadlineOptions(this.timeoutMs, this.pool),
+        this.timeoutMs,
       );
       return review.status ?? {};
     } catch (err) {
@@ -54,12 +51,17 @@ export class KubeIdentityApi implements IdentityApi {
   }
 
   close(): void {
-    this.pool.close();
+    this.client.close();
   }
 
   async getPod(namespace: string, name: string): Promise<{ uid?: string; nodeName?: string } | undefined> {
     try {
-      const pod = await this.core.readNamespacedPod({ namespace, name }, deadlineOptions(this.timeoutMs, this.pool));
+      const pod = await this.client.request<{ metadata?: { uid?: string }; spec?: { nodeName?: string } }>(
+        'GET',
+        `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`,
+        undefined,
+        this.timeoutMs,
+      );
       return { uid: pod.metadata?.uid, nodeName: pod.spec?.nodeName };
     } catch (err) {
       const failure = describeApiError(err, `get Pod ${namespace}/${name}`, this.server, this.timeoutMs, {

@@ -1,6 +1,7 @@
 // Kubernetes-mode identity against the kube-apiserver STAND-IN (scripts/kube-standin.ts), called
 // through @kubernetes/client-node's own API classes and informer: only the HTTP end is ours.
 import { expect } from 'chai';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KubeConfig } from '@kubernetes/client-node';
 import { KubeApiStandin } from '../../scripts/kube-standin.js';
@@ -37,7 +38,10 @@ describe('Kubernetes identity: projected tokens checked by TokenReview (kube-api
     standin.upsertPod({ namespace: NS, name: 'client-b', nodeName: 'node-b' });
     api = new KubeIdentityApi(kubeConfigFor(standin), 2000);
   });
-  afterEach(() => standin.stop());
+  afterEach(async () => {
+    api.close();
+    await standin.stop();
+  });
 
   const verifier = (extra: Partial<ConstructorParameters<typeof NodeIdentityVerifier>[1]> = {}) =>
     new NodeIdentityVerifier(api, { audience: 'nodelink', serviceAccount: `${NS}:${SA}`, ...extra });
@@ -96,6 +100,46 @@ describe('Kubernetes identity: projected tokens checked by TokenReview (kube-api
     expect(standin.counts.tokenReviews).to.equal(20);
     expect(standin.counts.connections - before).to.be.at.most(2);
     api.close();
+  });
+
+  it("asks with the kubeconfig's credentials; a wrong one, a silent or a closed server are transient, one line each", async () => {
+    const token = standin.mint({ namespace: NS, serviceAccount: SA, pod: 'client-a' });
+    const wrong = new KubeConfig();
+    wrong.loadFromString(standin.kubeconfig().replace(standin.clientToken, 'not-the-token'));
+    const unauthorized = (await rejection(
+      new KubeIdentityApi(wrong, 2000).reviewToken(token, ['nodelink']),
+    )) as KubernetesError;
+    expect(unauthorized).to.be.instanceOf(KubernetesError);
+    expect(unauthorized.code).to.equal('k8s_unauthorized');
+    expect(unauthorized.message).to.match(
+      /^the Kubernetes API at https:\/\/127\.0\.0\.1:\d+ rejected our credentials \(401/,
+    );
+    expect(standin.counts.tokenReviews).to.equal(0);
+    expect(standin.counts.unauthorized).to.equal(1);
+
+    // Accepts TCP and never speaks TLS: the deadline cuts the request off.
+    const held = new Set<Socket>();
+    const silent = createServer((socket) => held.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const silentPort = (silent.address() as AddressInfo).port;
+    const slowConfig = new KubeConfig();
+    slowConfig.loadFromString(standin.kubeconfig().replace(standin.url, `https://127.0.0.1:${silentPort}`));
+    const started = Date.now();
+    const slow = (await rejection(
+      new KubeIdentityApi(slowConfig, 300).reviewToken(token, ['nodelink']),
+    )) as KubernetesError;
+    expect(slow.code).to.equal('k8s_unreachable');
+    expect(slow.message).to.match(/no answer from the Kubernetes API at .* within 300 ms to create a TokenReview/);
+    expect(Date.now() - started).to.be.lessThan(2000);
+    for (const socket of held) socket.destroy();
+    await new Promise((resolve) => silent.close(resolve));
+
+    const closedConfig = new KubeConfig();
+    closedConfig.loadFromString(standin.kubeconfig().replace(standin.url, `https://127.0.0.1:${silentPort}`));
+    const closed = (await rejection(new KubeIdentityApi(closedConfig, 2000).getPod(NS, 'client-a'))) as KubernetesError;
+    expect(closed.code).to.equal('k8s_unreachable');
+    expect(closed.message).to.match(/cannot reach the Kubernetes API .* \(ECONNREFUSED\)/);
+    for (const err of [unauthorized, slow, closed]) expect(err.message).not.to.include('\n');
   });
 
   it('keeps serving cached verdicts while kube-apiserver is away; a new token fails as transient', async () => {
