@@ -55,6 +55,20 @@ export function registryOf(
   );
 }
 
+/** The keys of a server and of two nodes, node-a and node-b, authorized for their routes in one registry. */
+export function twoNodes(
+  routesA: readonly string[],
+  routesB: readonly string[],
+): { serverPair: KeyPair; pairA: KeyPair; pairB: KeyPair; registry: PeerRegistry } {
+  const pairA = newPair();
+  const pairB = newPair();
+  const registry = registryOf([
+    { name: 'node-a', pair: pairA, allowedIPs: [...routesA] },
+    { name: 'node-b', pair: pairB, allowedIPs: [...routesB] },
+  ]);
+  return { serverPair: newPair(), pairA, pairB, registry };
+}
+
 /** Resolves once this process holds no TCP socket; after 2 s rejects naming the ones left open. */
 export async function expectNoSocketLeft(): Promise<void> {
   const sockets = (): string[] => process.getActiveResourcesInfo().filter((r) => r.startsWith('TCP'));

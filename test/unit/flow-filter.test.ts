@@ -3,7 +3,7 @@
 // (what the table actually drops) is tested in namespaces: test/netns/node-initiated.test.ts.
 
 import { expect } from 'chai';
-import { encodeKey, type KeyPair, type PeerRegistry } from '../../src/auth/index.js';
+import { encodeKey, type KeyPair } from '../../src/auth/index.js';
 import { LinkMetrics, type DaemonStatus, type PeerStatus } from '../../src/admin/index.js';
 import { runChecks } from '../../src/cli/diagnose/checks.js';
 import { controlPlaneChecks } from '../../src/cli/diagnose/control-plane.js';
@@ -18,7 +18,7 @@ import {
 } from '../../src/link-server/index.js';
 import { FrameType, encodeFrame } from '../../src/protocol/index.js';
 import { Prefix, PrefixTable, icmpErrorQuotesPeer, internetChecksum } from '../../src/routing/index.js';
-import { APISERVER, Rigs, newPair, registryOf } from '../support/link-rig.js';
+import { APISERVER, Rigs, newPair, twoNodes } from '../support/link-rig.js';
 import { ipv4, ipv6 } from '../support/packets.js';
 import { waitFor } from '../support/wait.js';
 import { idlePeerStatus, serverStatus } from '../support/status.js';
@@ -123,13 +123,7 @@ describe('flow filter: ICMP errors from a node speak only about that node', func
 describe('flow filter: the server drops a forged ICMP error about another node', function () {
   this.timeout(20_000);
   const rigs = new Rigs();
-  const serverPair = newPair();
-  const pairA = newPair();
-  const pairB = newPair();
-  const registry: PeerRegistry = registryOf([
-    { name: 'node-a', pair: pairA, allowedIPs: A_ROUTES },
-    { name: 'node-b', pair: pairB, allowedIPs: B_ROUTES },
-  ]);
+  const { serverPair, pairA, registry } = twoNodes(A_ROUTES, B_ROUTES);
 
   afterEach(() => rigs.stopAll());
 

@@ -26,7 +26,7 @@ import {
   Rigs,
   TUNNEL_CIDRS,
   newPair,
-  registryOf,
+  twoNodes,
   type ClientRig,
   type ServerRig,
 } from '../support/link-rig.js';
@@ -53,13 +53,7 @@ const NODE_B_ROUTES = ['198.19.0.12/32', '198.19.2.0/24'];
 describe('link over FakeTun and loopback TLS', function () {
   this.timeout(5000);
 
-  const serverPair = newPair();
-  const pairA = newPair();
-  const pairB = newPair();
-  const registry = registryOf([
-    { name: 'node-a', pair: pairA, allowedIPs: NODE_A_ROUTES },
-    { name: 'node-b', pair: pairB, allowedIPs: NODE_B_ROUTES },
-  ]);
+  const { serverPair, pairA, pairB, registry } = twoNodes(NODE_A_ROUTES, NODE_B_ROUTES);
 
   // Every test gets its own server with node-a and node-b connected, so each runs alone.
   const rigs = new Rigs();

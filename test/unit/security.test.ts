@@ -28,6 +28,7 @@ import {
   newPair,
   recordingLogger,
   registryOf,
+  twoNodes,
   type ClientRig,
 } from '../support/link-rig.js';
 import { ipv4, malformedPackets } from '../support/packets.js';
@@ -60,14 +61,8 @@ function closedWithin(socket: Socket, ms: number): Promise<boolean> {
 describe('security: the attacks of docs/security.md against server and client', function () {
   this.timeout(10_000);
   const rigs = new Rigs();
-  const serverPair = newPair();
-  const pairA = newPair();
-  const pairB = newPair();
+  const { serverPair, pairA, pairB, registry: registryAB } = twoNodes(A_ROUTES, B_ROUTES);
   const pairC = newPair();
-  const registryAB = registryOf([
-    { name: 'node-a', pair: pairA, allowedIPs: A_ROUTES },
-    { name: 'node-b', pair: pairB, allowedIPs: B_ROUTES },
-  ]);
 
   const NODES = {
     'node-a': { pair: pairA, routes: A_ROUTES },
