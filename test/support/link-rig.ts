@@ -250,6 +250,14 @@ export class Rigs {
     return RawSession.over(socket);
   }
 
+  /** A hand-made session that says `body`'s hello with `pair`, resolved once welcomed: a compromised node. */
+  async welcomed(port: number, pair: KeyPair, body: HelloBody): Promise<RawSession> {
+    const session = await this.raw(port);
+    session.hello(pair, body);
+    await waitFor('welcome', () => session.frame(FrameType.Welcome) !== undefined);
+    return session;
+  }
+
   /** A TCP load balancer on loopback in front of `ports`: several server replicas behind one address. */
   async loadBalancer(ports: readonly number[]): Promise<LoadBalancer> {
     const balancer = await LoadBalancer.start(ports);

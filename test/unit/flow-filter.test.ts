@@ -3,7 +3,7 @@
 // (what the table actually drops) is tested in namespaces: test/netns/node-initiated.test.ts.
 
 import { expect } from 'chai';
-import { encodeKey, type KeyPair } from '../../src/auth/index.js';
+import { encodeKey } from '../../src/auth/index.js';
 import { LinkMetrics, type DaemonStatus, type PeerStatus } from '../../src/admin/index.js';
 import { runChecks } from '../../src/cli/diagnose/checks.js';
 import { controlPlaneChecks } from '../../src/cli/diagnose/control-plane.js';
@@ -127,16 +127,9 @@ describe('flow filter: the server drops a forged ICMP error about another node',
 
   afterEach(() => rigs.stopAll());
 
-  async function compromised(port: number, pair: KeyPair, routes: string[]) {
-    const raw = await rigs.raw(port);
-    raw.hello(pair, { name: 'node-a', routes });
-    await waitFor('welcome', () => raw.frame(FrameType.Welcome) !== undefined);
-    return raw;
-  }
-
   it('foreign_icmp_error for a "fragmentation needed" quoting the control plane → node-b; its own passes', async function () {
     const s = await rigs.server({ registry, keyPair: serverPair });
-    const raw = await compromised(s.port, pairA, A_ROUTES);
+    const raw = await rigs.welcomed(s.port, pairA, { name: 'node-a', routes: A_ROUTES });
     const forged = icmp4Error('198.19.0.11', ipv4(APISERVER, '198.19.0.12'));
     const forged6 = icmp6Error('fd00:19::b', CP6, ipv6(CP6, 'fd00:19::c'));
     const own = icmp4Error('198.19.0.11', ipv4(APISERVER, '198.19.1.5'));

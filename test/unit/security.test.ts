@@ -689,9 +689,7 @@ describe('security: the attacks of docs/security.md against server and client', 
       // a compromised node-a sends them itself (its client stopped, so it does not take the key back)
       await a.client.stop();
       await waitFor('node-a gone', () => !s.peer('node-a').connected);
-      const evil = await rigs.raw(s.port);
-      evil.hello(pairA, { name: 'node-a', routes: A_ROUTES });
-      await waitFor('welcome', () => evil.frame(FrameType.Welcome) !== undefined);
+      const evil = await rigs.welcomed(s.port, pairA, { name: 'node-a', routes: A_ROUTES });
       for (const [, packet] of bad) evil.socket.write(encodeFrame(FrameType.Data, packet));
       await waitFor('node malformed', () => s.peer('node-a').dropsByReason['malformed'] === bad.length);
       expect(s.tun.written).to.deep.equal([]);
@@ -738,9 +736,7 @@ describe('security: the attacks of docs/security.md against server and client', 
       // ... and a compromised node-a that sends it anyway is stopped by the server
       await a.client.stop();
       await waitFor('node-a gone', () => !s.peer('node-a').connected);
-      const evil = await rigs.raw(s.port);
-      evil.hello(pairA, { name: 'node-a', routes: A_ROUTES });
-      await waitFor('welcome', () => evil.frame(FrameType.Welcome) !== undefined);
+      const evil = await rigs.welcomed(s.port, pairA, { name: 'node-a', routes: A_ROUTES });
       const spoofed = [
         ipv4('198.19.2.7', APISERVER),
         ipv4('198.19.0.12', APISERVER),
