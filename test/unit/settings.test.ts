@@ -355,30 +355,52 @@ describe('settings', function () {
   describe('SIGHUP: settings resolved again from the same command line and environment', function () {
     const write = (file: string, text: string): void => writeFileSync(file, text);
 
+    /**
+     * The reloader the daemon builds at start for a command line with `--config file` and
+     * `argv`, and `env`: it starts from the settings these resolve to now (returned too), and
+     * records what each reload applies and logs.
+     */
+    function reloaderFor(
+      role: 'server' | 'client',
+      file: string,
+      given: { argv: SettingsRequest['argv']; env: SettingsRequest['env'] },
+    ): {
+      settings: ReturnType<typeof readSettings>;
+      reload: ReturnType<typeof settingsReloader>;
+      applied: LiveSettings[];
+      lines: () => Array<Record<string, unknown>>;
+    } {
+      const request: SettingsRequest = {
+        command: role,
+        spec: role === 'server' ? SERVER_SETTINGS : CLIENT_SETTINGS,
+        argv: { config: file, ...given.argv },
+        env: given.env,
+      };
+      const settings = readSettings(request);
+      const applied: LiveSettings[] = [];
+      const { log, lines } = capturingLogger();
+      const reload = settingsReloader({
+        role,
+        configFile: file,
+        start: { settings, reread: () => readSettings(request) },
+        log,
+        apply: (next) => applied.push(next),
+      });
+      return { settings, reload, applied, lines };
+    }
+
     it('the file changes what no flag or variable set; flags and env still win; other changes need a restart', function () {
       const file = path.join(dir, 'server-reload.yaml');
       write(file, 'listen: 198.18.0.2:8443\nlog-level: info\npath-check-interval-ms: 2000\npath-check-port: 9000\n');
-      const request: SettingsRequest = {
-        command: 'server',
-        spec: SERVER_SETTINGS,
-        argv: { config: file, key: '/k', peers: '/p', 'tunnel-cidr': ['198.18.255.0/24'], 'log-level': 'warn' },
+      const { settings, reload, applied, lines } = reloaderFor('server', file, {
+        argv: { key: '/k', peers: '/p', 'tunnel-cidr': ['198.18.255.0/24'], 'log-level': 'warn' },
         env: { NODELINK_PATH_CHECK_PORT: '8080' },
-      };
-      const settings = readSettings(request);
+      });
       expect(liveSettings('server', settings)).to.deep.equal({
         logLevel: 'warn',
         pathCheckIntervalMs: 2000,
         pathCheckTimeoutMs: DEFAULTS.pathCheckTimeoutMs,
         pathCheckPort: 8080,
-      });
-      const applied: LiveSettings[] = [];
-      const { log, lines } = capturingLogger();
-      const reload = settingsReloader({
-        role: 'server',
-        configFile: file,
-        start: { settings, reread: () => readSettings(request) },
-        log,
-        apply: (next) => applied.push(next),
       });
       write(
         file,
@@ -402,20 +424,7 @@ describe('settings', function () {
     it('a bad value in the file is refused naming the setting and its source; nothing is applied', function () {
       const file = path.join(dir, 'client-reload.yaml');
       write(file, 'log-level: info\n');
-      const request: SettingsRequest = {
-        command: 'client',
-        spec: CLIENT_SETTINGS,
-        argv: { config: file },
-        env: {},
-      };
-      const applied: LiveSettings[] = [];
-      const reload = settingsReloader({
-        role: 'client',
-        configFile: file,
-        start: { settings: readSettings(request), reread: () => readSettings(request) },
-        log: capturingLogger().log,
-        apply: (next) => applied.push(next),
-      });
+      const { reload, applied } = reloaderFor('client', file, { argv: {}, env: {} });
       write(file, 'log-level: loud\n');
       expect(() => reload()).to.throw(/--log-level must be one of trace, debug, info, warn, error, fatal, silent/);
       write(file, 'forwarding: maybe\n');
