@@ -10,3 +10,4 @@ export * from './health.js';
 export * from './http.js';
 export * from './endpoint.js';
 export * from './endpoints.js';
+export * from './merge-status.js';

@@ -36,6 +36,21 @@ export interface PeerStatus {
   routeStates?: RouteState[];
   /** Server: the data path to the node checked end to end through the TUN. */
   path?: PathHealth;
+  /** Server with --workers: the worker holding its session (null while it has none). */
+  worker?: number | null;
+}
+
+/** Server with --workers: one worker process, its TUN and what it holds. */
+export interface WorkerStatus {
+  index: number;
+  /** Its process ID; null between a crash and its restart. */
+  pid: number | null;
+  tun: string;
+  /** `running` answered this status; `starting` not ready yet; `unresponsive` did not answer in time. */
+  state: 'running' | 'starting' | 'unresponsive';
+  sessions: number;
+  /** How often the primary started it again after it died. */
+  restarts: number;
 }
 
 /**
@@ -124,6 +139,8 @@ export interface DaemonStatus {
   metrics?: string;
   /** The metrics endpoint and the admin socket: serving, or failed and retried (the link runs either way). */
   endpoints?: EndpointStatus[];
+  /** Server with --workers: the worker processes, each with its own TUN. */
+  workers?: WorkerStatus[];
   /** Process counts for leak checks: fds, timers, sessions (see debug.ts). */
   debug?: DebugStatus;
 }

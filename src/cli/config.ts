@@ -67,6 +67,8 @@ export interface ServerConfig extends LinkTunables {
   readonly serverCount: number;
   /** --init-routes: install the fail-closed rules and routes for the peers file, then exit. */
   readonly initRoutes: boolean;
+  /** --workers: server processes, each with its own TUN (1 = one process, no primary). */
+  readonly workers: number;
 }
 
 export interface ClientConfig extends LinkTunables {
@@ -133,6 +135,7 @@ export const DEFAULTS = {
   maxNewConnsPerSource: DEFAULT_ADMISSION_LIMITS.maxNewPerSourcePerSecond,
   maxQueuedHandshakes: DEFAULT_ADMISSION_LIMITS.maxQueued,
   serverCount: 1,
+  workers: 1,
   replicaSearchCapMs: 10_000,
   replicaForgetMs: 60_000,
 } as const;
@@ -268,6 +271,12 @@ export const SERVER_SETTINGS: SettingsSpec = {
     default: DEFAULTS.serverCount,
     describe:
       'replicas behind the address nodes dial: each node holds a session to this many (the same on every replica)',
+  },
+  workers: {
+    type: 'number',
+    default: DEFAULTS.workers,
+    describe:
+      'server processes sharing the listen port, each with its own TUN (--tun, then --tun-1, …) and a share of the nodes: set it to the CPU cores the server may use',
   },
   'init-routes': {
     type: 'boolean',
@@ -516,7 +525,26 @@ export function parseServerConfig(raw: RawOptions): ServerConfig {
     ...serverSecurity(raw),
     ...replicaIdentity(raw),
     initRoutes: bool(raw, 'init-routes', false),
+    workers: workerCount(raw),
   });
+}
+
+/** Most worker processes a server may run. */
+export const MAX_WORKERS = 64;
+
+/** The TUN of worker `index`: the first has --tun itself, so one worker is exactly a lone server. */
+export function workerTun(tun: string, index: number): string {
+  return index === 0 ? tun : `${tun}-${index}`;
+}
+
+function workerCount(raw: RawOptions): number {
+  const workers = int(raw, 'workers', DEFAULTS.workers, 1, MAX_WORKERS);
+  const last = workerTun(interfaceName(raw), workers - 1);
+  if (last.length > 15)
+    throw new ConfigError(
+      `--workers ${workers} needs TUN names up to "${last}", over the 15 characters of an interface name: shorten --tun`,
+    );
+  return workers;
 }
 
 function replicaIdentity(raw: RawOptions): Pick<ServerConfig, 'serverId' | 'serverCount'> {

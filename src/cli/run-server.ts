@@ -1,7 +1,7 @@
 import { defaultServerId } from '../link-server/replica-id.js';
 import { PeerRegistry, readKeyFile, readPeersFile } from '../auth/index.js';
 import { processDebug, type DaemonStatus } from '../admin/index.js';
-import { FlowFilter, LinkServer, loadServerCertificate } from '../link-server/index.js';
+import { FlowFilter, LinkServer, SessionRoutes, loadServerCertificate } from '../link-server/index.js';
 import { LinuxTun, ServerRoutes } from '../tun/index.js';
 import { createLogger } from '../log.js';
 import { userMessage } from '../errors.js';
@@ -11,6 +11,7 @@ import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { serverObservability } from './observe.js';
 import { kubernetesNodeAuth, nodeRouteCheck } from './kubernetes.js';
 import { onReload, reloadSettingsOnSighup, type StartSettings } from './reload.js';
+import { perWorker, runWorkers, slotOf, workerObservability, workerSlot, type WorkerSlot } from './workers.js';
 
 /** Every allowedIP of the peers, and where each came from, for the route checks. */
 function allowedIPs(registry: PeerRegistry): { cidrs: string[]; label: (cidr: string) => string } {
@@ -36,11 +37,12 @@ async function withoutClashes(registry: PeerRegistry, routes: ServerRoutes, log:
   return new PeerRegistry(kept);
 }
 
-function serverRoutes(config: ServerConfig): ServerRoutes {
+function serverRoutes(config: ServerConfig, slot?: WorkerSlot): ServerRoutes {
   return new ServerRoutes({
-    tun: config.tun,
+    tun: slot?.tun ?? config.tun,
     listenPort: config.listen.port,
     sources: { 4: tunnelSource(config.tunnelAddresses, 4), 6: tunnelSource(config.tunnelAddresses, 6) },
+    worker: slot && { baseTun: config.tun, devices: slot.devices, home: slot.index === 0 },
   });
 }
 
@@ -65,10 +67,20 @@ async function initRoutes(config: ServerConfig, log: Logger): Promise<void> {
 export async function runServer(config: ServerConfig, start: StartSettings): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'server' }, config.logFormat);
   if (config.initRoutes) return initRoutes(config, log);
+  const slot = workerSlot(config);
   // Everything that can be wrong with the input is checked before any device is created.
   const keyPair = readKeyFile(config.keyFile);
+  if (config.workers > 1 && !slot) {
+    // The primary: a bad peers file or a route conflict is one line, here, not one per worker.
+    if (config.nodeAuth !== 'kubernetes') {
+      const allowed = allowedIPs(readPeersFile(config.peersFile, config.tunnelCidrs));
+      await serverRoutes(config, slotOf(config, 0)).check(allowed.cidrs, allowed.label);
+    }
+    return runWorkers(config, start, log, config.serverId || defaultServerId());
+  }
+  const tunName = slot?.tun ?? config.tun;
   const kubernetes = config.nodeAuth === 'kubernetes' ? await kubernetesNodeAuth(config, log) : undefined;
-  const routes = serverRoutes(config);
+  const routes = serverRoutes(config, slot);
   const registry = kubernetes
     ? await withoutClashes(kubernetes.registry, routes, log)
     : readPeersFile(config.peersFile, config.tunnelCidrs);
@@ -81,17 +93,18 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     ? await nodeRouteCheck(config.kubeconfig, registry.peers[0]?.name, log)
     : undefined;
   const tun = await LinuxTun.open({
-    name: config.tun,
+    name: tunName,
     mtu: config.mtu,
     addresses: config.tunnelCidrs.map((cidr) => `${cidr.firstHost()}/${cidr.length}`),
   });
   // Once the TUN name is ours (a live server holding it makes open() fail), so is its table.
   let filter: FlowFilter | undefined;
   try {
-    // From here on a node's packets go into the TUN or nowhere, never by another route.
-    await routes.failClosed(allowed.cidrs, { prune: true });
-    if (config.allowNodeInitiated) await FlowFilter.removeLeftover(config.tun);
-    else filter = await FlowFilter.install({ tun: config.tun, peers: registry.peers, log });
+    // From here on a node's packets go into the TUN or nowhere, never by another route. Of
+    // several workers, the first keeps the backstops.
+    if (!slot || slot.index === 0) await routes.failClosed(allowed.cidrs, { prune: true });
+    if (config.allowNodeInitiated) await FlowFilter.removeLeftover(tunName);
+    else filter = await FlowFilter.install({ tun: tunName, peers: registry.peers, log });
   } catch (err) {
     kubernetes?.stop();
     await tun.close();
@@ -105,7 +118,9 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     ...(filter ? filter.annotate(status) : status),
     flowFilter,
   });
-  const observe = serverObservability(config, log);
+  const worker = slot && workerObservability(slot);
+  const observe = worker ?? serverObservability(config, log);
+  const share = (limit: number): number => (slot ? perWorker(limit, slot.count) : limit);
   const server = new LinkServer({
     host: config.listen.host,
     port: config.listen.port,
@@ -123,14 +138,22 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     authorizeHello: kubernetes?.authorize,
     certificate,
     limits: {
-      maxUnauthenticated: config.maxUnauthenticated,
-      maxNewPerSourcePerSecond: config.maxNewConnsPerSource,
-      maxQueued: config.maxQueuedHandshakes,
+      maxUnauthenticated: share(config.maxUnauthenticated),
+      maxNewPerSourcePerSecond: share(config.maxNewConnsPerSource),
+      maxQueued: share(config.maxQueuedHandshakes),
     },
     removeRoutes: (cidrs) => routes.remove(cidrs.map(String)),
-    serverId: config.serverId || defaultServerId(),
+    serverId: slot?.serverId || config.serverId || defaultServerId(),
     serverCount: config.serverCount,
   });
+  worker?.follow(
+    new SessionRoutes({
+      peers: () => server.peerSessions(),
+      claim: (cidrs) => routes.claim(cidrs),
+      release: (cidrs) => routes.release(cidrs),
+      log,
+    }),
+  );
   try {
     await server.start();
     await observe.start(
@@ -171,7 +194,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     start,
     log,
     apply: (next) =>
-      observe.pathChecker.reconfigure({
+      observe.pathChecker?.reconfigure({
         intervalMs: next.pathCheckIntervalMs!,
         timeoutMs: next.pathCheckTimeoutMs!,
         port: next.pathCheckPort!,
@@ -206,15 +229,17 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
       { table: flowFilter.table, maxFlowsPerNode: flowFilter.maxFlowsPerNode },
       'dropping packets from nodes that do not belong to a flow the control plane opened',
     );
-  else log.warn({ tun: config.tun }, '--allow-node-initiated: nodes may open flows toward the control plane');
+  else if (!slot || slot.index === 0)
+    log.warn({ tun: config.tun }, '--allow-node-initiated: nodes may open flows toward the control plane');
   log.info(
     {
-      tun: config.tun,
+      tun: tunName,
       routeTable: routes.table,
       tunnelCidrs: config.tunnelCidrs.map(String),
-      adminSocket: config.adminSocket,
+      ...(slot ? { worker: slot.index } : { adminSocket: config.adminSocket }),
     },
-    'server ready',
+    // The primary says 'server ready' once every worker is.
+    slot ? 'worker serving' : 'server ready',
   );
   onShutdownSignal(log, 2000, async () => {
     kubernetes?.stop();

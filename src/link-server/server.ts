@@ -36,6 +36,7 @@ import { Peers } from './peers.js';
 import { reloadPeers, type PeerSource, type ReloadSummary } from './reload.js';
 import { pathTargets, type PathTarget } from './path-check.js';
 import { serverRouteStates, serverStatus } from './status.js';
+import type { HeldPeer } from './session-routes.js';
 
 export type { ReloadSummary };
 
@@ -238,6 +239,12 @@ export class LinkServer {
       if (session) connected.push({ name: config.name, routes: session.routes });
     }
     return pathTargets(connected);
+  }
+
+  /** Each peer's name, allowedIPs and whether it holds a session here (a worker's routes follow them). */
+  *peerSessions(): Iterable<HeldPeer> {
+    for (const { session, config } of this.peers.byKey.values())
+      yield { name: config.name, allowedIPs: config.allowedIPs, connected: session !== undefined };
   }
 
   /** Live connection counts for leak checks (the `debug` field of status). */

@@ -26,12 +26,31 @@ import { ip, ipBatch } from './iproute2.js';
  * its tunnel. Rules and backstops outlive the process on purpose; `ip route show table all
  * proto 78` and `ip rule show` list them.
  *
+ * With several worker processes (`--workers`), each worker has its own TUN (nl0, nl0-1, …) and
+ * all of them share the one table of the first name, behind the same rules: with a table per
+ * worker, one table's backstop would end the lookup before another's route was found. Each node's
+ * route goes into the TUN of the worker holding its session, so the kernel itself spreads the
+ * data over the workers:
+ *
+ *   <table>  <allowedIP> dev nl0-1 proto 78 metric 64 src …      the worker holding the session
+ *            <allowedIP> dev nl0 proto 78 metric 128 src …       every peer: the first worker
+ *                                                                (drops, counts, ICMP) while offline
+ *            unreachable <allowedIP> proto 78 metric 4096         always
+ *
+ * A worker claims a node's routes with `replace` (the newest session wins, atomically) and
+ * releases them with a `del` naming its own device, which the kernel refuses when another worker
+ * has claimed them since: a node that moved keeps its route. A worker that dies takes its TUN,
+ * and with it its routes: its nodes' traffic falls to the first worker's routes, or to the
+ * backstops, until they reconnect.
+ *
  * The client (node) keeps its routes to the server's tunnel CIDRs in `main`, under the same
  * protocol, and refuses a tunnel CIDR that would take over the node's default route, its route
  * to the server or any route already on the host.
  */
 export const ROUTE_PROTOCOL = 78;
 export const TUN_ROUTE_METRIC = 64;
+/** Workers: the first worker's route for every peer, under the session routes. */
+export const HOME_ROUTE_METRIC = 128;
 export const BACKSTOP_METRIC = 4096;
 export const OWN_TRAFFIC_RULE_PRIORITY = 4877;
 export const TABLE_RULE_PRIORITY = 4878;
@@ -206,6 +225,8 @@ export function describeRoute(route: KernelRoute): string {
 export interface RouteOwner {
   readonly tun: string;
   readonly table: number;
+  /** Every TUN of this daemon, when it has several (--workers); default `[tun]`. */
+  readonly devices?: readonly string[];
 }
 
 export interface RouteConflict {
@@ -215,7 +236,8 @@ export interface RouteConflict {
 }
 
 function isOwn(route: KernelRoute, owner: RouteOwner): boolean {
-  if (route.dev === owner.tun && route.type !== RTN_UNREACHABLE) return true;
+  if (route.dev !== undefined && route.type !== RTN_UNREACHABLE && (owner.devices ?? [owner.tun]).includes(route.dev))
+    return true;
   return route.table === owner.table && route.protocol === ROUTE_PROTOCOL && route.type === RTN_UNREACHABLE;
 }
 
@@ -283,6 +305,18 @@ export interface ServerRoutesOptions {
   readonly sources: { readonly 4?: string; readonly 6?: string };
   readonly run?: IpRunner;
   readonly batch?: BatchRunner;
+  /** One worker of several (--workers): see the top of this file. */
+  readonly worker?: WorkerRoutes;
+}
+
+/** A worker's place among the server's workers. */
+export interface WorkerRoutes {
+  /** The server's --tun, which names the table every worker shares. */
+  readonly baseTun: string;
+  /** Every worker's TUN, its own (`tun`) among them. */
+  readonly devices: readonly string[];
+  /** The first worker: it keeps the backstops and a route for every peer (HOME_ROUTE_METRIC). */
+  readonly home: boolean;
 }
 
 /** What a fail-closed pass changed. */
@@ -305,13 +339,18 @@ export class ServerRoutes {
   private readonly batch: BatchRunner;
 
   constructor(private readonly options: ServerRoutesOptions) {
-    this.table = routeTableFor(options.tun);
+    this.table = routeTableFor(options.worker?.baseTun ?? options.tun);
     this.run = options.run ?? ip;
     this.batch = options.batch ?? ((commands) => ipBatch(commands));
   }
 
   private get owner(): RouteOwner {
-    return { tun: this.options.tun, table: this.table };
+    return { tun: this.options.tun, table: this.table, devices: this.options.worker?.devices };
+  }
+
+  /** Whether this process keeps the backstops (a lone server, or the first of its workers). */
+  private get keepsBackstops(): boolean {
+    return this.options.worker?.home ?? true;
   }
 
   /**
@@ -373,17 +412,40 @@ export class ServerRoutes {
     return { rulesAdded, backstopsAdded, backstopsRemoved };
   }
 
-  /** Rules and backstops for these CIDRs, then their routes into the TUN (idempotent). */
+  /**
+   * Rules and backstops for these CIDRs, then their routes into the TUN (idempotent). A worker
+   * other than the first only checks: the first keeps backstops and routes for every peer, and
+   * each worker claims the routes of the nodes it holds (`claim`).
+   */
   async install(cidrs: readonly string[]): Promise<void> {
     await this.check(cidrs);
+    if (!this.keepsBackstops) return;
     await this.failClosed(cidrs, { prune: false });
-    await this.batch(cidrs.map((cidr) => this.tunRouteCommand('replace', cidr)));
+    const metric = this.options.worker ? HOME_ROUTE_METRIC : TUN_ROUTE_METRIC;
+    await this.batch(cidrs.map((cidr) => this.tunRouteCommand('replace', cidr, metric)));
   }
 
   /** Removes the TUN routes and backstops of CIDRs no peer claims any more; a route already gone is no error. */
   async remove(cidrs: readonly string[]): Promise<void> {
-    const commands = cidrs.flatMap((cidr) => [this.tunRouteCommand('del', cidr), this.backstopCommand('del', cidr)]);
+    const commands = cidrs.flatMap((cidr) => [
+      this.tunRouteCommand('del', cidr),
+      ...(this.options.worker?.home ? [this.tunRouteCommand('del', cidr, HOME_ROUTE_METRIC)] : []),
+      ...(this.keepsBackstops ? [this.backstopCommand('del', cidr)] : []),
+    ]);
     await this.batch(commands).catch(() => undefined);
+  }
+
+  /** Workers: routes these CIDRs into this worker's TUN, over any other worker's (its node is here now). */
+  async claim(cidrs: readonly string[]): Promise<void> {
+    await this.batch(cidrs.map((cidr) => this.tunRouteCommand('replace', cidr)));
+  }
+
+  /**
+   * Workers: removes this worker's routes for these CIDRs. The kernel deletes a route only where
+   * it still names this worker's TUN, so a node another worker has claimed since keeps its route.
+   */
+  async release(cidrs: readonly string[]): Promise<void> {
+    await this.batch(cidrs.map((cidr) => this.tunRouteCommand('del', cidr))).catch(() => undefined);
   }
 
   /** Removes every route into this server's TUN from its table; the backstops stay. */
@@ -391,12 +453,13 @@ export class ServerRoutes {
     const routes = await readRoutes(this.run).catch(() => []);
     const commands = routes
       .filter((route) => route.table === this.table && route.dev === this.options.tun && route.type === RTN_UNICAST)
-      .map((route) => this.tunRouteCommand('del', route.dst.text));
+      .map((route) => this.tunRouteCommand('del', route.dst.text, route.metric));
     await this.batch(commands).catch(() => undefined);
   }
 
-  private tunRouteCommand(verb: 'replace' | 'del', cidr: string): string {
-    return serverRouteCommand(verb, cidr, this.options.tun, this.options.sources[parseCidr(cidr).family]);
+  private tunRouteCommand(verb: 'replace' | 'del', cidr: string, metric = TUN_ROUTE_METRIC): string {
+    const source = this.options.sources[parseCidr(cidr).family];
+    return serverRouteCommand(verb, cidr, this.options.tun, source, { table: this.table, metric });
   }
 
   private backstopCommand(verb: 'add' | 'del', cidr: string, metric = BACKSTOP_METRIC): string {
@@ -440,10 +503,20 @@ export class ServerRoutes {
   }
 }
 
-/** A line for `ip -batch` (or after `ip `): one of the server's routes into its TUN. */
-export function serverRouteCommand(verb: 'replace' | 'del', cidr: string, tun: string, src?: string): string {
+/**
+ * A line for `ip -batch` (or after `ip `): one of the server's routes into its TUN, in the TUN's
+ * own table unless a worker's shared one is given.
+ */
+export function serverRouteCommand(
+  verb: 'replace' | 'del',
+  cidr: string,
+  tun: string,
+  src?: string,
+  at: { table?: number; metric?: number } = {},
+): string {
   const source = verb === 'replace' && src ? ` src ${src}` : '';
-  return `route ${verb} ${cidr} dev ${tun}${source} proto ${ROUTE_PROTOCOL} metric ${TUN_ROUTE_METRIC} table ${routeTableFor(tun)}`;
+  const table = at.table ?? routeTableFor(tun);
+  return `route ${verb} ${cidr} dev ${tun}${source} proto ${ROUTE_PROTOCOL} metric ${at.metric ?? TUN_ROUTE_METRIC} table ${table}`;
 }
 
 /** A line for `ip -batch` (or after `ip `): one of the node's routes to the server's tunnel CIDRs. */
