@@ -16,7 +16,10 @@ const TUNS = ['nl0', 'nl0-1'];
 
 describe('server with --workers 2 (real CLI)', function () {
   this.timeout(120_000);
-  const rig = clusterRig({ nodes: NODES.length }, { start: true, cluster: () => ({ extraServerArgs: ['--workers', '2'] }) });
+  const rig = clusterRig(
+    { nodes: NODES.length },
+    { start: true, cluster: () => ({ extraServerArgs: ['--workers', '2'] }) },
+  );
   const table = routeTableFor('nl0');
 
   const allowedIPs = (): string[] => NODES.flatMap((n) => rig.h.nodeRoutes(n));
@@ -101,10 +104,9 @@ describe('server with --workers 2 (real CLI)', function () {
     const routes = await ownRoutes();
     for (const cidr of allowedIPs()) {
       const under = routes.filter((r) => r.dst.text === cidr && r.table === table);
-      expect(under.map((r) => (r.type === 7 ? `unreachable ${r.metric}` : `${r.dev} ${r.metric}`)).sort()).to.include.members([
-        'nl0 128',
-        'unreachable 4096',
-      ]);
+      expect(
+        under.map((r) => (r.type === 7 ? `unreachable ${r.metric}` : `${r.dev} ${r.metric}`)).sort(),
+      ).to.include.members(['nl0 128', 'unreachable 4096']);
     }
   });
 
@@ -167,7 +169,9 @@ describe('server with --workers 2 (real CLI)', function () {
       const link = await h.exec(h.ns.cp, ['ip', 'link', 'show', tun], { allowFail: true });
       expect(link.code, `${tun} still exists`).to.not.equal(0);
     }
-    const left = (await ownRoutes()).map((r) => `${r.type === 7 ? 'unreachable' : `dev ${r.dev}`} ${r.dst.text} ${r.table}`);
+    const left = (await ownRoutes()).map(
+      (r) => `${r.type === 7 ? 'unreachable' : `dev ${r.dev}`} ${r.dst.text} ${r.table}`,
+    );
     expect(left.sort()).to.deep.equal(
       allowedIPs()
         .map((cidr) => `unreachable ${cidr} ${table}`)
