@@ -4,6 +4,7 @@
 // come back, and SIGTERM leaves the backstops and no TUN.
 
 import { expect } from 'chai';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { expectedSha256 } from '../../scripts/harness/index.js';
 import { runCli } from '../../scripts/cluster.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
@@ -12,6 +13,8 @@ import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
 import { waitFor } from '../support/wait.js';
 
 const NODES = [1, 2, 3, 4];
+/** The node the reload removes from the peers file. */
+const REMOVED = 4;
 const TUNS = ['nl0', 'nl0-1'];
 
 describe('server with --workers 2 (real CLI)', function () {
@@ -22,7 +25,9 @@ describe('server with --workers 2 (real CLI)', function () {
   );
   const table = routeTableFor('nl0');
 
-  const allowedIPs = (): string[] => NODES.flatMap((n) => rig.h.nodeRoutes(n));
+  /** The nodes in the peers file now. */
+  let current = [...NODES];
+  const allowedIPs = (): string[] => current.flatMap((n) => rig.h.nodeRoutes(n));
 
   /** Every route of the control plane with protocol 78. */
   const ownRoutes = async (): Promise<KernelRoute[]> => {
@@ -44,7 +49,7 @@ describe('server with --workers 2 (real CLI)', function () {
   /** Each node's IPv4 and IPv6 node IP is routed into the TUN of the worker its status names. */
   const expectRoutesFollowSessions = async (status: DaemonStatus): Promise<void> => {
     const { h } = rig;
-    for (const n of NODES) {
+    for (const n of current) {
       const peer = status.peers.find((p) => p.name === h.nodeName(n))!;
       expect(peer.worker, `${peer.name} held by a worker`).to.be.oneOf([0, 1]);
       const tun = TUNS[peer.worker!];
@@ -73,7 +78,7 @@ describe('server with --workers 2 (real CLI)', function () {
       'every node connected, its routes into its worker’s TUN',
       async () => {
         status = await rig.cluster.status().catch(() => undefined);
-        if (!status || status.peers.length !== NODES.length || !status.peers.every((p) => p.connected)) return false;
+        if (!status || status.peers.length !== current.length || !status.peers.every((p) => p.connected)) return false;
         return expectRoutesFollowSessions(status).then(
           () => true,
           () => false,
@@ -149,6 +154,36 @@ describe('server with --workers 2 (real CLI)', function () {
     const status = await settled(30_000);
     for (const name of moved) expect(status.peers.find((p) => p.name === name)!.connected).to.equal(true);
     await reachesAll();
+  });
+
+  it('SIGHUP reaches every worker: a node removed from the peers file is disconnected and loses every route', async function () {
+    const { h, cluster } = rig;
+    const file = JSON.parse(readFileSync(cluster.peersFile, 'utf8')) as { peers: Array<{ name: string }> };
+    writeFileSync(
+      cluster.peersFile,
+      JSON.stringify({ peers: file.peers.filter((p) => p.name !== h.nodeName(REMOVED)) }, null, 2),
+    );
+    cluster.server!.kill('SIGHUP');
+    await waitFor(
+      `${h.nodeName(REMOVED)} gone from status, its client told so`,
+      async () => {
+        const status = await cluster.status().catch(() => undefined);
+        return status?.peers.length === NODES.length - 1 && !cluster.clients.get(REMOVED)!.running;
+      },
+      15_000,
+    );
+    expect(cluster.clients.get(REMOVED)!.output()).to.contain("removed from the server's peers file");
+    await waitFor(
+      `no route left for ${h.nodeName(REMOVED)}`,
+      async () => {
+        const left = (await ownRoutes()).filter((r) => h.nodeRoutes(REMOVED).includes(r.dst.text));
+        return left.length === 0;
+      },
+      5000,
+    );
+    current = NODES.filter((n) => n !== REMOVED);
+    const status = await settled(15_000);
+    expect(status.workers!.every((w) => w.state === 'running')).to.equal(true);
   });
 
   it('SIGTERM stops every worker: no TUN left, only the backstops stay', async function () {
