@@ -61,7 +61,10 @@ export class SessionRoutes {
       try {
         await this.options.claim(claim);
       } catch (err) {
-        this.options.log.warn({ err: (err as Error).message, cidrs: claim.length }, 'cannot route nodes to this worker');
+        this.options.log.warn(
+          { err: (err as Error).message, cidrs: claim.length },
+          'cannot route nodes to this worker',
+        );
       }
       await this.options.release(release);
     }

@@ -1,7 +1,7 @@
 import type { DaemonStatus, PeerStatus } from '../../admin/index.js';
 import { Prefix, formatEndpoint, nodeIp } from '../../routing/index.js';
 import { flowFilterTable } from '../../link-server/flow-filter.js';
-import { NFT_MISSING, TunError, deviceUp, nftJson, serverRouteCommand } from '../../tun/index.js';
+import { NFT_MISSING, TunError, deviceUp, nftJson, routeTableFor, serverRouteCommand } from '../../tun/index.js';
 import {
   checkApiserverFlags,
   findApiserverProcesses,
@@ -135,7 +135,7 @@ function peerChecks(peer: PeerStatus, tun: string, listen: string | undefined): 
         };
         return fail(
           `MISSING route: ${wrong.map((w) => `${w.cidr} goes ${w.how}`).join('; ')}, not ${tun} — the apiserver's packets for it never reach the link`,
-          `${wrong.map((w) => `ip ${serverRouteCommand('replace', w.cidr, tun, source(w.cidr))}`).join(' && ')} (nodelink server installs these at start: restarting it also fixes it)`,
+          `${wrong.map((w) => `ip ${serverRouteCommand('replace', w.cidr, tun, source(w.cidr), { table: routeTableFor(server(ctx).tun) })}`).join(' && ')} (nodelink server installs these at start: restarting it also fixes it)`,
         );
       },
     },
@@ -222,7 +222,10 @@ export function controlPlaneChecks(
     { id: 'listening', title: 'server port answers', after: ['server'], run: listeningCheck },
     { id: 'tun', title: 'TUN device up', after: ['server'], run: tunCheck },
     { id: 'flow_filter', title: 'node-initiated flows dropped', after: ['server'], run: flowFilterCheck },
-    ...(status?.peers ?? []).flatMap((peer) => peerChecks(peer, status!.tun, status!.listen)),
+    // With --workers, a node's routes go into the TUN of the worker holding its session.
+    ...(status?.peers ?? []).flatMap((peer) =>
+      peerChecks(peer, status!.workers?.find((w) => w.index === peer.worker)?.tun ?? status!.tun, status!.listen),
+    ),
     ...apiserverChecks(procRoot),
   ];
 }
