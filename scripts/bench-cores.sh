@@ -172,12 +172,14 @@ for n in $(seq $NODES); do wait_for 10 listening "$(node_ns "$n")" 5201 || die "
 
 RAW=$WORK/raw.tsv; : >"$RAW"   # workers  round  metric  value
 measure() {   # measure WORKERS ROUND
-  local w=$1 r=$2 n s0 c0 h0 s1 c1 h1 t0 t1 total=0 bps spids
+  local w=$1 r=$2 n s0 c0 h0 s1 c1 h1 t0 t1 total=0 bytes=0 bps b spids p
+  local -A before
   wait_for 30 all_connected || die "not every node connected to the server (--workers $w)"
   for n in $(seq $NODES); do wait_for 10 nsx "$NS_CP" ping -c1 -W1 "$(node_ip "$n")" || die "node $n unreachable"; done
   spids=$(server_pids)
   # shellcheck disable=SC2086
   s0=$(proc_ticks $spids); c0=$(proc_ticks "${CLIENT_PIDS[@]}"); h0=$(host_ticks); t0=$(date +%s.%N)
+  for p in $spids; do before[$p]=$(proc_ticks "$p"); done
   for n in $(seq $NODES); do
     timeout $((DURATION + 20)) ip netns exec "$NS_CP" iperf3 -c "$(node_ip "$n")" -p 5201 -t "$DURATION" \
       --connect-timeout 3000 -J >"$WORK/iperf-$n.json" 2>>"$WORK/iperf3-client.log" &
@@ -185,21 +187,28 @@ measure() {   # measure WORKERS ROUND
   wait_iperf
   # shellcheck disable=SC2086
   s1=$(proc_ticks $spids); c1=$(proc_ticks "${CLIENT_PIDS[@]}"); h1=$(host_ticks); t1=$(date +%s.%N)
+  # How evenly the server's work split: the busiest process's share of the server's CPU.
+  local busiest=0
+  for p in $spids; do b=$(($(proc_ticks "$p") - before[$p])); [ "$b" -gt "$busiest" ] && busiest=$b; done
   local per=()
   for n in $(seq $NODES); do
     bps=$(jq -r '.end.sum_received.bits_per_second // 0' "$WORK/iperf-$n.json" 2>/dev/null || echo 0)
+    b=$(jq -r '.end.sum_received.bytes // 0' "$WORK/iperf-$n.json" 2>/dev/null || echo 0)
+    bytes=$(awk -v a="$bytes" -v b="$b" 'BEGIN{print a + b}')
     per+=("$(awk -v x="$bps" 'BEGIN{printf "%.0f", x / 1e6}')")
     total=$(awk -v a="$total" -v b="$bps" 'BEGIN{print a + b}')
   done
-  local mbps wall scores ccores hcores
+  local mbps wall scores ccores hcores spg share
   mbps=$(awk -v x="$total" 'BEGIN{printf "%.1f", x / 1e6}')
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')
   scores=$(awk -v a="$s0" -v b="$s1" -v hz="$HZ" -v w="$wall" 'BEGIN{printf "%.2f", (b - a) / hz / w}')
   ccores=$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" -v w="$wall" 'BEGIN{printf "%.2f", (b - a) / hz / w}')
   hcores=$(awk -v a="$h0" -v b="$h1" -v hz="$HZ" -v w="$wall" 'BEGIN{printf "%.2f", (b - a) / hz / w}')
-  printf '%s\t%s\tmbps\t%s\n%s\t%s\tserver_cores\t%s\n%s\t%s\tclient_cores\t%s\n%s\t%s\thost_cores\t%s\n' \
-    "$w" "$r" "$mbps" "$w" "$r" "$scores" "$w" "$r" "$ccores" "$w" "$r" "$hcores" >>"$RAW"
-  say "  --workers $w: $(printf '%7s' "$mbps") Mbit/s in all (per node ${per[*]}); cores used: server $scores, 4 clients $ccores, host $hcores"
+  spg=$(awk -v a="$s0" -v b="$s1" -v hz="$HZ" -v x="$bytes" 'BEGIN{printf "%.2f", (x > 0 ? (b - a) / hz / (x / 1e9) : 0)}')
+  share=$(awk -v m="$busiest" -v a="$s0" -v b="$s1" 'BEGIN{printf "%.2f", (b > a ? m / (b - a) : 0)}')
+  printf '%s\t%s\t%s\t%s\n' "$w" "$r" mbps "$mbps" "$w" "$r" server_cores "$scores" "$w" "$r" client_cores "$ccores" \
+    "$w" "$r" host_cores "$hcores" "$w" "$r" server_cpu_s_per_gb "$spg" "$w" "$r" busiest_share "$share" >>"$RAW"
+  say "  --workers $w: $(printf '%7s' "$mbps") Mbit/s in all (per node ${per[*]}); cores used: server $scores, 4 clients $ccores, host $hcores; server $spg CPU s/GB, busiest process $share of it"
 }
 wait_iperf() { local j; for j in $(jobs -p); do case " ${PIDS[*]} " in *" $j "*) ;; *) wait "$j" || true ;; esac; done; }
 
@@ -221,7 +230,8 @@ jq -Rn --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg cpu "$CPU_MODEL" --argj
   | def of($w; $m): [$rows[] | select(.w == $w and .m == $m) | .v];
   def summary($w): {mbps: (of($w; "mbps") | median), mbps_rounds: of($w; "mbps"),
     server_cores: (of($w; "server_cores") | median), client_cores: (of($w; "client_cores") | median),
-    host_cores: (of($w; "host_cores") | median)};
+    host_cores: (of($w; "host_cores") | median), server_cpu_s_per_gb: (of($w; "server_cpu_s_per_gb") | median),
+    busiest_share: (of($w; "busiest_share") | median)};
   {tool: "nodelink scripts/bench-cores.sh", date: $date, machine: {cpu: $cpu, cpus: $cpus, nodelink: $nodelink, load_at_end: $load},
    params: {nodes: 4, rounds: $rounds, duration_s: $duration, direction: "cp → node, 4 single-stream iperf3 at once"},
    one_core: summary("1"), all_cores: (summary($workers | tostring) + {workers: $workers})}
@@ -231,6 +241,8 @@ jq -Rn --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg cpu "$CPU_MODEL" --argj
 say ""
 jq -r '"Medians of \(.params.rounds) rounds: --workers 1 \(.one_core.mbps) Mbit/s (server \(.one_core.server_cores) cores, clients \(.one_core.client_cores), host \(.one_core.host_cores));",
   "--workers \(.all_cores.workers) \(.all_cores.mbps) Mbit/s (server \(.all_cores.server_cores) cores, clients \(.all_cores.client_cores), host \(.all_cores.host_cores)).",
-  "Aggregate throughput all cores / one core: \(.ratio)"' "$BENCH_JSON"
+  "Aggregate throughput all cores / one core: \(.ratio) (rounds: \(.one_core.mbps_rounds) against \(.all_cores.mbps_rounds))",
+  "Server CPU per GB: \(.one_core.server_cpu_s_per_gb) s with one process, \(.all_cores.server_cpu_s_per_gb) s with \(.all_cores.workers), the busiest of them doing \(.all_cores.busiest_share) of it:",
+  "one server core carries up to \((8 / .one_core.server_cpu_s_per_gb * 10 | round) / 10) Gbit/s of this traffic; --workers K up to K times that, while the nodes and the host keep up (host cores used here: \(.all_cores.host_cores) of \(.machine.cpus))."' "$BENCH_JSON"
 say "JSON: $BENCH_JSON"
 DONE=1

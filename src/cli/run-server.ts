@@ -251,4 +251,10 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     // Conntrack keeps the flows the control plane opened: they go on after a restart.
     await filter?.remove();
   });
+  if (slot) {
+    // The primary stops its workers (SIGTERM): a Ctrl-C that reaches the whole process group
+    // must not make the primary's SIGTERM a second signal, which would cut the shutdown short.
+    process.removeAllListeners('SIGINT');
+    process.on('SIGINT', () => undefined);
+  }
 }
