@@ -11,9 +11,9 @@ import { NFT_MISSING, TunError, nft, nftJson, type NftSetValue } from '../tun/in
  * through an nftables table the server owns (`inet nodelink_<tun>`), so the data path in
  * JavaScript stays as it was and the decision costs one conntrack lookup in the kernel:
  *
- *  - prerouting, from the TUN: a packet in the reply direction of a tracked flow (replies,
- *    and ICMP errors about the control plane's packets, which conntrack marks RELATED) is
- *    accepted; anything else is counted for the node owning its source and dropped. A dropped
+ *  - prerouting: a packet in the reply direction of a tracked flow (replies, and ICMP errors
+ *    about the control plane's packets, which conntrack marks RELATED) is accepted; anything
+ *    else from the TUN is counted for the node owning its source and dropped. A dropped
  *    packet never confirms a conntrack entry, so a node cannot create state. The same hook sees
  *    packets the control plane would forward (node to node), so those die here too.
  *  - postrouting, toward the TUN: a new flow to a node is refused once that node already holds
@@ -111,13 +111,16 @@ export function renderFlowFilter(tun: string, peers: readonly FilterPeer[], limi
   lines.push(
     `  chain prerouting {`,
     `    type filter hook prerouting priority filter; policy accept;`,
+    // Replies, and ICMP errors quoting the control plane's packets, are in the reply direction
+    // of a flow the control plane opened. ESTABLISHED in the original direction would be a flow
+    // a node opened, which only --allow-node-initiated lets exist. Checked first and for every
+    // interface: most packets from the TUN are such replies, and they leave after two reads of
+    // their conntrack entry without the interface name being copied and compared; for packets
+    // of other interfaces this accept changes nothing, the chain's policy accepts them anyway.
+    `    ct direction reply ct state established,related accept`,
     `    iifname ${quoted} jump from_nodes`,
     `  }`,
     `  chain from_nodes {`,
-    // Replies, and ICMP errors quoting the control plane's packets, are in the reply direction
-    // of a flow the control plane opened. ESTABLISHED in the original direction would be a flow
-    // a node opened, which only --allow-node-initiated lets exist.
-    `    ct direction reply ct state established,related accept`,
   );
   for (const f of FAMILIES) {
     // Separate rules: an add to a full set ends its rule, and must not skip the drop below.
@@ -132,7 +135,9 @@ export function renderFlowFilter(tun: string, peers: readonly FilterPeer[], limi
     `  }`,
     `  chain postrouting {`,
     `    type filter hook postrouting priority filter; policy accept;`,
-    `    oifname ${quoted} ct state new jump to_nodes`,
+    // The flow's state first: it is cheaper to read than the interface name and rules out
+    // every packet but a flow's first.
+    `    ct state new oifname ${quoted} jump to_nodes`,
     `  }`,
     `  chain to_nodes {`,
     ...FAMILIES.map((f) => `    ${f.ip} daddr vmap @peer_caps_${f.tag}`),

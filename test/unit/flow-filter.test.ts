@@ -164,16 +164,22 @@ describe('flow filter: the nftables table', function () {
       'delete table inet nodelink_nl0',
       'table inet nodelink_nl0 {',
     ]);
-    expect(lines).to.include('iifname "nl0" jump from_nodes');
-    expect(lines).to.include('type filter hook prerouting priority filter; policy accept;');
+    // Replies leave the prerouting chain first; whatever else came from the TUN is dropped.
+    const prerouting = lines.slice(lines.indexOf('chain prerouting {') + 1, lines.indexOf('chain from_nodes {'));
+    expect(prerouting).to.deep.equal([
+      'type filter hook prerouting priority filter; policy accept;',
+      'ct direction reply ct state established,related accept',
+      'iifname "nl0" jump from_nodes',
+      '}',
+    ]);
     const chain = lines.slice(lines.indexOf('chain from_nodes {') + 1, lines.indexOf('counter drop') + 1);
-    expect(chain[0]).to.equal('ct direction reply ct state established,related accept');
+    expect(chain.filter((line) => line.includes('accept'))).to.deep.equal([]);
     expect(chain.at(-1)).to.equal('counter drop');
     expect(chain.filter((line) => line.startsWith('counter name'))).to.deep.equal([
       'counter name ip saddr map @peer_counters_v4',
       'counter name ip6 saddr map @peer_counters_v6',
     ]);
-    expect(lines).to.include('oifname "nl0" ct state new jump to_nodes');
+    expect(lines).to.include('ct state new oifname "nl0" jump to_nodes');
     const idA = peerFilterId(a.publicKeyText);
     // A prefix inside another of the same peer is left out: interval maps refuse overlaps.
     expect(text).to.contain(
