@@ -22,6 +22,8 @@ export interface ClusterOptions {
   readonly peers?: number[];
   readonly extraServerArgs?: string[];
   readonly mtu?: number;
+  /** Extra environment of the server process. */
+  readonly serverEnv?: Record<string, string>;
 }
 
 /** Runs `nodelink ARGS` (optionally inside a namespace) and returns its exit code and output. */
@@ -102,7 +104,7 @@ export class NodelinkCluster {
       ...(this.options.mtu ? ['--mtu', String(this.options.mtu)] : []),
       ...(this.options.extraServerArgs ?? []),
     ];
-    this.server = h.spawn(h.ns.cp, args, { name: 'nodelink-server' });
+    this.server = h.spawn(h.ns.cp, args, { name: 'nodelink-server', env: this.options.serverEnv });
     await this.server.waitForOutput('server ready', 15_000);
     return this.server;
   }
@@ -133,8 +135,13 @@ export class NodelinkCluster {
   }
 
   /** Starts node n's client with the usual flags, and `extraArgs` after them (a later flag wins). */
-  startClient(n: number, extraArgs: readonly string[] = [], name = `nodelink-client-${n}`): ManagedProcess {
-    const proc = this.h.spawn(this.h.ns.node(n), [...this.clientArgs(n), ...extraArgs], { name });
+  startClient(
+    n: number,
+    extraArgs: readonly string[] = [],
+    name = `nodelink-client-${n}`,
+    env?: Record<string, string>,
+  ): ManagedProcess {
+    const proc = this.h.spawn(this.h.ns.node(n), [...this.clientArgs(n), ...extraArgs], { name, env });
     this.clients.set(n, proc);
     return proc;
   }

@@ -20,11 +20,12 @@ function ed25519Verify(message: Uint8Array, signature: Uint8Array, publicKey: Ui
  * TLS session.
  *
  *   publicKey [32] | signature [64] | body [UTF-8 JSON: { "name": string, "routes": string[],
- *                                                         "held"?: string[] }]
+ *                                                         "held"?: string[], "offload"?: true }]
  *
  * `held` names the server replicas (server IDs from their welcomes) this node already holds a
  * session to behind the same address: a replica that finds itself there refuses the connection
- * (already_held) instead of replacing the session the node has.
+ * (already_held) instead of replacing the session the node has. `offload` offers Offload frames
+ * (protocol/frame.ts); a server that predates them ignores it.
  *
  * The signature covers HELLO_CONTEXT | exporter | body, where exporter is the TLS 1.3 keying
  * material exported under EXPORTER_LABEL. Both ends derive the same exporter only inside the
@@ -47,6 +48,8 @@ export interface HelloBody {
    * signed body of a channel-bound hello, so it reaches only a server the client authenticated.
    */
   readonly token?: string;
+  /** The node takes and sends Offload frames, if the server agrees in its welcome. */
+  readonly offload?: boolean;
 }
 
 /** Entries of `held` at most, and their length: server IDs, one per replica behind an address. */
@@ -68,7 +71,15 @@ export function encodeHello(pair: KeyPair, exporter: Uint8Array, body: HelloBody
   // Without held replicas or a token the body is what it was before they existed (undefined is
   // left out).
   const held = body.held && body.held.length > 0 ? body.held : undefined;
-  const bodyBytes = Buffer.from(JSON.stringify({ name: body.name, routes: body.routes, held, token: body.token }));
+  const bodyBytes = Buffer.from(
+    JSON.stringify({
+      name: body.name,
+      routes: body.routes,
+      held,
+      token: body.token,
+      offload: body.offload === true || undefined,
+    }),
+  );
   const signature = sign(null, signedMessage(exporter, bodyBytes), privateKeyObject(pair));
   return Buffer.concat([pair.publicKey, signature, bodyBytes]);
 }
@@ -120,5 +131,6 @@ export function verifyHello(payload: Uint8Array, exporter: Uint8Array): Hello {
     routes: body.routes,
     held,
     ...(body.token === undefined ? {} : { token: body.token }),
+    ...(body.offload === true ? { offload: true } : {}),
   };
 }

@@ -90,6 +90,7 @@ export class LinkClient {
   private ownRoutes!: PrefixTable<true>; // the same, to check each packet's source against
   // The replicas by slot, and the one that takes flows nobody remembers.
   private readonly bySlot: Array<Replica | undefined> = [];
+  private offloadsOn = false; // the TUN's offloads, as last set
   private primary: Replica | undefined;
   /** More than one replica is known: flows must be told apart. */
   private several = false;
@@ -128,7 +129,7 @@ export class LinkClient {
   }
 
   start(): void {
-    this.options.tun.onPacket((packet) => this.onTunPacket(packet));
+    this.options.tun.onPacket((packet, offload) => this.onTunPacket(packet, offload));
     this.dial();
   }
 
@@ -182,9 +183,10 @@ export class LinkClient {
         routes: options.routesFromServer ? [] : this.routes.map(String),
         held: this.replicas.heldIds(),
         ...(options.token ? { token: options.token() } : {}),
+        ...(options.tun.offloads ? { offload: true } : {}),
       }),
       welcomed: (session, welcome) => this.onWelcome(session, welcome),
-      data: (session, packet) => this.onServerPacket(session, packet),
+      data: (session, packet, offload) => this.onServerPacket(session, packet, offload),
       closed: (session, code, reason, byPeer, failure) => this.onClosed(session, code, reason, byPeer, failure),
       pong: (session, rttMs) => {
         const replica = this.replicaOf(session);
@@ -389,11 +391,21 @@ export class LinkClient {
       }
     }
     this.primary = primary;
+    this.updateOffloads();
+  }
+
+  /** The TUN's offloads are on while every held session agreed to them (tun/device.ts). */
+  private updateOffloads(): void {
+    let on = this.options.tun.offloads === true;
+    for (const replica of this.bySlot) if (replica?.session && !replica.session.connection.offloads) on = false;
+    if (on === this.offloadsOn) return;
+    this.offloadsOn = on;
+    this.options.tun.setOffloads?.(on);
   }
 
   // ---- the data path --------------------------------------------------------------------------
 
-  private onServerPacket(session: ClientSession, packet: Buffer): void {
+  private onServerPacket(session: ClientSession, packet: Buffer, offload: number): void {
     const counters = session.connection.counters;
     if (checkPacket(packet) !== null) {
       counters.drop('malformed');
@@ -403,10 +415,10 @@ export class LinkClient {
       const replica = this.replicaOf(session);
       if (replica) this.flows.learn(packet, replica.slot, Date.now());
     }
-    if (!this.options.tun.write(packet)) counters.drop('tun_error');
+    if (!this.options.tun.write(packet, offload)) counters.drop('tun_error');
   }
 
-  private onTunPacket(packet: Buffer): void {
+  private onTunPacket(packet: Buffer, offload = 0): void {
     const primary = this.primary;
     if (!primary) {
       this.counters.drop('disconnected');
@@ -433,7 +445,7 @@ export class LinkClient {
         replica = owner;
       }
     }
-    replica.session!.connection.sendData(packet);
+    replica.session!.connection.sendData(packet, offload);
   }
 
   // ---- status ---------------------------------------------------------------------------------

@@ -43,8 +43,8 @@ export interface SessionEvents {
   hello(): HelloBody;
   /** The server accepted the hello. Until this returns, no packet flows either way. */
   welcomed(session: ClientSession, welcome: Welcome): void;
-  /** A packet from the server, after the welcome. */
-  data(session: ClientSession, packet: Buffer): void;
+  /** A packet from the server, after the welcome; `offload` as in tun/device.ts. */
+  data(session: ClientSession, packet: Buffer, offload: number): void;
   /**
    * The dial or the session ended. `failure` names why a dial that got no welcome failed (a
    * close code name when the server sent one).
@@ -102,6 +102,7 @@ export class ClientSession {
       failure ??= dialFailureOf(err);
     });
     let trusted = false;
+    let offered = false; // the hello offered offloads: a welcome may agree to them
     // Only a ticket from a server checked here may ever be offered to one (see checkServer).
     socket.on('session', (ticket: Buffer) => {
       if (trusted) events.ticket?.(this, { ticket, identity: this.presentedIdentity });
@@ -131,14 +132,15 @@ export class ClientSession {
         socket.destroy(new DialError('connection_error', userMessage(err)));
         return;
       }
+      offered = hello.offload === true;
       const exporter = socket.exportKeyingMaterial(EXPORTER_BYTES, EXPORTER_LABEL, Buffer.alloc(0));
       this.connection.sendControl(FrameType.Hello, encodeHello(options.keyPair, exporter, hello));
     });
     this.connection = new FramedConnection(
       socket,
       {
-        onData: (packet) => {
-          if (this.welcome) events.data(this, packet);
+        onData: (packet, offload) => {
+          if (this.welcome) events.data(this, packet, offload);
         },
         onControl: (type, payload) => {
           if (type !== FrameType.Welcome || this.welcome) {
@@ -155,6 +157,7 @@ export class ClientSession {
           }
           this.welcome = welcome;
           this.welcomedAt = Date.now();
+          if (welcome.offload && offered) this.connection.agreeOffloads();
           this.connection.startKeepalive();
           events.welcomed(this, welcome);
         },

@@ -6,7 +6,9 @@
  *
  *   1. native/tunio.c on_readable: the TUN fd is readable; up to a batch of packets is read into
  *      one buffer and handed to JavaScript in one call.
- *   2. src/tun/linux-tun.ts onPacket: each packet, a view of that buffer, to Forwarder.fromTun.
+ *   2. src/tun/linux-tun.ts onPacket: each packet, a view of that buffer, to Forwarder.fromTun,
+ *      with its offload number (tun/device.ts): with the TUN's offloads on, a TCP packet of up to
+ *      64 KiB whatever the MTU, its checksum left to the receiving kernel.
  *   3. fromTun (here): checkPacket (else malformed); the longest match of the destination in the
  *      routes that connected nodes announced gives the session. No session: the drop is counted
  *      to the peer whose allowedIPs hold the address (peer_offline, or no_route when it is
@@ -15,7 +17,8 @@
  *   4. src/link/connection.ts FramedConnection.sendData: dropped (queue_full) when the session's
  *      TLS stream already holds --max-queue-bytes unsent; else the frame header and the packet
  *      are written to the TLS socket, corked, so every frame of this tick leaves in one TLS
- *      record and one syscall at process.nextTick.
+ *      record and one syscall at process.nextTick. An offloaded packet goes as an Offload frame
+ *      when the session agreed to offloads; else it is finished (segmented) there first.
  *
  * node → TUN, in the order it runs:
  *
@@ -27,9 +30,13 @@
  *   3. fromNode (here): checkPacket (else malformed); the longest match of the source in the
  *      announced routes must be this very session (else spoofed_source); an ICMP error must
  *      quote a packet sent to this session's own routes (else foreign_icmp_error).
- *   4. TunDevice.write: exactly one packet per write into the kernel (tun_error if refused).
+ *   4. TunDevice.write: exactly one packet per write into the kernel (tun_error if refused), an
+ *      Offload frame's with the virtio header that lets the kernel segment it.
  *   5. The kernel: the server's nftables table (flow-filter.ts) passes only packets of flows the
  *      control plane opened; the rest is counted there as node_initiated and dropped.
+ *
+ * The TUN's offloads are on while every connected session agreed to them: a node that predates
+ * them turns them off for all, so packets for it are rarely finished here.
  *
  * Kernel routes for every allowedIP of the peers file stay on the TUN whether its peer is online
  * or not, so traffic for an offline node reaches step 3 and is answered, never leaking to the
@@ -59,14 +66,41 @@ export class Forwarder {
   private readonly ownsQuote: PeerAddressCheck = (family, bytes, offset) =>
     this.peers.announced.lookup(family, bytes, offset) === this.quoting;
 
+  /** Sessions that did not agree to offloads; the TUN's offloads are on only while there are none. */
+  private readonly plainSessions = new Set<Session>();
+  private offloadsOn = false;
+
   constructor(
     private readonly peers: Peers,
     private readonly tun: TunDevice,
   ) {}
 
+  /** Whether this server's TUN can take offloaded packets: what a session may agree to. */
+  get offloads(): boolean {
+    return this.tun.offloads === true;
+  }
+
   /** Takes the TUN's packets from now on. */
   attach(): void {
-    this.tun.onPacket((packet) => this.fromTun(packet));
+    this.tun.onPacket((packet, offload) => this.fromTun(packet, offload));
+    this.updateOffloads();
+  }
+
+  sessionOpened(session: Session): void {
+    if (session.connection.offloads) return;
+    this.plainSessions.add(session);
+    this.updateOffloads();
+  }
+
+  sessionClosed(session: Session): void {
+    if (this.plainSessions.delete(session)) this.updateOffloads();
+  }
+
+  private updateOffloads(): void {
+    const on = this.offloads && this.plainSessions.size === 0;
+    if (on === this.offloadsOn) return;
+    this.offloadsOn = on;
+    this.tun.setOffloads?.(on);
   }
 
   startIcmpRefill(): void {
@@ -79,14 +113,14 @@ export class Forwarder {
     if (this.icmpRefillTimer) clearInterval(this.icmpRefillTimer);
   }
 
-  fromTun(packet: Buffer): void {
+  fromTun(packet: Buffer, offload = 0): void {
     if (checkPacket(packet) !== null) {
       this.unattributed.drop('malformed');
       return;
     }
     const session = this.peers.announced.lookupDestination(packet);
     if (session) {
-      session.connection.sendData(packet);
+      session.connection.sendData(packet, offload);
       return;
     }
     const peer = this.peers.authorized.lookupDestination(packet);
@@ -95,7 +129,7 @@ export class Forwarder {
     this.answerUnreachable(packet);
   }
 
-  fromNode(session: Session, packet: Buffer): void {
+  fromNode(session: Session, packet: Buffer, offload = 0): void {
     if (checkPacket(packet) !== null) {
       session.peer.counters.drop('malformed');
       return;
@@ -111,7 +145,7 @@ export class Forwarder {
       session.peer.counters.drop('foreign_icmp_error');
       return;
     }
-    if (!this.tun.write(packet)) session.peer.counters.drop('tun_error');
+    if (!this.tun.write(packet, offload)) session.peer.counters.drop('tun_error');
   }
 
   /**

@@ -84,7 +84,7 @@ export class NodeConnection {
     this.connection = new FramedConnection(
       socket,
       {
-        onData: (packet) => this.session && ctx.forwarder.fromNode(this.session, packet),
+        onData: (packet, offload) => this.session && ctx.forwarder.fromNode(this.session, packet, offload),
         onPong: (rttMs) => this.session && ctx.observer?.pong?.(this.session.peer.config.name, rttMs),
         onControl: (type, payload) => this.onControl(type, payload),
         onClose: (code, reason, byPeer) => this.onClose(code, reason, byPeer),
@@ -173,7 +173,7 @@ export class NodeConnection {
         return;
       }
     }
-    this.open(authorized.peer, authorized.routes);
+    this.open(authorized.peer, authorized.routes, hello.offload === true);
   }
 
   /**
@@ -210,8 +210,11 @@ export class NodeConnection {
     return { peer, routes: decided.routes };
   }
 
-  /** The hello is accepted: the session opens, replacing the peer's previous one. */
-  private open(peer: PeerState, routes: readonly Prefix[]): void {
+  /**
+   * The hello is accepted: the session opens, replacing the peer's previous one. Offloads are
+   * agreed when the hello offered them and this server's TUN can.
+   */
+  private open(peer: PeerState, routes: readonly Prefix[], offered: boolean): void {
     const { ctx, connection, endpoint } = this;
     if (!ctx.peers.mayReplace(peer)) {
       this.refuseReplacement(peer);
@@ -223,7 +226,10 @@ export class NodeConnection {
     const previous = ctx.peers.open(session);
     previous?.connection.close(CloseCode.Replaced, `replaced by a new connection from ${endpoint}`);
     connection.setMaxPayload(DEFAULT_MAX_PAYLOAD);
-    connection.sendControl(FrameType.Welcome, encodeWelcome({ ...ctx.welcome, routes: routes.map(String) }));
+    const offload = offered && ctx.forwarder.offloads;
+    if (offload) connection.agreeOffloads();
+    ctx.forwarder.sessionOpened(session);
+    connection.sendControl(FrameType.Welcome, encodeWelcome({ ...ctx.welcome, routes: routes.map(String), offload }));
     connection.startKeepalive();
     ctx.log.info(
       { peer: peer.config.name, endpoint, routes: routes.map(String), replaced: previous !== undefined },
@@ -266,6 +272,7 @@ export class NodeConnection {
     if (this.session) {
       const { peer } = this.session;
       ctx.peers.close(this.session);
+      ctx.forwarder.sessionClosed(this.session);
       ctx.log.info(
         { peer: peer.config.name, endpoint: this.endpoint, code: closeCodeName(code), reason, byPeer },
         'peer disconnected',

@@ -10,7 +10,11 @@ import {
   encodeFrame,
   writeHeader,
 } from '../protocol/index.js';
+import { finishOffloaded } from '../routing/index.js';
 import { TrafficCounters } from './counters.js';
+
+/** An Offload frame's payload starts with the u16 segment size (frame.ts). */
+const OFFLOAD_PREFIX = 2;
 
 export interface ConnectionOptions {
   /** Bytes the TLS stream may hold unsent before packets, Pings and Pongs are dropped (queue_full). */
@@ -29,7 +33,8 @@ export interface ConnectionStart {
 }
 
 export interface ConnectionEvents {
-  onData(packet: Buffer): void;
+  /** A packet from the peer; `offload` as in tun/device.ts (0 unless the session agreed to offloads). */
+  onData(packet: Buffer, offload: number): void;
   /** Hello, Welcome, Reject: whatever the session logic above decides about. */
   onControl(type: FrameType, payload: Buffer): void;
   /** Called exactly once. `code`/`reason` say why; `byPeer` when the peer sent Close or Reject. */
@@ -66,6 +71,9 @@ const CLOSE_GRACE_MS = 2000;
  *  - after a close nothing more is read; a stream closed while holding more than maxQueueBytes
  *    is destroyed at once: a peer that does not read would never see the goodbye.
  *
+ * Offloads (tun/device.ts): once the session agreed to them (`agreeOffloads`), an offloaded
+ * packet goes as an Offload frame; before that, or without, it is finished here first.
+ *
  * Inbound: the stream's 'data' events, or `receive` for a stream that hands its bytes over
  * otherwise (the client's TLS socket, read into a buffer of its own).
  */
@@ -80,9 +88,12 @@ export class FramedConnection {
   private corked = false;
   /** The stream held unsent bytes when this tick's first frame was written. */
   private backlogged = false;
-  /** Packets of this tick that wait to be copied, and their frames' bytes. */
+  /** Packets of this tick that wait to be copied, their offload numbers, and their frames' bytes. */
   private readonly waiting: Buffer[] = [];
+  private readonly waitingOffloads: number[] = [];
   private waitingBytes = 0;
+  /** Both ends agreed to Offload frames. */
+  private offloadsAgreed = false;
   private closed = false;
   /** Set by startKeepalive: the session is open and Pings get answered. */
   private sessionOpen = false;
@@ -118,6 +129,15 @@ export class FramedConnection {
     this.decoder.setMaxPayload(maxPayload);
   }
 
+  /** From now on offloaded packets go as Offload frames, and the peer's are accepted. */
+  agreeOffloads(): void {
+    this.offloadsAgreed = true;
+  }
+
+  get offloads(): boolean {
+    return this.offloadsAgreed;
+  }
+
   /** The session is open: keepalive starts, and the peer's Pings are answered from now on. */
   startKeepalive(): void {
     this.sessionOpen = true;
@@ -133,28 +153,43 @@ export class FramedConnection {
     this.stream.write(encodeFrame(type, payload));
   }
 
-  /** Returns false when the packet was dropped. */
-  sendData(packet: Buffer): boolean {
+  /**
+   * Returns false when the packet was dropped. `offload` as in tun/device.ts: an offloaded packet
+   * for a peer that did not agree is finished first (completed, or cut into segments).
+   */
+  sendData(packet: Buffer, offload = 0): boolean {
     if (this.closed) return false;
     if (this.queuedBytes > this.options.maxQueueBytes) {
       this.counters.drop('queue_full');
       return false;
     }
+    if (offload !== 0 && !this.offloadsAgreed) {
+      if (!finishOffloaded(packet, offload, this.sendPlain)) this.counters.drop('malformed');
+      return true;
+    }
+    this.queue(packet, offload);
+    return true;
+  }
+
+  private readonly sendPlain = (packet: Buffer): void => this.queue(packet, 0);
+
+  private queue(packet: Buffer, offload: number): void {
     this.cork();
+    const prefix = offload === 0 ? 0 : OFFLOAD_PREFIX;
     if (this.backlogged) {
       this.waiting.push(packet);
-      this.waitingBytes += HEADER_SIZE + packet.length;
+      this.waitingOffloads.push(offload);
+      this.waitingBytes += HEADER_SIZE + prefix + packet.length;
     } else {
       // A few bytes from Node's shared pool: no new memory block per packet, only a small view
       // object; the payload itself is written as is, never copied here.
-      const header = Buffer.allocUnsafe(HEADER_SIZE);
-      writeHeader(header, 0, FrameType.Data, packet.length);
+      const header = Buffer.allocUnsafe(HEADER_SIZE + prefix);
+      writeFrameStart(header, 0, packet.length, offload);
       this.stream.write(header);
       this.stream.write(packet);
     }
     this.counters.txPackets++;
     this.counters.txBytes += packet.length;
-    return true;
   }
 
   /** Tells the peer why, then closes. Safe to call more than once. */
@@ -202,12 +237,13 @@ export class FramedConnection {
     if (this.waitingBytes === 0 || this.closed) return;
     const frames = Buffer.allocUnsafeSlow(this.waitingBytes);
     let offset = 0;
-    for (const packet of this.waiting) {
-      writeHeader(frames, offset, FrameType.Data, packet.length);
-      packet.copy(frames, offset + HEADER_SIZE);
-      offset += HEADER_SIZE + packet.length;
+    for (let i = 0; i < this.waiting.length; i++) {
+      const packet = this.waiting[i]!;
+      offset = writeFrameStart(frames, offset, packet.length, this.waitingOffloads[i]!);
+      offset += packet.copy(frames, offset);
     }
     this.waiting.length = 0;
+    this.waitingOffloads.length = 0;
     this.waitingBytes = 0;
     this.stream.write(frames);
   }
@@ -228,7 +264,10 @@ export class FramedConnection {
       case FrameType.Data:
         this.counters.rxPackets++;
         this.counters.rxBytes += payload.length;
-        this.events.onData(payload);
+        this.events.onData(payload, 0);
+        return;
+      case FrameType.Offload:
+        this.onOffload(payload);
         return;
       case FrameType.Ping:
         this.onPing(payload);
@@ -247,6 +286,21 @@ export class FramedConnection {
       default:
         this.events.onControl(type, payload);
     }
+  }
+
+  private onOffload(payload: Buffer): void {
+    if (!this.offloadsAgreed) {
+      this.close(CloseCode.ProtocolError, 'Offload frame on a session that did not agree to offloads');
+      return;
+    }
+    if (payload.length <= OFFLOAD_PREFIX) {
+      this.close(CloseCode.ProtocolError, `Offload frame of ${payload.length} bytes holds no packet`);
+      return;
+    }
+    const packet = payload.subarray(OFFLOAD_PREFIX);
+    this.counters.rxPackets++;
+    this.counters.rxBytes += packet.length;
+    this.events.onData(packet, payload.readUInt16BE(0) + 1);
   }
 
   private keepaliveTick(): void {
@@ -309,8 +363,23 @@ export class FramedConnection {
     if (this.closed) return;
     this.closed = true;
     this.waiting.length = 0;
+    this.waitingOffloads.length = 0;
     this.waitingBytes = 0;
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
     this.events.onClose(code, reason, byPeer);
   }
+}
+
+/**
+ * Writes the start of a frame carrying a `length`-byte packet at `offset`: a Data header, or an
+ * Offload header and its segment size. Returns the offset after it.
+ */
+function writeFrameStart(target: Buffer, offset: number, length: number, offload: number): number {
+  if (offload === 0) {
+    writeHeader(target, offset, FrameType.Data, length);
+    return offset + HEADER_SIZE;
+  }
+  writeHeader(target, offset, FrameType.Offload, OFFLOAD_PREFIX + length);
+  target.writeUInt16BE(offload - 1, offset + HEADER_SIZE);
+  return offset + HEADER_SIZE + OFFLOAD_PREFIX;
 }

@@ -31,6 +31,12 @@ import { CLOSE_REASONS, UNKNOWN_CLOSE_REASON, type CloseReason } from '../reason
  *                              into its TUN
  *   serverAddresses  string[]  the server's own address inside each tunnel CIDR: the source of
  *                              what the server sends to the node
+ *   offload          boolean   the server takes Offload frames and sends them; only when the
+ *                              hello offered them ("offload": true)
+ *
+ * Offload frames are sent only on a session whose hello offered them and whose welcome agreed
+ * (both true); a receiver that did not agree treats one as a protocol error. Either end may
+ * still send plain Data frames.
  *
  * A receiver ignores fields it does not know, so a later version may add some.
  */
@@ -48,9 +54,15 @@ export enum FrameType {
   Ping = 5, //    PING_PAYLOAD_SIZE opaque bytes (either way)
   Pong = 6, //    the PING_PAYLOAD_SIZE bytes of the Ping it answers, echoed
   Close = 7, //   u16 CloseCode + UTF-8 reason (either way, then the sender closes)
+  // u16 segment size + one IPv4 or IPv6 packet whose TCP or UDP checksum holds only the
+  // pseudo-header sum, right after a bare IP header (IPv4 unfragmented, IPv6 without extension
+  // headers); the receiving kernel completes it. Segment size > 0: a TCP packet of up to 64 KiB
+  // that the receiving kernel cuts into segments of that many payload bytes (TSO). Either way,
+  // only once the session agreed to offloads (hello and welcome "offload": true).
+  Offload = 8,
 }
 
-const MAX_FRAME_TYPE = FrameType.Close;
+const MAX_FRAME_TYPE = FrameType.Offload;
 
 export function isKnownFrameType(n: number): n is FrameType {
   return Number.isInteger(n) && n >= FrameType.Hello && n <= MAX_FRAME_TYPE;

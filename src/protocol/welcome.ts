@@ -22,6 +22,8 @@ export interface Welcome {
    * that announced none takes these (its Node object's addresses and pod CIDRs).
    */
   readonly routes?: readonly string[];
+  /** The server agreed to Offload frames (the hello offered them); false from an older server. */
+  readonly offload?: boolean;
 }
 
 /** What a server ID may be: also the form of each entry of the hello's list of held replicas. */
@@ -43,6 +45,7 @@ export function encodeWelcome(welcome: Welcome): Buffer {
       serverId: welcome.serverId || undefined,
       serverCount: welcome.serverCount,
       routes: welcome.routes,
+      offload: welcome.offload === true || undefined,
     }),
     'utf8',
   );
@@ -71,6 +74,7 @@ export function decodeWelcome(payload: Uint8Array): Welcome {
     serverId: serverId(fields['serverId']),
     serverCount: serverCount(fields['serverCount']),
     ...(fields['routes'] === undefined ? {} : { routes: texts(fields['routes'], 'routes', isCidrText, MAX_ROUTES) }),
+    ...(fields['offload'] === true ? { offload: true } : {}),
   };
 }
 

@@ -17,3 +17,4 @@ export { formatEndpoint } from './endpoint.js';
 export { nodeIp } from './node-ip.js';
 export { PrefixTable } from './table.js';
 export { buildUnreachable, icmpErrorQuotesPeer, internetChecksum, type PeerAddressCheck } from './icmp.js';
+export { finishOffloaded } from './offload.js';

@@ -1,4 +1,6 @@
+import { closeSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
 import type { TunDevice } from './device.js';
 import { TunError } from './errors.js';
 import { existingLink, ip, ipSync } from './iproute2.js';
@@ -36,24 +38,62 @@ function describe(thrown: unknown): string {
   return thrown instanceof Error ? thrown.message : String(thrown);
 }
 
+/** The message of a negative errno from tunio. */
+function errnoText(result: number): string {
+  const name = Object.entries(osConstants.errno).find(([, value]) => value === -result)?.[0];
+  return name ?? `errno ${-result}`;
+}
+
+/** The fd of a TUN device, and who opened it. */
+type TunFd =
+  | { readonly kind: 'tunio'; readonly io: TunIo; readonly fd: number }
+  | { readonly kind: 'addon'; readonly io: TunIo | null; readonly addon: AddonTun; readonly fd: number };
+
 /**
- * A kernel TUN device over the tuntap addon. The addon names devices itself and refuses a
- * name, so we rename with iproute2 and configure everything with `ip` from then on (its
- * setters would use the old name). The fd survives the rename.
+ * A kernel TUN device. With our native module (tunio.ts) it opens the device itself, under its
+ * final name and with a virtio header per packet, so the kernel's offloads can be used
+ * (device.ts). Without it, over the tuntap addon, which names devices itself and refuses a
+ * name: we rename with iproute2 and configure everything with `ip` from then on (its setters
+ * would use the old name). The fd survives the rename.
  */
 export class LinuxTun implements TunDevice {
   private closed = false;
-  private readonly io: TunIo | null = loadTunIo();
   private pollHandle: unknown;
+  readonly offloads: boolean;
 
   private constructor(
-    private readonly addon: AddonTun,
+    private readonly tun: TunFd,
     readonly name: string,
     private readonly mtu: number,
-  ) {}
+  ) {
+    this.offloads = tun.kind === 'tunio';
+  }
+
+  /** Creates the device under `name` through tunio, or with the addon (then named tunN). */
+  private static create(name: string): TunFd {
+    const io = loadTunIo();
+    if (io) {
+      const fd = io.open(name);
+      if (fd < 0)
+        throw new TunError(
+          'tun_open',
+          `cannot create TUN device ${name} (${errnoText(fd)}): run as root or with CAP_NET_ADMIN and /dev/net/tun present`,
+        );
+      return { kind: 'tunio', io, fd };
+    }
+    const { LinuxTun: Tun } = loadAddon();
+    try {
+      const addon = new Tun();
+      return { kind: 'addon', io, addon, fd: addon._fd };
+    } catch (thrown) {
+      throw new TunError(
+        'tun_open',
+        `cannot create a TUN device (${describe(thrown)}): run as root or with CAP_NET_ADMIN and /dev/net/tun present`,
+      );
+    }
+  }
 
   static async open(options: TunOptions): Promise<LinuxTun> {
-    const { LinuxTun: Tun } = loadAddon();
     const existing = await existingLink(options.name);
     if (existing === 'other')
       throw new TunError(
@@ -66,18 +106,10 @@ export class LinuxTun implements TunDevice {
         `TUN device ${options.name} is in use by another process (another nodelink?): stop it or pass another --tun name`,
       );
     if (existing === 'tun-persistent') await ip(['link', 'del', 'dev', options.name]).catch(() => undefined);
-    let addon: AddonTun;
+    const tun = LinuxTun.create(options.name);
+    const device = new LinuxTun(tun, options.name, options.mtu);
     try {
-      addon = new Tun();
-    } catch (thrown) {
-      throw new TunError(
-        'tun_open',
-        `cannot create a TUN device (${describe(thrown)}): run as root or with CAP_NET_ADMIN and /dev/net/tun present`,
-      );
-    }
-    const device = new LinuxTun(addon, options.name, options.mtu);
-    try {
-      await ip(['link', 'set', 'dev', addon.name, 'name', options.name]);
+      if (tun.kind === 'addon') await ip(['link', 'set', 'dev', tun.addon.name, 'name', options.name]);
       // No IPv6 link-local address: the kernel would send router solicitations and MLD reports
       // from it, which no peer routes and the server would count as drops. A deeper queue than
       // the default 500 absorbs bursts while the event loop is busy elsewhere: at 500 a single
@@ -108,26 +140,37 @@ export class LinuxTun implements TunDevice {
     return device;
   }
 
-  onPacket(handler: (packet: Buffer) => void): void {
-    if (!this.io) {
-      this.addon.on('data', handler);
-      this.addon.on('error', () => undefined);
+  /** The ioctl does not fail on a TUN opened by tunio; if it did, packets would stay plain. */
+  setOffloads(on: boolean): void {
+    if (this.closed || this.tun.kind !== 'tunio') return;
+    this.tun.io.setOffload(this.tun.fd, on);
+  }
+
+  onPacket(handler: (packet: Buffer, offload: number) => void): void {
+    const { io } = this.tun;
+    if (!io) {
+      if (this.tun.kind === 'addon') {
+        this.tun.addon.on('data', (packet) => handler(packet, 0));
+        this.tun.addon.on('error', () => undefined);
+      }
       return;
     }
-    this.pollHandle = this.io.attach(this.addon._fd, this.mtu, (batch, lengths, count) => {
+    this.pollHandle = io.attach(this.tun.fd, this.mtu, this.tun.kind === 'tunio', (batch, lengths, count, offloads) => {
       let offset = 0;
       for (let i = 0; i < count; i++) {
         const length = lengths[i]!;
-        handler(batch.subarray(offset, offset + length));
+        handler(batch.subarray(offset, offset + length), offloads[i]!);
         offset += length;
       }
     });
   }
 
-  write(packet: Buffer): boolean {
+  write(packet: Buffer, offload = 0): boolean {
     if (this.closed) return false;
-    if (!this.io) return this.addon.write(packet);
-    return this.io.write(this.addon._fd, packet) === packet.length;
+    const { tun } = this;
+    if (tun.kind === 'tunio') return tun.io.writeOffload(tun.fd, packet, offload) === packet.length;
+    if (!tun.io) return tun.addon.write(packet);
+    return tun.io.write(tun.fd, packet) === packet.length;
   }
 
   /**
@@ -137,10 +180,14 @@ export class LinuxTun implements TunDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.pollHandle) this.io?.detach(this.pollHandle);
+    if (this.pollHandle) this.tun.io?.detach(this.pollHandle);
     ipSync(['link', 'del', 'dev', this.name]);
+    if (this.tun.kind === 'tunio') {
+      closeSync(this.tun.fd);
+      return;
+    }
     try {
-      this.addon.release();
+      this.tun.addon.release();
     } catch {
       // Already released by the addon on its own error path.
     }

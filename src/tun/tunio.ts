@@ -4,14 +4,25 @@ import { fileURLToPath } from 'node:url';
 
 /**
  * Our native TUN I/O (native/tunio.c): uv_poll on the non-blocking fd, batched reads handed
- * to JS in one call, one synchronous write(2) per packet. Measured against the addon's fs
- * streams in README "Performance".
+ * to JS in one call, one synchronous write(2) per packet. A TUN it opens itself carries a
+ * virtio header per packet, so the kernel's offloads can be turned on (device.ts, `offload`).
  */
 export interface TunIo {
-  attach(fd: number, mtu: number, onPackets: (batch: Buffer, lengths: Uint32Array, count: number) => void): unknown;
+  /** The fd of a new TUN device with virtio headers, or -errno. */
+  open(name: string): number;
+  /** TSO and partial checksums on or off; 0 or -errno. */
+  setOffload(fd: number, on: boolean): number;
+  attach(
+    fd: number,
+    mtu: number,
+    vnet: boolean,
+    onPackets: (batch: Buffer, lengths: Uint32Array, count: number, offloads: Uint32Array) => void,
+  ): unknown;
   detach(handle: unknown): void;
-  /** Bytes written, or -errno. */
+  /** Bytes written, or -errno (a TUN without virtio headers). */
   write(fd: number, packet: Buffer): number;
+  /** Packet bytes written, or -errno (a TUN from `open`). */
+  writeOffload(fd: number, packet: Buffer, offload: number): number;
 }
 
 const require = createRequire(import.meta.url);
@@ -26,7 +37,10 @@ export function loadTunIo(): TunIo | null {
   // src/tun → dist/src/tun at run time; native/ sits at the package root.
   for (const candidate of [path.join(here, '..', '..', '..', 'native'), path.join(here, '..', '..', 'native')]) {
     try {
-      return (loaded = require(path.join(candidate, 'build', 'Release', 'tunio.node')) as TunIo);
+      const io = require(path.join(candidate, 'build', 'Release', 'tunio.node')) as TunIo;
+      // A build from before virtio headers (an old native/build left in place) reads as absent.
+      if (typeof io.open !== 'function') continue;
+      return (loaded = io);
     } catch {
       // Try the next layout.
     }

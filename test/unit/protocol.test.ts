@@ -30,6 +30,7 @@ const ALL_TYPES = [
   FrameType.Ping,
   FrameType.Pong,
   FrameType.Close,
+  FrameType.Offload,
 ];
 
 // mulberry32: small, seeded, good enough to pick split points reproducibly.
@@ -95,9 +96,9 @@ function expectProtocolError(fn: () => void, code: string): void {
 
 describe('protocol', () => {
   describe('frame constants', () => {
-    it('knows exactly the seven frame types', () => {
+    it('knows exactly the eight frame types', () => {
       for (const t of ALL_TYPES) expect(isKnownFrameType(t)).to.equal(true);
-      for (const n of [0, 8, 255, 1.5, -1]) expect(isKnownFrameType(n)).to.equal(false);
+      for (const n of [0, 9, 255, 1.5, -1]) expect(isKnownFrameType(n)).to.equal(false);
     });
 
     it('names every close code in stable snake_case', () => {
@@ -257,7 +258,7 @@ describe('protocol', () => {
         ['a foreign version', header(7, FrameType.Data, 10), 'bad_version'],
         ['version 0', header(0, FrameType.Data, 10), 'bad_version'],
         ['type 0', header(PROTOCOL_VERSION, 0, 10), 'unknown_type'],
-        ['type 8', header(PROTOCOL_VERSION, 8, 10), 'unknown_type'],
+        ['type 9', header(PROTOCOL_VERSION, 9, 10), 'unknown_type'],
         ['type 255', header(PROTOCOL_VERSION, 255, 10), 'unknown_type'],
         ['an oversize length', header(PROTOCOL_VERSION, FrameType.Data, DEFAULT_MAX_PAYLOAD + 1), 'frame_too_large'],
         ['a 4 GiB length', header(PROTOCOL_VERSION, FrameType.Data, 0xffffffff), 'frame_too_large'],
