@@ -52,8 +52,8 @@
 /* Room for the packets of one batch, read back to back; a read needs MAX_PACKET free. */
 #define VNET_SCRATCH (512 * 1024 + MAX_PACKET)
 #define OFFLOAD_FLAGS (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)
-/* Segments smaller than this are refused: a tiny gso_size would make the kernel cut a 64 KiB
- * packet from a peer into thousands. */
+/* Segments smaller than this are refused (MIN_OFFLOAD_SEGMENT in frame.ts): a tiny gso_size
+ * would make the kernel cut a 64 KiB packet from a peer into thousands. */
 #define MIN_GSO_SIZE 256
 
 typedef struct {

@@ -4,6 +4,7 @@ import {
   FrameDecoder,
   FrameType,
   HEADER_SIZE,
+  MIN_OFFLOAD_SEGMENT,
   PING_PAYLOAD_SIZE,
   decodeCodePayload,
   encodeCode,
@@ -155,7 +156,8 @@ export class FramedConnection {
 
   /**
    * Returns false when the packet was dropped. `offload` as in tun/device.ts: an offloaded packet
-   * for a peer that did not agree is finished first (completed, or cut into segments).
+   * for a peer that did not agree, or cut into segments smaller than the peer takes, is finished
+   * first (completed, or cut into segments).
    */
   sendData(packet: Buffer, offload = 0): boolean {
     if (this.closed) return false;
@@ -163,7 +165,7 @@ export class FramedConnection {
       this.counters.drop('queue_full');
       return false;
     }
-    if (offload !== 0 && !this.offloadsAgreed) {
+    if (offload !== 0 && (!this.offloadsAgreed || (offload > 1 && offload - 1 < MIN_OFFLOAD_SEGMENT))) {
       if (!finishOffloaded(packet, offload, this.sendPlain)) this.counters.drop('malformed');
       return true;
     }

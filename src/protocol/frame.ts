@@ -57,10 +57,17 @@ export enum FrameType {
   // u16 segment size + one IPv4 or IPv6 packet whose TCP or UDP checksum holds only the
   // pseudo-header sum, right after a bare IP header (IPv4 unfragmented, IPv6 without extension
   // headers); the receiving kernel completes it. Segment size > 0: a TCP packet of up to 64 KiB
-  // that the receiving kernel cuts into segments of that many payload bytes (TSO). Either way,
-  // only once the session agreed to offloads (hello and welcome "offload": true).
+  // that the receiving kernel cuts into segments of that many payload bytes (TSO), at least
+  // MIN_OFFLOAD_SEGMENT. Either way, only once the session agreed to offloads (hello and
+  // welcome "offload": true).
   Offload = 8,
 }
+
+/**
+ * The smallest segment size an Offload frame may ask for: smaller ones would let a peer make the
+ * receiving kernel cut one packet into thousands. A sender finishes such a packet itself.
+ */
+export const MIN_OFFLOAD_SEGMENT = 256;
 
 const MAX_FRAME_TYPE = FrameType.Offload;
 

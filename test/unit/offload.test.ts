@@ -4,7 +4,14 @@
 
 import { expect } from 'chai';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CloseCode, FrameDecoder, FrameType, decodeWelcome, encodeWelcome } from '../../src/protocol/index.js';
+import {
+  CloseCode,
+  FrameDecoder,
+  FrameType,
+  MIN_OFFLOAD_SEGMENT,
+  decodeWelcome,
+  encodeWelcome,
+} from '../../src/protocol/index.js';
 import { encodeHello, verifyHello } from '../../src/auth/index.js';
 import { finishOffloaded, internetChecksum } from '../../src/routing/index.js';
 import { FramedConnection, type ConnectionEvents, type ConnectionOptions } from '../../src/link/connection.js';
@@ -218,25 +225,32 @@ describe('offloaded packets', function () {
       farConnection.destroy('test over');
     });
 
-    it('finishes it into plain Data frames on a session that did not agree: the peer never sees an Offload frame', async () => {
-      const [a, b] = duplexPair();
-      const near = new FramedConnection(a, recorder().events, OPTIONS);
-      const types: FrameType[] = [];
-      const packets: Buffer[] = [];
-      const decoder = new FrameDecoder((type, payload) => {
-        types.push(type);
-        packets.push(Buffer.from(payload));
+    for (const agreed of [false, true]) {
+      const title = agreed
+        ? 'finishes a packet cut into segments smaller than a peer takes into plain Data frames'
+        : 'finishes it into plain Data frames on a session that did not agree: the peer never sees an Offload frame';
+      it(title, async () => {
+        const [a, b] = duplexPair();
+        const near = new FramedConnection(a, recorder().events, OPTIONS);
+        if (agreed) near.agreeOffloads();
+        const types: FrameType[] = [];
+        const packets: Buffer[] = [];
+        const decoder = new FrameDecoder((type, payload) => {
+          types.push(type);
+          packets.push(Buffer.from(payload));
+        });
+        b.on('data', (chunk: Buffer) => decoder.push(chunk));
+        const segment = agreed ? MIN_OFFLOAD_SEGMENT - 1 : 1448;
+        const expected = Math.ceil(4000 / segment);
+        expect(near.sendData(gsoPacket(), segment + 1)).to.equal(true);
+        await waitFor(`${expected} Data frames`, () => types.length === expected, 2000);
+        await sleep(20);
+        expect(types).to.deep.equal(Array.from({ length: expected }, () => FrameType.Data));
+        for (const p of packets) expect(transportChecksumOk(p, TCP)).to.equal(true);
+        near.destroy('test over');
+        b.destroy();
       });
-      b.on('data', (chunk: Buffer) => decoder.push(chunk));
-      const packet = gsoPacket();
-      expect(near.sendData(packet, 1449)).to.equal(true);
-      await waitFor('three Data frames', () => types.length === 3, 2000);
-      await sleep(20);
-      expect(types).to.deep.equal([FrameType.Data, FrameType.Data, FrameType.Data]);
-      for (const p of packets) expect(transportChecksumOk(p, TCP)).to.equal(true);
-      near.destroy('test over');
-      b.destroy();
-    });
+    }
 
     it('closes with protocol_error on an Offload frame it did not agree to', async () => {
       const [a, b] = duplexPair();
