@@ -4,7 +4,7 @@ import { constants as osConstants } from 'node:os';
 import type { TunDevice } from './device.js';
 import { TunError } from './errors.js';
 import { existingLink, ip, ipSync } from './iproute2.js';
-import { loadTunIo, type TunIo } from './tunio.js';
+import { OPEN_UNSUPPORTED, loadTunIo, type TunIo } from './tunio.js';
 
 interface AddonTun {
   readonly name: string;
@@ -72,8 +72,8 @@ export class LinuxTun implements TunDevice {
   /** Creates the device under `name` through tunio, or with the addon (then named tunN). */
   private static create(name: string): TunFd {
     const io = loadTunIo();
-    if (io) {
-      const fd = io.open(name);
+    const fd = io ? io.open(name) : OPEN_UNSUPPORTED;
+    if (io && fd !== OPEN_UNSUPPORTED) {
       if (fd < 0)
         throw new TunError(
           'tun_open',

@@ -25,6 +25,30 @@ export interface TunIo {
   writeOffload(fd: number, packet: Buffer, offload: number): number;
 }
 
+/** What `open` answers for a build from before it existed: the addon opens the device then. */
+export const OPEN_UNSUPPORTED = -38; // -ENOSYS
+
+/** A build from before virtio headers: its attach takes no vnet flag and hands no offloads. */
+interface LegacyTunIo {
+  attach(fd: number, mtu: number, onPackets: (batch: Buffer, lengths: Uint32Array, count: number) => void): unknown;
+  detach(handle: unknown): void;
+  write(fd: number, packet: Buffer): number;
+}
+
+/** An older native/build left in place keeps its batched I/O; only offloads are missing. */
+function fromLegacy(legacy: LegacyTunIo): TunIo {
+  const noOffloads = new Uint32Array(64);
+  return {
+    open: () => OPEN_UNSUPPORTED,
+    setOffload: () => OPEN_UNSUPPORTED,
+    attach: (fd, mtu, _vnet, onPackets) =>
+      legacy.attach(fd, mtu, (batch, lengths, count) => onPackets(batch, lengths, count, noOffloads)),
+    detach: (handle) => legacy.detach(handle),
+    write: (fd, packet) => legacy.write(fd, packet),
+    writeOffload: (fd, packet) => legacy.write(fd, packet),
+  };
+}
+
 const require = createRequire(import.meta.url);
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -37,10 +61,8 @@ export function loadTunIo(): TunIo | null {
   // src/tun → dist/src/tun at run time; native/ sits at the package root.
   for (const candidate of [path.join(here, '..', '..', '..', 'native'), path.join(here, '..', '..', 'native')]) {
     try {
-      const io = require(path.join(candidate, 'build', 'Release', 'tunio.node')) as TunIo;
-      // A build from before virtio headers (an old native/build left in place) reads as absent.
-      if (typeof io.open !== 'function') continue;
-      return (loaded = io);
+      const io = require(path.join(candidate, 'build', 'Release', 'tunio.node')) as TunIo | LegacyTunIo;
+      return (loaded = 'open' in io ? io : fromLegacy(io));
     } catch {
       // Try the next layout.
     }
