@@ -331,7 +331,7 @@ export class LinkClient {
       return;
     }
     options.observer?.handshakeFailed?.(failure, this.peerName, reason);
-    const retryInMs = this.scheduleDial('failed');
+    const retryInMs = this.scheduleDial(failure === 'connection_refused' ? 'refused' : 'failed');
     options.log.warn({ server: session.endpoint, code: failure, reason, byPeer, retryInMs }, 'dial to server failed');
   }
 

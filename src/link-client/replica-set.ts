@@ -164,7 +164,9 @@ export type DialOutcome =
   | 'new_replica'
   /** It landed on a replica the node already holds, and was closed. */
   | 'already_held'
-  /** It failed (refused, timed out, closed before a welcome). */
+  /** Nothing listened at the address (ECONNREFUSED): the server is down or restarting. */
+  | 'refused'
+  /** It failed otherwise (timed out, reset, closed before a welcome). */
   | 'failed'
   /** A session the node held ended. */
   | 'lost';
@@ -186,20 +188,38 @@ export interface DialPolicyOptions {
 export const STABLE_SESSION_MS = 10_000;
 
 /**
+ * While nothing listens, the wait between dials grows only to this many times the base (or the
+ * cap, if lower): a refused dial costs the server nothing, and once it listens again every node
+ * is back within that ceiling instead of sitting out waits grown through the restart.
+ */
+export const REFUSED_CEILING_BASES = 8;
+
+/**
  * When to dial the address again. With no session at all the node redials as any client does
  * (exponential backoff with full jitter up to capMs), and starts that backoff over only after a
- * session that lasted STABLE_SESSION_MS. Holding some replicas, it looks for the rest with its
- * own backoff, capped lower, because each search dial lands on a replica at the load balancer's
+ * session that lasted STABLE_SESSION_MS. A dial refused because nothing listens (the server is
+ * restarting) leaves that backoff alone: such dials follow their own, whose ceiling stops at
+ * REFUSED_CEILING_BASES times the base, so a fleet polls a restarting server spread over that
+ * ceiling and is back soon after it listens, while a server that accepts and then fails or
+ * refuses (overloaded, or refusing beyond its line of waiting connections) still sees the
+ * fleet back off exponentially. Holding some replicas, the node looks for the rest with its own
+ * backoff, capped lower, because each search dial lands on a replica at the load balancer's
  * choice: a lost session or a newly found replica starts that search from the base again, and
  * each dial that lands on a held replica or fails doubles its ceiling. Holding every replica, it
  * does not dial.
  */
 export class DialPolicy {
   private readonly connect: Backoff;
+  private readonly refused: Backoff;
   private readonly search: Backoff;
 
   constructor(options: DialPolicyOptions) {
     this.connect = new Backoff(options.baseMs, options.capMs, options.random);
+    this.refused = new Backoff(
+      options.baseMs,
+      Math.min(options.capMs, options.baseMs * REFUSED_CEILING_BASES),
+      options.random,
+    );
     this.search = new Backoff(options.baseMs, Math.min(options.searchCapMs, options.capMs), options.random);
   }
 
@@ -209,9 +229,13 @@ export class DialPolicy {
    */
   next(replicas: ReplicaSet, outcome: DialOutcome, sessionMs = 0): number | undefined {
     if (outcome === 'lost' && sessionMs >= STABLE_SESSION_MS) this.connect.reset();
-    if (outcome === 'new_replica' || outcome === 'lost') this.search.reset();
+    if (outcome === 'new_replica' || outcome === 'lost') {
+      this.search.reset();
+      this.refused.reset();
+    }
     const held = replicas.held;
     if (held >= replicas.wanted) return undefined;
-    return held === 0 ? this.connect.next() : this.search.next();
+    if (held > 0) return this.search.next();
+    return outcome === 'refused' ? this.refused.next() : this.connect.next();
   }
 }

@@ -98,11 +98,22 @@ describe('dial failures, named by cause', function () {
     expect((await firstFailure('nodelink-test.invalid', 9)).reason).to.equal('dns');
   });
 
-  it('handshake_timeout: the port accepts and never answers', async function () {
+  it('handshake_timeout: the port accepts and never answers (waited for as a server holding it in line would)', async function () {
     const port = await tcpServer(() => undefined);
+    const started = Date.now();
+    const failure = await firstFailure('127.0.0.1', port);
+    expect(failure.reason).to.equal('handshake_timeout');
+    expect(failure.detail).to.include('no welcome within 1200 ms');
+    expect(Date.now() - started).to.be.within(1150, 2500);
+  });
+
+  it('handshake_timeout: the port answers and then goes silent, at the deadline itself', async function () {
+    const port = await tcpServer((socket) => socket.write(Buffer.from([0x16, 0x03, 0x03, 0x00, 0x40])));
+    const started = Date.now();
     const failure = await firstFailure('127.0.0.1', port);
     expect(failure.reason).to.equal('handshake_timeout');
     expect(failure.detail).to.include('no welcome within 400 ms');
+    expect(Date.now() - started).to.be.below(1100);
   });
 
   it('tls_handshake_failed: the port answers, but not with TLS', async function () {
