@@ -16,8 +16,9 @@ import { parseAddress } from '../routing/index.js';
  * When every handshake slot is taken, up to `maxQueued` more connections are held, accepted but
  * unread (no TLS work), and get slots first come first served. A reconnect storm then waits in
  * line instead of being refused into exponential backoff while the server idles. A held
- * connection whose turn comes after `maxQueueWaitMs` is closed instead: too little of its
- * deadline (counted from accept) is left for a handshake to make it.
+ * connection whose turn comes after `maxQueueWaitMs` is closed instead; one that gets its slot
+ * in time has its whole handshake deadline from then on (nodes wait for a dial the server
+ * accepted and has not answered yet as long, see QUEUE_WAIT_DEADLINES).
  *
  * A refused connection is closed at once, before TLS, and counted.
  */
@@ -30,8 +31,15 @@ export interface AdmissionLimits {
 export const DEFAULT_ADMISSION_LIMITS: AdmissionLimits = Object.freeze({
   maxUnauthenticated: 256,
   maxNewPerSourcePerSecond: 50,
-  maxQueued: 1024,
+  maxQueued: 4096,
 });
+
+/**
+ * A held connection waits in line at most this many handshake deadlines. A node waits as long
+ * for a dial that the server accepted and has not answered (link-client/session.ts
+ * HELD_DEADLINES), so a connection that gets its slot in time still has its node waiting for it.
+ */
+export const QUEUE_WAIT_DEADLINES = 2;
 
 /** Sources remembered per one-second window; past this, unseen sources are refused until the window ends. */
 export const MAX_TRACKED_SOURCES = 65_536;
@@ -123,8 +131,8 @@ export class Admission<T = unknown> {
 
   /**
    * The connection authenticated or closed: it no longer takes a slot. Idempotent. Returns the
-   * held connections that the free slots go to (pending from now on, their deadline still
-   * counted from their accept), and those that waited past maxQueueWaitMs (dropped from the line).
+   * held connections that the free slots go to (pending from now on, their deadline counted from
+   * now), and those that waited past maxQueueWaitMs (dropped from the line).
    */
   settle(endpoint: string): Dequeued<T> {
     this.pending.delete(endpoint);
@@ -138,7 +146,7 @@ export class Admission<T = unknown> {
         expired.push(held.item);
         continue;
       }
-      this.pending.set(held.endpoint, held.acceptedAt);
+      this.pending.set(held.endpoint, now);
       start.push(held.item);
     }
     this.compact();
@@ -153,7 +161,7 @@ export class Admission<T = unknown> {
     return items;
   }
 
-  /** Milliseconds left of a deadline that started when the endpoint was accepted. */
+  /** Milliseconds left of a deadline that started when the endpoint got its slot (its accept, unless it was held). */
   remaining(endpoint: string, deadlineMs: number): number {
     const accepted = this.pending.get(endpoint);
     if (accepted === undefined) return deadlineMs;

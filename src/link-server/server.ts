@@ -29,7 +29,7 @@ import type { LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
 import { createServerCertificate, type ServerCertificate } from './certificate.js';
-import { Admission, DEFAULT_ADMISSION_LIMITS, type AdmissionLimits } from './admission.js';
+import { Admission, DEFAULT_ADMISSION_LIMITS, QUEUE_WAIT_DEADLINES, type AdmissionLimits } from './admission.js';
 import { Forwarder } from './forward.js';
 import { NodeConnection, type HandshakeContext } from './handshake.js';
 import { Peers } from './peers.js';
@@ -74,6 +74,9 @@ export interface LinkServerOptions {
   readonly serverId?: string;
   readonly serverCount?: number;
 }
+
+/** Node's own listen backlog. */
+const LISTEN_BACKLOG_MIN = 511;
 
 /**
  * How long a node may resume its TLS session from a ticket: TLS 1.3's longest. A resumption
@@ -128,12 +131,10 @@ export class LinkServer {
     this.peers = new Peers(options.registry);
     this.forwarder = new Forwarder(this.peers, options.tun);
     this.tunnelAddressTexts = options.tunnelAddresses.map((prefix) => prefix.address);
-    // A held connection gets a slot only with a quarter of its deadline left to use it: a
-    // handshake and a hello take milliseconds once they run.
     this.admission = new Admission(
       options.limits ?? DEFAULT_ADMISSION_LIMITS,
       Date.now,
-      options.handshakeTimeoutMs * 0.75,
+      options.handshakeTimeoutMs * QUEUE_WAIT_DEADLINES,
     );
     this.handshake = {
       peers: this.peers,
@@ -174,9 +175,15 @@ export class LinkServer {
     tls.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => this.onTlsError(err, socket));
     // pauseOnConnect: a held connection is not read (no TLS work, no buffers) until its turn.
     const listener = createTcpServer({ pauseOnConnect: true, noDelay: true }, (raw) => this.onConnection(raw));
+    // The kernel's queue of connections not yet accepted is as long as the line (Node's 511 at
+    // least): a storm that arrives faster than one turn of the event loop accepts waits there
+    // too, instead of having its SYNs dropped and retried a second or more later. The kernel
+    // caps it at net.core.somaxconn.
+    const { maxUnauthenticated, maxQueued } = this.admission.limits;
+    const backlog = Math.max(LISTEN_BACKLOG_MIN, maxUnauthenticated + maxQueued);
     await new Promise<void>((resolve, reject) => {
       listener.once('error', (err: NodeJS.ErrnoException) => reject(listenError(err, options.host, options.port)));
-      listener.listen(options.port, options.host, () => resolve());
+      listener.listen({ port: options.port, host: options.host, backlog }, () => resolve());
     });
     listener.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
     this.listener = listener;

@@ -404,7 +404,7 @@ describe('security: the attacks of docs/security.md against server and client', 
         expect(admission.drain()).to.deep.equal([]);
       });
 
-      it('a held connection whose turn comes after maxQueueWaitMs is expired, not started; its deadline counts from accept', function () {
+      it('a held connection whose turn comes after maxQueueWaitMs is expired, not started; its deadline counts from its turn', function () {
         let now = 0;
         const admission = new Admission<string>(
           { maxUnauthenticated: 1, maxNewPerSourcePerSecond: 100, maxQueued: 10 },
@@ -417,7 +417,9 @@ describe('security: the attacks of docs/security.md against server and client', 
         admission.admit('young:1', '10.0.0.3', 'young');
         now = 600;
         expect(admission.settle('a:1')).to.deep.equal({ start: ['young'], expired: ['old'] });
-        expect(admission.remaining('young:1', 1000), 'accepted at 400').to.equal(800);
+        expect(admission.remaining('young:1', 1000), 'accepted at 400, its turn at 600').to.equal(1000);
+        now = 900;
+        expect(admission.remaining('young:1', 1000)).to.equal(700);
         admission.admit('x:1', '10.0.0.4', 'x');
         expect(admission.drain(), 'stop: the rest of the line').to.deep.equal(['x']);
         expect(admission.queued).to.equal(0);
@@ -479,6 +481,26 @@ describe('security: the attacks of docs/security.md against server and client', 
       expect(Date.now() - freed, 'in as soon as a slot frees').to.be.below(1000);
       expect(s.server.connectionCounts().queued).to.equal(0);
       holders[1]!.destroy();
+    });
+
+    it('a node held in line past its own handshake deadline keeps waiting, and gets in when a slot frees', async function () {
+      const s = await rigs.server({
+        registry: registryAB,
+        keyPair: serverPair,
+        handshakeTimeoutMs: 3000,
+        limits: { maxUnauthenticated: 1, maxNewPerSourcePerSecond: 100, maxQueued: 4 },
+      });
+      const holder = await tcp(s.port); // silent: it keeps the only slot
+      holder.on('error', () => undefined);
+      await sleep(100);
+      const failures: string[] = [];
+      const a = node(s.port, 'node-a', { observer: { handshakeFailed: (reason) => failures.push(reason) } });
+      await waitFor('node-a in line', () => s.server.connectionCounts().queued === 1);
+      await sleep(2500); // past the node's handshake deadline (2000 ms), within the server's line wait
+      expect(a.client.isAuthenticated).to.equal(false);
+      holder.destroy();
+      await waitFor('node-a to authenticate', () => a.client.isAuthenticated, 1500);
+      expect(failures, 'the held dial was not given up').to.deep.equal([]);
     });
 
     it('refuses new connections from one source beyond --max-new-conns-per-source per second', async function () {
