@@ -113,7 +113,9 @@ async function child(): Promise<void> {
       observer: {
         handshakeFailed: (reason) => {
           if (!storm.active) return;
-          if (storm.upAt === 0) {
+          // The server listens before it answers on its admin socket, so a refused dial was made
+          // while nothing listened, even when this busy process hears of it after UP.
+          if (storm.upAt === 0 || reason === 'connection_refused') {
             storm.failuresBeforeUp[i]!++;
             return;
           }
