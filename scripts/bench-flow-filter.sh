@@ -2,7 +2,9 @@
 # The data-path cost of the server's flow filter (nodes answer, never initiate): scripts/bench.sh
 # runs nodelink with the filter on (the default) and off (--allow-node-initiated) in turn, REPS
 # times each, at the default MTU and at --mtu 1500, and OpenVPN-TCP beside the filtered runs for
-# the 2x bar. Every bench.sh run builds and deletes its own namespaces (see its header).
+# the 2x bar. Every bench.sh run builds and deletes its own namespaces (see its header). On a
+# shared machine these runs vary more than the filter costs: scripts/bench-flow-filter-toggle.sh
+# pairs the runs on one link, and with PERF=1 says which share of the CPU netfilter took.
 #
 # Usage (root):  bash scripts/bench-flow-filter.sh        (uses dist/ as it is: npm run build first)
 # Environment:   REPS=3 DURATION=5 MTUS="default 1500" OVPN=1 (0: no OpenVPN runs)
