@@ -16,12 +16,13 @@ const NODES = [1, 2, 3, 4];
 /** The node the reload removes from the peers file. */
 const REMOVED = 4;
 const TUNS = ['nl0', 'nl0-1'];
+const METRICS = '127.0.0.1:9477';
 
 describe('server with --workers 2 (real CLI)', function () {
   this.timeout(120_000);
   const rig = clusterRig(
     { nodes: NODES.length },
-    { start: true, cluster: () => ({ extraServerArgs: ['--workers', '2'] }) },
+    { start: true, cluster: () => ({ extraServerArgs: ['--workers', '2', '--metrics', METRICS] }) },
   );
   const table = routeTableFor('nl0');
 
@@ -113,6 +114,20 @@ describe('server with --workers 2 (real CLI)', function () {
         under.map((r) => (r.type === 7 ? `unreachable ${r.metric}` : `${r.dev} ${r.metric}`)).sort(),
       ).to.include.members(['nl0 128', 'unreachable 4096']);
     }
+  });
+
+  it('one /metrics and /readyz for the server: every worker’s sessions and handshakes', async function () {
+    const { h } = rig;
+    const ready = await h.curl(h.ns.cp, `http://${METRICS}/readyz`);
+    expect(ready.ok, ready.error).to.equal(true);
+    const metrics = await h.curl(h.ns.cp, `http://${METRICS}/metrics`);
+    expect(metrics.ok, metrics.error).to.equal(true);
+    expect(metrics.body).to.match(/^nodelink_peers_connected 4$/m);
+    // Handshakes happen in the workers; the primary counts them all.
+    const handshakes = [...metrics.body.matchAll(/^nodelink_handshakes_total\{peer="([^"]+)"\} (\d+)$/gm)];
+    expect(handshakes.filter((m) => Number(m[2]) >= 1).map((m) => m[1])).to.have.members(
+      NODES.map((n) => h.nodeName(n)),
+    );
   });
 
   it('reaches every kubelet and pod, IPv4 and IPv6, and nodelink status lists all four peers', async function () {
