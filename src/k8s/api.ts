@@ -240,16 +240,21 @@ export class KubeJsonClient {
             resolve({ status: res.statusCode ?? 0, text, headers: res.headers as Record<string, string> });
           });
           res.on('error', fail);
+          res.on('close', () => {
+            if (!res.complete) fail(new Error('the connection closed in the middle of the answer'));
+          });
         },
       );
+      let timedOut: Error | undefined;
       const timer = setTimeout(() => {
-        const err = new Error(`no answer within ${timeoutMs} ms`);
-        err.name = 'TimeoutError';
-        req.destroy(err);
+        timedOut = new Error(`no answer within ${timeoutMs} ms`);
+        timedOut.name = 'TimeoutError';
+        req.destroy(timedOut);
       }, timeoutMs);
+      // The deadline's error wins over the reset it causes on a half-read answer.
       function fail(err: Error): void {
         clearTimeout(timer);
-        reject(err);
+        reject(timedOut ?? err);
       }
       req.on('error', fail);
       req.end(payload);
