@@ -118,9 +118,10 @@ echo "# load $(cut -d' ' -f1-3 /proc/loadavg)"
 jq -rs '
   def med: sort | if length == 0 then null elif length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   def r3: if . == null then null else (. * 1000 | round) / 1000 end;
+  def r2: if . == null then null else (. * 100 | round) / 100 end;
   group_by(.dir)[] | .[0].dir as $d | (map(select(.variant == "off"))) as $off
   | group_by(.variant)[] | .[0].variant as $v
   | [.[] | . as $x | ($off[] | select(.round == $x.round)) as $o | {t: ($x.mbps / $o.mbps), c: ($x.cpu_s_per_gb / $o.cpu_s_per_gb)}] as $p
-  | "\($d) \($v): Mbit/s \(map(.mbps) | med) (\(map(.mbps) | min)–\(map(.mbps) | max)), CPU s/GB \(map(.cpu_s_per_gb) | med) (\(map(.cpu_s_per_gb) | min)–\(map(.cpu_s_per_gb) | max))"
+  | "\($d) \($v): Mbit/s \(map(.mbps) | med | round) (\(map(.mbps) | min)–\(map(.mbps) | max)), CPU s/GB \(map(.cpu_s_per_gb) | med | r2) (\(map(.cpu_s_per_gb) | min)–\(map(.cpu_s_per_gb) | max))"
     + (if $v == "off" then "" else "; against off, per round: throughput \($p | map(.t) | med | r3) (\($p | map(.t) | min | r3)–\($p | map(.t) | max | r3)), CPU s/GB \($p | map(.c) | med | r3) (\($p | map(.c) | min | r3)–\($p | map(.c) | max | r3))" end)
-    + (if .[0].perf_conntrack_pct == null then "" else "; perf: conntrack \(map(.perf_conntrack_pct) | med)%, nft rules \(map(.perf_rules_pct) | med)% of the tunnel processes" end)' "$ROWS"
+    + (if .[0].perf_conntrack_pct == null then "" else "; perf: conntrack \(map(.perf_conntrack_pct) | med | r2)%, nft rules \(map(.perf_rules_pct) | med | r2)% of the tunnel processes" end)' "$ROWS"
