@@ -37,7 +37,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
   wait 2>/dev/null
   ip netns del "$CP" 2>/dev/null; ip netns del "$ND" 2>/dev/null
-  rm -f "$W"/*.data
+  rm -f "$W"/*.data "$W"/*.data.old "$W"/*.key   # the rows, logs and tables stay for a look
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -114,7 +114,7 @@ for r in $(seq "$ROUNDS"); do
     unapply
   done
 done
-echo "# load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# load $(cut -d' ' -f1-3 /proc/loadavg); rows and logs: $W"
 jq -rs '
   def med: sort | if length == 0 then null elif length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   def r3: if . == null then null else (. * 1000 | round) / 1000 end;
