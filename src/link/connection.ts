@@ -50,6 +50,12 @@ export interface ConnectionEvents {
  */
 export const MAX_PONGS_PER_SECOND = 20;
 
+/**
+ * A data frame after this many milliseconds without one finds the link idle (sendAlone). Bulk
+ * traffic writes far more often than that, so it keeps one TLS record per tick.
+ */
+const IDLE_AFTER_MS = 5;
+
 /** How long a closed stream stays open for the peer to read the Close frame. */
 const CLOSE_GRACE_MS = 2000;
 
@@ -58,8 +64,9 @@ const CLOSE_GRACE_MS = 2000;
  * writes, keepalive, counters. It knows nothing of authentication or routing.
  *
  * Outbound: frames written in one tick are corked into one TLS record and one syscall, and
- * uncorked in process.nextTick. Whatever a peer makes this end write is bounded, so a peer that
- * does not read costs bounded memory and stalls nobody else:
+ * uncorked in process.nextTick; a lone packet on an idle link goes at once instead (sendAlone).
+ * Whatever a peer makes this end write is bounded, so a peer that does not read costs bounded
+ * memory and stalls nobody else:
  *  - a data packet is dropped (queue_full) rather than queued once the stream holds
  *    maxQueueBytes; so are Pings and Pongs. The frames that open and close a connection (Hello,
  *    Welcome, Reject, Close: one of each at most) are always written;
@@ -93,6 +100,8 @@ export class FramedConnection {
   private readonly waiting: Buffer[] = [];
   private readonly waitingOffloads: number[] = [];
   private waitingBytes = 0;
+  /** When this end last wrote frames out (Date.now()): at every uncork, and for a lone packet. */
+  private lastDataAt = 0;
   /** Both ends agreed to Offload frames. */
   private offloadsAgreed = false;
   private closed = false;
@@ -176,6 +185,11 @@ export class FramedConnection {
   private readonly sendPlain = (packet: Buffer): void => this.queue(packet, 0);
 
   private queue(packet: Buffer, offload: number): void {
+    if (!this.corked && this.sendAlone(packet, offload)) {
+      this.counters.txPackets++;
+      this.counters.txBytes += packet.length;
+      return;
+    }
     this.cork();
     const prefix = offload === 0 ? 0 : OFFLOAD_PREFIX;
     if (this.backlogged) {
@@ -220,6 +234,22 @@ export class FramedConnection {
     this.onChunk(chunk);
   }
 
+  /**
+   * The first packet of a tick after an idle spell, with nothing queued, is written now as one
+   * buffer (a copy of one packet per idle spell): past the nextTick and the uncork's writev, Node
+   * code that a packet on an idle link runs from cold caches. Later packets of the tick are corked
+   * as usual, behind it.
+   */
+  private sendAlone(packet: Buffer, offload: number): boolean {
+    const now = Date.now();
+    if (now - this.lastDataAt <= IDLE_AFTER_MS || this.stream.writableLength > 0) return false;
+    this.lastDataAt = now;
+    const frame = Buffer.allocUnsafe(HEADER_SIZE + (offload === 0 ? 0 : OFFLOAD_PREFIX) + packet.length);
+    packet.copy(frame, writeFrameStart(frame, 0, packet.length, offload));
+    this.stream.write(frame);
+    return true;
+  }
+
   private cork(): void {
     if (this.corked) return;
     this.corked = true;
@@ -232,6 +262,7 @@ export class FramedConnection {
     this.flushWaiting();
     this.corked = false;
     this.stream.uncork();
+    this.lastDataAt = Date.now();
   };
 
   /** Copies the packets that wait into one buffer of their own, and writes it. */

@@ -504,7 +504,7 @@ describe('FramedConnection over in-memory streams', function () {
       sent.push(packet);
       expect(ca.sendData(packet)).to.equal(true);
     }
-    expect(corks, 'one cork for the whole tick').to.equal(1);
+    expect(corks, 'the first packet at once (the link was idle), one cork for the rest of the tick').to.equal(1);
     await waitFor('2000 packets', () => eb.data.length === sent.length);
     expect(eb.data.map((p) => p.readUInt16BE(4))).to.deep.equal(sent.map((_, i) => i));
     expect(eb.data).to.deep.equal(sent);
@@ -514,6 +514,49 @@ describe('FramedConnection over in-memory streams', function () {
     expect(cb.counters.rxPackets).to.equal(2000);
     expect(cb.counters.rxBytes).to.equal(bytes);
     expect(ca.counters.totalDrops()).to.equal(0);
+  });
+
+  /** Every write the stream gets: its length, and whether the stream was corked then. */
+  function recordWrites(stream: Duplex): Array<{ length: number; corked: boolean }> {
+    const writes: Array<{ length: number; corked: boolean }> = [];
+    const write = stream.write.bind(stream) as (chunk: Buffer) => boolean;
+    stream.write = ((chunk: Buffer) => {
+      writes.push({ length: chunk.length, corked: stream.writableCorked > 0 });
+      return write(chunk);
+    }) as typeof stream.write;
+    return writes;
+  }
+
+  it('writes a lone packet on an idle link at once, as one frame, before the tick ends', async function () {
+    const { sa, ca, eb } = pair();
+    const writes = recordWrites(sa);
+    const packet = ipv4('198.19.1.5', APISERVER, Buffer.alloc(56, 7));
+    expect(ca.sendData(packet)).to.equal(true);
+    expect(writes, 'one uncorked write of header and packet, in this tick').to.deep.equal([
+      { length: HEADER_SIZE + packet.length, corked: false },
+    ]);
+    await waitFor('the packet', () => eb.data.length === 1);
+    expect(eb.data[0]).to.deep.equal(packet);
+    expect(ca.counters.txPackets).to.equal(1);
+    expect(ca.counters.txBytes).to.equal(packet.length);
+  });
+
+  it('corks a busy link: packets soon after the last write wait for the tick, behind a lone one', async function () {
+    const { sa, ca, eb } = pair();
+    const sent = [1, 2, 3, 4].map((i) => ipv4('198.19.1.5', APISERVER, Buffer.alloc(20 + i, i)));
+    ca.sendData(sent[0]!);
+    expect(sa.writableCorked, 'the lone packet went at once').to.equal(0);
+    ca.sendData(sent[1]!); // the same tick as the lone one: corked behind it
+    expect(sa.writableCorked).to.equal(1);
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    expect(sa.writableLength, 'the first tick written out').to.equal(0);
+    ca.sendData(sent[2]!); // the next tick, right after: the link is busy, not idle
+    ca.sendData(sent[3]!);
+    expect(sa.writableCorked, 'corked until the tick ends').to.equal(1);
+    await new Promise<void>((resolve) => process.nextTick(resolve));
+    expect(sa.writableCorked, 'uncorked when it ends').to.equal(0);
+    await waitFor('4 packets', () => eb.data.length === 4);
+    expect(eb.data).to.deep.equal(sent);
   });
 
   it('hands Hello/Welcome to onControl and, once the session is open, answers Ping with Pong, setting rttMs', async function () {

@@ -198,6 +198,10 @@ describe('bounded memory: peers that send and never read', function () {
         return write(chunk, ...rest);
       }) as typeof near.write;
       far.resume();
+      // A lone packet on an idle link goes as one copied frame; the packets of a busy one do not.
+      connection.sendData(ipv4('198.19.1.5', APISERVER, Buffer.alloc(20)));
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      expect(near.writableLength).to.equal(0);
       const batch = Buffer.alloc(4096, 9);
       ipv4('198.19.1.5', APISERVER, Buffer.alloc(80)).copy(batch, 0);
       connection.sendData(batch.subarray(0, 100));
