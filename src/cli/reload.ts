@@ -119,3 +119,25 @@ export function settingsReloader(options: SettingsReloadOptions): ReloadStep {
 export function reloadSettingsOnSighup(options: SettingsReloadOptions): void {
   onReload('settings', settingsReloader(options), options.log);
 }
+
+/** What a server's settings reload retunes besides the log level: its path checker, if any. */
+export interface PathCheckRetune {
+  reconfigure(update: { intervalMs: number; timeoutMs: number; port: number }): void;
+}
+
+/** The server's settings reload step for SIGHUP (a lone server and a workers' primary alike). */
+export function reloadServerSettingsOnSighup(
+  options: Omit<SettingsReloadOptions, 'role' | 'apply'>,
+  pathChecker: PathCheckRetune | undefined,
+): void {
+  reloadSettingsOnSighup({
+    ...options,
+    role: 'server',
+    apply: (next) =>
+      pathChecker?.reconfigure({
+        intervalMs: next.pathCheckIntervalMs!,
+        timeoutMs: next.pathCheckTimeoutMs!,
+        port: next.pathCheckPort!,
+      }),
+  });
+}

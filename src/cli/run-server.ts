@@ -10,7 +10,7 @@ import { tunnelSource, type ServerConfig } from './config.js';
 import { connectionOptions, onShutdownSignal } from './daemon.js';
 import { serverObservability } from './observe.js';
 import { kubernetesNodeAuth, nodeRouteCheck } from './kubernetes.js';
-import { onReload, reloadSettingsOnSighup, type StartSettings } from './reload.js';
+import { onReload, reloadServerSettingsOnSighup, type StartSettings } from './reload.js';
 import { perWorker, runWorkers, slotOf, workerObservability, workerSlot, type WorkerSlot } from './workers.js';
 
 /** Every allowedIP of the peers, and where each came from, for the route checks. */
@@ -188,18 +188,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   });
   // SIGHUP: bad settings, a bad peers file or a bad certificate are refused with one line and the
   // old ones stay.
-  reloadSettingsOnSighup({
-    role: 'server',
-    configFile: config.configFile,
-    start,
-    log,
-    apply: (next) =>
-      observe.pathChecker?.reconfigure({
-        intervalMs: next.pathCheckIntervalMs!,
-        timeoutMs: next.pathCheckTimeoutMs!,
-        port: next.pathCheckPort!,
-      }),
-  });
+  reloadServerSettingsOnSighup({ configFile: config.configFile, start, log }, observe.pathChecker);
   if (!kubernetes) {
     onReload(
       'peers',

@@ -35,7 +35,7 @@ import { NodelinkError } from '../errors.js';
 import { workerTun, type ServerConfig } from './config.js';
 import { onShutdownSignal } from './daemon.js';
 import { serverObservability, type ServerSide } from './observe.js';
-import { onReload, reloadSettingsOnSighup, type StartSettings } from './reload.js';
+import { onReload, reloadServerSettingsOnSighup, type StartSettings } from './reload.js';
 
 /** The environment a worker learns its place from; not NODELINK_*, which would read as a flag. */
 const SLOT_ENV = '__NODELINK_WORKER';
@@ -320,18 +320,7 @@ export async function runWorkers(
   );
   pathRefresh.unref();
 
-  reloadSettingsOnSighup({
-    role: 'server',
-    configFile: config.configFile,
-    start,
-    log,
-    apply: (next) =>
-      observe.pathChecker.reconfigure({
-        intervalMs: next.pathCheckIntervalMs!,
-        timeoutMs: next.pathCheckTimeoutMs!,
-        port: next.pathCheckPort!,
-      }),
-  });
+  reloadServerSettingsOnSighup({ configFile: config.configFile, start, log }, observe.pathChecker);
   // Each worker reloads its peers file (or certificate) itself, as a lone server does.
   onReload(
     'workers',
