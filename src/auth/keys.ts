@@ -65,6 +65,21 @@ export function pemCertificates(text: string): string[] {
 }
 
 /**
+ * Reads a PEM file a flag names (as readNamedFile) and returns its certificates, in order; a file
+ * with none fails as "LABEL PATH holds no PEM certificate".
+ */
+export function readPemCertificates(
+  path: string,
+  label: string,
+  fixMissing: string,
+  fail: (message: string) => Error,
+): string[] {
+  const pems = pemCertificates(readNamedFile(path, label, fixMissing, fail));
+  if (pems.length === 0) throw fail(`${label} ${path} holds no PEM certificate: expected -----BEGIN CERTIFICATE-----`);
+  return pems;
+}
+
+/**
  * Reads a file holding a secret. Like ssh and wg, refuse a file that others can read: a leaked
  * node key lets anyone on the network impersonate that node. `label` names it in the error
  * ("key file", "--cert-key file"); `fixMissing` says how to create it; `fail` builds the error.

@@ -1,6 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type ConnectionOptions, type SecureContext, type TLSSocket } from 'node:tls';
-import { encodeKey, keysEqual, pemCertificates, readNamedFile } from '../auth/index.js';
+import { encodeKey, keysEqual, readPemCertificates } from '../auth/index.js';
 import { NodelinkError } from '../errors.js';
 import type { DialFailure } from '../reasons.js';
 
@@ -32,15 +32,12 @@ export class TrustError extends NodelinkError {
 
 /** Reads and checks a --ca file: PEM certificates, at least one, all parseable. */
 export function readCaFile(path: string): string {
-  const text = readNamedFile(
+  const pems = readPemCertificates(
     path,
     '--ca file',
     "pass the PEM certificate of the CA that signed the server's certificate",
     (message) => new TrustError(message),
   );
-  const pems = pemCertificates(text);
-  if (pems.length === 0)
-    throw new TrustError(`--ca file ${path} holds no PEM certificate: expected -----BEGIN CERTIFICATE-----`);
   for (const [index, pem] of pems.entries()) {
     try {
       new X509Certificate(pem);

@@ -2,10 +2,9 @@ import 'reflect-metadata';
 import { X509Certificate, createPrivateKey, webcrypto, type KeyObject } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import {
-  pemCertificates,
   pkcs8Der,
   privateKeyObject,
-  readNamedFile,
+  readPemCertificates,
   readSecretFile,
   spkiDer,
   type KeyPair,
@@ -78,17 +77,12 @@ export function loadServerCertificate(
   pair: KeyPair,
   now = Date.now(),
 ): ServerCertificate {
-  const certText = readNamedFile(
+  const pems = readPemCertificates(
     certFile,
     '--cert file',
     'pass a PEM certificate chain signed by your CA',
     (message) => new CertificateError(message),
   );
-  const pems = pemCertificates(certText);
-  if (pems.length === 0)
-    throw new CertificateError(
-      `--cert file ${certFile} holds no PEM certificate: expected -----BEGIN CERTIFICATE-----`,
-    );
   let leaf: X509Certificate;
   try {
     leaf = new X509Certificate(pems[0]!);
