@@ -26,6 +26,7 @@ import {
   writeHeader,
 } from '../src/protocol/index.js';
 import { Prefix, PrefixTable, formatAddress } from '../src/routing/index.js';
+import { prng } from '../test/support/random.js';
 
 const SAMPLES = envInt('SAMPLES', 7, 1, 101);
 const SAMPLE_MS = envInt('SAMPLE_MS', 200, 1, 10_000);
@@ -45,17 +46,6 @@ function envInt(name: string, fallback: number, min: number, max: number): numbe
   return n;
 }
 
-/** mulberry32: a small seeded PRNG, so every run measures the same routes and packets. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const random = prng(SEED);
 const randomInt = (n: number): number => Math.floor(random() * n);
 

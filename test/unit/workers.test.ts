@@ -6,27 +6,12 @@ import { SessionRoutes, type HeldPeer } from '../../src/link-server/index.js';
 import { Prefix } from '../../src/routing/index.js';
 import { HOME_ROUTE_METRIC, ServerRoutes, routeTableFor } from '../../src/tun/index.js';
 import { silentLogger } from '../../src/log.js';
+import { idlePeerStatus } from '../support/status.js';
 
 const TABLE = routeTableFor('nl0');
 
 function peer(name: string, more: Partial<PeerStatus> = {}): PeerStatus {
-  return {
-    name,
-    publicKey: `key-${name}`,
-    connected: false,
-    endpoint: null,
-    routes: [],
-    connectedSince: null,
-    lastPongMs: null,
-    rxBytes: 0,
-    txBytes: 0,
-    rxPackets: 0,
-    txPackets: 0,
-    drops: 0,
-    dropsByReason: {},
-    queuedBytes: 0,
-    ...more,
-  };
+  return idlePeerStatus({ name, publicKey: `key-${name}`, ...more });
 }
 
 function workerStatus(peers: PeerStatus[], more: Partial<DaemonStatus> = {}): DaemonStatus {
