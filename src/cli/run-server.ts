@@ -136,6 +136,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     observer: observe.metrics,
     checkRoutes,
     authorizeHello: kubernetes?.authorize,
+    claimRoutes: worker?.claimRoutes,
     certificate,
     limits: {
       maxUnauthenticated: share(config.maxUnauthenticated),

@@ -125,6 +125,11 @@ export function workerObservability(slot: WorkerSlot) {
     follow(routes: SessionRoutes): void {
       sessions = routes;
     },
+    /** The handshake's hook: a node's routes reach this worker's TUN before its Welcome. */
+    claimRoutes: (peer: string): Promise<() => void> => {
+      if (!sessions) return Promise.reject(new NodelinkError('workers', 'this worker is not ready to route nodes yet'));
+      return sessions.claimBeforeWelcome(peer);
+    },
     async start(side: ServerSide, base: () => DaemonStatus): Promise<void> {
       const answer = async (id: number, full: boolean): Promise<void> => {
         if (full) await side.refresh?.();

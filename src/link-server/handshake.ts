@@ -52,6 +52,13 @@ export interface HandshakeContext {
   readonly authorizeHello?: (
     hello: Hello,
   ) => Promise<(registry: PeerRegistry) => { peer: PeerConfig; routes: Prefix[] }>;
+  /**
+   * Workers: claims the node's routes into this worker's TUN before its Welcome, and resolves
+   * with a function to call once the session opened or was given up. A rejection fails the
+   * session (`internal`, the node retries) rather than welcoming a node whose routes lead to
+   * another worker.
+   */
+  readonly claimRoutes?: (peer: string) => Promise<() => void>;
   readonly log: Logger;
   readonly observer?: LinkObserver;
   /** Set once the server stops: a handshake that completes afterwards must not open a session. */
@@ -173,7 +180,48 @@ export class NodeConnection {
         return;
       }
     }
+    if (ctx.claimRoutes) {
+      await this.openClaimed(ctx.claimRoutes, authorized.peer, authorized.routes, hello.offload === true);
+      return;
+    }
     this.open(authorized.peer, authorized.routes, hello.offload === true);
+  }
+
+  /** Workers: the node's routes reach this worker's TUN first, then the session opens. */
+  private async openClaimed(
+    claim: NonNullable<HandshakeContext['claimRoutes']>,
+    peer: PeerState,
+    routes: readonly Prefix[],
+    offered: boolean,
+  ): Promise<void> {
+    const { ctx, connection } = this;
+    const { config } = peer;
+    let settled: () => void;
+    try {
+      settled = await claim(config.name);
+    } catch (err) {
+      ctx.log.warn(
+        { peer: config.name, endpoint: this.endpoint, detail: userMessage(err) },
+        'cannot route a node to this worker: it will retry',
+      );
+      connection.close(CloseCode.Internal, `the server cannot route this node now (${userMessage(err)}): retrying`);
+      return;
+    }
+    try {
+      if (connection.isClosed) return;
+      if (ctx.isStopping()) {
+        connection.close(CloseCode.ServerShutdown, 'server is shutting down');
+        return;
+      }
+      // A reload may have replaced or removed the peer while its routes were claimed.
+      if (ctx.peers.byKey.get(config.publicKeyText) !== peer || peer.config !== config) {
+        connection.close(CloseCode.Internal, `peer "${config.name}" changed on the server while connecting: retrying`);
+        return;
+      }
+      this.open(peer, routes, offered);
+    } finally {
+      settled();
+    }
   }
 
   /**

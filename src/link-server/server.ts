@@ -64,6 +64,8 @@ export interface LinkServerOptions {
   readonly checkRoutes?: (name: string, routes: readonly Prefix[]) => Promise<void>;
   /** Kubernetes mode: the hello check that replaces the peers file's key lookup (handshake.ts). */
   readonly authorizeHello?: HandshakeContext['authorizeHello'];
+  /** Workers: claims a node's routes into this worker's TUN before its Welcome (handshake.ts). */
+  readonly claimRoutes?: HandshakeContext['claimRoutes'];
   /** A CA-signed certificate (--cert); without one the server presents a self-signed one of its key. */
   readonly certificate?: ServerCertificate;
   /** Limits on connections that have not authenticated yet (see admission.ts). */
@@ -150,6 +152,7 @@ export class LinkServer {
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       checkRoutes: options.checkRoutes,
       authorizeHello: options.authorizeHello,
+      claimRoutes: options.claimRoutes,
       log: options.log,
       observer: options.observer,
       isStopping: () => this.stopping,

@@ -2,11 +2,14 @@ import { expect } from 'chai';
 import { mergeWorkerStatuses, type DaemonStatus, type PeerStatus } from '../../src/admin/index.js';
 import { parseServerConfig, workerTun } from '../../src/cli/config.js';
 import { perWorker, slotOf } from '../../src/cli/workers.js';
-import { SessionRoutes, type HeldPeer } from '../../src/link-server/index.js';
+import { LinkServer, SessionRoutes, type HeldPeer } from '../../src/link-server/index.js';
 import { Prefix } from '../../src/routing/index.js';
 import { HOME_ROUTE_METRIC, ServerRoutes, routeTableFor } from '../../src/tun/index.js';
 import { silentLogger } from '../../src/log.js';
 import { idlePeerStatus } from '../support/status.js';
+import { FakeTun } from '../support/fake-tun.js';
+import { CONNECTION, Rigs, TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf, registryOf } from '../support/link-rig.js';
+import { waitFor } from '../support/wait.js';
 
 const TABLE = routeTableFor('nl0');
 
@@ -128,28 +131,40 @@ describe('server workers (--workers)', function () {
     const a6 = Prefix.parse('fd00:19:1::/64');
     const b = Prefix.parse('198.19.2.0/24');
 
-    function rig() {
+    function rig(claimTimeoutMs?: number) {
       const held = new Map<string, HeldPeer>([
         ['node-a', { name: 'node-a', allowedIPs: [a, a6], connected: false }],
         ['node-b', { name: 'node-b', allowedIPs: [b], connected: false }],
       ]);
       const calls: string[] = [];
       let gate: Promise<void> = Promise.resolve();
+      let failure: Error | undefined;
       const routes = new SessionRoutes({
         peers: () => held.values(),
         claim: async (cidrs) => {
           if (cidrs.length > 0) calls.push(`claim ${cidrs.join(' ')}`);
           await gate;
+          if (cidrs.length > 0 && failure) throw failure;
+          if (cidrs.length > 0) calls.push('claimed');
         },
         release: async (cidrs) => {
           if (cidrs.length > 0) calls.push(`release ${cidrs.join(' ')}`);
         },
+        claimTimeoutMs,
         log: silentLogger(),
       });
-      const set = (name: string, connected: boolean): void => {
-        held.set(name, { ...held.get(name)!, connected });
+      const set = (name: string, connected: boolean, allowedIPs?: Prefix[]): void => {
+        const before = held.get(name)!;
+        held.set(name, { ...before, connected, allowedIPs: allowedIPs ?? before.allowedIPs });
       };
-      return { held, calls, routes, set, hold: (p: Promise<void>) => (gate = p) };
+      return {
+        held,
+        calls,
+        routes,
+        set,
+        hold: (p: Promise<void>) => (gate = p),
+        fail: (err: Error | undefined) => (failure = err),
+      };
     }
 
     it('settles a burst of events in one pass, from what the worker holds, whatever their order', async function () {
@@ -158,13 +173,84 @@ describe('server workers (--workers)', function () {
       set('node-a', true);
       routes.changed('node-a');
       routes.changed('node-a');
-      // node-b: connected and gone again within the burst.
+      // node-b: connected and gone again within the burst: never claimed, nothing to release.
       set('node-b', true);
       routes.changed('node-b');
       set('node-b', false);
       routes.changed('node-b');
       await routes.idle();
-      expect(calls).to.deep.equal(['claim 198.19.1.0/24 fd00:19:1::/64', 'release 198.19.2.0/24']);
+      expect(calls).to.deep.equal(['claim 198.19.1.0/24 fd00:19:1::/64', 'claimed']);
+      set('node-a', false);
+      routes.changed('node-a');
+      await routes.idle();
+      expect(calls.slice(2)).to.deep.equal(['release 198.19.1.0/24 fd00:19:1::/64']);
+    });
+
+    it('claims before the Welcome: resolves once the routes are in, and the session’s opening costs no second claim', async function () {
+      const { calls, routes, set, hold } = rig();
+      let open!: () => void;
+      hold(new Promise<void>((resolve) => (open = resolve)));
+      let resolved = false;
+      const claiming = routes.claimBeforeWelcome('node-a').then((done) => {
+        resolved = true;
+        return done;
+      });
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(calls).to.deep.equal(['claim 198.19.1.0/24 fd00:19:1::/64']);
+      expect(resolved, 'resolved before the claim reached the kernel').to.equal(false);
+      open();
+      const done = await claiming;
+      expect(calls).to.deep.equal(['claim 198.19.1.0/24 fd00:19:1::/64', 'claimed']);
+      // The session opens (the connected event), then the handshake says it is done.
+      set('node-a', true);
+      routes.changed('node-a');
+      done();
+      await routes.idle();
+      expect(calls).to.have.length(2);
+      // A new session here claims again: another worker may have taken the node since.
+      (await routes.claimBeforeWelcome('node-a'))();
+      await routes.idle();
+      expect(calls.slice(2)).to.deep.equal(['claim 198.19.1.0/24 fd00:19:1::/64', 'claimed']);
+    });
+
+    it('a claim that fails or times out rejects, and a session that never opened leaves nothing claimed', async function () {
+      const failing = rig();
+      failing.fail(new Error('Cannot find device "nl0-1"'));
+      const err = await failing.routes.claimBeforeWelcome('node-b').then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(err?.message).to.contain('nl0-1');
+      await failing.routes.idle();
+      // The failed batch may have claimed some: taken back, since no session opened.
+      expect(failing.calls).to.deep.equal(['claim 198.19.2.0/24', 'release 198.19.2.0/24']);
+
+      const slow = rig(50);
+      slow.hold(new Promise<void>((resolve) => setTimeout(resolve, 300)));
+      const late = await slow.routes.claimBeforeWelcome('node-b').then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(late?.message).to.match(/did not reach this worker's TUN within 50 ms/);
+      await slow.routes.idle();
+      expect(slow.calls).to.deep.equal(['claim 198.19.2.0/24', 'claimed', 'release 198.19.2.0/24']);
+    });
+
+    it('releases what it claimed, after a reload changed the peer’s routes or removed it', async function () {
+      const { calls, routes, set, held } = rig();
+      set('node-a', true);
+      set('node-b', true);
+      routes.changed('node-a');
+      routes.changed('node-b');
+      await routes.idle();
+      calls.length = 0;
+      // node-a's pod CIDR moved and its session closed; node-b's Node was deleted.
+      set('node-a', false, [Prefix.parse('198.19.9.0/24')]);
+      held.delete('node-b');
+      routes.changed('node-a');
+      routes.changed('node-b');
+      await routes.idle();
+      expect(calls).to.deep.equal(['release 198.19.1.0/24 fd00:19:1::/64 198.19.2.0/24']);
     });
 
     it('changes during a pass make one more pass, and a peer a reload removed is skipped', async function () {
@@ -185,9 +271,85 @@ describe('server workers (--workers)', function () {
       await routes.idle();
       expect(calls).to.deep.equal([
         'claim 198.19.1.0/24 fd00:19:1::/64',
+        'claimed',
         'claim 198.19.2.0/24',
+        'claimed',
         'release 198.19.1.0/24 fd00:19:1::/64',
       ]);
+    });
+  });
+
+  describe('the handshake claims a worker’s routes before the Welcome', function () {
+    this.timeout(10_000);
+    const rigs = new Rigs();
+    const servers: LinkServer[] = [];
+    afterEach(async function () {
+      await rigs.stopAll();
+      await Promise.all(servers.splice(0).map((server) => server.stop()));
+    });
+
+    async function serve(claimRoutes: (peer: string) => Promise<() => void>) {
+      const serverPair = newPair();
+      const nodePair = newPair();
+      const failures: string[] = [];
+      const server = new LinkServer({
+        host: '127.0.0.1',
+        port: 0,
+        keyPair: serverPair,
+        registry: registryOf([{ name: 'node-a', pair: nodePair, allowedIPs: ['198.19.1.0/24'] }]),
+        tun: new FakeTun('srv0'),
+        tunnelCidrs: TUNNEL_CIDRS,
+        tunnelAddresses: TUNNEL_ADDRESSES,
+        connection: CONNECTION,
+        handshakeTimeoutMs: 2000,
+        installRoutes: async () => undefined,
+        log: silentLogger(),
+        observer: { handshakeFailed: (reason) => failures.push(reason) },
+        claimRoutes,
+      });
+      servers.push(server);
+      await server.start();
+      const node = rigs.client({
+        port: portOf(server.listenAddress),
+        name: 'node-a',
+        keyPair: nodePair,
+        routes: ['198.19.1.0/24'],
+        serverKey: serverPair.publicKey,
+      });
+      const connected = (): boolean => server.status().peers.some((p) => p.connected);
+      return { node, failures, connected };
+    }
+
+    it('the Welcome waits for the claim; the hook hears when the session opened', async function () {
+      const events: string[] = [];
+      let open!: () => void;
+      const gate = new Promise<void>((resolve) => (open = resolve));
+      const { node, connected } = await serve(async (peer) => {
+        events.push(`claim ${peer}`);
+        await gate;
+        events.push('claimed');
+        return () => events.push(`settled, session open: ${connected()}`);
+      });
+      await waitFor('the claim asked', () => events.length === 1);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(node.client.isAuthenticated, 'welcomed before its routes were claimed').to.equal(false);
+      expect(connected()).to.equal(false);
+      open();
+      await waitFor('welcomed', () => node.client.isAuthenticated);
+      expect(events).to.deep.equal(['claim node-a', 'claimed', 'settled, session open: true']);
+    });
+
+    it('a failed claim fails the session as internal; the node is not rejected and gets in once routes can be claimed', async function () {
+      let attempts = 0;
+      const { node, failures } = await serve(async () => {
+        attempts++;
+        if (attempts <= 2) throw new Error('Cannot find device "nl0-1"');
+        return () => undefined;
+      });
+      await waitFor('welcomed on the third try', () => node.client.isAuthenticated, 5000);
+      expect(attempts).to.equal(3);
+      expect(failures).to.deep.equal(['internal', 'internal']);
+      expect(node.rejected).to.deep.equal([]);
     });
   });
 
