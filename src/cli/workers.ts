@@ -4,11 +4,12 @@
  * The primary process forks K workers (node:cluster). Each worker is a whole LinkServer with a
  * TUN of its own (nl0, nl0-1, …, all with the tunnel address) and the same listen port: cluster
  * hands each accepted connection to the next worker in turn, so handshakes spread over the
- * processes; each worker routes the nodes it holds into its own TUN (src/tun/routes.ts), so the
- * kernel hands each node's packets to the process holding its session and the data spreads as
- * well, with nothing steering packets. Node 20 cannot move a listening socket or a TLS session
- * between worker threads, hence processes; a multi-queue TUN would spread packets by flow hash,
- * not by node.
+ * processes; each worker routes the nodes it holds into its own TUN (src/tun/routes.ts), before
+ * it welcomes them (SessionRoutes.claimBeforeWelcome), so the kernel hands each node's packets to
+ * the process holding its session and the data spreads as well, with nothing steering packets.
+ * Node 20 cannot move a listening socket or a TLS session between worker threads, hence
+ * processes; a multi-queue TUN would spread packets by flow hash, not by node. In Kubernetes mode
+ * every worker keeps its own Node watch and TokenReview cache.
  *
  * The primary holds no TUN and no session. It is the server's single face: the admin socket and
  * metrics (the workers' status merged, their events forwarded to it), the path checks, and the
