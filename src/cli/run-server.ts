@@ -147,6 +147,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     serverId: slot?.serverId || config.serverId || defaultServerId(),
     serverCount: config.serverCount,
   });
+  if (kubernetes) worker?.shareVerdicts(kubernetes.verifier);
   worker?.follow(
     new SessionRoutes({
       peers: () => server.peerSessions(),

@@ -9,7 +9,8 @@
  * the process holding its session and the data spreads as well, with nothing steering packets.
  * Node 20 cannot move a listening socket or a TLS session between worker threads, hence
  * processes; a multi-queue TUN would spread packets by flow hash, not by node. In Kubernetes mode
- * every worker keeps its own Node watch and TokenReview cache.
+ * every worker keeps its own Node watch and TokenReview cache, and the primary passes each
+ * worker's TokenReview verdicts on to the others.
  *
  * The primary holds no TUN and no session. It is the server's single face: the admin socket and
  * metrics (the workers' status merged, their events forwarded to it), the path checks, and the
@@ -27,6 +28,7 @@ import {
   type WorkerStatus,
 } from '../admin/index.js';
 import type { LinkObserver } from '../link/observer.js';
+import type { NodeIdentity, NodeIdentityVerifier } from '../k8s/identity.js';
 import { pathTargets, type PathTarget } from '../link-server/path-check.js';
 import type { SessionRoutes } from '../link-server/session-routes.js';
 import { Prefix } from '../routing/index.js';
@@ -87,8 +89,11 @@ type ObserverEvent = keyof Required<LinkObserver>;
 type ToPrimary =
   | { kind: 'ready' }
   | { kind: 'event'; event: ObserverEvent; args: unknown[] }
-  | { kind: 'status'; id: number; status: DaemonStatus };
-type ToWorker = { kind: 'status'; id: number; full: boolean };
+  | { kind: 'status'; id: number; status: DaemonStatus }
+  | Verdict;
+type ToWorker = { kind: 'status'; id: number; full: boolean } | Verdict;
+/** Kubernetes mode: a TokenReview verdict one worker got, for the others (by the token's hash). */
+type Verdict = { kind: 'verdict'; key: string; identity: NodeIdentity };
 
 function send(message: ToPrimary): void {
   // Gone while shutting down: the primary is not waiting for anything then.
@@ -102,6 +107,7 @@ function send(message: ToPrimary): void {
  */
 export function workerObservability(slot: WorkerSlot) {
   let sessions: SessionRoutes | undefined;
+  let verifier: NodeIdentityVerifier | undefined;
   const forward =
     (event: ObserverEvent) =>
     (...args: unknown[]): void =>
@@ -126,6 +132,14 @@ export function workerObservability(slot: WorkerSlot) {
     follow(routes: SessionRoutes): void {
       sessions = routes;
     },
+    /**
+     * Kubernetes mode: this worker's TokenReview verdicts go to the others and theirs come here,
+     * so a node redialing through any worker is admitted while kube-apiserver is away.
+     */
+    shareVerdicts(shared: NodeIdentityVerifier): void {
+      verifier = shared;
+      shared.onReviewed((key, identity) => send({ kind: 'verdict', key, identity }));
+    },
     /** The handshake's hook: a node's routes reach this worker's TUN before its Welcome. */
     claimRoutes: (peer: string): Promise<() => void> => {
       if (!sessions) return Promise.reject(new NodelinkError('workers', 'this worker is not ready to route nodes yet'));
@@ -143,6 +157,7 @@ export function workerObservability(slot: WorkerSlot) {
       };
       listener = (message) => {
         if (message?.kind === 'status') void answer(message.id, message.full).catch(() => undefined);
+        else if (message?.kind === 'verdict') verifier?.adopt(message.key, message.identity);
       };
       process.on('message', listener);
       send({ kind: 'ready' });
@@ -202,6 +217,11 @@ export async function runWorkers(
     } else if (message.kind === 'status') {
       pending.get(message.id)?.(message.status);
       pending.delete(message.id);
+    } else if (message.kind === 'verdict') {
+      for (const other of slots) {
+        if (other !== slot && other.ready && other.worker?.isConnected())
+          other.worker.send(message satisfies ToWorker, undefined, () => undefined);
+      }
     }
   };
 

@@ -77,6 +77,7 @@ export class NodeIdentityVerifier {
   private readonly now: () => number;
   private readonly namespace: string;
   private readonly accountName: string;
+  private reviewed: ((key: string, identity: NodeIdentity) => void) | undefined;
 
   constructor(
     private readonly api: IdentityApi,
@@ -123,6 +124,7 @@ export class NodeIdentityVerifier {
       .then(
         (identity) => {
           this.remember(key, { identity });
+          this.reviewed?.(key, identity);
           return identity;
         },
         (err: unknown) => {
@@ -134,6 +136,22 @@ export class NodeIdentityVerifier {
       );
     this.inFlight.set(key, review);
     return review.finally(() => this.inFlight.delete(key));
+  }
+
+  /**
+   * Calls `listener` with every verdict kube-apiserver gives (a review that admitted a token),
+   * keyed by the token's hash, never the token: the workers of one server share their verdicts.
+   */
+  onReviewed(listener: (key: string, identity: NodeIdentity) => void): void {
+    this.reviewed = listener;
+  }
+
+  /**
+   * Takes a verdict another worker of this server got (onReviewed), as if this verifier had
+   * asked: a node redialing through any worker is admitted from it while kube-apiserver is away.
+   */
+  adopt(key: string, identity: NodeIdentity): void {
+    if (identity.validUntil > this.now() && !this.cache.has(key)) this.remember(key, { identity });
   }
 
   /** Forgets every cached answer for a node (its Node object went away). */

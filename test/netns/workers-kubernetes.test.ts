@@ -244,5 +244,36 @@ describe('Kubernetes mode with --workers 2: Node watch and TokenReview in every 
     await settled(15_000);
   });
 
+  it('kube-apiserver away: a killed worker’s nodes come back through the other on its shared verdicts', async () => {
+    const before = await rig.cluster.status();
+    const holding = (worker: number): number[] =>
+      [...live].filter((n) => before.peers.find((p) => p.name === rig.h.nodeName(n))?.worker === worker);
+    const victim = holding(1).length > 0 ? 1 : 0;
+    const moving = holding(victim);
+    expect(moving.length, 'nodes held by the worker to kill').to.be.greaterThan(0);
+    const { pid, restarts } = before.workers![victim]!;
+    const downMs = 25_000;
+    const downUntil = Date.now() + downMs;
+    await control.goDown(downMs);
+    process.kill(pid!, 'SIGKILL');
+    // The other worker never reviewed these nodes' tokens: it admits them on the verdicts the
+    // killed one shared, and routes them from the Nodes it knows, with kube-apiserver away.
+    const status = await settled(downMs - 5000);
+    expect(Date.now(), 'back before kube-apiserver').to.be.lessThan(downUntil);
+    for (const n of moving) expect(status.peers.find((p) => p.name === rig.h.nodeName(n))!.worker).to.equal(1 - victim);
+    for (const n of live) {
+      const kubelet = await rig.h.curl(rig.h.ns.cp, rig.h.kubeletURL(n), { timeoutS: 5 });
+      expect(kubelet.ok, `kubelet ${n}: ${kubelet.error}`).to.equal(true);
+    }
+    await waitFor(
+      'the killed worker running again once kube-apiserver is back',
+      async () => {
+        const w = (await rig.cluster.status().catch(() => undefined))?.workers?.[victim];
+        return w?.state === 'running' && w.restarts > restarts && w.pid !== pid;
+      },
+      60_000,
+    );
+  });
+
   leavesNothingBehind(rig);
 });

@@ -10,6 +10,8 @@ import { idlePeerStatus } from '../support/status.js';
 import { FakeTun } from '../support/fake-tun.js';
 import { CONNECTION, Rigs, TUNNEL_ADDRESSES, TUNNEL_CIDRS, newPair, portOf, registryOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
+import { NodeIdentityVerifier, type IdentityApi, type NodeIdentity } from '../../src/k8s/identity.js';
+import { KubernetesError } from '../../src/k8s/errors.js';
 
 const TABLE = routeTableFor('nl0');
 
@@ -350,6 +352,62 @@ describe('server workers (--workers)', function () {
       expect(attempts).to.equal(3);
       expect(failures).to.deep.equal(['internal', 'internal']);
       expect(node.rejected).to.deep.equal([]);
+    });
+  });
+
+  describe('Kubernetes mode: the workers share their TokenReview verdicts', function () {
+    /** kube-apiserver as one worker sees it: up, or away. */
+    function api(up: () => boolean): IdentityApi & { reviews: number } {
+      const fake = {
+        reviews: 0,
+        reviewToken: async () => {
+          if (!up()) throw new KubernetesError('k8s_api', 'cannot reach kube-apiserver');
+          fake.reviews++;
+          return {
+            authenticated: true,
+            audiences: ['nodelink'],
+            user: {
+              username: 'system:serviceaccount:nodelink:nodelink-client',
+              extra: {
+                'authentication.kubernetes.io/pod-name': ['client-1'],
+                'authentication.kubernetes.io/pod-uid': ['uid-1'],
+                'authentication.kubernetes.io/node-name': ['node-1'],
+              },
+            },
+          };
+        },
+        getPod: async () => undefined,
+      };
+      return fake;
+    }
+    const options = { audience: 'nodelink', serviceAccount: 'nodelink:nodelink-client' };
+
+    it('a verdict one worker got admits the node through another while kube-apiserver is away', async function () {
+      let up = true;
+      const first = new NodeIdentityVerifier(
+        api(() => up),
+        options,
+      );
+      const second = new NodeIdentityVerifier(
+        api(() => up),
+        options,
+      );
+      const relayed: Array<[string, NodeIdentity]> = [];
+      first.onReviewed((key, identity) => relayed.push([key, identity]));
+      expect((await first.verify('token-of-node-1')).node).to.equal('node-1');
+      expect(relayed).to.have.length(1);
+      expect(relayed[0]![0], 'the key is a hash, not the token').to.not.contain('token-of-node-1');
+      up = false;
+      expect(await second.verify('token-of-node-1').catch((e: Error) => e.message)).to.match(/cannot reach/);
+      second.adopt(...relayed[0]!);
+      expect((await second.verify('token-of-node-1')).node).to.equal('node-1');
+      // A verdict already expired is not taken.
+      const third = new NodeIdentityVerifier(
+        api(() => false),
+        options,
+      );
+      third.adopt(relayed[0]![0], { ...relayed[0]![1], validUntil: Date.now() - 1 });
+      expect(await third.verify('token-of-node-1').catch((e: Error) => e.message)).to.match(/cannot reach/);
     });
   });
 
