@@ -4,9 +4,16 @@
  * Why: the tuntap addon reads through fs streams, so every packet costs a libuv threadpool
  * round trip, a 64 KiB buffer and a copy. Here the fd is made non-blocking and watched with
  * uv_poll on the event loop thread; when it is readable, up to BATCH_PACKETS packets are read
- * in a loop into one scratch area and handed to JavaScript in ONE call, as one Buffer plus the
- * packet lengths. Writes are one write(2) per packet (a TUN write is exactly one packet),
- * issued synchronously: a non-blocking TUN write never waits, the kernel queues or drops.
+ * in a loop into one area and handed to JavaScript in ONE call, as one Buffer plus the packet
+ * lengths. Writes are one write(2) per packet (a TUN write is exactly one packet), issued
+ * synchronously: a non-blocking TUN write never waits, the kernel queues or drops.
+ *
+ * The area is the memory of one Buffer made at attach, refilled by every batch: no allocation
+ * and no copy per batch. A fresh Buffer per batch made V8 count its memory as external and run
+ * major collections over and over at line rate, and cost a cold allocation for a lone packet on
+ * an idle link. So a packet is only valid during the call that hands it over (with the
+ * process.nextTick and microtask queues napi_make_callback runs before returning): whoever
+ * needs it later copies it (connection.ts does, for packets that wait behind unsent bytes).
  *
  * Offloads: a TUN opened here (open) carries a virtio_net_hdr before every packet
  * (IFF_VNET_HDR). With the offloads on (setOffload), the kernel hands over TCP packets of up to
@@ -22,8 +29,9 @@
  *   open(name)        -> fd of a new TUN device with virtio headers, or -errno
  *   setOffload(fd, on) -> 0 or -errno: TSO and partial checksums on or off
  *   attach(fd, mtu, vnet, onPackets(buffer, lengths: Uint32Array, count, offloads: Uint32Array)) -> handle
- *                     `lengths` and `offloads` are arrays of the handle, refilled for every batch:
- *                     read them during the call, never keep them.
+ *                     `buffer` (the packets back to back from its start), `lengths` and
+ *                     `offloads` are the handle's, refilled for every batch: read them during
+ *                     the call, copy what must outlive it.
  *   write(fd, buffer) -> bytes written, or -errno (a TUN without virtio headers)
  *   writeOffload(fd, buffer, offload) -> packet bytes written, or -errno (a TUN from open);
  *                     -EINVAL when an offloaded packet is not a TCP/UDP packet of that layout
@@ -50,7 +58,7 @@
 /* The largest packet a virtio-header read may return: a 64 KiB GSO packet and its IP header. */
 #define MAX_PACKET (65535 + 64)
 /* Room for the packets of one batch, read back to back; a read needs MAX_PACKET free. */
-#define VNET_SCRATCH (512 * 1024 + MAX_PACKET)
+#define VNET_AREA (512 * 1024 + MAX_PACKET)
 #define OFFLOAD_FLAGS (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)
 /* Segments smaller than this are refused (MIN_OFFLOAD_SEGMENT in frame.ts): a tiny gso_size
  * would make the kernel cut a 64 KiB packet from a peer into thousands. */
@@ -64,8 +72,9 @@ typedef struct {
   napi_ref callback;
   napi_async_context async_context;
   int vnet;                 /* the fd carries a virtio_net_hdr before each packet */
-  size_t scratch_size;
-  unsigned char *scratch;   /* packets read back to back */
+  size_t area_size;
+  unsigned char *area;      /* packets read back to back: the memory of `area_buffer` */
+  napi_ref area_buffer;     /* the one Buffer every batch is handed over in */
   uint32_t *lengths;        /* the data of `lengths_array`: BATCH_PACKETS lengths, then BATCH_PACKETS offloads */
   napi_ref lengths_array;   /* a Uint32Array made once: no allocation per batch for it */
   napi_ref offloads_array;  /* a view of its second half */
@@ -78,20 +87,15 @@ static napi_value throw_error(napi_env env, const char *message) {
 }
 
 static void on_closed(uv_handle_t *handle) {
-  tun_poller *p = (tun_poller *)handle->data;
-  free(p->scratch);
-  free(p);
+  free(handle->data);
 }
 
-static void deliver(tun_poller *p, int count, size_t total) {
+static void deliver(tun_poller *p, int count) {
   napi_env env = p->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
   napi_value buffer, lengths, offloads, callback, global, argv[4], result;
-  void *data;
-  /* One allocation per batch: packets become views into it and may be retained by writers. */
-  napi_create_buffer(env, total, &data, &buffer);
-  memcpy(data, p->scratch, total);
+  napi_get_reference_value(env, p->area_buffer, &buffer);
   napi_get_reference_value(env, p->lengths_array, &lengths);
   napi_get_reference_value(env, p->offloads_array, &offloads);
   argv[0] = buffer;
@@ -197,8 +201,8 @@ static void on_readable(uv_poll_t *handle, int status, int events) {
   for (int rounds = 0; rounds < 4 && p->active; rounds++) {
     int count = 0, again = 1, reads = 0;
     size_t total = 0;
-    while (count < BATCH_PACKETS && reads++ < 2 * BATCH_PACKETS && p->scratch_size - total >= p->mtu) {
-      unsigned char *at = p->scratch + total;
+    while (count < BATCH_PACKETS && reads++ < 2 * BATCH_PACKETS && p->area_size - total >= p->mtu) {
+      unsigned char *at = p->area + total;
       ssize_t n;
       if (p->vnet) {
         struct virtio_net_hdr h;
@@ -218,7 +222,7 @@ static void on_readable(uv_poll_t *handle, int status, int events) {
       p->lengths[count++] = (uint32_t)n;
       total += (size_t)n;
     }
-    if (count > 0) deliver(p, count, total);
+    if (count > 0) deliver(p, count);
     if (!again) return;
   }
 }
@@ -242,21 +246,20 @@ static napi_value attach(napi_env env, napi_callback_info info) {
   p->vnet = vnet;
   /* With offloads a read may be a 64 KiB packet whatever the MTU. */
   p->mtu = vnet ? MAX_PACKET : (size_t)mtu;
-  p->scratch_size = vnet ? VNET_SCRATCH : (size_t)BATCH_PACKETS * (size_t)mtu;
-  p->scratch = malloc(p->scratch_size);
-  if (!p->scratch) { free(p); return throw_error(env, "out of memory"); }
+  p->area_size = vnet ? VNET_AREA : (size_t)BATCH_PACKETS * (size_t)mtu;
   p->fd = fd;
   p->env = env;
   p->active = 1;
   // Before the callback reference and async context: a failure here has nothing else to release.
   if (uv_poll_init(loop, &p->poll, fd) != 0) {
-    free(p->scratch); free(p);
+    free(p);
     return throw_error(env, "uv_poll_init failed on the TUN fd");
   }
   p->poll.data = p;
-  napi_value lengths_buffer, lengths, offloads;
-  void *lengths_data;
-  if (napi_create_arraybuffer(env, 2 * sizeof(uint32_t) * BATCH_PACKETS, &lengths_data, &lengths_buffer) != napi_ok ||
+  napi_value lengths_buffer, lengths, offloads, area;
+  void *lengths_data, *area_data;
+  if (napi_create_buffer(env, p->area_size, &area_data, &area) != napi_ok ||
+      napi_create_arraybuffer(env, 2 * sizeof(uint32_t) * BATCH_PACKETS, &lengths_data, &lengths_buffer) != napi_ok ||
       napi_create_typedarray(env, napi_uint32_array, BATCH_PACKETS, lengths_buffer, 0, &lengths) != napi_ok ||
       napi_create_typedarray(env, napi_uint32_array, BATCH_PACKETS, lengths_buffer, sizeof(uint32_t) * BATCH_PACKETS,
                              &offloads) != napi_ok) {
@@ -264,6 +267,8 @@ static napi_value attach(napi_env env, napi_callback_info info) {
     return throw_error(env, "out of memory");
   }
   p->lengths = lengths_data;
+  p->area = area_data;
+  napi_create_reference(env, area, 1, &p->area_buffer);
   napi_create_reference(env, lengths, 1, &p->lengths_array);
   napi_create_reference(env, offloads, 1, &p->offloads_array);
   napi_create_reference(env, argv[3], 1, &p->callback);
@@ -288,6 +293,7 @@ static napi_value detach(napi_env env, napi_callback_info info) {
   napi_delete_reference(env, p->callback);
   napi_delete_reference(env, p->lengths_array);
   napi_delete_reference(env, p->offloads_array);
+  napi_delete_reference(env, p->area_buffer);
   napi_async_destroy(env, p->async_context);
   uv_close((uv_handle_t *)&p->poll, on_closed);
   return NULL;

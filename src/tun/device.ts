@@ -20,7 +20,11 @@ export interface TunDevice {
   readonly offloads?: boolean;
   /** Lets the kernel hand over offloaded packets, or stops it (packets already queued may still be). */
   setOffloads?(on: boolean): void;
-  /** Installs the one receiver of packets read from the device. */
+  /**
+   * Installs the one receiver of packets read from the device. A packet may be a view of memory
+   * the device reuses for later reads: it is valid during the call and the nextTick and
+   * microtask queues that follow; a receiver that keeps it longer copies it.
+   */
   onPacket(handler: (packet: Buffer, offload?: number) => void): void;
   /** Writes one packet; returns false when the device's write queue is over its mark. */
   write(packet: Buffer, offload?: number): boolean;

@@ -146,6 +146,7 @@ export class LinuxTun implements TunDevice {
     this.tun.io.setOffload(this.tun.fd, on);
   }
 
+  /** With tunio, each packet is a view of the one buffer every read batch refills (tunio.ts, attach). */
   onPacket(handler: (packet: Buffer, offload: number) => void): void {
     const { io } = this.tun;
     if (!io) {

@@ -12,6 +12,11 @@ export interface TunIo {
   open(name: string): number;
   /** TSO and partial checksums on or off; 0 or -errno. */
   setOffload(fd: number, on: boolean): number;
+  /**
+   * Calls `onPackets` for each batch read. `batch`, `lengths` and `offloads` belong to the handle
+   * and are refilled by the next batch: valid during the call (and the nextTick and microtask
+   * queues run right after it), to be copied by whoever keeps a packet longer.
+   */
   attach(
     fd: number,
     mtu: number,
