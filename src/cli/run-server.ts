@@ -64,6 +64,9 @@ async function initRoutes(config: ServerConfig, log: Logger): Promise<void> {
   }
 }
 
+/** How long a stopping server waits for nodes to close their end after its goodbye. */
+const GOODBYE_GRACE_MS = 250;
+
 export async function runServer(config: ServerConfig, start: StartSettings): Promise<void> {
   const log = createLogger(config.logLevel, { role: 'server' }, config.logFormat);
   if (config.initRoutes) return initRoutes(config, log);
@@ -96,27 +99,6 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     name: tunName,
     mtu: config.mtu,
     addresses: config.tunnelCidrs.map((cidr) => `${cidr.firstHost()}/${cidr.length}`),
-  });
-  // Once the TUN name is ours (a live server holding it makes open() fail), so is its table.
-  let filter: FlowFilter | undefined;
-  try {
-    // From here on a node's packets go into the TUN or nowhere, never by another route. Of
-    // several workers, the first keeps the backstops.
-    if (!slot || slot.index === 0) await routes.failClosed(allowed.cidrs, { prune: true });
-    if (config.allowNodeInitiated) await FlowFilter.removeLeftover(tunName);
-    else filter = await FlowFilter.install({ tun: tunName, peers: registry.peers, log });
-  } catch (err) {
-    kubernetes?.stop();
-    await tun.close();
-    throw err;
-  }
-  const flowFilter = filter
-    ? { active: true, table: `inet ${filter.table}`, maxFlowsPerNode: filter.limits.maxFlowsPerNode }
-    : { active: false, table: null, maxFlowsPerNode: null };
-  // Status with the kernel's node_initiated counts (as last read) and the filter's state.
-  const withFilter = (status: DaemonStatus): DaemonStatus => ({
-    ...(filter ? filter.annotate(status) : status),
-    flowFilter,
   });
   const worker = slot && workerObservability(slot);
   const observe = worker ?? serverObservability(config, log);
@@ -156,7 +138,31 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
       log,
     }),
   );
+  let filter: FlowFilter | undefined;
+  const flowFilter = () =>
+    filter
+      ? { active: true, table: `inet ${filter.table}`, maxFlowsPerNode: filter.limits.maxFlowsPerNode }
+      : { active: false, table: null, maxFlowsPerNode: null };
+  // Status with the kernel's node_initiated counts (as last read) and the filter's state.
+  const withFilter = (status: DaemonStatus): DaemonStatus => ({
+    ...(filter ? filter.annotate(status) : status),
+    flowFilter: flowFilter(),
+  });
   try {
+    // Listening before the backstops and the flow filter are set up: a node dialing meanwhile (a
+    // fleet coming back from a restart) waits in line, unread, until start() lets it in.
+    await server.listen();
+    // From here on a node's packets go into the TUN or nowhere, never by another route. Of
+    // several workers, the first keeps the backstops. Once the TUN name is ours (a live server
+    // holding it makes open() fail), so is its filter table. Both run to their end before a
+    // failure of either is thrown, so the cleanup below sees everything that was set up.
+    const setup = await Promise.allSettled([
+      !slot || slot.index === 0 ? routes.failClosed(allowed.cidrs, { prune: true }) : undefined,
+      config.allowNodeInitiated
+        ? FlowFilter.removeLeftover(tunName)
+        : FlowFilter.install({ tun: tunName, peers: registry.peers, log }).then((installed) => (filter = installed)),
+    ]);
+    for (const step of setup) if (step.status === 'rejected') throw step.reason;
     await server.start();
     await observe.start(
       {
@@ -217,7 +223,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   }
   if (filter)
     log.info(
-      { table: flowFilter.table, maxFlowsPerNode: flowFilter.maxFlowsPerNode },
+      { table: flowFilter().table, maxFlowsPerNode: filter.limits.maxFlowsPerNode },
       'dropping packets from nodes that do not belong to a flow the control plane opened',
     );
   else if (!slot || slot.index === 0)
@@ -235,9 +241,12 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   onShutdownSignal(log, 2000, async () => {
     kubernetes?.stop();
     observe.close();
-    await Promise.race([server.stop(), new Promise((resolve) => setTimeout(resolve, 1000))]);
-    // The backstops stay: until a server runs again, a dial to a node fails at once.
-    await routes.withdraw();
+    // Every goodbye is written when stop() returns; a node that is slow to close its end keeps
+    // its socket open past GOODBYE_GRACE_MS only until the process exits. Nodes redial from their
+    // goodbye on, so every moment spent here is one a restart's fleet finds nothing listening.
+    await Promise.race([server.stop(), new Promise((resolve) => setTimeout(resolve, GOODBYE_GRACE_MS))]);
+    // Deleting the TUN takes its routes with it; the backstops stay: until a server runs again,
+    // a dial to a node fails at once.
     await tun.close();
     // Conntrack keeps the flows the control plane opened: they go on after a restart.
     await filter?.remove();

@@ -363,7 +363,7 @@ export async function runWorkers(
     stopping = true;
     clearInterval(pathRefresh);
     observe.close();
-    // Each worker withdraws its routes and closes its TUN; the backstops stay.
+    // Each worker closes its TUN, which takes its routes with it; the backstops stay.
     await stopWorkers(slots, 2500);
   });
 }

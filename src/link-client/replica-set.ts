@@ -195,18 +195,25 @@ export const STABLE_SESSION_MS = 10_000;
 export const REFUSED_CEILING_BASES = 8;
 
 /**
+ * The first wait after a refused dial is 1 to 2 bases, then 2 to 4, then 4 to 8 (equal jitter
+ * from twice the base): a node meets a restarting server's empty port at most twice while it
+ * is down up to 1.5 bases after the node's first dial, and three times up to 3.5 bases.
+ */
+export const REFUSED_FIRST_CEILING_BASES = 2;
+
+/**
  * When to dial the address again. With no session at all the node redials as any client does
  * (exponential backoff with full jitter up to capMs), and starts that backoff over only after a
  * session that lasted STABLE_SESSION_MS. A dial refused because nothing listens (the server is
- * restarting) leaves that backoff alone: such dials follow their own, whose ceiling stops at
- * REFUSED_CEILING_BASES times the base, so a fleet polls a restarting server spread over that
- * ceiling and is back soon after it listens, while a server that accepts and then fails or
- * refuses (overloaded, or refusing beyond its line of waiting connections) still sees the
- * fleet back off exponentially. Holding some replicas, the node looks for the rest with its own
- * backoff, capped lower, because each search dial lands on a replica at the load balancer's
- * choice: a lost session or a newly found replica starts that search from the base again, and
- * each dial that lands on a held replica or fails doubles its ceiling. Holding every replica, it
- * does not dial.
+ * restarting) leaves that backoff alone: such dials follow their own, with waits of at least
+ * half their ceiling, which stops at REFUSED_CEILING_BASES times the base, so a fleet polls a
+ * restarting server a few times, spread over that ceiling, and is back soon after it listens,
+ * while a server that accepts and then fails or refuses (overloaded, or refusing beyond its line
+ * of waiting connections) still sees the fleet back off exponentially. Holding some replicas,
+ * the node looks for the rest with its own backoff, capped lower, because each search dial lands
+ * on a replica at the load balancer's choice: a lost session or a newly found replica starts
+ * that search from the base again, and each dial that lands on a held replica or fails doubles
+ * its ceiling. Holding every replica, it does not dial.
  */
 export class DialPolicy {
   private readonly connect: Backoff;
@@ -216,9 +223,10 @@ export class DialPolicy {
   constructor(options: DialPolicyOptions) {
     this.connect = new Backoff(options.baseMs, options.capMs, options.random);
     this.refused = new Backoff(
-      options.baseMs,
+      options.baseMs * REFUSED_FIRST_CEILING_BASES,
       Math.min(options.capMs, options.baseMs * REFUSED_CEILING_BASES),
       options.random,
+      0.5,
     );
     this.search = new Backoff(options.baseMs, Math.min(options.searchCapMs, options.capMs), options.random);
   }

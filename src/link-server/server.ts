@@ -29,7 +29,13 @@ import type { LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
 import { createServerCertificate, type ServerCertificate } from './certificate.js';
-import { Admission, DEFAULT_ADMISSION_LIMITS, QUEUE_WAIT_DEADLINES, type AdmissionLimits } from './admission.js';
+import {
+  Admission,
+  DEFAULT_ADMISSION_LIMITS,
+  QUEUE_WAIT_DEADLINES,
+  type AdmissionLimits,
+  type Dequeued,
+} from './admission.js';
 import { Forwarder } from './forward.js';
 import { NodeConnection, type HandshakeContext } from './handshake.js';
 import { Peers } from './peers.js';
@@ -121,7 +127,7 @@ export class LinkServer {
   private readonly handshake: HandshakeContext; // what every NodeConnection shares
   private readonly tunnelAddressTexts: string[]; // the server's own tunnel addresses, in welcome and status
   private readonly startedAt = new Date();
-  // Set by start(), used until stop().
+  // Set by listen(), used until stop().
   private listener: TcpServer | undefined; // accepts TCP; admission decides who goes on to `tls`
   private tls: TlsServer | undefined; // never listens itself; takes the sockets admission lets through
   // Owned by the accept path and the connections it starts; read by status and connectionCounts.
@@ -165,10 +171,15 @@ export class LinkServer {
     };
   }
 
-  async start(): Promise<void> {
+  /**
+   * Listens, holding every connection unread (admission.ts) until start(): a node that dials
+   * while the rest of the server is set up waits in line instead of being refused. Optional:
+   * start() listens first if this was not called.
+   */
+  async listen(): Promise<void> {
+    if (this.listener) return;
     const { options } = this;
-    await options.installRoutes(this.peers.registry.peers.flatMap((peer) => peer.allowedIPs));
-    this.forwarder.attach();
+    this.admission.hold();
     const certificate = options.certificate ?? (await createServerCertificate(options.keyPair));
     const tls = createTlsServer({
       ...tlsOptions(certificate, options.keyPair),
@@ -191,7 +202,16 @@ export class LinkServer {
     listener.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
     this.listener = listener;
     this.tls = tls;
+  }
+
+  /** Routes every peer's allowedIPs into the TUN, forwards, and lets the held connections in. */
+  async start(): Promise<void> {
+    const { options } = this;
+    await this.listen();
+    await options.installRoutes(this.peers.registry.peers.flatMap((peer) => peer.allowedIPs));
+    this.forwarder.attach();
     this.forwarder.startIcmpRefill();
+    this.startHeld(this.admission.open());
     options.log.info({ listen: this.listenAddress, peers: this.peers.byKey.size }, 'server listening');
   }
 
@@ -296,7 +316,10 @@ export class LinkServer {
 
   /** A connection's slot is free (hello arrived, or it closed): it goes to the next held one. */
   private settle(endpoint: string): void {
-    const { start, expired } = this.admission.settle(endpoint);
+    this.startHeld(this.admission.settle(endpoint));
+  }
+
+  private startHeld({ start, expired }: Dequeued<Socket>): void {
     for (const raw of expired) {
       raw.destroy();
       this.count('handshake_timeout');

@@ -330,8 +330,8 @@ export interface FailClosedSummary {
  * The server's routes (see the top of this file). `check` refuses, with one line naming both,
  * an allowedIP that would take over a route the host already has; `failClosed` installs the rules
  * and the unreachable backstops (the init step, and each start); `install` adds the TUN routes
- * over them; `remove` takes both away for peers that left; `withdraw` removes the TUN routes and
- * keeps the backstops (shutdown).
+ * over them; `remove` takes both away for peers that left. At shutdown the TUN routes leave with
+ * the TUN device, and the backstops stay.
  */
 export class ServerRoutes {
   readonly table: number;
@@ -449,14 +449,6 @@ export class ServerRoutes {
   }
 
   /** Removes every route into this server's TUN from its table; the backstops stay. */
-  async withdraw(): Promise<void> {
-    const routes = await readRoutes(this.run).catch(() => []);
-    const commands = routes
-      .filter((route) => route.table === this.table && route.dev === this.options.tun && route.type === RTN_UNICAST)
-      .map((route) => this.tunRouteCommand('del', route.dst.text, route.metric));
-    await this.batch(commands).catch(() => undefined);
-  }
-
   private tunRouteCommand(verb: 'replace' | 'del', cidr: string, metric = TUN_ROUTE_METRIC): string {
     const source = this.options.sources[parseCidr(cidr).family];
     return serverRouteCommand(verb, cidr, this.options.tun, source, { table: this.table, metric });

@@ -310,20 +310,25 @@ describe('DialPolicy: when to dial the load-balanced address again', function ()
 
   it('polls a server that refuses (nothing listens) with waits that stop growing at 8 bases, apart from the connect backoff', function () {
     const set = new ReplicaSet(1000);
+    const shortest = new DialPolicy({ ...options, random: () => 0 });
+    expect(
+      [1, 2, 3, 4].map(() => shortest.next(set, 'refused')),
+      'at least half of 2, 4, 8, 8 bases',
+    ).to.deep.equal([100, 200, 400, 400]);
     const policy = new DialPolicy(options);
-    expect([1, 2, 3, 4, 5, 6].map(() => policy.next(set, 'refused'))).to.deep.equal([99, 199, 399, 799, 799, 799]);
+    expect([1, 2, 3, 4, 5, 6].map(() => policy.next(set, 'refused'))).to.deep.equal([199, 399, 799, 799, 799, 799]);
     expect(policy.next(set, 'failed'), 'refusals did not grow the connect backoff').to.equal(99);
     expect(policy.next(set, 'refused'), 'nor a failure the refused one').to.equal(799);
     set.admit('a', 1, 0);
     expect(policy.next(set, 'new_replica')).to.equal(undefined);
     set.lost('a', 1);
     policy.next(set, 'lost', 60_000);
-    expect(policy.next(set, 'refused'), 'a lost session starts it over').to.equal(99);
+    expect(policy.next(set, 'refused'), 'a lost session starts it over').to.equal(199);
     const capped = new DialPolicy({ ...options, capMs: 300 });
     expect(
       [1, 2, 3].map(() => capped.next(set, 'refused')),
       'never above the cap',
-    ).to.deep.equal([99, 199, 299]);
+    ).to.deep.equal([199, 299, 299]);
   });
 
   it('goes back to the connect backoff when every session is lost', function () {

@@ -270,7 +270,7 @@ describe('tun/routes: which routes are nodelink’s, and failing closed', functi
       expect((await moved.failClosed(['198.19.0.11/32'], { prune: false })).rulesAdded).to.equal(2);
     });
 
-    it('install puts TUN routes with the tunnel source over the backstops; remove and withdraw touch only its own', async function () {
+    it('install puts TUN routes with the tunnel source over the backstops; remove takes both away', async function () {
       const fake = new FakeIp();
       const routes = new ServerRoutes({ tun: 'nl0', listenPort: 8443, sources, run: fake.run, batch: fake.batch });
       await routes.install(['198.19.1.0/24', 'fd00:19:1::/64']);
@@ -283,13 +283,6 @@ describe('tun/routes: which routes are nodelink’s, and failing closed', functi
         `route del 198.19.1.0/24 dev nl0 proto 78 metric 64 table ${TABLE}`,
         `route del unreachable 198.19.1.0/24 proto 78 metric 4096 table ${TABLE}`,
       ]);
-      fake.routes4.push(
-        { dst: '198.19.1.0/24', dev: 'nl0', table: String(TABLE), protocol: '78', metric: 64 },
-        { type: '7', dst: '198.19.1.0/24', table: String(TABLE), protocol: '78', metric: BACKSTOP_METRIC },
-        { dst: '198.19.2.0/24', dev: 'nl1', table: String(routeTableFor('nl1')), protocol: '78', metric: 64 },
-      );
-      await routes.withdraw();
-      expect(fake.batches.at(-1)).to.deep.equal([`route del 198.19.1.0/24 dev nl0 proto 78 metric 64 table ${TABLE}`]);
     });
   });
 
