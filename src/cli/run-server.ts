@@ -103,6 +103,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   const worker = slot && workerObservability(slot);
   const observe = worker ?? serverObservability(config, log);
   const share = (limit: number): number => (slot ? perWorker(limit, slot.count) : limit);
+  let started = false;
   const server = new LinkServer({
     host: config.listen.host,
     port: config.listen.port,
@@ -113,7 +114,8 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     tunnelAddresses: config.tunnelAddresses,
     connection: connectionOptions(config),
     handshakeTimeoutMs: config.handshakeTimeoutMs,
-    installRoutes: (cidrs) => routes.install(cidrs.map(String)),
+    // The first call is the start's, for the CIDRs checked and backstopped below.
+    installRoutes: (cidrs) => routes.install(cidrs.map(String), { checked: !started }),
     log,
     observer: observe.metrics,
     checkRoutes,
@@ -164,6 +166,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
     ]);
     for (const step of setup) if (step.status === 'rejected') throw step.reason;
     await server.start();
+    started = true;
     await observe.start(
       {
         status: () => withFilter(server.status()),
@@ -241,15 +244,17 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   onShutdownSignal(log, 2000, async () => {
     kubernetes?.stop();
     observe.close();
-    // Every goodbye is written when stop() returns; a node that is slow to close its end keeps
-    // its socket open past GOODBYE_GRACE_MS only until the process exits. Nodes redial from their
-    // goodbye on, so every moment spent here is one a restart's fleet finds nothing listening.
-    await Promise.race([server.stop(), new Promise((resolve) => setTimeout(resolve, GOODBYE_GRACE_MS))]);
+    // Nodes redial from their goodbye on, so every moment from here to the exit is one a
+    // restarting fleet finds nothing listening: the goodbyes are written at once, and the TUN
+    // and filter go while nodes close their end (for at most GOODBYE_GRACE_MS).
+    const grace = new Promise((resolve) => setTimeout(resolve, GOODBYE_GRACE_MS));
+    const stopped = server.stop();
     // Deleting the TUN takes its routes with it; the backstops stay: until a server runs again,
-    // a dial to a node fails at once.
+    // a dial to a node fails at once. No packet passes in either direction once it is gone.
     await tun.close();
     // Conntrack keeps the flows the control plane opened: they go on after a restart.
     await filter?.remove();
+    await Promise.race([stopped, grace]);
   });
   if (slot) {
     // The primary stops its workers (SIGTERM): a Ctrl-C that reaches the whole process group

@@ -415,12 +415,13 @@ export class ServerRoutes {
   /**
    * Rules and backstops for these CIDRs, then their routes into the TUN (idempotent). A worker
    * other than the first only checks: the first keeps backstops and routes for every peer, and
-   * each worker claims the routes of the nodes it holds (`claim`).
+   * each worker claims the routes of the nodes it holds (`claim`). `checked`: the caller has
+   * just run `check` and `failClosed` for these very CIDRs (a start), so only the routes remain.
    */
-  async install(cidrs: readonly string[]): Promise<void> {
-    await this.check(cidrs);
+  async install(cidrs: readonly string[], options: { checked?: boolean } = {}): Promise<void> {
+    if (!options.checked) await this.check(cidrs);
     if (!this.keepsBackstops) return;
-    await this.failClosed(cidrs, { prune: false });
+    if (!options.checked) await this.failClosed(cidrs, { prune: false });
     const metric = this.options.worker ? HOME_ROUTE_METRIC : TUN_ROUTE_METRIC;
     await this.batch(cidrs.map((cidr) => this.tunRouteCommand('replace', cidr, metric)));
   }
