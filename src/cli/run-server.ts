@@ -244,17 +244,15 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   onShutdownSignal(log, 2000, async () => {
     kubernetes?.stop();
     observe.close();
-    // Nodes redial from their goodbye on, so every moment from here to the exit is one a
-    // restarting fleet finds nothing listening: the goodbyes are written at once, and the TUN
-    // and filter go while nodes close their end (for at most GOODBYE_GRACE_MS).
-    const grace = new Promise((resolve) => setTimeout(resolve, GOODBYE_GRACE_MS));
-    const stopped = server.stop();
     // Deleting the TUN takes its routes with it; the backstops stay: until a server runs again,
     // a dial to a node fails at once. No packet passes in either direction once it is gone.
     await tun.close();
     // Conntrack keeps the flows the control plane opened: they go on after a restart.
     await filter?.remove();
-    await Promise.race([stopped, grace]);
+    // The goodbyes last: nodes redial from theirs on, so every moment from here to the exit is
+    // one a restarting fleet finds nothing listening. A node slow to close its end gets
+    // GOODBYE_GRACE_MS.
+    await Promise.race([server.stop(), new Promise((resolve) => setTimeout(resolve, GOODBYE_GRACE_MS))]);
   });
   if (slot) {
     // The primary stops its workers (SIGTERM): a Ctrl-C that reaches the whole process group

@@ -308,7 +308,10 @@ export class LinkClient {
       this.choosePrimary();
       this.scheduleExpiry();
       if (!this.stopped) options.observer?.disconnected?.(replica.peerName, closeCodeName(code));
-      const retryInMs = rejected ? undefined : this.scheduleDial('lost', Date.now() - session.welcomedAt);
+      const shutdown = byPeer && code === CloseCode.ServerShutdown;
+      const retryInMs = rejected
+        ? undefined
+        : this.scheduleDial(shutdown ? 'shutdown' : 'lost', Date.now() - session.welcomedAt);
       options.log[this.stopped ? 'info' : 'warn'](
         { server: session.endpoint, serverId: replica.id || undefined, code: failure, reason, byPeer, retryInMs },
         'disconnected from server',

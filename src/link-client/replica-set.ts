@@ -169,7 +169,9 @@ export type DialOutcome =
   /** It failed otherwise (timed out, reset, closed before a welcome). */
   | 'failed'
   /** A session the node held ended. */
-  | 'lost';
+  | 'lost'
+  /** A session the node held ended with the server's goodbye: it is stopping, maybe restarting. */
+  | 'shutdown';
 
 export interface DialPolicyOptions {
   /** Backoff while the node holds no session at all (--backoff-base-ms, --backoff-cap-ms). */
@@ -207,7 +209,9 @@ export const REFUSED_FIRST_CEILING_BASES = 2;
  * session that lasted STABLE_SESSION_MS. A dial refused because nothing listens (the server is
  * restarting) leaves that backoff alone: such dials follow their own, with waits of at least
  * half their ceiling, which stops at REFUSED_CEILING_BASES times the base, so a fleet polls a
- * restarting server a few times, spread over that ceiling, and is back soon after it listens,
+ * restarting server a few times, spread over that ceiling, and is back soon after it listens
+ * (a server's goodbye, server_shutdown, starts that schedule at once: it is stopping, and a
+ * process that starts again takes a moment to listen),
  * while a server that accepts and then fails or refuses (overloaded, or refusing beyond its line
  * of waiting connections) still sees the fleet back off exponentially. Holding some replicas,
  * the node looks for the rest with its own backoff, capped lower, because each search dial lands
@@ -236,14 +240,15 @@ export class DialPolicy {
    * `sessionMs`: for a lost session, how long it lasted from its welcome.
    */
   next(replicas: ReplicaSet, outcome: DialOutcome, sessionMs = 0): number | undefined {
-    if (outcome === 'lost' && sessionMs >= STABLE_SESSION_MS) this.connect.reset();
-    if (outcome === 'new_replica' || outcome === 'lost') {
+    const lost = outcome === 'lost' || outcome === 'shutdown';
+    if (lost && sessionMs >= STABLE_SESSION_MS) this.connect.reset();
+    if (outcome === 'new_replica' || lost) {
       this.search.reset();
       this.refused.reset();
     }
     const held = replicas.held;
     if (held >= replicas.wanted) return undefined;
     if (held > 0) return this.search.next();
-    return outcome === 'refused' ? this.refused.next() : this.connect.next();
+    return outcome === 'refused' || outcome === 'shutdown' ? this.refused.next() : this.connect.next();
   }
 }

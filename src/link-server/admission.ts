@@ -35,7 +35,7 @@ export interface AdmissionLimits {
 export const DEFAULT_ADMISSION_LIMITS: AdmissionLimits = Object.freeze({
   maxUnauthenticated: 256,
   maxNewPerSourcePerSecond: 50,
-  maxQueued: 4096,
+  maxQueued: 8192,
 });
 
 /**

@@ -340,4 +340,19 @@ describe('DialPolicy: when to dial the load-balanced address again', function ()
     expect(policy.next(set, 'lost')).to.equal(99);
     expect(policy.next(set, 'failed')).to.equal(199);
   });
+
+  it("after the server's goodbye (shutdown) polls on the refused schedule at once: 1 to 2 bases, then 2 to 4", function () {
+    const set = new ReplicaSet(1000);
+    const shortest = new DialPolicy({ ...options, random: () => 0 });
+    set.admit('a', 1, 0);
+    set.lost('a', 1);
+    expect(shortest.next(set, 'shutdown', 60_000), 'not at once: a restarting server takes a moment').to.equal(100);
+    expect(shortest.next(set, 'refused')).to.equal(200);
+    const longest = new DialPolicy(options);
+    expect(longest.next(set, 'shutdown', 60_000)).to.equal(199);
+    expect(longest.next(set, 'failed'), 'the connect backoff starts over after a stable session').to.equal(99);
+    set.admit('a', 2, 0);
+    expect(longest.next(set, 'new_replica'), 'of two replicas one held: the search goes on').to.equal(99);
+    expect(longest.next(set, 'shutdown', 60_000), 'the other still held: the search, not the refused schedule').to.equal(99);
+  });
 });
