@@ -353,6 +353,9 @@ describe('DialPolicy: when to dial the load-balanced address again', function ()
     expect(longest.next(set, 'failed'), 'the connect backoff starts over after a stable session').to.equal(99);
     set.admit('a', 2, 0);
     expect(longest.next(set, 'new_replica'), 'of two replicas one held: the search goes on').to.equal(99);
-    expect(longest.next(set, 'shutdown', 60_000), 'the other still held: the search, not the refused schedule').to.equal(99);
+    expect(
+      longest.next(set, 'shutdown', 60_000),
+      'the other still held: the search, not the refused schedule',
+    ).to.equal(99);
   });
 });
