@@ -142,6 +142,9 @@ async function child(): Promise<void> {
       // The server is about to stop: from now on every failed dial of a session is counted.
       downAt = Date.now();
       storm.active = true;
+    } else if (line.startsWith('SIGTERM ')) {
+      // When the old server was told to stop (both processes read the same clock).
+      downAt = Number(line.slice('SIGTERM '.length));
     } else if (line === 'UP') {
       // The new server answers: the time until every session is back, how often each one's
       // dials failed on the way, and the worst ping RTT seen meanwhile by those already back.
@@ -317,6 +320,7 @@ async function parent(): Promise<void> {
     generator.stdin!.write('DOWN\n');
     await sleep(200);
     const restartedAt = Date.now();
+    generator.stdin!.write(`SIGTERM ${restartedAt}\n`);
     await server.stop('SIGTERM');
     server = await startServer();
     say(`restart: old server stopped and new one answering ${Date.now() - restartedAt} ms after SIGTERM`);
