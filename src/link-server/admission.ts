@@ -20,6 +20,10 @@ import { parseAddress } from '../routing/index.js';
  * in time has its whole handshake deadline from then on (nodes wait for a dial the server
  * accepted and has not answered yet as long, see QUEUE_WAIT_DEADLINES).
  *
+ * A server still setting up (its TUN routes and flow filter, after it listens) holds every new
+ * connection in the same line until `open`: a node that dials then waits instead of being
+ * refused, and its handshake starts once the server can welcome it.
+ *
  * A refused connection is closed at once, before TLS, and counted.
  */
 export interface AdmissionLimits {
@@ -85,6 +89,7 @@ export class Admission<T = unknown> {
   /** Held connections, oldest first; `head` instead of shift() keeps dequeuing O(1). */
   private queue: Array<{ endpoint: string; item: T; acceptedAt: number }> = [];
   private head = 0;
+  private holding = false;
 
   constructor(
     readonly limits: AdmissionLimits = DEFAULT_ADMISSION_LIMITS,
@@ -118,7 +123,7 @@ export class Admission<T = unknown> {
     const count = (seen ?? 0) + 1;
     this.perSource.set(key, count);
     if (count > this.limits.maxNewPerSourcePerSecond) return 'rate_limited';
-    if (this.pending.size < this.limits.maxUnauthenticated && this.queued === 0) {
+    if (!this.holding && this.pending.size < this.limits.maxUnauthenticated && this.queued === 0) {
       this.pending.set(endpoint, now);
       return 'admitted';
     }
@@ -136,10 +141,25 @@ export class Admission<T = unknown> {
    */
   settle(endpoint: string): Dequeued<T> {
     this.pending.delete(endpoint);
+    return this.dequeue();
+  }
+
+  /** From now on every admitted connection is held, none started, until `open`. */
+  hold(): void {
+    this.holding = true;
+  }
+
+  /** Ends `hold`: the held connections that get the free slots, and those that waited too long. */
+  open(): Dequeued<T> {
+    this.holding = false;
+    return this.dequeue();
+  }
+
+  private dequeue(): Dequeued<T> {
     const start: T[] = [];
     const expired: T[] = [];
     const now = this.now();
-    while (this.queued > 0 && this.pending.size < this.limits.maxUnauthenticated) {
+    while (!this.holding && this.queued > 0 && this.pending.size < this.limits.maxUnauthenticated) {
       const held = this.queue[this.head]!;
       this.head++;
       if (now - held.acceptedAt > this.maxQueueWaitMs) {

@@ -63,8 +63,6 @@ export interface HandshakeContext {
   readonly observer?: LinkObserver;
   /** Set once the server stops: a handshake that completes afterwards must not open a session. */
   isStopping(): boolean;
-  /** Until the server is set up (routes, filter): a Welcome waits for this. */
-  whenReady(): Promise<void> | undefined;
   /** Milliseconds left of the deadline that started at the TCP accept of `endpoint`. */
   deadlineMs(endpoint: string): number;
   /** The connection no longer holds a handshake slot: its hello arrived, or it closed. */
@@ -152,17 +150,6 @@ export class NodeConnection {
         FrameType.Reject,
       );
       return;
-    }
-    const setUp = ctx.whenReady();
-    if (setUp) {
-      // The server listens before its routes and flow filter are in place: this node's TLS and
-      // hello are done meanwhile, and its Welcome waits for them.
-      await setUp;
-      if (connection.isClosed) return;
-      if (ctx.isStopping()) {
-        connection.close(CloseCode.ServerShutdown, 'server is shutting down');
-        return;
-      }
     }
     if (ctx.checkRoutes) {
       try {

@@ -29,7 +29,13 @@ import type { LinkObserver } from '../link/observer.js';
 import type { Logger } from '../log.js';
 import { NodelinkError } from '../errors.js';
 import { createServerCertificate, type ServerCertificate } from './certificate.js';
-import { Admission, DEFAULT_ADMISSION_LIMITS, QUEUE_WAIT_DEADLINES, type AdmissionLimits } from './admission.js';
+import {
+  Admission,
+  DEFAULT_ADMISSION_LIMITS,
+  QUEUE_WAIT_DEADLINES,
+  type AdmissionLimits,
+  type Dequeued,
+} from './admission.js';
 import { Forwarder } from './forward.js';
 import { NodeConnection, type HandshakeContext } from './handshake.js';
 import { Peers } from './peers.js';
@@ -128,16 +134,8 @@ export class LinkServer {
   private readonly refused = new Map<Refusal, number>(); // connections given up on before their hello
   private readonly handshaking = new Set<TLSSocket>(); // admitted, TLS under way or done, no hello yet
   private stopping = false; // set once by stop(): no new session opens after it
-  private ready: Promise<void> | undefined; // until start() is done: Welcomes wait for it
-  private markReady: () => void = () => undefined;
 
   constructor(private readonly options: LinkServerOptions) {
-    this.ready = new Promise<void>((resolve) => {
-      this.markReady = () => {
-        this.ready = undefined;
-        resolve();
-      };
-    });
     this.peers = new Peers(options.registry);
     this.forwarder = new Forwarder(this.peers, options.tun);
     this.tunnelAddressTexts = options.tunnelAddresses.map((prefix) => prefix.address);
@@ -164,7 +162,6 @@ export class LinkServer {
       log: options.log,
       observer: options.observer,
       isStopping: () => this.stopping,
-      whenReady: () => this.ready,
       deadlineMs: (endpoint) => this.admission.remaining(endpoint, options.handshakeTimeoutMs),
       release: (socket, endpoint) => {
         this.handshaking.delete(socket);
@@ -175,13 +172,14 @@ export class LinkServer {
   }
 
   /**
-   * Listens before the rest of the server is set up: a node that dials meanwhile goes through
-   * TLS and its hello, and its Welcome waits for start() instead of its dial being refused.
-   * Optional: start() listens first if this was not called.
+   * Listens, holding every connection unread (admission.ts) until start(): a node that dials
+   * while the rest of the server is set up waits in line instead of being refused. Optional:
+   * start() listens first if this was not called.
    */
   async listen(): Promise<void> {
     if (this.listener) return;
     const { options } = this;
+    this.admission.hold();
     const certificate = options.certificate ?? (await createServerCertificate(options.keyPair));
     const tls = createTlsServer({
       ...tlsOptions(certificate, options.keyPair),
@@ -206,14 +204,14 @@ export class LinkServer {
     this.tls = tls;
   }
 
-  /** Routes every peer's allowedIPs into the TUN, forwards, and welcomes the nodes that wait. */
+  /** Routes every peer's allowedIPs into the TUN, forwards, and lets the held connections in. */
   async start(): Promise<void> {
     const { options } = this;
     await this.listen();
     await options.installRoutes(this.peers.registry.peers.flatMap((peer) => peer.allowedIPs));
     this.forwarder.attach();
     this.forwarder.startIcmpRefill();
-    this.markReady();
+    this.startHeld(this.admission.open());
     options.log.info({ listen: this.listenAddress, peers: this.peers.byKey.size }, 'server listening');
   }
 
@@ -231,8 +229,6 @@ export class LinkServer {
   /** Says goodbye to every node, then stops listening. */
   async stop(): Promise<void> {
     this.stopping = true;
-    // Nodes waiting for a start that will not come now hear that the server is stopping.
-    this.markReady();
     this.forwarder.stop();
     for (const state of this.peers.byKey.values()) {
       state.session?.connection.close(CloseCode.ServerShutdown, 'server is shutting down');
@@ -320,7 +316,10 @@ export class LinkServer {
 
   /** A connection's slot is free (hello arrived, or it closed): it goes to the next held one. */
   private settle(endpoint: string): void {
-    const { start, expired } = this.admission.settle(endpoint);
+    this.startHeld(this.admission.settle(endpoint));
+  }
+
+  private startHeld({ start, expired }: Dequeued<Socket>): void {
     for (const raw of expired) {
       raw.destroy();
       this.count('handshake_timeout');

@@ -404,6 +404,30 @@ describe('security: the attacks of docs/security.md against server and client', 
         expect(admission.drain()).to.deep.equal([]);
       });
 
+      it('while the server sets up, holds every connection, slots free or not, and lets them in at open', function () {
+        let now = 0;
+        const admission = new Admission<string>(
+          { maxUnauthenticated: 2, maxNewPerSourcePerSecond: 100, maxQueued: 3 },
+          () => now,
+          500,
+        );
+        admission.hold();
+        expect(['a', 'b', 'c', 'd'].map((name, i) => admission.admit(`${name}:1`, `10.0.0.${i}`, name))).to.deep.equal([
+          'queued',
+          'queued',
+          'queued',
+          'unauthenticated_limit',
+        ]);
+        expect(admission.unauthenticated, 'no handshake starts while held').to.equal(0);
+        expect(admission.settle('x:1'), 'a close frees nothing while held').to.deep.equal({ start: [], expired: [] });
+        now = 200;
+        expect(admission.open(), 'the slots go to the first in line').to.deep.equal({ start: ['a', 'b'], expired: [] });
+        expect(admission.remaining('a:1', 1000), 'the deadline counts from open').to.equal(1000);
+        expect(admission.settle('a:1').start).to.deep.equal(['c']);
+        expect(admission.settle('b:1').start).to.deep.equal([]);
+        expect(admission.admit('e:1', '10.0.0.9', 'e'), 'open: a free slot is taken at once').to.equal('admitted');
+      });
+
       it('a held connection whose turn comes after maxQueueWaitMs is expired, not started; its deadline counts from its turn', function () {
         let now = 0;
         const admission = new Admission<string>(
