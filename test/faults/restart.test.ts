@@ -35,7 +35,8 @@ describe('faults: server restart and crash recovery', function () {
     expect(link.code, 'nl0 is gone').to.not.equal(0);
     const routes = await h.exec(h.ns.cp, ['ip', '-4', 'route', 'show']);
     expect(routes.stdout).to.not.match(/198\.19\./);
-    // Every client heard server_shutdown and redials at once, with jitter below the base (500 ms).
+    // Every client heard server_shutdown and redials after 1 to 2 bases (the refused schedule:
+    // a restarting server takes a moment to listen), jittered so the fleet arrives spread out.
     const retries: number[] = [];
     await waitFor(
       'every client to log server_shutdown',
@@ -52,7 +53,7 @@ describe('faults: server restart and crash recovery', function () {
       5000,
     );
     report(`first redial after server_shutdown, per node: ${retries.join(', ')} ms`);
-    for (const retry of retries) expect(retry).to.be.within(0, 500);
+    for (const retry of retries) expect(retry).to.be.within(500, 1000);
   });
 
   it('restart: every node is back within seconds and traffic resumes', async function () {

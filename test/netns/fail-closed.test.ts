@@ -8,7 +8,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Apiserver } from '../../scripts/harness/index.js';
 import { runCli } from '../../scripts/cluster.js';
-import { parseRoutes, routeTableFor, type KernelRoute } from '../../src/tun/index.js';
+import { routeTableFor, type KernelRoute } from '../../src/tun/index.js';
+import { nodelinkRoutes } from '../support/kernel-routes.js';
 import { clusterRig, clusterServerFlags, killServer, leavesNothingBehind } from '../support/cluster-rig.js';
 
 const ROGUE = path.join(path.dirname(new URL(import.meta.url).pathname), 'rogue-server.js');
@@ -38,14 +39,7 @@ describe('fail closed: node routes answer at once whenever no server runs', func
   const allowedIPs = (): string[] => [1, 2].flatMap((n) => rig.h.nodeRoutes(n));
 
   /** Every IPv4 and IPv6 route of the control plane with protocol 78. */
-  const ownRoutes = async (): Promise<KernelRoute[]> => {
-    const out: KernelRoute[] = [];
-    for (const family of [4, 6] as const) {
-      const r = await rig.h.exec(rig.h.ns.cp, ['ip', '-N', '-j', `-${family}`, 'route', 'show', 'table', 'all']);
-      out.push(...parseRoutes(r.stdout, family).filter((route) => route.protocol === 78));
-    }
-    return out;
-  };
+  const ownRoutes = (): Promise<KernelRoute[]> => nodelinkRoutes(rig.h, rig.h.ns.cp);
   const listed = (routes: KernelRoute[]): string[] =>
     routes.map((r) => `${r.type === 7 ? 'unreachable' : `dev ${r.dev}`} ${r.dst.text} table ${r.table}`).sort();
 

@@ -12,7 +12,8 @@ import { CLI } from '../../scripts/cluster.js';
 import type { ManagedProcess } from '../../scripts/harness/index.js';
 import { startKubeStandin, type StandinControl } from '../../scripts/kube-standin-control.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
-import { parseRoutes, type KernelRoute } from '../../src/tun/index.js';
+import { type KernelRoute } from '../../src/tun/index.js';
+import { nodelinkRoutes, routeDevice as deviceFor } from '../support/kernel-routes.js';
 import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
 import { waitFor } from '../support/wait.js';
 
@@ -70,21 +71,10 @@ describe('Kubernetes mode with --workers 2: Node watch and TokenReview in every 
     clients.set(n, rig.h.spawn(rig.h.ns.node(n), args, { name: `k8s-client-${n}` }));
   };
 
-  /** Every route of the control plane with protocol 78. */
-  const ownRoutes = async (): Promise<KernelRoute[]> => {
-    const out: KernelRoute[] = [];
-    for (const family of [4, 6] as const) {
-      const r = await rig.h.exec(rig.h.ns.cp, ['ip', '-N', '-j', `-${family}`, 'route', 'show', 'table', 'all']);
-      out.push(...parseRoutes(r.stdout, family).filter((route) => route.protocol === 78));
-    }
-    return out;
-  };
+  /** Every IPv4 and IPv6 route of the control plane with protocol 78. */
+  const ownRoutes = (): Promise<KernelRoute[]> => nodelinkRoutes(rig.h, rig.h.ns.cp);
   /** The device `ip route get` picks for an address in the control plane (undefined: none). */
-  const routeDevice = async (address: string): Promise<string | undefined> => {
-    const r = await rig.h.exec(rig.h.ns.cp, ['ip', '-j', 'route', 'get', address], { allowFail: true });
-    if (r.code !== 0) return undefined;
-    return (JSON.parse(r.stdout) as Array<{ dev?: string }>)[0]?.dev;
-  };
+  const routeDevice = (address: string): Promise<string | undefined> => deviceFor(rig.h, rig.h.ns.cp, address);
   /** A pod CIDR's first pod address (the harness's pods keep theirs; this one only needs a route). */
   const inside = (cidr: string): string => cidr.replace(/\.0\/24$/, '.1');
 

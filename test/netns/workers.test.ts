@@ -8,7 +8,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { expectedSha256 } from '../../scripts/harness/index.js';
 import { runCli } from '../../scripts/cluster.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
-import { parseRoutes, routeTableFor, type KernelRoute } from '../../src/tun/index.js';
+import { routeTableFor, type KernelRoute } from '../../src/tun/index.js';
+import { nodelinkRoutes, routeDevice as deviceFor } from '../support/kernel-routes.js';
 import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
 import { waitFor } from '../support/wait.js';
 
@@ -30,22 +31,11 @@ describe('server with --workers 2 (real CLI)', function () {
   let current = [...NODES];
   const allowedIPs = (): string[] => current.flatMap((n) => rig.h.nodeRoutes(n));
 
-  /** Every route of the control plane with protocol 78. */
-  const ownRoutes = async (): Promise<KernelRoute[]> => {
-    const out: KernelRoute[] = [];
-    for (const family of [4, 6] as const) {
-      const r = await rig.h.exec(rig.h.ns.cp, ['ip', '-N', '-j', `-${family}`, 'route', 'show', 'table', 'all']);
-      out.push(...parseRoutes(r.stdout, family).filter((route) => route.protocol === 78));
-    }
-    return out;
-  };
+  /** Every IPv4 and IPv6 route of the control plane with protocol 78. */
+  const ownRoutes = (): Promise<KernelRoute[]> => nodelinkRoutes(rig.h, rig.h.ns.cp);
 
-  /** The device `ip route get` picks for an address in the control plane (undefined: no device). */
-  const routeDevice = async (address: string): Promise<string | undefined> => {
-    const r = await rig.h.exec(rig.h.ns.cp, ['ip', '-j', 'route', 'get', address], { allowFail: true });
-    if (r.code !== 0) return undefined;
-    return (JSON.parse(r.stdout) as Array<{ dev?: string }>)[0]?.dev;
-  };
+  /** The device `ip route get` picks for an address in the control plane (undefined: none). */
+  const routeDevice = (address: string): Promise<string | undefined> => deviceFor(rig.h, rig.h.ns.cp, address);
 
   /** Each node's IPv4 and IPv6 node IP is routed into the TUN of the worker its status names. */
   const expectRoutesFollowSessions = async (status: DaemonStatus): Promise<void> => {
