@@ -197,9 +197,9 @@ export const STABLE_SESSION_MS = 10_000;
 export const REFUSED_CEILING_BASES = 8;
 
 /**
- * The first wait after a refused dial is 1 to 2 bases, then 2 to 4, then 4 to 8 (equal jitter
- * from twice the base): a node meets a restarting server's empty port at most twice while it
- * is down up to 1.5 bases after the node's first dial, and three times up to 3.5 bases.
+ * The first wait after a refused dial (or a goodbye) is 1 to 2 bases, then 2 to 4, then 4 to 8
+ * (equal jitter from twice the base): a node meets a restarting server's empty port at most
+ * twice if it listens within 3 bases of the goodbye, and three times within 7.
  */
 export const REFUSED_FIRST_CEILING_BASES = 2;
 
@@ -211,9 +211,9 @@ export const REFUSED_FIRST_CEILING_BASES = 2;
  * half their ceiling, which stops at REFUSED_CEILING_BASES times the base, so a fleet polls a
  * restarting server a few times, spread over that ceiling, and is back soon after it listens
  * (a server's goodbye, server_shutdown, starts that schedule at once: it is stopping, and a
- * process that starts again takes a moment to listen),
- * while a server that accepts and then fails or refuses (overloaded, or refusing beyond its line
- * of waiting connections) still sees the fleet back off exponentially. Holding some replicas,
+ * process that starts again takes a moment to listen), while a server that accepts and then
+ * fails or refuses (overloaded, or refusing beyond its line of waiting connections) still sees
+ * the fleet back off exponentially. Holding some replicas,
  * the node looks for the rest with its own backoff, capped lower, because each search dial lands
  * on a replica at the load balancer's choice: a lost session or a newly found replica starts
  * that search from the base again, and each dial that lands on a held replica or fails doubles
