@@ -226,7 +226,7 @@ export async function runServer(config: ServerConfig, start: StartSettings): Pro
   }
   if (filter)
     log.info(
-      { table: flowFilter().table, maxFlowsPerNode: filter.limits.maxFlowsPerNode },
+      { table: `inet ${filter.table}`, maxFlowsPerNode: filter.limits.maxFlowsPerNode },
       'dropping packets from nodes that do not belong to a flow the control plane opened',
     );
   else if (!slot || slot.index === 0)

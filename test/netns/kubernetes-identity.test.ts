@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { CLI } from '../../scripts/cluster.js';
 import type { ManagedProcess } from '../../scripts/harness/index.js';
 import { startKubeStandin, type StandinControl } from '../../scripts/kube-standin-control.js';
-import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
+import { clusterRig, kubernetesServerArgv, leavesNothingBehind } from '../support/cluster-rig.js';
 import { waitFor } from '../support/wait.js';
 
 const NS = 'nodelink';
@@ -86,31 +86,9 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
     ({ process: standin, control, kubeconfig } = await startKubeStandin(rig.h));
     await addNode(1);
     await addNode(2);
-    server = rig.h.spawn(
-      rig.h.ns.cp,
-      [
-        process.execPath,
-        CLI,
-        'server',
-        '--listen',
-        rig.h.serverEndpoint,
-        '--key',
-        rig.cluster.serverKey.keyFile,
-        '--node-auth',
-        'kubernetes',
-        '--kubeconfig',
-        kubeconfig,
-        '--service-account',
-        `${NS}:${SA}`,
-        '--tunnel-cidr',
-        rig.h.tunnelCIDR,
-        '--tunnel-cidr',
-        rig.h.tunnelCIDR6,
-        '--admin-socket',
-        rig.cluster.serverSocket,
-      ],
-      { name: 'nodelink-server-k8s' },
-    );
+    server = rig.h.spawn(rig.h.ns.cp, kubernetesServerArgv(rig, kubeconfig, `${NS}:${SA}`), {
+      name: 'nodelink-server-k8s',
+    });
     rig.cluster.server = server;
     await server.waitForOutput('server ready', 20_000);
   });

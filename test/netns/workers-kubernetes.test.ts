@@ -14,7 +14,7 @@ import { startKubeStandin, type StandinControl } from '../../scripts/kube-standi
 import type { DaemonStatus } from '../../src/admin/index.js';
 import { type KernelRoute } from '../../src/tun/index.js';
 import { nodelinkRoutes, routeDevice as deviceFor } from '../support/kernel-routes.js';
-import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
+import { clusterRig, kubernetesServerArgv, leavesNothingBehind } from '../support/cluster-rig.js';
 import { waitFor } from '../support/wait.js';
 
 const NS = 'nodelink';
@@ -117,31 +117,7 @@ describe('Kubernetes mode with --workers 2: Node watch and TokenReview in every 
     for (const n of [1, 2, 3]) await upsertNode(n);
     const server = rig.h.spawn(
       rig.h.ns.cp,
-      [
-        process.execPath,
-        CLI,
-        'server',
-        '--listen',
-        rig.h.serverEndpoint,
-        '--key',
-        rig.cluster.serverKey.keyFile,
-        '--node-auth',
-        'kubernetes',
-        '--kubeconfig',
-        kubeconfig,
-        '--service-account',
-        `${NS}:${SA}`,
-        '--tunnel-cidr',
-        rig.h.tunnelCIDR,
-        '--tunnel-cidr',
-        rig.h.tunnelCIDR6,
-        '--admin-socket',
-        rig.cluster.serverSocket,
-        '--workers',
-        '2',
-        '--metrics',
-        METRICS,
-      ],
+      kubernetesServerArgv(rig, kubeconfig, `${NS}:${SA}`, ['--workers', '2', '--metrics', METRICS]),
       { name: 'nodelink-server-k8s-workers' },
     );
     rig.cluster.server = server;

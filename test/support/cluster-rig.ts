@@ -2,7 +2,7 @@
 // nodelink on it, and the final leak check.
 import { expect } from 'chai';
 import { Harness, leftovers, rootNamespaceViolations, type HarnessOptions } from '../../scripts/harness/index.js';
-import { NodelinkCluster, type ClusterOptions } from '../../scripts/cluster.js';
+import { CLI, NodelinkCluster, type ClusterOptions } from '../../scripts/cluster.js';
 import { TEST_TOOLS, preflight } from '../../scripts/preflight.js';
 import { waitFor } from './wait.js';
 
@@ -89,6 +89,40 @@ export function clusterRig(
 /** The flags that give a server a test starts itself the cluster's peers file and both tunnel networks. */
 export function clusterServerFlags(rig: ClusterRig): string[] {
   return ['--peers', rig.cluster.peersFile, '--tunnel-cidr', rig.h.tunnelCIDR, '--tunnel-cidr', rig.h.tunnelCIDR6];
+}
+
+/**
+ * `nodelink server` in Kubernetes mode on the rig's addresses, reviewing tokens at the API behind
+ * `kubeconfig` (the stand-in) for `serviceAccount` ("namespace:name"); `extra` flags go last.
+ */
+export function kubernetesServerArgv(
+  rig: ClusterRig,
+  kubeconfig: string,
+  serviceAccount: string,
+  extra: readonly string[] = [],
+): string[] {
+  return [
+    process.execPath,
+    CLI,
+    'server',
+    '--listen',
+    rig.h.serverEndpoint,
+    '--key',
+    rig.cluster.serverKey.keyFile,
+    '--node-auth',
+    'kubernetes',
+    '--kubeconfig',
+    kubeconfig,
+    '--service-account',
+    serviceAccount,
+    '--tunnel-cidr',
+    rig.h.tunnelCIDR,
+    '--tunnel-cidr',
+    rig.h.tunnelCIDR6,
+    '--admin-socket',
+    rig.cluster.serverSocket,
+    ...extra,
+  ];
 }
 
 /** kill -9 of the cluster's server; resolves once it exited and its TUN device nl0 is gone with it. */
