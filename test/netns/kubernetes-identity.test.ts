@@ -6,10 +6,9 @@ import { expect } from 'chai';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CLI } from '../../scripts/cluster.js';
 import type { ManagedProcess } from '../../scripts/harness/index.js';
 import { startKubeStandin, type StandinControl } from '../../scripts/kube-standin-control.js';
-import { clusterRig, kubernetesServerArgv, leavesNothingBehind } from '../support/cluster-rig.js';
+import { clusterRig, kubernetesClientArgv, kubernetesServerArgv, leavesNothingBehind } from '../support/cluster-rig.js';
 import { waitFor } from '../support/wait.js';
 
 const NS = 'nodelink';
@@ -49,27 +48,15 @@ describe('Kubernetes mode in namespaces: tokens, TokenReview and the Node watch 
   /** A client with a token and nothing else: no key file, no routes. */
   const startTokenClient = (n: number, token: string, opts: { name?: string; label?: string; tun?: string } = {}) => {
     const label = opts.label ?? `k8s-client-${n}`;
-    const args = [
-      process.execPath,
-      CLI,
-      'client',
-      '--server',
-      rig.h.serverEndpoint,
-      '--server-key',
-      rig.cluster.serverKey.publicKey,
-      '--token-file',
-      tokenFile(label, token),
-      '--name',
-      opts.name ?? rig.h.nodeName(n),
-      '--admin-socket',
-      path.join(rig.h.dir, `${label}.sock`),
-      '--tun',
-      opts.tun ?? 'nl0',
-      '--backoff-base-ms',
-      '200',
-      '--backoff-cap-ms',
-      '1000',
-    ];
+    const args = kubernetesClientArgv(
+      rig,
+      {
+        tokenFile: tokenFile(label, token),
+        name: opts.name ?? rig.h.nodeName(n),
+        adminSocket: path.join(rig.h.dir, `${label}.sock`),
+      },
+      ['--tun', opts.tun ?? 'nl0'],
+    );
     const proc = rig.h.spawn(rig.h.ns.node(n), args, { name: label });
     extra.push(proc);
     return proc;

@@ -8,13 +8,12 @@
 import { expect } from 'chai';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { CLI } from '../../scripts/cluster.js';
 import type { ManagedProcess } from '../../scripts/harness/index.js';
 import { startKubeStandin, type StandinControl } from '../../scripts/kube-standin-control.js';
 import type { DaemonStatus } from '../../src/admin/index.js';
 import { type KernelRoute } from '../../src/tun/index.js';
 import { nodelinkRoutes, routeDevice as deviceFor } from '../support/kernel-routes.js';
-import { clusterRig, kubernetesServerArgv, leavesNothingBehind } from '../support/cluster-rig.js';
+import { clusterRig, kubernetesClientArgv, kubernetesServerArgv, leavesNothingBehind } from '../support/cluster-rig.js';
 import { waitFor } from '../support/wait.js';
 
 const NS = 'nodelink';
@@ -49,25 +48,11 @@ describe('Kubernetes mode with --workers 2: Node watch and TokenReview in every 
     const token = await control.mint({ namespace: NS, serviceAccount: SA, pod, audience: 'nodelink' });
     const tokenFile = path.join(rig.h.dir, `k8s-client-${n}.token`);
     writeFileSync(tokenFile, token, { mode: 0o600 });
-    const args = [
-      process.execPath,
-      CLI,
-      'client',
-      '--server',
-      rig.h.serverEndpoint,
-      '--server-key',
-      rig.cluster.serverKey.publicKey,
-      '--token-file',
+    const args = kubernetesClientArgv(rig, {
       tokenFile,
-      '--name',
-      rig.h.nodeName(n),
-      '--admin-socket',
-      path.join(rig.h.dir, `k8s-client-${n}.sock`),
-      '--backoff-base-ms',
-      '200',
-      '--backoff-cap-ms',
-      '1000',
-    ];
+      name: rig.h.nodeName(n),
+      adminSocket: path.join(rig.h.dir, `k8s-client-${n}.sock`),
+    });
     clients.set(n, rig.h.spawn(rig.h.ns.node(n), args, { name: `k8s-client-${n}` }));
   };
 

@@ -125,6 +125,37 @@ export function kubernetesServerArgv(
   ];
 }
 
+/**
+ * `nodelink client` in Kubernetes mode: a token file and a name, no key and no routes (they come
+ * from the Node), quick redials; `extra` flags go last.
+ */
+export function kubernetesClientArgv(
+  rig: ClusterRig,
+  opts: { tokenFile: string; name: string; adminSocket: string },
+  extra: readonly string[] = [],
+): string[] {
+  return [
+    process.execPath,
+    CLI,
+    'client',
+    '--server',
+    rig.h.serverEndpoint,
+    '--server-key',
+    rig.cluster.serverKey.publicKey,
+    '--token-file',
+    opts.tokenFile,
+    '--name',
+    opts.name,
+    '--admin-socket',
+    opts.adminSocket,
+    '--backoff-base-ms',
+    '200',
+    '--backoff-cap-ms',
+    '1000',
+    ...extra,
+  ];
+}
+
 /** kill -9 of the cluster's server; resolves once it exited and its TUN device nl0 is gone with it. */
 export async function killServer(rig: ClusterRig): Promise<void> {
   const { h, cluster } = rig;
