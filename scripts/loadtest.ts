@@ -1,8 +1,9 @@
-// npm run loadtest: one process opens N authenticated sessions to a real nodelink server (in the
-// harness's control-plane namespace, real TUN, N kernel routes), each a real LinkClient with an
-// in-memory TUN announcing its own /32. Reports handshakes per second, server RSS per idle peer,
-// server CPU, pings answered during a reconnect storm, and the time for all N to come back after
-// the server restarts, with how often each node's dials failed on the way back.
+// npm run loadtest: load generator processes (one per core) open N authenticated sessions to a
+// real nodelink server (in the harness's control-plane namespace, real TUN, N kernel routes), each
+// a real LinkClient with an in-memory TUN announcing its own /32. Reports handshakes per second,
+// server RSS per idle peer, server CPU, pings answered during a reconnect storm, and the time for
+// all N to come back after the server restarts, with how often each node's dials failed on the
+// way back.
 //
 //   npm run loadtest                 # N=1000
 //   N=5000 npm run loadtest          # the full-size run
@@ -10,12 +11,14 @@
 //   NODE_AUTH=kubernetes N=5000 npm run loadtest   # Kubernetes mode: a token and a TokenReview
 //                                                  # per node (kube-apiserver stand-in)
 //   PROFILE_SERVER=/tmp/prof npm run loadtest                          # CPU profile of the server
-//   PROFILE_LOADGEN=/tmp/prof npm run loadtest                         # ... and of the generator
+//   PROFILE_LOADGEN=/tmp/prof npm run loadtest                         # ... and of the generators
+//   LOADGEN_PROCS=1 N=5000 npm run loadtest   # one generator process (default: one per core)
 //
 // Runs as root, inside namespaces it creates and deletes (see scripts/harness/).
 
 import { spawn as spawnChild, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -30,6 +33,7 @@ import { kubernetesLoad, type KubernetesLoad } from './loadtest-kubernetes.js';
 import { cpuSeconds, rssBytes } from './proc.js';
 import { FakeTun } from '../test/support/fake-tun.js';
 import { waitFor } from '../test/support/wait.js';
+import { nodelinkRoutes } from '../test/support/kernel-routes.js';
 
 const N = Number(process.env['N'] ?? 1000);
 const KEEPALIVE_MS = 5000;
@@ -62,9 +66,9 @@ function answers(socketPath: string): Promise<boolean> {
 
 /**
  * The generator's sessions must start inside a namespace (the root namespace has no route to
- * the harness, and gets none), so this script runs twice: the parent builds the harness and
- * runs the server; the child, started with `ip netns exec` in node 1's namespace, runs the N
- * clients and talks to the parent over stdin/stdout lines.
+ * the harness, and gets none), so this script runs in two roles: the parent builds the harness
+ * and runs the server; each child, started with `ip netns exec` in node 1's namespace, runs its
+ * slice of the N clients and talks to the parent over stdin/stdout lines.
  */
 async function child(): Promise<void> {
   const input = JSON.parse(readFileSync(process.env['NODELINK_LOADGEN']!, 'utf8')) as {
@@ -78,15 +82,22 @@ async function child(): Promise<void> {
   const serverKey = new Uint8Array(Buffer.from(input.serverKey, 'base64'));
   // What happens to each session during a restart, from the observer's per-event hooks (no
   // polling of 5,000 status objects, which would take CPU from the server being measured).
+  // This process runs the nodes numbered from FIRST up to (not including) END.
+  const [first, end] = (process.env['NODELINK_LOADGEN_SLICE'] ?? `0:${input.seeds.length}`).split(':').map(Number) as [
+    number,
+    number,
+  ];
+  const count = end - first;
   const storm = {
     active: false,
     upAt: 0,
     worstRttMs: 0,
-    failuresBeforeUp: new Uint16Array(input.seeds.length),
-    failuresAfterUp: new Uint16Array(input.seeds.length),
+    failuresBeforeUp: new Uint16Array(count),
+    failuresAfterUp: new Uint16Array(count),
     reasonsAfterUp: new Map<string, number>(),
   };
-  const clients = input.seeds.map((seedText, i) => {
+  const clients = input.seeds.slice(first, end).map((seedText, slot) => {
+    const i = first + slot;
     const seed = new Uint8Array(Buffer.from(seedText, 'base64'));
     const client = new LinkClient({
       host: input.host,
@@ -116,10 +127,10 @@ async function child(): Promise<void> {
           // The server listens before it answers on its admin socket, so a refused dial was made
           // while nothing listened, even when this busy process hears of it after UP.
           if (storm.upAt === 0 || reason === 'connection_refused') {
-            storm.failuresBeforeUp[i]!++;
+            storm.failuresBeforeUp[slot]!++;
             return;
           }
-          storm.failuresAfterUp[i]!++;
+          storm.failuresAfterUp[slot]!++;
           storm.reasonsAfterUp.set(reason, (storm.reasonsAfterUp.get(reason) ?? 0) + 1);
         },
         pong: (_peer, rttMs) => {
@@ -192,7 +203,7 @@ async function parent(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('needs root (it creates network namespaces)');
   const h = await Harness.create({ nodes: 1, stubs: false });
   let server: ManagedProcess | undefined;
-  let generator: ChildProcess | undefined;
+  const generators: Array<{ process: ChildProcess; replies: AsyncGenerator<string> }> = [];
   let kubernetes: KubernetesLoad | undefined;
   try {
     const serverPair = keyPairFromSeed(generateSeed());
@@ -271,40 +282,61 @@ async function parent(): Promise<void> {
         profile ? [serverArgs[0]!, '--cpu-prof', `--cpu-prof-dir=${profile}`, ...serverArgs.slice(1)] : serverArgs,
         { name: 'server' },
       );
-      // The admin socket opens right after the listener: connecting to it says when the server
-      // takes connections, without the second of a CLI start per poll.
+      // The admin socket opens once the server is ready (listening, its routes in the kernel):
+      // connecting to it says so without the second of a CLI start per poll. Nodes that dial
+      // between the listen and then are held, not refused.
       await waitFor('server admin socket', () => answers(socket), 60_000);
       say(`server up in ${Date.now() - started} ms with ${N} peers`);
       return proc;
     };
     server = await startServer();
-    const routes = (await h.exec(h.ns.cp, ['ip', '-o', 'route', 'show', 'dev', 'nl0'])).stdout
-      .trim()
-      .split('\n').length;
+    const routes = (await nodelinkRoutes(h, h.ns.cp)).filter((route) => route.dev === 'nl0').length;
     say(`${routes} kernel routes on nl0`);
     const idle = procStat(server.pid);
 
-    // PROFILE_LOADGEN=DIR: the same for the generator, which shares this machine's CPUs.
+    // PROFILE_LOADGEN=DIR: the same for the generators, which share this machine's CPUs.
     const generatorProfile = process.env['PROFILE_LOADGEN'];
     const generatorNode = generatorProfile
       ? [process.execPath, '--cpu-prof', `--cpu-prof-dir=${generatorProfile}`]
       : [process.execPath];
-    generator = spawnChild('ip', ['netns', 'exec', h.ns.node(1), ...generatorNode, fileURLToPath(import.meta.url)], {
-      env: { ...process.env, NODELINK_LOADGEN: loadgenFile },
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    const replies = lines(generator.stdout!);
-    const next = async (prefix: string): Promise<string[]> => {
-      for (;;) {
-        const { value, done } = await replies.next();
-        if (done) throw new Error('the load generator exited early');
-        if (value.startsWith('REJECTED')) throw new Error(value);
-        if (value.startsWith(prefix)) return value.split(' ').slice(1);
-      }
+    // One generator process per core (LOADGEN_PROCS): a single one was the storm's critical path,
+    // its CPU time equal to the whole storm's while the server still had time to spare.
+    const processes = Math.max(1, Math.min(N, Number(process.env['LOADGEN_PROCS'] ?? availableParallelism())));
+    say(`${processes} load generator process${processes === 1 ? '' : 'es'}`);
+    for (let p = 0; p < processes; p++) {
+      const slice = `${Math.floor((N * p) / processes)}:${Math.floor((N * (p + 1)) / processes)}`;
+      const child = spawnChild(
+        'ip',
+        ['netns', 'exec', h.ns.node(1), ...generatorNode, fileURLToPath(import.meta.url)],
+        {
+          env: { ...process.env, NODELINK_LOADGEN: loadgenFile, NODELINK_LOADGEN_SLICE: slice },
+          stdio: ['pipe', 'pipe', 'inherit'],
+        },
+      );
+      generators.push({ process: child, replies: lines(child.stdout!) });
+    }
+    const tell = (line: string): void => {
+      for (const generator of generators) generator.process.stdin!.write(`${line}\n`);
     };
-    const [settleText, generatorCpuText] = await next('AUTH');
+    // The fields of the next PREFIX line of every generator, in order.
+    const next = (prefix: string): Promise<string[][]> =>
+      Promise.all(
+        generators.map(async ({ replies }) => {
+          for (;;) {
+            const { value, done } = await replies.next();
+            if (done) throw new Error('a load generator exited early');
+            if (value.startsWith('REJECTED')) throw new Error(value);
+            if (value.startsWith(prefix)) return value.split(' ').slice(1);
+          }
+        }),
+      );
+    const auths = await next('AUTH');
+    // Every generator must have authenticated all of its sessions (-1: not within the timeout).
+    const settleText = auths.some(([ms]) => Number(ms) < 0)
+      ? '-1'
+      : String(Math.max(...auths.map(([ms]) => Number(ms))));
+    const generatorCpu = Number(auths.reduce((sum, [, cpu]) => sum + Number(cpu), 0).toFixed(3));
     const settleMs = Number(settleText);
-    const generatorCpu = Number(generatorCpuText);
     if (settleMs < 0) throw new Error(`not all ${N} sessions authenticated within ${settleTimeoutMs} ms`);
     const handshakeCpu = procStat(server.pid).cpuSeconds - idle.cpuSeconds;
     say(
@@ -317,28 +349,18 @@ async function parent(): Promise<void> {
       `server RSS ${idle.rssKiB} KiB idle → ${loaded.rssKiB} KiB with ${N} idle sessions: ${perPeerKiB.toFixed(1)} KiB per peer; idle CPU ${(((loaded.cpuSeconds - idle.cpuSeconds - handshakeCpu) / ((3 * KEEPALIVE_MS) / 1000)) * 100).toFixed(1)}% of a core`,
     );
 
-    generator.stdin!.write('DOWN\n');
+    tell('DOWN');
     await sleep(200);
     const restartedAt = Date.now();
-    generator.stdin!.write(`SIGTERM ${restartedAt}\n`);
+    tell(`SIGTERM ${restartedAt}`);
     await server.stop('SIGTERM');
     server = await startServer();
     say(`restart: old server stopped and new one answering ${Date.now() - restartedAt} ms after SIGTERM`);
     const serverCpuAtUp = procStat(server.pid).cpuSeconds;
-    generator.stdin!.write('UP\n');
-    const [backText] = await next('BACK');
+    tell('UP');
+    const backs = (await next('BACK')).map(([json]) => JSON.parse(json!) as GeneratorStorm);
     const serverStormCpu = procStat(server.pid).cpuSeconds - serverCpuAtUp;
-    const storm = JSON.parse(backText!) as {
-      fromDownMs: number;
-      fromUpMs: number;
-      generatorCpuSeconds: number;
-      worstRttMs: number;
-      mostFailuresAfterUp: number;
-      mostFailures: number;
-      nodesFailedMoreThanTwiceAfterUp: number;
-      nodesFailedMoreThanTwice: number;
-      failuresAfterUp: Record<string, number>;
-    };
+    const storm = mergeStorms(backs);
     say(
       storm.fromUpMs < 0
         ? `after a restart NOT all ${N} came back within ${settleTimeoutMs} ms`
@@ -376,15 +398,53 @@ async function parent(): Promise<void> {
       kernelRoutes: routes,
     };
     say(`JSON ${JSON.stringify(summary)}`);
-    generator.stdin!.write('QUIT\n');
-    await new Promise((resolve) => generator!.once('exit', resolve));
+    tell('QUIT');
+    await Promise.all(generators.map(({ process: child }) => new Promise((resolve) => child.once('exit', resolve))));
   } finally {
-    if (generator && generator.exitCode === null && generator.pid) process.kill(generator.pid, 'SIGKILL');
+    for (const { process: child } of generators)
+      if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGKILL');
     await server?.stop();
     if (kubernetes) say(`TokenReviews answered by the stand-in: ${(await kubernetes.counts())['tokenReviews']}`);
     await kubernetes?.stop();
     await h.destroy();
   }
+}
+
+/** What one generator process reports about the storm (its BACK line). */
+interface GeneratorStorm {
+  fromDownMs: number;
+  fromUpMs: number;
+  generatorCpuSeconds: number;
+  worstRttMs: number;
+  mostFailuresAfterUp: number;
+  mostFailures: number;
+  nodesFailedMoreThanTwiceAfterUp: number;
+  nodesFailedMoreThanTwice: number;
+  failuresAfterUp: Record<string, number>;
+}
+
+/** The storm over all generators: back when the last one's nodes were, the costs summed. */
+function mergeStorms(storms: GeneratorStorm[]): GeneratorStorm {
+  const failed = storms.some((storm) => storm.fromUpMs < 0);
+  const most = (pick: (storm: GeneratorStorm) => number): number => Math.max(...storms.map(pick));
+  const sum = (pick: (storm: GeneratorStorm) => number): number =>
+    storms.reduce((total, storm) => total + pick(storm), 0);
+  const failuresAfterUp: Record<string, number> = {};
+  for (const storm of storms) {
+    for (const [reason, n] of Object.entries(storm.failuresAfterUp))
+      failuresAfterUp[reason] = (failuresAfterUp[reason] ?? 0) + n;
+  }
+  return {
+    fromDownMs: failed ? -1 : most((storm) => storm.fromDownMs),
+    fromUpMs: failed ? -1 : most((storm) => storm.fromUpMs),
+    generatorCpuSeconds: Number(sum((storm) => storm.generatorCpuSeconds).toFixed(3)),
+    worstRttMs: most((storm) => storm.worstRttMs),
+    mostFailuresAfterUp: most((storm) => storm.mostFailuresAfterUp),
+    mostFailures: most((storm) => storm.mostFailures),
+    nodesFailedMoreThanTwiceAfterUp: sum((storm) => storm.nodesFailedMoreThanTwiceAfterUp),
+    nodesFailedMoreThanTwice: sum((storm) => storm.nodesFailedMoreThanTwice),
+    failuresAfterUp,
+  };
 }
 
 function say(line: string): void {
