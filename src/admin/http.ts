@@ -66,9 +66,13 @@ export function renderedFor(ms: number, render: () => Promise<string>): () => Pr
 /** Largest event-loop stall /healthz tolerates. */
 const MAX_EVENT_LOOP_DELAY_MS = 5000;
 
-/** The event loop's worst stall over the last window, from perf_hooks (sampled in C++, no timers of ours). */
+/**
+ * The event loop's worst stall over the last window, from perf_hooks. Its C++ timer wakes the
+ * loop once per resolution: 100 ms, as prom-client's lag sampler (metrics.ts), which is fine
+ * enough for a limit of seconds and keeps an idle daemon from waking fifty times a second.
+ */
 class EventLoopWatch {
-  private readonly histogram: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 });
+  private readonly histogram: IntervalHistogram = monitorEventLoopDelay({ resolution: 100 });
   private lastMaxMs = 0;
   private readonly timer: NodeJS.Timeout;
 
