@@ -30,7 +30,7 @@ import { silentLogger } from '../src/log.js';
 import { Harness, type ManagedProcess } from './harness/index.js';
 import { CLI, runCli } from './cluster.js';
 import { kubernetesLoad, type KubernetesLoad } from './loadtest-kubernetes.js';
-import { cpuSeconds, rssBytes } from './proc.js';
+import { cpuSeconds, processTree, rssBytes } from './proc.js';
 import { FakeTun } from '../test/support/fake-tun.js';
 import { waitFor } from '../test/support/wait.js';
 import { nodelinkRoutes } from '../test/support/kernel-routes.js';
@@ -44,8 +44,18 @@ function peerRoute(i: number): string {
   return `198.19.${100 + Math.floor(i / 256)}.${i % 256}/32`;
 }
 
+/** Memory and CPU of the server: its primary and, with --workers, every worker. */
 function procStat(pid: number): { rssKiB: number; cpuSeconds: number } {
-  return { rssKiB: rssBytes(pid) / 1024, cpuSeconds: cpuSeconds(pid) };
+  const stat = { rssKiB: 0, cpuSeconds: 0 };
+  for (const member of processTree(pid)) {
+    try {
+      stat.rssKiB += rssBytes(member) / 1024;
+      stat.cpuSeconds += cpuSeconds(member);
+    } catch {
+      // exited between the listing and the read
+    }
+  }
+  return stat;
 }
 
 function cpuSecondsOfSelf(): number {
