@@ -1,6 +1,4 @@
-import 'reflect-metadata';
 import { X509Certificate, createPrivateKey, webcrypto, type KeyObject } from 'node:crypto';
-import * as x509 from '@peculiar/x509';
 import {
   pkcs8Der,
   privateKeyObject,
@@ -22,6 +20,10 @@ export interface ServerCertificate {
  * server holds that key.
  */
 export async function createServerCertificate(pair: KeyPair): Promise<ServerCertificate> {
+  // Loaded here, not with the module: the X.509 library and its ASN.1 modules take ~0.14 s to
+  // load, which every other command, and the client on every node, would pay for nothing.
+  await import('reflect-metadata');
+  const x509 = await import('@peculiar/x509');
   x509.cryptoProvider.set(webcrypto as unknown as Crypto);
   const algorithm = { name: 'Ed25519' };
   const keys = {

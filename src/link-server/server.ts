@@ -130,6 +130,7 @@ export class LinkServer {
   // Set by listen(), used until stop().
   private listener: TcpServer | undefined; // accepts TCP; admission decides who goes on to `tls`
   private tls: TlsServer | undefined; // never listens itself; takes the sockets admission lets through
+  private tlsReady: Promise<void> | undefined; // `tls` is made (listen() starts it, start() waits)
   // Owned by the accept path and the connections it starts; read by status and connectionCounts.
   private readonly refused = new Map<Refusal, number>(); // connections given up on before their hello
   private readonly handshaking = new Set<TLSSocket>(); // admitted, TLS under way or done, no hello yet
@@ -180,13 +181,6 @@ export class LinkServer {
     if (this.listener) return;
     const { options } = this;
     this.admission.hold();
-    const certificate = options.certificate ?? (await createServerCertificate(options.keyPair));
-    const tls = createTlsServer({
-      ...tlsOptions(certificate, options.keyPair),
-      handshakeTimeout: options.handshakeTimeoutMs,
-    });
-    tls.on('secureConnection', (socket) => this.onSecureConnection(socket));
-    tls.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => this.onTlsError(err, socket));
     // pauseOnConnect: a held connection is not read (no TLS work, no buffers) until its turn.
     const listener = createTcpServer({ pauseOnConnect: true, noDelay: true }, (raw) => this.onConnection(raw));
     // The kernel's queue of connections not yet accepted is as long as the line (Node's 511 at
@@ -201,6 +195,22 @@ export class LinkServer {
     });
     listener.on('error', (err) => options.log.error({ err: err.message }, 'listener error'));
     this.listener = listener;
+    // The certificate is made while the line holds the first dials, beside the rest of the
+    // setup (run-server's backstops and flow filter): listening does not wait for it, start()
+    // does, and reports its failure.
+    this.tlsReady = this.createTls();
+    this.tlsReady.catch(() => undefined);
+  }
+
+  private async createTls(): Promise<void> {
+    const { options } = this;
+    const certificate = options.certificate ?? (await createServerCertificate(options.keyPair));
+    const tls = createTlsServer({
+      ...tlsOptions(certificate, options.keyPair),
+      handshakeTimeout: options.handshakeTimeoutMs,
+    });
+    tls.on('secureConnection', (socket) => this.onSecureConnection(socket));
+    tls.on('tlsClientError', (err: NodeJS.ErrnoException, socket) => this.onTlsError(err, socket));
     this.tls = tls;
   }
 
@@ -208,6 +218,7 @@ export class LinkServer {
   async start(): Promise<void> {
     const { options } = this;
     await this.listen();
+    await this.tlsReady;
     await options.installRoutes(this.peers.registry.peers.flatMap((peer) => peer.allowedIPs));
     this.forwarder.attach();
     this.forwarder.startIcmpRefill();
