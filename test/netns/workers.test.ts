@@ -120,6 +120,36 @@ describe('server with --workers 2 (real CLI)', function () {
     );
   });
 
+  it('keepalive pongs from both workers reach the primary: every peer has a round trip and a recent pong', async function () {
+    const { h } = rig;
+    // Pongs arrive in the workers and are forwarded: every node's must reach the primary's
+    // metrics, whichever worker holds it.
+    const since = Date.now() / 1000 - 1;
+    let missing: string[] = [];
+    await waitFor(
+      'a pong from every node in the primary’s metrics',
+      async () => {
+        const metrics = await h.curl(h.ns.cp, `http://${METRICS}/metrics`);
+        if (!metrics.ok) return false;
+        const value = (name: string, peer: string): number | undefined => {
+          const match = new RegExp(`^${name}\\{peer="${peer}"\\} (\\S+)$`, 'm').exec(metrics.body);
+          return match ? Number(match[1]) : undefined;
+        };
+        missing = NODES.map((n) => h.nodeName(n)).filter((peer) => {
+          const rtt = value('nodelink_peer_rtt_seconds', peer);
+          const lastPong = value('nodelink_peer_last_pong_timestamp_seconds', peer);
+          return !(rtt !== undefined && rtt > 0 && rtt < 1 && lastPong !== undefined && lastPong > since);
+        });
+        return missing.length === 0;
+      },
+      15_000,
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}; no recent pong for ${missing.join(', ')}`);
+    });
+    const status = await rig.cluster.status();
+    expect(new Set(status.peers.map((peer) => peer.worker))).to.have.keys([0, 1]);
+  });
+
   it('reaches every kubelet and pod, IPv4 and IPv6, and nodelink status lists all four peers', async function () {
     await reachesAll();
     const table = await runCli(['status', '--admin-socket', rig.cluster.serverSocket]);
