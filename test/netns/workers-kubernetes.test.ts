@@ -156,8 +156,21 @@ describe('Kubernetes mode with --workers 2: Node watch and TokenReview in every 
     const old = podCIDRs.get(moving!)!;
     const moved = `198.19.${90 + moving!}.0/24`;
     await upsertNode(moving!, moved);
+    // Until the worker's Node watch sees the change, the old routes are a settled state too.
+    const name = rig.h.nodeName(moving!);
+    let routes: string[] = [];
+    await waitFor(
+      'the moved node back with its new pod CIDR',
+      async () => {
+        routes = (await rig.cluster.status().catch(() => undefined))?.peers.find((p) => p.name === name)?.routes ?? [];
+        return routes.includes(moved) && !routes.includes(old);
+      },
+      30_000,
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}: routes ${routes.join(', ')}`);
+    });
     const status = await settled(30_000);
-    const peer = status.peers.find((p) => p.name === rig.h.nodeName(moving!))!;
+    const peer = status.peers.find((p) => p.name === name)!;
     expect(peer.routes).to.include(moved).and.not.include(old);
     const left = (await ownRoutes()).filter((r) => r.dst.text === old);
     expect(
