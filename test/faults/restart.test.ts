@@ -54,6 +54,8 @@ describe('faults: server restart and crash recovery', function () {
     );
     report(`first redial after server_shutdown, per node: ${retries.join(', ')} ms`);
     for (const retry of retries) expect(retry).to.be.within(500, 1000);
+    // Jitter: the six waits are not one (all six within 50 ms of each other has odds ~6e-5).
+    expect(Math.max(...retries) - Math.min(...retries)).to.be.above(50);
   });
 
   it('restart: every node is back within seconds and traffic resumes', async function () {
@@ -78,8 +80,9 @@ describe('faults: server restart and crash recovery', function () {
         `arrivals spread over ${spread} ms`,
     );
     expect(allBackMs).to.be.below(15_000);
-    // Full jitter: the nodes do not arrive in one burst (all six within 100 ms has odds ~1e-4).
-    expect(spread).to.be.above(100);
+    // Arrivals may come in one burst: dials made while the server sets up wait in its line and
+    // are let in together once it is ready. The jitter is checked where it is made, in the
+    // redial waits above.
     await allReachable();
   });
 
