@@ -104,7 +104,10 @@ export function sessionTicketKeys(pair: Pick<KeyPair, 'seed'>): Buffer {
 }
 
 /** What the server's TLS presents, at start and after a certificate renewal: TLS 1.3 only. */
-function tlsOptions(certificate: ServerCertificate, pair: KeyPair): SecureContextOptions & { ticketKeys: Buffer } {
+export function serverTlsOptions(
+  certificate: ServerCertificate,
+  pair: KeyPair,
+): SecureContextOptions & { ticketKeys: Buffer } {
   return {
     cert: certificate.certPem,
     key: certificate.keyPem,
@@ -206,7 +209,7 @@ export class LinkServer {
     const { options } = this;
     const certificate = options.certificate ?? (await createServerCertificate(options.keyPair));
     const tls = createTlsServer({
-      ...tlsOptions(certificate, options.keyPair),
+      ...serverTlsOptions(certificate, options.keyPair),
       handshakeTimeout: options.handshakeTimeoutMs,
     });
     tls.on('secureConnection', (socket) => this.onSecureConnection(socket));
@@ -228,7 +231,7 @@ export class LinkServer {
 
   /** Presents another certificate to new connections (a renewed --cert); sessions keep theirs. */
   setCertificate(certificate: ServerCertificate): void {
-    this.tls?.setSecureContext(tlsOptions(certificate, this.options.keyPair));
+    this.tls?.setSecureContext(serverTlsOptions(certificate, this.options.keyPair));
   }
 
   get listenAddress(): string {
