@@ -177,7 +177,7 @@ async function child(): Promise<void> {
       const total = storm.failuresBeforeUp.map((n, i) => n + storm.failuresAfterUp[i]!);
       const most = (counts: Uint16Array): number => counts.reduce((max, n) => Math.max(max, n), 0);
       const overTwo = (counts: Uint16Array): number => counts.reduce((sum, n) => sum + (n > 2 ? 1 : 0), 0);
-      const result = {
+      const result: GeneratorStorm = {
         fromDownMs: back < 0 ? -1 : back - downAt,
         fromUpMs: back < 0 ? -1 : back - storm.upAt,
         generatorCpuSeconds: Number((cpuSecondsOfSelf() - cpuAtUp).toFixed(3)),
@@ -342,11 +342,9 @@ async function parent(): Promise<void> {
       );
     const auths = await next('AUTH');
     // Every generator must have authenticated all of its sessions (-1: not within the timeout).
-    const settleText = auths.some(([ms]) => Number(ms) < 0)
-      ? '-1'
-      : String(Math.max(...auths.map(([ms]) => Number(ms))));
+    const settles = auths.map(([ms]) => Number(ms));
+    const settleMs = settles.some((ms) => ms < 0) ? -1 : Math.max(...settles);
     const generatorCpu = Number(auths.reduce((sum, [, cpu]) => sum + Number(cpu), 0).toFixed(3));
-    const settleMs = Number(settleText);
     if (settleMs < 0) throw new Error(`not all ${N} sessions authenticated within ${settleTimeoutMs} ms`);
     const handshakeCpu = procStat(server.pid).cpuSeconds - idle.cpuSeconds;
     say(
