@@ -449,7 +449,6 @@ export class ServerRoutes {
     await this.batch(cidrs.map((cidr) => this.tunRouteCommand('del', cidr))).catch(() => undefined);
   }
 
-  /** Removes every route into this server's TUN from its table; the backstops stay. */
   private tunRouteCommand(verb: 'replace' | 'del', cidr: string, metric = TUN_ROUTE_METRIC): string {
     const source = this.options.sources[parseCidr(cidr).family];
     return serverRouteCommand(verb, cidr, this.options.tun, source, { table: this.table, metric });
