@@ -12,6 +12,7 @@ import { routeTableFor, type KernelRoute } from '../../src/tun/index.js';
 import { nodelinkRoutes, routeDevice as deviceFor } from '../support/kernel-routes.js';
 import { clusterRig, leavesNothingBehind } from '../support/cluster-rig.js';
 import { waitFor } from '../support/wait.js';
+import { metricValue } from '../support/metrics.js';
 
 const NODES = [1, 2, 3, 4];
 /** The node the reload removes from the peers file. */
@@ -131,10 +132,8 @@ describe('server with --workers 2 (real CLI)', function () {
       async () => {
         const metrics = await h.curl(h.ns.cp, `http://${METRICS}/metrics`);
         if (!metrics.ok) return false;
-        const value = (name: string, peer: string): number | undefined => {
-          const match = new RegExp(`^${name}\\{peer="${peer}"\\} (\\S+)$`, 'm').exec(metrics.body);
-          return match ? Number(match[1]) : undefined;
-        };
+        const value = (name: string, peer: string): number | undefined =>
+          metricValue(metrics.body, `${name}{peer="${peer}"}`);
         missing = NODES.map((n) => h.nodeName(n)).filter((peer) => {
           const rtt = value('nodelink_peer_rtt_seconds', peer);
           const lastPong = value('nodelink_peer_last_pong_timestamp_seconds', peer);

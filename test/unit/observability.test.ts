@@ -24,6 +24,7 @@ import { silentLogger } from '../../src/log.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Rigs, newPair, portOf, registryOf } from '../support/link-rig.js';
 import { waitFor } from '../support/wait.js';
+import { metricValue } from '../support/metrics.js';
 
 function peerStatus(overrides: Partial<PeerStatus> = {}): PeerStatus {
   return {
@@ -57,11 +58,6 @@ function daemonStatus(peers: PeerStatus[]): DaemonStatus {
     dropsByReason: { no_route: 4 },
     peers,
   };
-}
-
-function metricValue(text: string, series: string): number | undefined {
-  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line === undefined ? undefined : Number(line.slice(series.length + 1));
 }
 
 describe('observability', function () {
